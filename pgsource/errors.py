@@ -1,0 +1,46 @@
+"""One small tree of errors for the whole service.
+
+Every error is picklable (it crosses process boundaries on multiprocessing queues),
+so each keeps its constructor arguments in ``args`` and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class PgSourceError(Exception):
+    """Base of every error pgsource raises on purpose."""
+
+    exit_code = 1
+
+    def __reduce__(self):  # keep pickling exact for subclasses with custom __init__
+        return (self.__class__, self.args)
+
+
+class ConfigError(PgSourceError):
+    """The configuration is invalid; the message names the key."""
+
+    exit_code = 2
+
+
+class PrerequisiteError(PgSourceError):
+    """PostgreSQL or Iggy lacks something the configuration needs (table, column, slot, wal_level)."""
+
+    exit_code = 3
+
+
+class SourceError(PgSourceError):
+    """Reading from PostgreSQL failed in a way retrying will not fix (bad row, bad query)."""
+
+    exit_code = 4
+
+
+class SinkError(PgSourceError):
+    """Writing to Iggy failed."""
+
+    exit_code = 5
+
+
+class CrashLoopError(PgSourceError):
+    """A worker kept dying right after start; the supervisor gave up instead of looping."""
+
+    exit_code = 6
