@@ -25,3 +25,15 @@ def pg_dsn(pg_cluster):
         yield pg_cluster.dsn(name)
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def iggy():
+    """A fresh Iggy stand-in (real SDK wire protocol) on a free port."""
+    from pgsource.testkit.iggy import IggyStandIn
+
+    server = IggyStandIn().start()
+    try:
+        yield server
+    finally:
+        server.stop()

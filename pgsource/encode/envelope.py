@@ -1,0 +1,43 @@
+"""The message body of the SPEC: ``{"table_name", "operation_type", "timestamp", "data", "old_data"}``.
+
+``data`` and ``old_data`` arrive as JSON text already (built by PostgreSQL in polling, by
+the pgoutput decoder in CDC), so the envelope is assembled by concatenation: no parse,
+no Python object per column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import ujson
+
+
+def encode_string(value: str) -> str:
+    return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def iso_timestamp(moment: datetime | None = None) -> str:
+    """UTC, microseconds, ``Z``: ``2024-01-15T10:30:00.123456Z``."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def envelope_parts(table_name: str, operation: str, timestamp: str) -> tuple[str, str]:
+    """Prefix and suffix around ``data`` for messages that carry no ``old_data``."""
+    prefix = (
+        '{"table_name":' + encode_string(table_name)
+        + ',"operation_type":"' + operation
+        + '","timestamp":"' + timestamp + '","data":'
+    )
+    return prefix, ',"old_data":null}'
+
+
+def encode_envelope(table_name: str, operation: str, timestamp: str, data: str | None, old_data: str | None) -> str:
+    """One whole message body; ``data``/``old_data`` are JSON texts or None (null)."""
+    return (
+        '{"table_name":' + encode_string(table_name)
+        + ',"operation_type":"' + operation
+        + '","timestamp":"' + timestamp
+        + '","data":' + (data if data is not None else "null")
+        + ',"old_data":' + (old_data if old_data is not None else "null") + "}"
+    )

@@ -1,0 +1,32 @@
+"""Deterministic message ids and partitions, derived from a row's source position.
+
+A re-sent message carries the id it had the first time, so consumers can drop
+duplicates (the Iggy 0.9 server stores every message it is sent).
+
+- polling: XXH3-128 of ``table NUL cursor values``: the same row version, the same id.
+- cdc: the commit LSN in the high 64 bits, then 16 bits of the slot's hash and the
+  change's 48-bit position inside its transaction: unique and ordered per slot.
+"""
+
+from __future__ import annotations
+
+import xxhash
+
+_SEPARATOR = "\x00"
+
+
+def polling_message_id(table_name: str, cursor_values: tuple) -> int:
+    text = table_name + _SEPARATOR + _SEPARATOR.join("" if v is None else v for v in cursor_values)
+    return xxhash.xxh3_128_intdigest(text.encode("utf-8")) or 1  # 0 would make the SDK mint a random id
+
+
+def cdc_message_id(commit_lsn: int, slot: str, position: int) -> int:
+    slot_tag = xxhash.xxh32_intdigest(slot.encode("utf-8")) & 0xFFFF
+    return (commit_lsn << 64) | (slot_tag << 48) | (position & 0xFFFF_FFFF_FFFF)
+
+
+def key_partition(key_text: str, partitions: int) -> int:
+    """The partition of a row key: stable across runs and processes (never Python's hash())."""
+    if partitions == 1:
+        return 0
+    return xxhash.xxh32_intdigest(key_text.encode("utf-8")) % partitions

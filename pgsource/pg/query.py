@@ -1,0 +1,168 @@
+"""``build_*``: the SQL of polling, composed from identifiers and placeholders, never from text.
+
+A poll reads one batch in keyset order: ``WHERE (tracking, key...) > (offset...) ORDER BY
+tracking, key... LIMIT n``, so rows that share a tracking value are neither skipped nor
+repeated at a batch boundary. PostgreSQL builds each row's JSON (``row_to_json``); bytea
+columns are turned into base64 first, and columns are renamed when snake_case is asked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from pgsource.encode.names import output_names
+from pgsource.errors import ConfigError, PrerequisiteError
+from pgsource.pg.catalog import TableInfo
+
+CTID = "ctid"
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    """How one table is read: its cursor columns (tracking first) and how a row is selected."""
+
+    schema: str
+    table: str
+    cursor_columns: tuple[str, ...]  # tracking column, then tie-breakers
+    cursor_types: tuple[str, ...]
+    identity: tuple[str, ...]  # the row's key (for ids, partitions, delete/mark); () = none
+    identity_types: tuple[str, ...]
+    select_columns: tuple[str, ...]  # cursor columns + identity columns not among them
+    json_columns: tuple[tuple[str, str, bool, bool], ...]  # (column, key, is_bytea, is_bytea_array)
+    processed_column: str | None = None
+
+    @property
+    def tracking_column(self) -> str:
+        return self.cursor_columns[0]
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """What identifies a row for its message id and partition."""
+        return self.identity or self.cursor_columns
+
+
+def build_poll_plan(
+    info: TableInfo,
+    tracking_column: str,
+    *,
+    snake_case: bool = False,
+    allow_non_unique: bool = False,
+    processed_column: str | None = None,
+    need_identity: bool = False,
+) -> PollPlan:
+    """Check the table against the settings and decide the cursor; errors name table and column."""
+    where = info.qualified
+    tracking = info.column(tracking_column)
+    if tracking is None:
+        raise PrerequisiteError(
+            f"table {where}: tracking_column {tracking_column!r} does not exist"
+            f" (columns: {', '.join(c.name for c in info.columns)})"
+        )
+    if tracking.type_sql in ("json", "xml", "point", "polygon", "box", "circle") or tracking.is_bytea_array:
+        raise PrerequisiteError(f"table {where}: tracking_column {tracking_column!r} of type {tracking.type_sql} cannot be ordered")
+    if processed_column is not None:
+        marked = info.column(processed_column)
+        if marked is None:
+            raise PrerequisiteError(f"table {where}: processed_column {processed_column!r} does not exist")
+        if marked.type_sql != "boolean":
+            raise PrerequisiteError(f"table {where}: processed_column {processed_column!r} must be boolean, not {marked.type_sql}")
+    if need_identity and not info.identity:
+        raise PrerequisiteError(f"table {where}: delete_after_read/processed_column need a primary key or a unique NOT NULL key")
+    if info.is_unique((tracking_column,)) and tracking.not_null:
+        cursor: tuple[str, ...] = (tracking_column,)
+    elif info.identity:
+        cursor = (tracking_column, *[c for c in info.identity if c != tracking_column])
+    elif allow_non_unique:
+        cursor = (tracking_column, CTID)
+    else:
+        raise PrerequisiteError(
+            f"table {where}: tracking_column {tracking_column!r} is not unique and the table has no primary key"
+            " or unique NOT NULL key to break ties, so rows sharing a value could be lost at batch boundaries;"
+            " add a key, or set source.allow_non_unique_tracking: true (ties broken by ctid, see README)"
+        )
+    types = {c.name: c.type_sql for c in info.columns} | {CTID: "tid"}
+    names = [c.name for c in info.columns]
+    keys = output_names(names, snake_case)
+    json_columns = tuple(
+        (c.name, key, c.is_bytea, c.is_bytea_array) for c, key in zip(info.columns, keys)
+    )
+    extra = tuple(c for c in info.identity if c not in cursor)
+    return PollPlan(
+        schema=info.schema,
+        table=info.name,
+        cursor_columns=cursor,
+        cursor_types=tuple(types[c] for c in cursor),
+        identity=info.identity,
+        identity_types=tuple(types[c] for c in info.identity),
+        select_columns=cursor + extra,
+        json_columns=json_columns,
+        processed_column=processed_column,
+    )
+
+
+def _row_json(plan: PollPlan) -> sql.Composable:
+    plain = all(column == key and not b and not ba for column, key, b, ba in plan.json_columns)
+    if plain:
+        return sql.SQL("row_to_json(t)::text")
+    parts = []
+    for column, key, is_bytea, is_bytea_array in plan.json_columns:
+        ident = sql.SQL("t.") + sql.Identifier(column)
+        if is_bytea:
+            value = sql.SQL("translate(encode({}, 'base64'), E'\\n', '')").format(ident)
+        elif is_bytea_array:
+            value = sql.SQL(
+                "(SELECT array_agg(translate(encode(e, 'base64'), E'\\n', '') ORDER BY n)"
+                " FROM unnest({}) WITH ORDINALITY AS u(e, n))"
+            ).format(ident)
+        else:
+            value = ident
+        parts.append(sql.SQL("{} AS {}").format(value, sql.Identifier(key)))
+    return sql.SQL("(SELECT row_to_json(s) FROM (SELECT {}) s)::text").format(sql.SQL(", ").join(parts))
+
+
+def build_select_batch(plan: PollPlan, offset_width: int) -> sql.Composed:
+    """One batch after an offset of ``offset_width`` values (0 = from the start); params: offset..., limit."""
+    table = sql.Identifier(plan.schema, plan.table)
+    selected = sql.SQL(", ").join(
+        sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in plan.select_columns
+    )
+    conditions = []
+    if offset_width:
+        columns = plan.cursor_columns[:offset_width]
+        types = plan.cursor_types[:offset_width]
+        left = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
+        right = sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types)
+        conditions.append(sql.SQL("({}) > ({})").format(left, right) if offset_width > 1 else sql.SQL("{} > {}").format(left, right))
+    conditions.append(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(plan.tracking_column)))
+    if plan.processed_column:
+        conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
+    return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
+        selected, _row_json(plan), table, sql.SQL(" AND ").join(conditions), order
+    )
+
+
+def build_acknowledged_rows(plan: PollPlan, action: str) -> sql.Composed:
+    """DELETE or mark the rows of an acknowledged batch; params: one array per identity column."""
+    table = sql.Identifier(plan.schema, plan.table)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in plan.identity)
+    arrays = sql.SQL(", ").join(sql.SQL("%s::" + t + "[]") for t in plan.identity_types)
+    match = sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(columns, arrays)
+    if action == "delete":
+        return sql.SQL("DELETE FROM {} WHERE {}").format(table, match)
+    return sql.SQL("UPDATE {} SET {} = true WHERE {}").format(table, sql.Identifier(plan.processed_column), match)
+
+
+_PLACEHOLDER = re.compile(r"\$([12])(?!\d)")
+
+
+def build_custom_query(query: str) -> str:
+    """The user's ``$1``/``$2`` query as a psycopg2 query with named bound parameters."""
+    escaped = query.replace("%", "%%")
+    converted = _PLACEHOLDER.sub(lambda m: "%(offset)s" if m.group(1) == "1" else "%(limit)s", escaped)
+    if re.search(r"\$\d", converted):
+        raise ConfigError("source.custom_query: only $1 (last offset) and $2 (batch size) are bound")
+    return converted

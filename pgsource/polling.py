@@ -1,0 +1,161 @@
+"""Reading one table (or one custom query) in keyset batches, and turning a batch into messages.
+
+``TableReader`` is the library half of a poll worker: it plans the table against the
+catalog, builds the SQL, fetches a batch after an offset and encodes it. It holds no
+offsets of its own: the worker decides which offset to read after and which to commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import itemgetter
+
+from pgsource.config.model import Config, Partitioning, TableConfig
+from pgsource.encode.envelope import envelope_parts, iso_timestamp
+from pgsource.encode.ids import key_partition, polling_message_id
+from pgsource.errors import SourceError
+from pgsource.pg import connect as pg
+from pgsource.pg.catalog import describe_table
+from pgsource.pg.query import (
+    PollPlan,
+    build_acknowledged_rows,
+    build_custom_query,
+    build_poll_plan,
+    build_select_batch,
+)
+from pgsource.state.store import Offset
+
+
+@dataclass
+class EncodedBatch:
+    """A batch ready for the queue, plus what the worker needs once it is acknowledged."""
+
+    ids: list[int]
+    partitions: list[int]
+    payloads: list[str]
+    last_offset: Offset
+    identities: list[tuple] | None  # identity values per row, for delete/mark after the ack
+
+
+class TableReader:
+    """Plans, reads and encodes one table for polling."""
+
+    def __init__(self, conn, config: Config, table: TableConfig | None) -> None:
+        source = config.source
+        self.conn = conn
+        self.config = config
+        self.table = table
+        self.batch_size = source.batch_size
+        self.partitions = config.iggy.partitions
+        self.partitioning = config.iggy.partitioning
+        if table is None:  # custom_query
+            self.table_name = "custom_query"
+            self.topic = config.iggy.topic.format(table="custom_query", schema="public")
+            self.plan: PollPlan | None = None
+            self.tracking_column = source.tracking_column
+            self._custom = build_custom_query(source.custom_query or "")
+            return
+        self._custom = None
+        self.table_name = table.qualified
+        self.topic = config.iggy.topic_for(table)
+        info = describe_table(conn, table.schema_, table.name)
+        self.plan = build_poll_plan(
+            info,
+            table.tracking_column or source.tracking_column,
+            snake_case=source.snake_case_columns,
+            allow_non_unique=source.allow_non_unique_tracking,
+            processed_column=source.processed_column,
+            need_identity=source.delete_after_read or source.processed_column is not None,
+        )
+        self.tracking_column = self.plan.tracking_column
+        self._queries = {width: build_select_batch(self.plan, width).as_string(conn) for width in range(len(self.plan.cursor_columns) + 1)}
+        self._ack_action = "delete" if source.delete_after_read else ("mark" if source.processed_column else None)
+        if self._ack_action:
+            self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def fetch_batch(self, offset: Offset | None) -> list[tuple]:
+        """Rows after ``offset``, at most batch_size, in cursor order."""
+        with self.conn.cursor() as cur:
+            try:
+                if self._custom is not None:
+                    cur.execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
+                else:
+                    width = len(offset.cursor) if offset else 0
+                    cur.execute(self._queries[width], (*(offset.cursor if offset else ()), self.batch_size))
+            except pg.DatabaseError as exc:
+                if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
+                    raise
+                raise SourceError(f"{self.table_name}: reading a batch failed: {str(exc).strip()}") from None
+            return cur.fetchall()
+
+    def _custom_sql(self) -> str:
+        return (
+            f"SELECT q.{_quote(self.tracking_column)}::text, row_to_json(q)::text"
+            f" FROM ({self._custom}) AS q"
+        )
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def encode_batch(self, rows: list[tuple], include_metadata: bool, read_rows: int) -> EncodedBatch:
+        """Messages for ``rows``: envelope, deterministic id, partition; and the offset after them."""
+        prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
+        table_name = self.table_name
+        partitions = self.partitions
+        by_table = self.partitioning is Partitioning.TABLE
+        balanced = self.partitioning is Partitioning.BALANCED
+        table_partition = key_partition(table_name, partitions)
+        ids: list[int] = []
+        parts: list[int] = []
+        payloads: list[str] = []
+        if self.plan is None:
+            width, key_of = 1, itemgetter(0)
+        else:
+            width = len(self.plan.cursor_columns)
+            key_of = _key_getter(self.plan)
+        for index, row in enumerate(rows):
+            document = row[-1]
+            cursor = row[:width]
+            if self.plan is None:
+                if cursor[0] is None:
+                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {document[:200]}")
+                ids.append(polling_message_id(table_name, (cursor[0], document)))
+            else:
+                ids.append(polling_message_id(table_name, cursor))
+            payloads.append(prefix + document + suffix if include_metadata else document)
+            if by_table:
+                parts.append(table_partition)
+            elif balanced:
+                parts.append((read_rows + index) % partitions)
+            else:
+                parts.append(key_partition(key_of(row), partitions))
+        last = rows[-1]
+        identities = None
+        if self.plan is not None and self._ack_action:
+            positions = [self.plan.select_columns.index(c) for c in self.plan.identity]
+            identities = [tuple(row[p] for p in positions) for row in rows]
+        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows)), identities)
+
+    # -- after the acknowledgement ---------------------------------------------------------
+
+    def apply_acknowledged(self, identities: list[tuple] | None) -> None:
+        """Delete or mark the rows of an acknowledged batch (only ever after Iggy confirmed them)."""
+        if not identities or not self._ack_action:
+            return
+        columns = list(zip(*identities))
+        with self.conn.cursor() as cur:
+            cur.execute(self._ack_query, [list(values) for values in columns])
+
+
+def _key_getter(plan: PollPlan):
+    """row → the text that picks its partition (its identity, else its cursor values)."""
+    positions = [plan.select_columns.index(c) for c in plan.key_columns]
+    if len(positions) == 1:
+        return itemgetter(positions[0])
+    return lambda row: "\x00".join("" if row[p] is None else row[p] for p in positions)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+

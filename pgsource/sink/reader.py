@@ -1,0 +1,32 @@
+"""Reading a topic back with the real SDK (the demo's and the benchmarks' view of Iggy)."""
+
+from __future__ import annotations
+
+import apache_iggy as iggy
+
+
+async def connect_client(address: str, username: str, password: str) -> iggy.IggyClient:
+    client = iggy.IggyClient(iggy.TcpConfig(server_address=address))
+    await client.connect()
+    await client.login_user(username, password)
+    return client
+
+
+async def topic_message_count(client: iggy.IggyClient, stream: str, topic: str) -> int:
+    details = await client.get_topic(stream, topic)
+    if details is None:
+        return 0
+    return sum(partition.messages_count for partition in details.partitions)
+
+
+async def read_topic(address: str, username: str, password: str, stream: str, topic: str, samples: int = 3) -> tuple[int, list[bytes]]:
+    """(messages stored in the topic, the payloads of its first ``samples`` messages)."""
+    client = await connect_client(address, username, password)
+    count = await topic_message_count(client, stream, topic)
+    if count == 0:
+        return 0, []
+    polled = await client.poll_messages(
+        stream, topic, consumer=iggy.Consumer.Single("pgsource-demo"),
+        polling_strategy=iggy.PollingStrategy.First(), count=samples, auto_commit=False, partition_id=0,
+    )
+    return count, [message.payload() for message in polled]

@@ -1,0 +1,236 @@
+"""Polling end to end: PostgreSQL → pgsource (supervisor, workers, publisher) → Iggy stand-in."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support import (
+    bodies,
+    execute,
+    kill_service,
+    query,
+    start_service,
+    stop_service,
+    wait_for,
+    write_config,
+)
+
+
+def _ids(messages: list[dict], key: str = "id") -> list[int]:
+    return [m["data"][key] for m in messages]
+
+
+def test_every_row_of_several_tables_arrives_once_in_order(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE users (id bigserial PRIMARY KEY, name text)")
+    execute(pg_dsn, "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2))")
+    execute(pg_dsn, "INSERT INTO users (name) SELECT 'user ' || g FROM generate_series(1, 2500) g")
+    execute(pg_dsn, "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 1200) g")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["users", "orders"], "batch_size": 300}, workers=2)
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "users")) >= 2500 and len(bodies(iggy, "orders")) >= 1200, 60, message="all rows")
+        execute(pg_dsn, "INSERT INTO users (name) VALUES ('late')")
+        wait_for(lambda: len(bodies(iggy, "users")) >= 2501, 30, message="a row inserted while running")
+    finally:
+        assert stop_service(service) == 0
+    users, orders = bodies(iggy, "users"), bodies(iggy, "orders")
+    assert _ids(users) == list(range(1, 2502))
+    assert _ids(orders) == list(range(1, 1201))
+    assert users[0]["table_name"] == "users" and users[0]["operation_type"] == "SELECT"
+    assert users[0]["old_data"] is None and users[-1]["data"]["name"] == "late"
+    assert str(orders[1]["data"]["amount"]) == "3.00"
+    assert len({m.id for m in iggy.messages("pg", "users")}) == 2501
+
+
+def test_ties_at_batch_boundaries_are_neither_lost_nor_duplicated(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE events (id int PRIMARY KEY, updated_at timestamptz NOT NULL)")
+    # 7 rows per timestamp and a batch size of 5: every batch boundary falls inside a tie
+    execute(
+        pg_dsn,
+        "INSERT INTO events SELECT g, timestamptz '2024-01-01' + ((g - 1) / 7) * interval '1 second'"
+        " FROM generate_series(1, 700) g",
+    )
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address, source={"tables": ["events"], "tracking_column": "updated_at", "batch_size": 5}
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "events")) >= 700, 60, message="700 rows")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    received = _ids(bodies(iggy, "events"))
+    assert sorted(received) == list(range(1, 701))
+    assert len(received) == 700
+
+
+def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, payload text)")
+    execute(pg_dsn, "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 40000) g")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["big"], "batch_size": 200})
+    iggy.set_latency(0.01)  # slow acks, so the kill lands mid-stream
+    service = start_service(config)
+    wait_for(lambda: len(bodies(iggy, "big")) >= 3000, 60, message="a first part of the table")
+    kill_service(service)
+    first = iggy.messages("pg", "big")
+    assert len(first) < 40000
+    iggy.set_latency(0)
+    service = start_service(config)
+    try:
+        wait_for(lambda: len({m.id for m in iggy.messages("pg", "big")}) >= 40000, 90, message="the rest after restart")
+    finally:
+        assert stop_service(service) == 0
+    stored = iggy.messages("pg", "big")
+    by_id: dict[int, set] = {}
+    for message in stored:
+        by_id.setdefault(message.id, set()).add(json.loads(message.payload)["data"]["id"])
+    assert all(len(rows) == 1 for rows in by_id.values())  # one id ↔ one row, always
+    assert sorted(row for rows in by_id.values() for row in rows) == list(range(1, 40001))
+    duplicates = len(stored) - len(by_id)
+    assert duplicates <= 8 * 200 + 200  # at most the unacknowledged batches (max_in_flight × batch_size)
+    state = json.loads((tmp_path / "state" / "polling%2Fbig.json").read_text())
+    assert state["cursor"] == ["40000"]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "values", "initial", "expected"),
+    [
+        ("int", "1, 2, 3, 4", 2, [3, 4]),
+        ("timestamp", "'2024-01-01 00:00:00', '2024-01-01 00:00:01.5', '2024-01-02 00:00:00'", "2024-01-01T00:00:01", [2, 3]),
+        ("timestamptz", "'2024-01-01 00:00:00+00', '2024-01-01 03:00:00+02', '2024-01-01 01:00:00.000001+00'", "2024-01-01T01:00:00Z", [3]),
+        ("text", "'apple', 'banana', 'cherry'", "banana", [3]),
+    ],
+)
+def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type, values, initial, expected):
+    execute(pg_dsn, f"CREATE TABLE t (id serial PRIMARY KEY, k {column_type} NOT NULL)")
+    for value in values.split(", "):
+        execute(pg_dsn, f"INSERT INTO t (k) VALUES ({value})")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "tracking_column": "k", "initial_offset": initial}
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "t")) >= len(expected), 30, message="rows after the initial offset")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    assert sorted(_ids(bodies(iggy, "t"))) == expected
+
+
+def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text, active bool)")
+    execute(pg_dsn, "INSERT INTO users SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, 50) g")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address,
+        source={
+            "custom_query": "SELECT id, name FROM users WHERE active AND id > $1 ORDER BY id LIMIT $2",
+            "initial_offset": 10,
+            "batch_size": 7,
+        },
+        iggy={"topic": "active_users"},
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "active_users")) >= 20, 30, message="20 active users above 10")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "active_users")
+    assert _ids(received) == list(range(12, 51, 2))
+    assert received[0]["data"] == {"id": 12, "name": "u12"}
+
+
+def test_snake_case_without_metadata_and_non_public_schema(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, 'CREATE SCHEMA sales; CREATE TABLE sales."Order Items" ("itemID" int PRIMARY KEY, "unitPrice" numeric, "HTTPStatus" int)')
+    execute(pg_dsn, 'INSERT INTO sales."Order Items" VALUES (1, 9.99, 200), (2, 0.5, 404)')
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address,
+        source={"tables": [{"schema": "sales", "name": "Order Items", "tracking_column": "itemID"}],
+                "snake_case_columns": True, "include_metadata": False},
+        iggy={"topic": "{schema}-items"},
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "sales-items")) >= 2, 30, message="two items")
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "sales-items")
+    assert [str(m["unit_price"]) for m in received] == ["9.99", "0.5"]
+    assert received[0] == {"item_id": 1, "unit_price": received[0]["unit_price"], "http_status": 200}
+
+
+def test_table_name_of_a_non_public_schema_is_qualified(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO sales.orders VALUES (1)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["sales.orders"]}, iggy={"topic": "orders"})
+    service = start_service(config)
+    try:
+        wait_for(lambda: bodies(iggy, "orders"), 30, message="one order")
+    finally:
+        assert stop_service(service) == 0
+    assert bodies(iggy, "orders")[0]["table_name"] == "sales.orders"
+
+
+@pytest.mark.parametrize("mode", ["delete_after_read", "processed_column"])
+def test_delete_and_mark_happen_only_after_iggy_acknowledged(pg_dsn, iggy, tmp_path, mode):
+    execute(pg_dsn, "CREATE TABLE outbox (id int PRIMARY KEY, body text, processed bool NOT NULL DEFAULT false)")
+    execute(pg_dsn, "INSERT INTO outbox (id, body) SELECT g, 'e' || g FROM generate_series(1, 30) g")
+    extra = {"delete_after_read": True} if mode == "delete_after_read" else {"processed_column": "processed"}
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["outbox"], "batch_size": 10, **extra})
+    iggy.refuse_connections(True)
+    service = start_service(config)
+    try:
+        time.sleep(3)  # the worker has read batches; Iggy refused them all
+        assert query(pg_dsn, "SELECT count(*) FROM outbox WHERE NOT processed")[0][0] == 30
+        iggy.refuse_connections(False)
+        wait_for(lambda: len(bodies(iggy, "outbox")) >= 30, 60, message="the outbox after Iggy came back")
+        if mode == "delete_after_read":
+            wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM outbox")[0][0] == 0, 10, message="deletes")
+        else:
+            wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM outbox WHERE processed")[0][0] == 30, 10, message="marks")
+    finally:
+        assert stop_service(service) == 0
+    assert sorted(_ids(bodies(iggy, "outbox"))) == list(range(1, 31))
+
+
+def test_iggy_going_away_mid_run_loses_nothing(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE ticks (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
+    execute(pg_dsn, "INSERT INTO ticks (at) SELECT now() FROM generate_series(1, 100)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["ticks"], "batch_size": 50})
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "ticks")) >= 100, 30, message="first rows")
+        iggy.refuse_connections(True)
+        iggy.drop_connections()
+        execute(pg_dsn, "INSERT INTO ticks (at) SELECT now() FROM generate_series(1, 100)")
+        time.sleep(2)
+        iggy.refuse_connections(False)
+        wait_for(lambda: len({m.id for m in iggy.messages("pg", "ticks")}) >= 200, 60, message="rows written during the outage")
+    finally:
+        assert stop_service(service) == 0
+    assert sorted(set(_ids(bodies(iggy, "ticks")))) == list(range(1, 201))
+
+
+def test_partitions_follow_the_primary_key(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, updated_at bigint NOT NULL)")
+    execute(pg_dsn, "INSERT INTO items SELECT g, 1, g FROM generate_series(1, 200) g")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address, source={"tables": ["items"], "tracking_column": "updated_at", "batch_size": 64},
+        iggy={"partitions": 4},
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "items")) >= 200, 30, message="200 items")
+        execute(pg_dsn, "UPDATE items SET version = 2, updated_at = 1000 + id WHERE id <= 50")
+        wait_for(lambda: len(bodies(iggy, "items")) >= 250, 30, message="50 updated items")
+    finally:
+        assert stop_service(service) == 0
+    placed: dict[int, set[int]] = {}
+    for message in iggy.messages("pg", "items"):
+        placed.setdefault(json.loads(message.payload)["data"]["id"], set()).add(message.partition)
+    assert len(placed) == 200
+    assert all(len(partitions) == 1 for partitions in placed.values())
+    assert len({p for ps in placed.values() for p in ps}) == 4

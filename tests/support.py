@@ -1,0 +1,102 @@
+"""Helpers for end-to-end tests: write a config, run the real CLI, wait for messages in Iggy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, dsn: str, iggy_address: str, *, source: dict | None = None, **sections) -> Path:
+    """A config file for the CLI: ``source`` keys merged over polling defaults for tests."""
+    config = {
+        "source": {
+            "connection_string": dsn,
+            "mode": "polling",
+            "poll_interval": "100ms",
+            **(source or {}),
+        },
+        "iggy": {"address": iggy_address, "stream": "pg", "topic": "{table}", **sections.pop("iggy", {})},
+        "state": {"dir": str(tmp_path / "state")},
+        "supervisor": {"restart_backoff": "100ms", "stop_timeout": "10s"},
+        **sections,
+    }
+    path = tmp_path / "pgsource.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_service(config_path: Path, *args: str, log_path: Path | None = None) -> subprocess.Popen:
+    """``pgsource run --config FILE`` as a user would start it (its own process group)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGSOURCE_LOG_LEVEL": "INFO"}
+    log_path = log_path or config_path.with_suffix(".log")
+    out = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the OS
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "run", "--config", str(config_path), *args],
+        cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_service(process: subprocess.Popen, timeout: float = 30) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout)
+
+
+def kill_service(process: subprocess.Popen) -> None:
+    """kill -9 the whole service: supervisor, workers and publisher at once."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def bodies(iggy, topic: str, stream: str = "pg") -> list[dict]:
+    """Every message stored in a topic, decoded as JSON (numbers with all their digits)."""
+    from decimal import Decimal
+
+    if topic not in iggy.topics(stream) if stream in iggy.streams() else True:
+        return []
+    return [json.loads(m.payload, parse_float=Decimal) for m in iggy.messages(stream, topic)]
+
+
+def execute(dsn: str, statement: str, params=None) -> None:
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+    finally:
+        conn.close()
+
+
+def query(dsn: str, statement: str, params=None) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall()
+    finally:
+        conn.close()

@@ -1,0 +1,74 @@
+"""The ``pgsource`` command: ``run``, ``check``, ``demo`` and ``drop-slot``.
+
+These names and options are a contract that users script against; keep them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pgsource.errors import PgSourceError
+from workers.logs import setup_logging
+
+log = logging.getLogger("pgsource")
+
+
+def _load(path: str):
+    from pgsource.config import load_config
+
+    try:
+        return load_config(path)
+    except PgSourceError as exc:
+        click.echo(f"configuration error in {path}:", err=True)
+        for line in str(exc).splitlines():
+            click.echo(f"  {line}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@click.group()
+@click.option("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR.")
+def main(log_level: str | None) -> None:
+    """Stream PostgreSQL rows (polling) or changes (cdc) into Apache Iggy."""
+    setup_logging(log_level)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+def run(config_path: str) -> None:
+    """Run in the foreground until SIGTERM/SIGINT, then stop gracefully (exit 0)."""
+    config = _load(config_path)
+    from workers.supervisor import Supervisor
+
+    sys.exit(Supervisor(config).run())
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+def check(config_path: str) -> None:
+    """Validate the file and the prerequisites; one line per problem, non-zero exit on any."""
+    config = _load(config_path)
+    from pgsource.checks import check_prerequisites
+
+    report = check_prerequisites(config)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        sys.exit(3)
+    tables = ", ".join(table.qualified for table in config.source.tables) or "custom_query"
+    click.echo(f"ok: {config.source.mode.value} mode, {tables}")
+
+
+def _register_demo() -> None:
+    from workers.demo import demo
+
+    main.add_command(demo)
+
+
+_register_demo()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,211 @@
+"""``PollWorker``: one process that polls its tables and hands batches to the publisher.
+
+It owns its psycopg2 connection and its offsets. A batch goes on the queue as soon as
+it is read (up to ``max_in_flight_batches`` unacknowledged), and the next read starts
+after it; the stored offset moves only when the publisher's ack for that batch comes
+back, after the batch's deletes or marks were applied. A crash therefore re-reads only
+unacknowledged batches, and their messages carry the same deterministic ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from pgsource.assignment import WorkUnit
+from pgsource.config.model import Config
+from pgsource.errors import PgSourceError
+from pgsource.events import AckEvent, BatchEvent, WorkerStatus
+from pgsource.pg import connect as pg
+from pgsource.polling import TableReader
+from pgsource.state.store import FileOffsetStore, Offset
+from workers.channel import Empty, ParentWatch, get_event, put_event
+from workers.logs import setup_logging
+
+log = logging.getLogger("pgsource.poller")
+
+GENERATION_STRIDE = 1 << 40  # seq numbers of a restarted worker never collide with old acks
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs, pickled into the child at spawn."""
+
+    name: str
+    generation: int
+    config: Config
+    units: list[WorkUnit]
+
+
+@dataclass
+class _Cursor:
+    """The runtime state of one unit: where the next read starts, when it may poll again."""
+
+    key: str  # where its offset is stored
+    reader: TableReader
+    read_after: Offset | None
+    next_poll: float = 0.0
+    rows: int = 0
+
+
+@dataclass
+class _Pending:
+    cursor: _Cursor
+    offset: Offset
+    identities: list | None
+    messages: int
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+class PollWorker:
+    """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
+
+    def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
+        self.spec = spec
+        self.batch_queue = batch_queue
+        self.ack_queue = ack_queue
+        self.status_queue = status_queue
+        self.stop_event = stop_event
+        self._stopping = False
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._seq = spec.generation * GENERATION_STRIDE
+
+    # -- process entry ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        setup_logging()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+        signal.signal(signal.SIGTERM, self._handle_term)
+        watch = ParentWatch()
+        config = self.spec.config
+        try:
+            from pgsource.metrics import Metrics
+
+            self.metrics = Metrics.get()
+            self.store = FileOffsetStore(config.state.dir)
+            self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
+            cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
+        except PgSourceError as exc:
+            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
+            raise SystemExit(exc.exit_code) from None
+        put_event(self.status_queue, WorkerStatus(self.spec.name, "ready"))
+        try:
+            self._loop(cursors, watch)
+        except PgSourceError as exc:
+            log.error("%s", exc)
+            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
+            raise SystemExit(exc.exit_code) from None
+        finally:
+            self.conn.close()
+
+    def _handle_term(self, signum, frame) -> None:
+        self._stopping = True
+
+    def _should_stop(self) -> bool:
+        return self._stopping or self.stop_event.is_set()
+
+    def _open(self, unit: WorkUnit | None) -> _Cursor:
+        source = self.spec.config.source
+        reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
+        key = unit.key if unit else "polling/custom_query"
+        stored = self.store.load_offset(key)
+        if stored is None and source.initial_offset is not None:
+            stored = Offset((str(source.initial_offset),))
+        log.info("%s: %s from %s", self.spec.name, reader.table_name, stored.cursor if stored else "the start")
+        return _Cursor(key, reader, stored, rows=stored.rows if stored else 0)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self, cursors: list[_Cursor], watch: ParentWatch) -> None:
+        config = self.spec.config
+        source = config.source
+        max_in_flight = source.max_in_flight_batches
+        while not self._should_stop():
+            if watch.orphaned():
+                log.error("%s: supervisor is gone, exiting", self.spec.name)
+                return
+            self._drain_acks(timeout=0)
+            now = time.monotonic()
+            read_any = False
+            for cursor in cursors:
+                if len(self._pending) >= max_in_flight or self._should_stop():
+                    break
+                if cursor.next_poll > now:
+                    continue
+                rows = cursor.reader.fetch_batch(cursor.read_after)
+                if len(rows) < source.batch_size:
+                    cursor.next_poll = time.monotonic() + source.poll_interval
+                if rows:
+                    read_any = True
+                    self._queue_batch(cursor, rows)
+            if not read_any:
+                pause = max(0.0, min(min(c.next_poll for c in cursors) - time.monotonic(), 0.5))
+                if self._pending:
+                    self._drain_acks(timeout=pause)
+                else:
+                    self.stop_event.wait(pause)
+            elif len(self._pending) >= max_in_flight:
+                self._drain_acks(timeout=0.5)
+        self._finish()
+
+    def _queue_batch(self, cursor: _Cursor, rows: list[tuple]) -> None:
+        encoded = cursor.reader.encode_batch(rows, self.spec.config.source.include_metadata, cursor.rows)
+        self._seq += 1
+        event = BatchEvent(
+            worker=self.spec.name,
+            seq=self._seq,
+            stream=self.spec.config.iggy.stream,
+            topic=cursor.reader.topic,
+            table=cursor.reader.table_name,
+            ids=encoded.ids,
+            partitions=encoded.partitions,
+            payloads=encoded.payloads,
+            created=time.time(),
+        )
+        if not put_event(self.batch_queue, event, self._should_stop):
+            return  # stopping while the queue is full: this batch was never sent, nothing to commit
+        self._pending[self._seq] = _Pending(cursor, encoded.last_offset, encoded.identities, len(rows))
+        cursor.read_after = encoded.last_offset
+        cursor.rows = encoded.last_offset.rows
+        self.metrics.rows_read.labels(cursor.reader.table_name, self.spec.name).inc(len(rows))
+        self.metrics.batches_queued.labels(self.spec.name).inc()
+        self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
+
+    def _drain_acks(self, timeout: float) -> None:
+        """Commit every batch acknowledged so far; wait up to ``timeout`` for the first ack."""
+        wait = timeout
+        while self._pending:
+            try:
+                ack: AckEvent = get_event(self.ack_queue, timeout=wait) if wait > 0 else get_event_nowait(self.ack_queue)
+            except Empty:
+                return
+            wait = 0
+            self._commit_through(ack.seq)
+
+    def _commit_through(self, seq: int) -> None:
+        while self._pending and next(iter(self._pending)) <= seq:
+            _, pending = self._pending.popitem(last=False)
+            pending.cursor.reader.apply_acknowledged(pending.identities)
+            self.store.commit_offset(pending.cursor.key, pending.offset)
+            self.metrics.offset_commits.labels(self.spec.name).inc()
+        self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
+
+    def _finish(self) -> None:
+        """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""
+        deadline = time.monotonic() + self.spec.config.supervisor.stop_timeout
+        while self._pending and time.monotonic() < deadline:
+            self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+        if self._pending:
+            log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._pending))
+
+
+def get_event_nowait(channel):
+    return get_event(channel, timeout=0.000_001)
+
+
+def run_poll_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
+    """Process target (a module-level function, so the spawn start method can import it)."""
+    PollWorker(spec, batch_queue, ack_queue, status_queue, stop_event).run()

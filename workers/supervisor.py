@@ -1,0 +1,230 @@
+"""``Supervisor``: starts the publisher and the workers, restarts the dead, stops them all.
+
+Modelled on gunicorn's arbiter: signal handlers only queue the signal and the main loop
+acts on it; a worker that fails while booting for a reason a restart cannot fix (a
+missing table, a bad query) stops the service with its error instead of looping; a
+worker that keeps dying is restarted with back-off until ``max_restarts`` within
+``restart_window``, then the service gives up with a clear error. Children are started
+with the spawn method: a libpq connection never crosses a fork.
+
+When the publisher dies, the batches it had taken but not acknowledged are gone, so the
+workers are restarted with it: they resume from their committed offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import deque
+
+import multiprocess
+
+from pgsource.assignment import assign_units
+from pgsource.checks import check_prerequisites
+from pgsource.config.model import Config
+from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
+from pgsource.events import StopEvent, WorkerStatus
+from workers.channel import Empty, get_event, put_event
+from workers.poller import WorkerSpec, run_poll_worker
+from workers.publisher import run_publisher
+
+log = logging.getLogger("pgsource.supervisor")
+
+PUBLISHER = "publisher"
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = multiprocess.get_context("spawn")
+        self._signals: deque[int] = deque()
+        self._stopping = False
+        self._exit_code = 0
+        self._processes: dict[str, object] = {}
+        self._generation: dict[str, int] = {}
+        self._restarts: dict[str, deque[float]] = {}
+        self._restart_at: dict[str, float] = {}
+        self._metrics_server = None
+        self._metrics_dir: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a signal or a fatal error; the process exit code."""
+        report = check_prerequisites(self.config)
+        if not report.ok:
+            for problem in report.problems:
+                log.error("%s", problem)
+            return PrerequisiteError.exit_code
+        self.assignment = assign_units(self.config, report.sizes)
+        for name, units in self.assignment.items():
+            log.info("%s: %s", name, ", ".join(u.key for u in units) or "custom_query")
+        self._setup_metrics()
+        self._install_signal_handlers()
+        queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
+        self.batch_queue = self.ctx.Queue(maxsize=queue_size)
+        self.status_queue = self.ctx.Queue()
+        self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
+        self.stop_event = self.ctx.Event()
+        try:
+            self._start_publisher()
+            for name in self.assignment:
+                self._start_worker(name)
+            while not self._stopping:
+                self._handle_signals()
+                self._read_statuses(timeout=0.2)
+                self._reap_and_restart()
+        except PgSourceError as exc:
+            log.error("%s", exc)
+            self._exit_code = exc.exit_code
+        finally:
+            self._shutdown()
+        return self._exit_code
+
+    def _setup_metrics(self) -> None:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            directory = self._metrics_dir = tempfile.mkdtemp(prefix="pgsource-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        else:  # wiped at start: files of an earlier run would be summed with ours
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory, exist_ok=True)
+        if self.config.metrics.port is not None:
+            from pgsource.metrics import serve_metrics
+
+            self._metrics_server = serve_metrics(self.config.metrics.host, self.config.metrics.port)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self._metrics_server.server_port)
+
+    def _install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: self._signals.append(signum))
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self._stopping = True
+
+    # -- children --------------------------------------------------------------------------
+
+    def _start_publisher(self) -> None:
+        process = self.ctx.Process(
+            target=run_publisher,
+            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue),
+            name=PUBLISHER,
+            daemon=False,
+        )
+        process.start()
+        self._processes[PUBLISHER] = process
+
+    def _start_worker(self, name: str) -> None:
+        generation = self._generation.get(name, -1) + 1
+        self._generation[name] = generation
+        spec = WorkerSpec(name, generation, self.config, self.assignment[name])
+        target = self._worker_target()
+        process = self.ctx.Process(
+            target=target,
+            args=(spec, self.batch_queue, self.ack_queues[name], self.status_queue, self.stop_event),
+            name=name,
+            daemon=False,
+        )
+        process.start()
+        self._processes[name] = process
+
+    def _worker_target(self):
+        if self.config.source.cdc:
+            from workers.cdc import run_cdc_worker
+
+            return run_cdc_worker
+        return run_poll_worker
+
+    def _read_statuses(self, timeout: float) -> None:
+        try:
+            status: WorkerStatus = get_event(self.status_queue, timeout=timeout)
+        except Empty:
+            return
+        if status.state == "fatal":
+            error = status.error or PgSourceError(f"{status.worker} failed")
+            raise error if isinstance(error, PgSourceError) else PgSourceError(f"{status.worker}: {error}")
+
+    def _reap_and_restart(self) -> None:
+        from pgsource.metrics.registry import mark_process_dead
+
+        for name, process in list(self._processes.items()):
+            if process.is_alive() or self._stopping:
+                continue
+            if name in self._restart_at:
+                if time.monotonic() < self._restart_at[name]:
+                    continue
+                del self._restart_at[name]
+                self._restart(name)
+                continue
+            self._read_statuses(timeout=0.05)  # a fatal status explains the death better than the exit code
+            mark_process_dead(process.pid)
+            log.warning("%s exited with code %s", name, process.exitcode)
+            history = self._restarts.setdefault(name, deque())
+            now = time.monotonic()
+            history.append(now)
+            while history and history[0] < now - self.config.supervisor.restart_window:
+                history.popleft()
+            if len(history) > self.config.supervisor.max_restarts:
+                raise CrashLoopError(
+                    f"{name} died {len(history)} times within {self.config.supervisor.restart_window:.0f}s"
+                    f" (last exit code {process.exitcode}); giving up"
+                )
+            backoff = self.config.supervisor.restart_backoff * (2 ** (len(history) - 1))
+            self._restart_at[name] = now + min(backoff, 30.0)
+
+    def _restart(self, name: str) -> None:
+        from pgsource.metrics import Metrics
+
+        Metrics.get().restarts.labels(name).inc()
+        if name == PUBLISHER:
+            log.warning("restarting the publisher and, with it, every worker")
+            for worker in self.assignment:
+                self._terminate(worker)
+            self._start_publisher()
+            for worker in self.assignment:
+                self._start_worker(worker)
+        else:
+            log.warning("restarting %s", name)
+            self._start_worker(name)
+
+    def _terminate(self, name: str) -> None:
+        process = self._processes.get(name)
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(5)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Workers first (they wait for their last acks), then the publisher drains and exits."""
+        if not hasattr(self, "stop_event"):
+            return
+        self.stop_event.set()
+        deadline = time.monotonic() + self.config.supervisor.stop_timeout + 5
+        for name, process in self._processes.items():
+            if name != PUBLISHER:
+                process.join(max(0.1, deadline - time.monotonic()))
+                if process.is_alive():
+                    log.warning("%s did not stop in time; killing it", name)
+                    process.kill()
+                    process.join(5)
+        publisher = self._processes.get(PUBLISHER)
+        if publisher is not None and publisher.is_alive():
+            put_event(self.batch_queue, StopEvent(), lambda: not publisher.is_alive())
+            publisher.join(max(1.0, deadline - time.monotonic()))
+            if publisher.is_alive():
+                log.warning("publisher did not drain in time; killing it (unacknowledged batches will be re-sent)")
+                publisher.kill()
+                publisher.join(5)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        log.info("stopped")
