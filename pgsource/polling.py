@@ -40,7 +40,7 @@ class EncodedBatch:
 class TableReader:
     """Plans, reads and encodes one table for polling."""
 
-    def __init__(self, conn, config: Config, table: TableConfig | None) -> None:
+    def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
         self.conn = conn
         self.config = config
@@ -59,9 +59,11 @@ class TableReader:
         self.table_name = table.qualified
         self.topic = config.iggy.topic_for(table)
         info = describe_table(conn, table.schema_, table.name)
+        if by_identity and not info.identity:
+            raise SourceError(f"table {table.qualified}: an initial snapshot needs a primary key or unique NOT NULL key")
         self.plan = build_poll_plan(
             info,
-            table.tracking_column or source.tracking_column,
+            info.identity[0] if by_identity else (table.tracking_column or source.tracking_column),
             snake_case=source.snake_case_columns,
             allow_non_unique=source.allow_non_unique_tracking,
             processed_column=source.processed_column,

@@ -61,6 +61,35 @@ def check(config_path: str) -> None:
     click.echo(f"ok: {config.source.mode.value} mode, {tables}")
 
 
+@main.command("drop-slot")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--keep-publication", is_flag=True, help="Drop only the replication slot(s).")
+def drop_slot(config_path: str, keep_publication: bool) -> None:
+    """Decommission CDC: drop the replication slot(s) and publication(s) this config uses."""
+    config = _load(config_path)
+    from pgsource.assignment import assign_units
+    from pgsource.pg import connect as pg
+    from pgsource.pg import replication as rep
+    from workers.cdc import slot_names
+
+    workers = assign_units(config)
+    conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot")
+    try:
+        for worker in workers:
+            slot, publication = slot_names(config, worker, len(workers))
+            state = rep.slot_state(conn, slot)
+            if state is not None and state.active_pid is not None:
+                click.echo(f"slot {slot} is in use by pid {state.active_pid}: stop pgsource first", err=True)
+                sys.exit(3)
+            dropped = rep.drop_slot(conn, slot)
+            click.echo(f"slot {slot}: {'dropped' if dropped else 'absent'}")
+            if not keep_publication:
+                rep.drop_publication(conn, publication)
+                click.echo(f"publication {publication}: dropped")
+    finally:
+        conn.close()
+
+
 def _register_demo() -> None:
     from workers.demo import demo
 

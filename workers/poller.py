@@ -38,6 +38,7 @@ class WorkerSpec:
     generation: int
     config: Config
     units: list[WorkUnit]
+    workers_total: int = 1
 
 
 @dataclass

@@ -124,7 +124,7 @@ class Supervisor:
     def _start_worker(self, name: str) -> None:
         generation = self._generation.get(name, -1) + 1
         self._generation[name] = generation
-        spec = WorkerSpec(name, generation, self.config, self.assignment[name])
+        spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment))
         target = self._worker_target()
         process = self.ctx.Process(
             target=target,

@@ -1,0 +1,154 @@
+"""Turning a stream of decoded pgoutput messages into Iggy messages (the CDC half of encoding).
+
+``ChangeEncoder`` keeps what the stream says between messages: the relations it has
+described (and a compiled decoder per relation), and the transaction in progress (its
+commit LSN, xid, commit time and how many changes it has produced so far). Each change
+becomes the SPEC's envelope with a deterministic id (commit LSN + slot + position in the
+transaction) and user headers naming table, operation, LSN and xid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pgsource.config.model import Config, Operation, Partitioning
+from pgsource.decode import pgoutput as po
+from pgsource.decode.values import compile_relation, decode_tuple_json
+from pgsource.encode.envelope import encode_envelope
+from pgsource.encode.ids import cdc_message_id, key_partition
+from pgsource.encode.names import output_names
+from pgsource.errors import SourceError
+
+
+@dataclass
+class _RelationState:
+    relation: po.Relation
+    table_name: str
+    topic: str
+    decoders: list
+    key_positions: list[int]
+    key_decoders: list  # decoders of the key columns only, for 'K' old tuples
+    captured: bool
+
+
+@dataclass
+class ChangeBatch:
+    """Messages encoded from one slice of the change stream."""
+
+    topic_messages: dict[str, tuple[list[int], list[int], list[str], list[dict]]] = field(default_factory=dict)
+    count: int = 0
+    last_commit_end: int | None = None  # end LSN of the last transaction fully contained
+    commit_time: float = 0.0
+
+    def add(self, topic: str, message_id: int, partition: int, payload: str, headers: dict) -> None:
+        ids, parts, payloads, header_list = self.topic_messages.setdefault(topic, ([], [], [], []))
+        ids.append(message_id)
+        parts.append(partition)
+        payloads.append(payload)
+        header_list.append(headers)
+        self.count += 1
+
+
+class ChangeEncoder:
+    """Stateful: feed it every decoded message of the stream, in order."""
+
+    def __init__(self, config: Config, slot: str, load_types: Callable[[list[int]], dict]) -> None:
+        source = config.source
+        self.slot = slot
+        self.config = config
+        self.snake_case = source.snake_case_columns
+        self.include_metadata = source.include_metadata
+        self.operations = {op.value for op in source.capture_operations}
+        self.partitions = config.iggy.partitions
+        self.partitioning = config.iggy.partitioning
+        self.tables = {(t.schema_, t.name): t for t in source.tables}
+        self.load_types = load_types
+        self.types: dict[int, object] = {}
+        self.relations: dict[int, _RelationState] = {}
+        self._begin: po.Begin | None = None
+        self._position = 0
+        self._timestamp = ""
+        self._commit_seconds = 0.0
+        self._headers_base: dict = {}
+
+    def feed(self, message, out: ChangeBatch) -> None:
+        kind = type(message)
+        if kind is po.Insert:
+            self._change(message.relation_oid, "INSERT", message.new, None, None, out)
+        elif kind is po.Update:
+            self._change(message.relation_oid, "UPDATE", message.new, message.old, message.old_kind, out)
+        elif kind is po.Delete:
+            self._change(message.relation_oid, "DELETE", None, message.old, message.old_kind, out)
+        elif kind is po.Begin:
+            self._begin = message
+            self._position = 0
+            self._timestamp = po.pg_timestamp_to_iso(message.commit_ts)
+            self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
+            self._headers_base = {"lsn": po.format_lsn(message.final_lsn), "xid": str(message.xid)}
+        elif kind is po.Commit:
+            out.last_commit_end = message.end_lsn
+            out.commit_time = self._commit_seconds
+            self._begin = None
+        elif kind is po.Relation:
+            self._relation(message)
+        elif kind is po.Truncate:
+            for oid in message.relation_oids:
+                self._change(oid, "TRUNCATE", None, None, None, out)
+
+    def _relation(self, relation: po.Relation) -> None:
+        schema = relation.namespace or "pg_catalog"
+        table = self.tables.get((schema, relation.name))
+        oids = [c.type_oid for c in relation.columns if c.type_oid not in self.types]
+        if oids and table is not None:
+            self.types.update(self.load_types(oids))
+        names = [c.name for c in relation.columns]
+        keys = output_names(names, self.snake_case)
+        decoders = compile_relation(relation, self.types, keys) if table is not None else []
+        key_positions = [i for i, c in enumerate(relation.columns) if c.is_key]
+        qualified = relation.name if schema == "public" else f"{schema}.{relation.name}"
+        topic = self.config.iggy.topic_for(table) if table is not None else ""
+        self.relations[relation.oid] = _RelationState(
+            relation, qualified, topic, decoders, key_positions,
+            [decoders[i] for i in key_positions] if decoders else [], table is not None,
+        )
+
+    def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
+        state = self.relations.get(oid)
+        if state is None:
+            raise SourceError(f"change for relation oid {oid} before its Relation message")
+        if self._begin is None:
+            raise SourceError(f"{operation} on {state.table_name} outside a transaction")
+        position = self._position
+        self._position += 1
+        if not state.captured or operation not in self.operations:
+            return
+        if new is not None and old is not None and old_kind == "O" and po.UNCHANGED in new:
+            new = tuple(o if n is po.UNCHANGED else n for n, o in zip(new, old))  # FULL gives the value
+        data = decode_tuple_json(state.decoders, new) if new is not None else None
+        old_data = None
+        if old is not None:
+            if old_kind == "K":
+                old_data = decode_tuple_json(state.key_decoders, [old[i] for i in state.key_positions])
+            else:
+                old_data = decode_tuple_json(state.decoders, old)
+        if self.include_metadata:
+            payload = encode_envelope(state.table_name, operation, self._timestamp, data, old_data)
+        else:
+            payload = data if data is not None else (old_data or "null")
+        message_id = cdc_message_id(self._begin.final_lsn, self.slot, position)
+        out.add(state.topic, message_id, self._partition(state, new if new is not None else old, old_kind), payload,
+                {"table": state.table_name, "operation": operation, **self._headers_base})
+
+    def _partition(self, state: _RelationState, values, old_kind) -> int:
+        if self.partitions == 1 or self.partitioning is Partitioning.TABLE:
+            return key_partition(state.table_name, self.partitions)
+        if values is None or not state.key_positions:
+            return key_partition(state.table_name, self.partitions)
+        if self.partitioning is Partitioning.BALANCED:
+            return self._position % self.partitions
+        key = "\x00".join("" if not isinstance(values[i], str) else values[i] for i in state.key_positions)
+        return key_partition(key, self.partitions)
+
+
+TRUNCATE = Operation.TRUNCATE.value

@@ -1,0 +1,131 @@
+"""Publications and logical replication slots: created when missing, checked when present.
+
+Slot safety: a slot of another plugin, a lost (invalidated) slot, or a slot in use by
+another process stops startup with an error that says what to do. pgsource never drops
+and recreates a slot on its own — that would silently skip changes — except the slot it
+created itself for an initial snapshot that never finished (nothing was consumed from
+it yet), see ``workers/cdc.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from pgsource.config.model import TableConfig
+from pgsource.errors import PrerequisiteError
+
+
+@dataclass(frozen=True)
+class SlotState:
+    name: str
+    plugin: str
+    database: str
+    active_pid: int | None
+    wal_status: str | None
+    confirmed_flush_lsn: int
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def ensure_publication(conn, name: str, tables: list[TableConfig]) -> None:
+    """Create the publication for ``tables``, or check that an existing one covers them all."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (name,))
+        found = cur.fetchone()
+        if found is None:
+            targets = sql.SQL(", ").join(sql.Identifier(t.schema_, t.name) for t in tables)
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
+            return
+        if found[0]:
+            return
+        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
+        present = {(schema, table) for schema, table in cur.fetchall()}
+    missing = [t.qualified for t in tables if (t.schema_, t.name) not in present]
+    if missing:
+        raise PrerequisiteError(
+            f"publication {name} exists but lacks table(s) {', '.join(missing)}:"
+            f" ALTER PUBLICATION {name} ADD TABLE ... (or choose another publication_name)"
+        )
+
+
+def slot_state(conn, slot: str) -> SlotState | None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT slot_name, coalesce(plugin, ''), coalesce(database, ''), active_pid, wal_status,"
+            " coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return SlotState(row[0], row[1], row[2], row[3], row[4], parse_lsn(row[5]))
+
+
+def check_slot(conn, state: SlotState) -> None:
+    """Refuse a slot that would skip or garble changes; the message says how to fix it."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        database = cur.fetchone()[0]
+    if state.plugin != "pgoutput":
+        raise PrerequisiteError(
+            f"replication slot {state.name} uses plugin {state.plugin or '(physical)'}, not pgoutput;"
+            " choose another replication_slot or drop it yourself"
+        )
+    if state.database != database:
+        raise PrerequisiteError(f"replication slot {state.name} belongs to database {state.database}, not {database}")
+    if state.wal_status == "lost":
+        raise PrerequisiteError(
+            f"replication slot {state.name} is invalidated (wal_status=lost): changes were removed before they"
+            " were read. Re-sync the tables (snapshot: initial with a new slot), then drop the old slot with"
+            " `pgsource drop-slot`; pgsource will not drop it silently"
+        )
+    if state.active_pid is not None:
+        raise PrerequisiteError(f"replication slot {state.name} is in use by another process (pid {state.active_pid})")
+
+
+def create_slot(conn, slot: str) -> int:
+    """Create a pgoutput slot over SQL; returns its consistent LSN."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        return parse_lsn(cur.fetchone()[0])
+
+
+def drop_slot(conn, slot: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        return cur.rowcount > 0
+
+
+def drop_publication(conn, name: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def current_flush_lsn(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_flush_lsn()::text")
+        return parse_lsn(cur.fetchone()[0])
+
+
+def build_peek(slot: str, publication: str, upto_lsn: int, upto_changes: int) -> tuple[str, tuple]:
+    """The SQL path: changes since the slot's confirmed LSN, without consuming them."""
+    query = (
+        "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s,"
+        " 'proto_version', '1', 'publication_names', %s)"
+    )
+    return query, (slot, format_lsn(upto_lsn), upto_changes, publication)
+
+
+def confirm_slot(conn, slot: str, lsn: int) -> None:
+    """``confirm_*``: tell PostgreSQL everything before ``lsn`` was delivered (only after Iggy's ack)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
