@@ -1,0 +1,1 @@
+"""Pure decoders of what PostgreSQL sends in CDC mode: pgoutput messages and column text."""
