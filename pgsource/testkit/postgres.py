@@ -27,7 +27,7 @@ SERVER_SETTINGS = {
     "max_wal_senders": "64",
     "max_connections": "200",
     "fsync": "off",  # a test cluster: speed over crash safety of the cluster itself
-    "synchronous_commit": "off",
+    "synchronous_commit": "on",  # logical decoding reads only flushed WAL: keep CDC latency real
     "full_page_writes": "off",
     "shared_buffers": "256MB",
     "max_wal_size": "4GB",

@@ -1,0 +1,248 @@
+"""CDC end to end: logical replication → pgsource → Iggy stand-in, for both transports."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import pytest
+
+from tests.support import (
+    bodies,
+    execute,
+    kill_service,
+    query,
+    run_cli,
+    start_service,
+    stop_service,
+    wait_for,
+    write_config,
+)
+
+TRANSPORTS = ["sql", "replication"]
+
+
+def cdc_config(tmp_path, dsn, iggy, transport, **source):
+    return write_config(tmp_path, dsn, iggy.address, source={"mode": "cdc", "cdc_transport": transport, **source})
+
+
+def ops(messages):
+    return [(m["operation_type"], (m["data"] or m["old_data"] or {}).get("id")) for m in messages]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_insert_update_delete_once_each_in_commit_order(pg_dsn, iggy, tmp_path, transport):
+    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text)")
+    execute(pg_dsn, "CREATE TABLE other (id int PRIMARY KEY)")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["users"])
+    service = start_service(config)
+    try:
+        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")[0][0] == 1 or transport == "sql", 30)
+        time.sleep(1)
+        execute(pg_dsn, "INSERT INTO users VALUES (1, 'a'), (2, 'b')")
+        execute(pg_dsn, "BEGIN; INSERT INTO users VALUES (99, 'rolled back'); ROLLBACK")
+        execute(pg_dsn, "INSERT INTO other VALUES (1)")
+        execute(pg_dsn, "UPDATE users SET name = 'A' WHERE id = 1")
+        execute(pg_dsn, "DELETE FROM users WHERE id = 2")
+        execute(pg_dsn, "TRUNCATE users")
+        wait_for(lambda: len(bodies(iggy, "users")) >= 4, 30, message="4 changes")
+        time.sleep(1)
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "users")
+    assert ops(received) == [("INSERT", 1), ("INSERT", 2), ("UPDATE", 1), ("DELETE", 2)]  # TRUNCATE not listed
+    assert received[2]["data"] == {"id": 1, "name": "A"} and received[2]["old_data"] is None
+    assert received[3]["data"] is None and received[3]["old_data"] == {"id": 2}  # the old key
+    assert "other" not in iggy.topics("pg")
+    stored = iggy.messages("pg", "users")
+    headers = stored[0].headers
+    assert headers["table"] == "users" and headers["operation"] == "INSERT" and "/" in headers["lsn"] and int(headers["xid"]) > 0
+    assert stored[0].id >> 64 == stored[1].id >> 64  # same transaction, same commit LSN
+    assert received[0]["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_full_identity_truncate_and_operation_filter(pg_dsn, iggy, tmp_path, transport):
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text); ALTER TABLE t REPLICA IDENTITY FULL")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"], capture_operations=["UPDATE", "TRUNCATE"])
+    service = start_service(config)
+    try:
+        time.sleep(1.5)
+        execute(pg_dsn, "INSERT INTO t VALUES (1, 'x')")
+        execute(pg_dsn, "UPDATE t SET v = 'y'")
+        execute(pg_dsn, "TRUNCATE t")
+        wait_for(lambda: len(bodies(iggy, "t")) >= 2, 30, message="update and truncate")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "t")
+    assert [m["operation_type"] for m in received] == ["UPDATE", "TRUNCATE"]
+    assert received[0]["old_data"] == {"id": 1, "v": "x"} and received[0]["data"] == {"id": 1, "v": "y"}
+    assert received[1]["data"] is None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_unchanged_toast_is_marked_not_null(pg_dsn, iggy, tmp_path, transport):
+    execute(pg_dsn, "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")
+    execute(pg_dsn, "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["docs"])
+    service = start_service(config)
+    try:
+        time.sleep(1.5)
+        execute(pg_dsn, "INSERT INTO docs VALUES (1, repeat('x', 10000), 1)")
+        execute(pg_dsn, "UPDATE docs SET n = 2")
+        wait_for(lambda: len(bodies(iggy, "docs")) >= 2, 30, message="insert and update")
+    finally:
+        assert stop_service(service) == 0
+    insert, update = bodies(iggy, "docs")
+    assert insert["data"]["body"] == "x" * 10000
+    assert update["data"] == {"id": 1, "body": "__pgsource_unchanged_toast__", "n": 2}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_kill_9_while_transactions_run_loses_nothing(pg_dsn, iggy, tmp_path, transport):
+    execute(pg_dsn, "CREATE TABLE ev (id int PRIMARY KEY, v int)")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["ev"], batch_size=50)
+    iggy.set_latency(0.02)
+    service = start_service(config)
+    time.sleep(1.5)
+    for start in range(0, 3000, 100):
+        execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(%s, %s) g", (start + 1, start + 100))
+    wait_for(lambda: len(bodies(iggy, "ev")) >= 300, 30, message="a part of the stream")
+    kill_service(service)
+    for start in range(3000, 4000, 100):  # written while pgsource is down
+        execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(%s, %s) g", (start + 1, start + 100))
+    iggy.set_latency(0)
+    service = start_service(config)
+    try:
+        wait_for(lambda: len({m.id for m in iggy.messages("pg", "ev")}) >= 4000, 60, message="every change after restart")
+    finally:
+        assert stop_service(service) == 0
+    by_id: dict[int, set] = {}
+    for message in iggy.messages("pg", "ev"):
+        by_id.setdefault(message.id, set()).add(json.loads(message.payload)["data"]["id"])
+    assert all(len(rows) == 1 for rows in by_id.values())
+    assert sorted(r for rows in by_id.values() for r in rows) == list(range(1, 4001))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cdc_values_equal_polling_values(pg_dsn, iggy, tmp_path, transport):
+    execute(
+        pg_dsn,
+        "CREATE TABLE v (id int PRIMARY KEY, n numeric, f float8, ts timestamp, tz timestamptz, d date, iv interval,"
+        " b bytea, a text[], j jsonb, u uuid, ok bool)",
+    )
+    row = ("12345678901234567890.123456789", "NaN", "2024-01-15 10:30:00.120", "2024-01-15 10:30:00.5+02", "2024-02-29",
+           "1 day 02:00:00.5", b"\x00\xff", ["a b", None, 'q"'], '{"k": [1, 2.50]}', "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", False)
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["v"])
+    service = start_service(config)
+    try:
+        time.sleep(1.5)
+        execute(pg_dsn, "INSERT INTO v VALUES (1, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
+        wait_for(lambda: bodies(iggy, "v"), 30, message="the insert")
+    finally:
+        assert stop_service(service) == 0
+    cdc_data = bodies(iggy, "v")[0]["data"]
+    polled = query(pg_dsn, "SELECT row_to_json(s)::text FROM (SELECT id, n, f, ts, tz, d, iv,"
+                   " translate(encode(b, 'base64'), E'\\n', '') AS b, a, j, u, ok FROM v) s")[0][0]
+    assert cdc_data == json.loads(polled, parse_float=Decimal)
+    assert cdc_data["n"] == Decimal("12345678901234567890.123456789") and cdc_data["f"] == "NaN"
+
+
+def test_idle_tables_do_not_hold_wal(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE captured (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text)")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["captured"])
+    service = start_service(config)
+    try:
+        wait_for(lambda: query(pg_dsn, "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'iggy_slot'"), 30)
+        before = query(pg_dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'iggy_slot'")[0][0]
+        execute(pg_dsn, "INSERT INTO busy (pad) SELECT repeat('x', 500) FROM generate_series(1, 5000)")
+        current = query(pg_dsn, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
+        wait_for(
+            lambda: query(pg_dsn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                          " WHERE slot_name = 'iggy_slot'", (current,))[0][0],
+            30, message="the confirmed LSN to pass the writes to an uncaptured table",
+        )
+    finally:
+        assert stop_service(service) == 0
+    assert before != current
+    assert bodies(iggy, "captured") == []
+
+
+def test_slot_of_another_plugin_stops_startup(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+    execute(pg_dsn, "SELECT pg_create_logical_replication_slot('iggy_slot', 'test_decoding')")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["t"])
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "replication slot iggy_slot uses plugin test_decoding, not pgoutput" in result.stderr
+    assert query(pg_dsn, "SELECT plugin FROM pg_replication_slots WHERE slot_name = 'iggy_slot'") == [("test_decoding",)]
+
+
+def test_publication_missing_a_table_is_an_error(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    execute(pg_dsn, "CREATE PUBLICATION iggy_publication FOR TABLE a")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["a", "b"])
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "publication iggy_publication exists but lacks table(s) b" in result.stderr
+
+
+def test_wal_level_other_than_logical_is_explained(tmp_path, iggy):
+    from pgsource.testkit.postgres import LocalPostgres
+
+    with LocalPostgres(settings={"wal_level": "replica"}) as cluster:
+        execute(cluster.dsn(), "CREATE TABLE t (id int PRIMARY KEY)")
+        config = cdc_config(tmp_path, cluster.dsn(), iggy, "sql", tables=["t"])
+        result = run_cli("check", "--config", str(config))
+    assert result.returncode == 3
+    assert "wal_level is 'replica'; CDC needs 'logical'" in result.stderr
+
+
+def test_pg_replicate_backend_without_its_package_fails_clearly(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["t"], cdc_backend="pg_replicate")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "cdc_backend: 'pg_replicate'" in result.stderr and "Use cdc_backend: builtin" in result.stderr
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_initial_snapshot_then_stream_without_gap_or_overlap(pg_dsn, iggy, tmp_path, transport):
+    execute(pg_dsn, "CREATE TABLE s (id int PRIMARY KEY, v text)")
+    execute(pg_dsn, "INSERT INTO s SELECT g, 'old' FROM generate_series(1, 500) g")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["s"], snapshot="initial", batch_size=100)
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "s")) >= 500, 30, message="the snapshot")
+        execute(pg_dsn, "INSERT INTO s VALUES (501, 'new')")
+        execute(pg_dsn, "UPDATE s SET v = 'changed' WHERE id = 1")
+        wait_for(lambda: len(bodies(iggy, "s")) >= 502, 30, message="changes after the snapshot")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "s")
+    assert [m["operation_type"] for m in received[:500]] == ["SELECT"] * 500
+    assert sorted(m["data"]["id"] for m in received[:500]) == list(range(1, 501))
+    assert ops(received[500:]) == [("INSERT", 501), ("UPDATE", 1)]
+
+
+def test_several_workers_use_one_slot_each_and_drop_slot_removes_them(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"mode": "cdc", "tables": ["a", "b"]},
+                          workers={"wa": ["a"], "wb": ["b"]})
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(query(pg_dsn, "SELECT slot_name FROM pg_replication_slots")) == 2, 30, message="two slots")
+        time.sleep(0.5)
+        execute(pg_dsn, "INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)")
+        wait_for(lambda: bodies(iggy, "a") and bodies(iggy, "b"), 30, message="one change per table")
+    finally:
+        assert stop_service(service) == 0
+    slots = sorted(r[0] for r in query(pg_dsn, "SELECT slot_name FROM pg_replication_slots"))
+    assert slots == ["iggy_slot_wa", "iggy_slot_wb"]
+    result = run_cli("drop-slot", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
+    assert query(pg_dsn, "SELECT count(*) FROM pg_publication")[0][0] == 0
