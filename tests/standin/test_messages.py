@@ -234,3 +234,28 @@ def test_100k_messages_with_headers_poll_back_exactly(standin):
         assert header == HeaderValue.String(str(i))
     assert [s[0] for s in seen] == list(range(total))
     assert len(standin.messages("s", "t")) == total
+
+
+def test_messages_can_be_read_while_the_server_is_taking_sends(standin):
+    import threading
+
+    done = threading.Event()
+
+    async def scenario():
+        client = await _topic(standin.address)
+        for start in range(0, 20_000, 500):
+            await client.send_messages("s", "t", 0, [SendMessage(str(i)) for i in range(start, start + 500)])
+
+    sender = threading.Thread(target=lambda: (run(scenario()), done.set()))
+    sender.start()
+    counts = []
+    while not done.is_set() and sender.is_alive():
+        if "s" in standin.streams() and standin.topics("s"):
+            counts.append(len(standin.messages("s", "t")))
+        time.sleep(0.005)
+    sender.join()
+    assert done.is_set()
+    assert counts == sorted(counts) and all(c % 500 == 0 for c in counts)
+    stored = standin.messages("s", "t")
+    assert [m.offset for m in stored] == list(range(20_000))
+    assert stored[-1].payload == b"19999"
