@@ -108,6 +108,8 @@ _TIMESTAMPTZ = re.compile(
 
 
 def _timestamp(text: str) -> str:
+    if len(text) > 18 and text[4] == "-" and text[10] == " " and text[13] == ":" and text[-1] != "C":
+        return '"' + text[:10] + "T" + text[11:] + '"'  # the common case, without the regex
     if _TIMESTAMP(text):
         return '"' + text.replace(" ", "T", 1) + '"'
     if text == "infinity" or text == "-infinity":
@@ -116,6 +118,8 @@ def _timestamp(text: str) -> str:
 
 
 def _timestamptz(text: str) -> str:
+    if len(text) > 21 and text[4] == "-" and text[10] == " " and text[13] == ":" and text[-3] in "+-":
+        return '"' + text[:10] + "T" + text[11:] + ':00"'  # "+HH" offset, 4-digit year, AD
     match = _TIMESTAMPTZ(text)
     if match:
         date, time, hours, rest, era = match.groups()
@@ -144,36 +148,48 @@ def _bytea(text: str) -> str:
 # ---------------------------------------------------------------- arrays and composites
 
 _ARRAY_UNESCAPE = re.compile(r"\\(.)", re.S)
-_ARRAY_TOKENS: dict[str, Callable] = {}
+_ARRAY_TOKENS: dict[str, tuple[Callable, Callable]] = {}
 
 
-def _array_tokens(delimiter: str) -> Callable:
-    """Tokenizer of array_out text: quoted element | brace | unquoted element | delimiter."""
-    finder = _ARRAY_TOKENS.get(delimiter)
-    if finder is None:
+def _array_tokens(delimiter: str) -> tuple[Callable, Callable]:
+    """Tokenizers of array_out text, per delimiter.
+
+    The first finds quoted element | brace | unquoted element | delimiter (any shape);
+    the second finds (quoted, unquoted) elements of a one-dimensional array body.
+    """
+    finders = _ARRAY_TOKENS.get(delimiter)
+    if finders is None:
         d = re.escape(delimiter)
-        finder = re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}])|([^{{}}"{d}]+)|({d})', re.S).finditer
-        _ARRAY_TOKENS[delimiter] = finder
-    return finder
+        finders = (
+            re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}])|([^{{}}"{d}]+)|({d})', re.S).finditer,
+            re.compile(rf'"((?:[^"\\]|\\.)*)"|([^"{d}]+)', re.S).findall,
+        )
+        _ARRAY_TOKENS[delimiter] = finders
+    return finders
 
 
 def _array_decoder(element: ValueDecoder, delimiter: str) -> ValueDecoder:
-    tokens = _array_tokens(delimiter)
+    tokens, elements = _array_tokens(delimiter)
     unescape = _ARRAY_UNESCAPE.sub
 
     def decode_array(text: str) -> str:
         if text[0] == "[":  # "[2:3]={1,2}": row_to_json drops the bounds
             text = text[text.index("=") + 1 :]
-        if '"' not in text and "{" not in text[1:]:  # one dimension, nothing quoted
-            if text == "{}":
-                return "[]"
-            if text[0] != "{" or text[-1] != "}":
-                raise ValueError("not an array literal")
-            return (
-                "["
-                + ",".join(["null" if e == "NULL" else element(e) for e in text[1:-1].split(delimiter)])
-                + "]"
-            )
+        if text == "{}":
+            return "[]"
+        if text[0] != "{" or text[-1] != "}":
+            raise ValueError("not an array literal")
+        if text[1] != "{":  # one dimension: a nested array would start "{{"
+            if '"' not in text:
+                items = text[1:-1].split(delimiter)
+                return "[" + ",".join(["null" if e == "NULL" else element(e) for e in items]) + "]"
+            out = []
+            for quoted, bare in elements(text, 1, len(text) - 1):
+                if bare:
+                    out.append("null" if bare == "NULL" else element(bare))
+                else:
+                    out.append(element(unescape(r"\1", quoted) if "\\" in quoted else quoted))
+            return "[" + ",".join(out) + "]"
         out = []
         expect = 0  # position the next token must start at: array_out leaves no gaps
         for match in tokens(text):
