@@ -33,7 +33,7 @@ BYTEA = "bytea"
 ARRAY = "array"
 VECTOR = "vector"  # int2vector/oidvector: true arrays whose text is space-separated
 COMPOSITE = "composite"
-CAST = "cast"  # user-defined type with a function cast to json (hstore): not reproducible
+CAST = "cast"  # user-defined type with a function cast to json (hstore)
 OTHER = "other"
 
 _BUILTIN_CATEGORY = {
@@ -69,6 +69,7 @@ class TypeInfo:
     delimiter: str = ","  # ARRAY: typdelim of the element type (';' for box)
     attributes: tuple[tuple[str, int], ...] = ()  # COMPOSITE: live (name, type oid) in order
     enum_labels: tuple[str, ...] = ()  # enums, for callers that validate; decoded as text
+    json_cast: str = ""  # CAST: name of the cast function to json (hstore_to_json is reproduced)
 
 
 _QUERY = sql.SQL(
@@ -101,8 +102,8 @@ SELECT t.oid::int8, format_type(t.oid, NULL), t.typtype::text, t.typbasetype::in
                 AND NOT a.attisdropped ORDER BY a.attnum),
        ARRAY(SELECT l.enumlabel::text FROM pg_enum l WHERE l.enumtypid = t.oid
               ORDER BY l.enumsortorder),
-       EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource = t.oid
-                  AND c.casttarget = 'json'::regtype AND c.castmethod = 'f')
+       (SELECT p.proname::text FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
+         WHERE c.castsource = t.oid AND c.casttarget = 'json'::regtype AND c.castmethod = 'f')
   FROM pg_type t
   LEFT JOIN pg_type e ON e.oid = t.typelem
  WHERE t.oid IN (SELECT oid FROM reach)
@@ -121,7 +122,7 @@ class _Row:
     attnames: list[str]
     atttypes: list[int]
     labels: list[str]
-    json_cast: bool
+    json_cast: str | None
 
 
 def load_type_catalog(conn, oids: Iterable[int]) -> dict[int, TypeInfo]:
@@ -169,4 +170,5 @@ def _describe(oid: int, rows: dict[int, _Row]) -> TypeInfo:
         delimiter=base.delimiter or ",",
         attributes=tuple(zip(base.attnames, base.atttypes, strict=True)),
         enum_labels=tuple(base.labels),
+        json_cast=base.json_cast or "",
     )

@@ -180,3 +180,46 @@ def test_timestamptz_offsets_in_any_session_zone(pg_dsn, zone):
             _assert_same(want, decode_tuple_json(decoders, row))
     finally:
         conn.close()
+
+
+def test_extension_types_hstore_cast_and_plain(pg_dsn):
+    """hstore has a cast to json (reproduced); citext and ltree have none (JSON strings)."""
+    conn = connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "CREATE EXTENSION hstore; CREATE EXTENSION citext; CREATE EXTENSION ltree;"
+                "CREATE TABLE ext (id int PRIMARY KEY, h hstore, ha hstore[], c citext, l ltree);"
+                "INSERT INTO ext VALUES (1, hstore(ARRAY['a', 'q\"k\\\\', 'é 😀', 'n', ''],"
+                " ARRAY['1', 'v\"\\\\x', E'tab\\t', NULL, '']), ARRAY['x=>1'::hstore, ''], 'MiXed', 'a.b.c'),"
+                " (2, '', '{}', NULL, NULL)"
+            )
+        decoders = _decoders(conn, "ext")
+        assert [d.decode.__name__ for d in decoders[1:3]] == ["_hstore", "decode_array"]
+        for want, row in zip(expected_json(conn, "ext"), raw_text_rows(conn, "ext"), strict=True):
+            _assert_same(want, decode_tuple_json(decoders, row))
+    finally:
+        conn.close()
+
+
+def test_type_catalog_resolves_domains_arrays_composites(all_types):
+    cols = {name: oid for name, oid, _ in columns_of(all_types, "all_types")}
+    catalog = load_type_catalog(all_types, cols.values())
+    assert catalog[cols["dn"]].category == "number" and catalog[cols["dn"]].base_oid == 23
+    assert catalog[cols["bx"]].delimiter == ";"
+    assert catalog[cols["o"]].category == "other"  # to_json prints oid as a string
+    assert catalog[cols["i2v"]].category == "vector"
+    compd = catalog[cols["compd"]]
+    assert compd.category == "composite" and [a for a, _ in compd.attributes] == [
+        "label", "amount", "seen", "nums", "mood",
+    ]  # fmt: skip
+    assert catalog[cols["en"]].enum_labels == ("sad", "ok", 'happy "quoted"')
+    for _, oid in compd.attributes:  # reached transitively
+        assert oid in catalog
+    with all_types.cursor() as cur:  # a dropped attribute disappears from the composite
+        cur.execute("ALTER TYPE pair DROP ATTRIBUTE mood")
+    again = load_type_catalog(all_types, [cols["comp"]])
+    assert [a for a, _ in again[cols["comp"]].attributes] == ["label", "amount", "seen", "nums"]
+    with pytest.raises(SourceError, match="not found"):
+        load_type_catalog(all_types, [4000000000])
+    assert load_type_catalog(all_types, []) == {}
