@@ -3,7 +3,9 @@
 Polling builds each row's JSON inside PostgreSQL with ``row_to_json`` (session
 ``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=postgres``, ``extra_float_digits=1``),
 bytea replaced by its base64. CDC gets the same columns as text output and must emit
-the same JSON text; this module does that without a database round trip.
+the same JSON text; this module does that without a database round trip. The text is
+produced in the decoding session, so that session needs the same settings (over the
+streaming protocol: the startup ``options='-c TimeZone=UTC -c DateStyle=ISO ...'``).
 
 Per JSON category of the column's type (``pgsource.pg.types``), matching PostgreSQL's
 ``datum_to_json``:
@@ -33,6 +35,10 @@ An unchanged TOASTed column of an UPDATE (pgoutput kind ``'u'``) has no value in
 change: it is emitted as the JSON string ``UNCHANGED_TOAST``
 (``"__pgsource_unchanged_toast__"``), never as null, so consumers can tell "not sent"
 from NULL and merge with the row they already have.
+
+For polling to agree, its SELECT must base64 every bytea it sends, not only top-level
+bytea columns: bytea[] elements, domains over bytea and bytea attributes of composites
+come out of ``row_to_json`` as ``\\x`` hex text otherwise.
 
 Speed: ``compile_columns`` picks one small function per column once per Relation;
 ``decode_tuple_json`` then only calls them and joins strings.
