@@ -48,18 +48,21 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pgsource.decode.containers import (
+    ValueDecoder,
+    array_decoder,
+    composite_decoder,
+    decode_hstore,
+    encode_string,
+    vector_decoder,
+)
 from pgsource.decode.pgoutput import UNCHANGED, Relation, TupleValue
 from pgsource.errors import SourceError
 from pgsource.pg import types as t
 from pgsource.pg.types import TypeInfo
-
-try:  # the C escaper behind json.dumps(ensure_ascii=False): ~6x faster than ujson.dumps
-    from json.encoder import c_encode_basestring as encode_string
-except ImportError:  # pragma: no cover - CPython always has it
-    from json.encoder import py_encode_basestring as encode_string
 
 __all__ = [
     "UNCHANGED_TOAST",
@@ -73,8 +76,6 @@ __all__ = [
 
 UNCHANGED_TOAST = "__pgsource_unchanged_toast__"
 _UNCHANGED_JSON = encode_string(UNCHANGED_TOAST)
-
-ValueDecoder = Callable[[str], str]  # column text -> JSON text of the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,144 +154,6 @@ def _bytea(text: str) -> str:
     return '"' + binascii.b2a_base64(data, newline=False).decode("ascii") + '"'
 
 
-# ---------------------------------------------------------------- arrays and composites
-
-_ARRAY_UNESCAPE = re.compile(r"\\(.)", re.S)
-_ARRAY_TOKENS: dict[str, tuple[Callable, Callable]] = {}
-
-
-def _array_tokens(delimiter: str) -> tuple[Callable, Callable]:
-    """Tokenizers of array_out text, per delimiter.
-
-    The first finds quoted element | brace | unquoted element | delimiter (any shape);
-    the second finds (quoted, unquoted) elements of a one-dimensional array body.
-    """
-    finders = _ARRAY_TOKENS.get(delimiter)
-    if finders is None:
-        d = re.escape(delimiter)
-        finders = (
-            re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}])|([^{{}}"{d}]+)|({d})', re.S).finditer,
-            re.compile(rf'"((?:[^"\\]|\\.)*)"|([^"{d}]+)', re.S).findall,
-        )
-        _ARRAY_TOKENS[delimiter] = finders
-    return finders
-
-
-def _array_decoder(element: ValueDecoder, delimiter: str) -> ValueDecoder:
-    tokens, elements = _array_tokens(delimiter)
-    unescape = _ARRAY_UNESCAPE.sub
-
-    def decode_array(text: str) -> str:
-        if text[0] == "[":  # "[2:3]={1,2}": row_to_json drops the bounds
-            text = text[text.index("=") + 1 :]
-        if text == "{}":
-            return "[]"
-        if text[0] != "{" or text[-1] != "}":
-            raise ValueError("not an array literal")
-        if text[1] != "{":  # one dimension: a nested array would start "{{"
-            if '"' not in text:
-                items = text[1:-1].split(delimiter)
-                return "[" + ",".join(["null" if e == "NULL" else element(e) for e in items]) + "]"
-            out = []
-            for quoted, bare in elements(text, 1, len(text) - 1):
-                if bare:
-                    out.append("null" if bare == "NULL" else element(bare))
-                else:
-                    out.append(element(unescape(r"\1", quoted) if "\\" in quoted else quoted))
-            return "[" + ",".join(out) + "]"
-        out = []
-        expect = 0  # position the next token must start at: array_out leaves no gaps
-        for match in tokens(text):
-            if match.start() != expect:
-                raise ValueError("not an array literal")
-            expect = match.end()
-            kind = match.lastindex
-            if kind == 1:
-                quoted = match.group(1)
-                out.append(element(unescape(r"\1", quoted) if "\\" in quoted else quoted))
-            elif kind == 2:
-                out.append("[" if match.group(2) == "{" else "]")
-            elif kind == 3:
-                value = match.group(3)
-                out.append("null" if value == "NULL" else element(value))
-            else:
-                out.append(",")
-        if expect != len(text):
-            raise ValueError("not an array literal")
-        return "".join(out)
-
-    return decode_array
-
-
-def _vector_decoder(element: ValueDecoder) -> ValueDecoder:
-    def decode_vector(text: str) -> str:
-        return "[" + ",".join([element(e) for e in text.split()]) + "]"
-
-    return decode_vector
-
-
-_RECORD_FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,]*)', re.S).match
-_RECORD_UNESCAPE = re.compile(r'(["\\])\1').sub
-
-
-def _split_record(text: str) -> list[str | None]:
-    """Fields of record_out text: quoted ("" and \\\\ doubled), bare, or empty = NULL."""
-    if len(text) < 2 or text[0] != "(" or text[-1] != ")":
-        raise ValueError("not a record literal")
-    body = text[1:-1]
-    fields: list[str | None] = []
-    pos = 0
-    while True:
-        match = _RECORD_FIELD(body, pos)
-        quoted, bare = match.groups()
-        if quoted is not None:
-            fields.append(_RECORD_UNESCAPE(r"\1", quoted))
-        else:
-            fields.append(bare or None)
-        pos = match.end()
-        if pos >= len(body):
-            return fields
-        if body[pos] != ",":
-            raise ValueError("not a record literal")
-        pos += 1
-
-
-def _composite_decoder(keys: Sequence[str], decoders: Sequence[ValueDecoder]) -> ValueDecoder:
-    pairs = list(zip(keys, decoders, strict=True))
-    if not pairs:
-        return lambda text: "{}"
-
-    def decode_composite(text: str) -> str:
-        fields = _split_record(text)
-        if len(fields) != len(pairs):
-            raise ValueError(f"record has {len(fields)} fields, type has {len(pairs)} attributes")
-        return (
-            "{"
-            + ",".join([k + ("null" if v is None else f(v)) for (k, f), v in zip(pairs, fields, strict=True)])
-            + "}"
-        )
-
-    return decode_composite
-
-
-_HSTORE_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"=>(?:"((?:[^"\\]|\\.)*)"|(NULL))(?:, |$)', re.S).match
-
-
-def _hstore(text: str) -> str:
-    """hstore_out text -> what hstore_to_json prints (note its ": " and ", ")."""
-    out = []
-    pos = 0
-    while pos < len(text):
-        match = _HSTORE_PAIR(text, pos)
-        if match is None:
-            raise ValueError("not an hstore literal")
-        key, value, null = match.groups()
-        key = encode_string(_ARRAY_UNESCAPE.sub(r"\1", key))
-        out.append(key + ": " + ("null" if null else encode_string(_ARRAY_UNESCAPE.sub(r"\1", value))))
-        pos = match.end()
-    return "{" + ", ".join(out) + "}"
-
-
 # ---------------------------------------------------------------- compilation
 
 _SCALARS: dict[str, ValueDecoder] = {
@@ -321,13 +184,13 @@ def compile_value_decoder(type_oid: int, catalog: Mapping[int, TypeInfo], _depth
     if scalar is not None:
         return scalar
     if category == t.CAST and info.json_cast == "hstore_to_json":
-        return _hstore
+        return decode_hstore
     if category == t.ARRAY:
-        return _array_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1), info.delimiter)
+        return array_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1), info.delimiter)
     if category == t.VECTOR:
-        return _vector_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1))
+        return vector_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1))
     if category == t.COMPOSITE:
-        return _composite_decoder(
+        return composite_decoder(
             [encode_string(name) + ":" for name, _ in info.attributes],
             [compile_value_decoder(oid, catalog, _depth + 1) for _, oid in info.attributes],
         )
