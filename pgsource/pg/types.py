@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from psycopg2 import sql
-
 from pgsource.errors import SourceError
 
 # JSON categories, as json.c names them, plus "bytea": pgsource's contract sends bytea
@@ -72,8 +70,7 @@ class TypeInfo:
     json_cast: str = ""  # CAST: name of the cast function to json (hstore_to_json is reproduced)
 
 
-_QUERY = sql.SQL(
-    """
+_QUERY = """
 WITH RECURSIVE reach(oid) AS (
     SELECT unnest(%s::oid[])
   UNION
@@ -108,7 +105,6 @@ SELECT t.oid::int8, format_type(t.oid, NULL), t.typtype::text, t.typbasetype::in
   LEFT JOIN pg_type e ON e.oid = t.typelem
  WHERE t.oid IN (SELECT oid FROM reach)
 """
-)
 
 
 @dataclass(frozen=True)
