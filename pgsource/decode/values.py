@@ -3,7 +3,9 @@
 Polling builds each row's JSON inside PostgreSQL with ``row_to_json`` (session
 ``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=postgres``, ``extra_float_digits=1``),
 bytea replaced by its base64. CDC gets the same columns as text output and must emit
-the same JSON text; this module does that without a database round trip.
+the same JSON text; this module does that without a database round trip. The text is
+produced in the decoding session, so that session needs the same settings (over the
+streaming protocol: the startup ``options='-c TimeZone=UTC -c DateStyle=ISO ...'``).
 
 Per JSON category of the column's type (``pgsource.pg.types``), matching PostgreSQL's
 ``datum_to_json``:
@@ -24,13 +26,19 @@ Per JSON category of the column's type (``pgsource.pg.types``), matching Postgre
 - oid and everything else (text, time, interval, uuid, enum, inet, money, ranges...):
   a JSON string of the text output. Note: ``to_json`` gives oid as a string, not a number.
 - domains: as their base type. NULL: ``null``.
-- user-defined types with a cast to json (hstore): ``to_json`` calls the cast, which a
-  decoder cannot; they are sent as a JSON string of their text (documented difference).
+- user-defined types with a function cast to json: ``to_json`` calls the cast. hstore's
+  (``hstore_to_json``) is reproduced: ``{"k": "v", "n": null}``, its own spacing. Any
+  other cast cannot be run without the database: such a type is sent as a JSON string of
+  its text, which differs from polling (a known, documented gap).
 
 An unchanged TOASTed column of an UPDATE (pgoutput kind ``'u'``) has no value in the
 change: it is emitted as the JSON string ``UNCHANGED_TOAST``
 (``"__pgsource_unchanged_toast__"``), never as null, so consumers can tell "not sent"
 from NULL and merge with the row they already have.
+
+For polling to agree, its SELECT must base64 every bytea it sends, not only top-level
+bytea columns: bytea[] elements, domains over bytea and bytea attributes of composites
+come out of ``row_to_json`` as ``\\x`` hex text otherwise.
 
 Speed: ``compile_columns`` picks one small function per column once per Relation;
 ``decode_tuple_json`` then only calls them and joins strings.
@@ -40,18 +48,21 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pgsource.decode.containers import (
+    ValueDecoder,
+    array_decoder,
+    composite_decoder,
+    decode_hstore,
+    encode_string,
+    vector_decoder,
+)
 from pgsource.decode.pgoutput import UNCHANGED, Relation, TupleValue
 from pgsource.errors import SourceError
 from pgsource.pg import types as t
 from pgsource.pg.types import TypeInfo
-
-try:  # the C escaper behind json.dumps(ensure_ascii=False): ~6x faster than ujson.dumps
-    from json.encoder import c_encode_basestring as encode_string
-except ImportError:  # pragma: no cover - CPython always has it
-    from json.encoder import py_encode_basestring as encode_string
 
 __all__ = [
     "UNCHANGED_TOAST",
@@ -65,8 +76,6 @@ __all__ = [
 
 UNCHANGED_TOAST = "__pgsource_unchanged_toast__"
 _UNCHANGED_JSON = encode_string(UNCHANGED_TOAST)
-
-ValueDecoder = Callable[[str], str]  # column text -> JSON text of the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,8 @@ _TIMESTAMPTZ = re.compile(
 
 
 def _timestamp(text: str) -> str:
+    if len(text) > 18 and text[4] == "-" and text[10] == " " and text[13] == ":" and text[-1] != "C":
+        return '"' + text[:10] + "T" + text[11:] + '"'  # the common case, without the regex
     if _TIMESTAMP(text):
         return '"' + text.replace(" ", "T", 1) + '"'
     if text == "infinity" or text == "-infinity":
@@ -116,6 +127,8 @@ def _timestamp(text: str) -> str:
 
 
 def _timestamptz(text: str) -> str:
+    if len(text) > 21 and text[4] == "-" and text[10] == " " and text[13] == ":" and text[-3] in "+-":
+        return '"' + text[:10] + "T" + text[11:] + ':00"'  # "+HH" offset, 4-digit year, AD
     match = _TIMESTAMPTZ(text)
     if match:
         date, time, hours, rest, era = match.groups()
@@ -141,114 +154,6 @@ def _bytea(text: str) -> str:
     return '"' + binascii.b2a_base64(data, newline=False).decode("ascii") + '"'
 
 
-# ---------------------------------------------------------------- arrays and composites
-
-_ARRAY_UNESCAPE = re.compile(r"\\(.)", re.S)
-_ARRAY_TOKENS: dict[str, Callable] = {}
-
-
-def _array_tokens(delimiter: str) -> Callable:
-    """Tokenizer of array_out text: quoted element | brace | unquoted element | delimiter."""
-    finder = _ARRAY_TOKENS.get(delimiter)
-    if finder is None:
-        d = re.escape(delimiter)
-        finder = re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}])|([^{{}}"{d}]+)|({d})', re.S).finditer
-        _ARRAY_TOKENS[delimiter] = finder
-    return finder
-
-
-def _array_decoder(element: ValueDecoder, delimiter: str) -> ValueDecoder:
-    tokens = _array_tokens(delimiter)
-    unescape = _ARRAY_UNESCAPE.sub
-
-    def decode_array(text: str) -> str:
-        if text[0] == "[":  # "[2:3]={1,2}": row_to_json drops the bounds
-            text = text[text.index("=") + 1 :]
-        if '"' not in text and "{" not in text[1:]:  # one dimension, nothing quoted
-            if text == "{}":
-                return "[]"
-            if text[0] != "{" or text[-1] != "}":
-                raise ValueError("not an array literal")
-            return (
-                "["
-                + ",".join(["null" if e == "NULL" else element(e) for e in text[1:-1].split(delimiter)])
-                + "]"
-            )
-        out = []
-        expect = 0  # position the next token must start at: array_out leaves no gaps
-        for match in tokens(text):
-            if match.start() != expect:
-                raise ValueError("not an array literal")
-            expect = match.end()
-            kind = match.lastindex
-            if kind == 1:
-                quoted = match.group(1)
-                out.append(element(unescape(r"\1", quoted) if "\\" in quoted else quoted))
-            elif kind == 2:
-                out.append("[" if match.group(2) == "{" else "]")
-            elif kind == 3:
-                value = match.group(3)
-                out.append("null" if value == "NULL" else element(value))
-            else:
-                out.append(",")
-        if expect != len(text):
-            raise ValueError("not an array literal")
-        return "".join(out)
-
-    return decode_array
-
-
-def _vector_decoder(element: ValueDecoder) -> ValueDecoder:
-    def decode_vector(text: str) -> str:
-        return "[" + ",".join([element(e) for e in text.split()]) + "]"
-
-    return decode_vector
-
-
-_RECORD_FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,]*)', re.S).match
-_RECORD_UNESCAPE = re.compile(r'(["\\])\1').sub
-
-
-def _split_record(text: str) -> list[str | None]:
-    """Fields of record_out text: quoted ("" and \\\\ doubled), bare, or empty = NULL."""
-    if len(text) < 2 or text[0] != "(" or text[-1] != ")":
-        raise ValueError("not a record literal")
-    body = text[1:-1]
-    fields: list[str | None] = []
-    pos = 0
-    while True:
-        match = _RECORD_FIELD(body, pos)
-        quoted, bare = match.groups()
-        if quoted is not None:
-            fields.append(_RECORD_UNESCAPE(r"\1", quoted))
-        else:
-            fields.append(bare or None)
-        pos = match.end()
-        if pos >= len(body):
-            return fields
-        if body[pos] != ",":
-            raise ValueError("not a record literal")
-        pos += 1
-
-
-def _composite_decoder(keys: Sequence[str], decoders: Sequence[ValueDecoder]) -> ValueDecoder:
-    pairs = list(zip(keys, decoders, strict=True))
-    if not pairs:
-        return lambda text: "{}"
-
-    def decode_composite(text: str) -> str:
-        fields = _split_record(text)
-        if len(fields) != len(pairs):
-            raise ValueError(f"record has {len(fields)} fields, type has {len(pairs)} attributes")
-        return (
-            "{"
-            + ",".join([k + ("null" if v is None else f(v)) for (k, f), v in zip(pairs, fields, strict=True)])
-            + "}"
-        )
-
-    return decode_composite
-
-
 # ---------------------------------------------------------------- compilation
 
 _SCALARS: dict[str, ValueDecoder] = {
@@ -260,7 +165,6 @@ _SCALARS: dict[str, ValueDecoder] = {
     t.JSON: _identity,
     t.JSONB: _identity,
     t.BYTEA: _bytea,
-    t.CAST: encode_string,
     t.OTHER: encode_string,
 }
 _INTEGERS = {20, 21, 23}
@@ -279,15 +183,19 @@ def compile_value_decoder(type_oid: int, catalog: Mapping[int, TypeInfo], _depth
     scalar = _SCALARS.get(category)
     if scalar is not None:
         return scalar
+    if category == t.CAST and info.json_cast == "hstore_to_json":
+        return decode_hstore
     if category == t.ARRAY:
-        return _array_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1), info.delimiter)
+        return array_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1), info.delimiter)
     if category == t.VECTOR:
-        return _vector_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1))
+        return vector_decoder(compile_value_decoder(info.element_oid, catalog, _depth + 1))
     if category == t.COMPOSITE:
-        return _composite_decoder(
+        return composite_decoder(
             [encode_string(name) + ":" for name, _ in info.attributes],
             [compile_value_decoder(oid, catalog, _depth + 1) for _, oid in info.attributes],
         )
+    if category == t.CAST:
+        return encode_string  # documented gap: the cast to json cannot run here
     raise ValueError(f"type {info.name} has unknown JSON category {category!r}")
 
 
@@ -318,7 +226,8 @@ def compile_relation(
     relation: Relation, catalog: Mapping[int, TypeInfo], keys: Sequence[str] | None = None
 ) -> list[ColumnDecoder]:
     """``compile_columns`` for a pgoutput Relation message."""
-    table = relation.name if relation.namespace in ("public", "") else f"{relation.namespace}.{relation.name}"
+    namespace = relation.namespace or "pg_catalog"  # the protocol sends "" for pg_catalog
+    table = relation.name if namespace == "public" else f"{namespace}.{relation.name}"
     return compile_columns(table, [(c.name, c.type_oid) for c in relation.columns], catalog, keys)
 
 

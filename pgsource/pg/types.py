@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from psycopg2 import sql
-
 from pgsource.errors import SourceError
 
 # JSON categories, as json.c names them, plus "bytea": pgsource's contract sends bytea
@@ -33,7 +31,7 @@ BYTEA = "bytea"
 ARRAY = "array"
 VECTOR = "vector"  # int2vector/oidvector: true arrays whose text is space-separated
 COMPOSITE = "composite"
-CAST = "cast"  # user-defined type with a function cast to json (hstore): not reproducible
+CAST = "cast"  # user-defined type with a function cast to json (hstore)
 OTHER = "other"
 
 _BUILTIN_CATEGORY = {
@@ -69,10 +67,10 @@ class TypeInfo:
     delimiter: str = ","  # ARRAY: typdelim of the element type (';' for box)
     attributes: tuple[tuple[str, int], ...] = ()  # COMPOSITE: live (name, type oid) in order
     enum_labels: tuple[str, ...] = ()  # enums, for callers that validate; decoded as text
+    json_cast: str = ""  # CAST: name of the cast function to json (hstore_to_json is reproduced)
 
 
-_QUERY = sql.SQL(
-    """
+_QUERY = """
 WITH RECURSIVE reach(oid) AS (
     SELECT unnest(%s::oid[])
   UNION
@@ -101,13 +99,12 @@ SELECT t.oid::int8, format_type(t.oid, NULL), t.typtype::text, t.typbasetype::in
                 AND NOT a.attisdropped ORDER BY a.attnum),
        ARRAY(SELECT l.enumlabel::text FROM pg_enum l WHERE l.enumtypid = t.oid
               ORDER BY l.enumsortorder),
-       EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource = t.oid
-                  AND c.casttarget = 'json'::regtype AND c.castmethod = 'f')
+       (SELECT p.proname::text FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
+         WHERE c.castsource = t.oid AND c.casttarget = 'json'::regtype AND c.castmethod = 'f')
   FROM pg_type t
   LEFT JOIN pg_type e ON e.oid = t.typelem
  WHERE t.oid IN (SELECT oid FROM reach)
 """
-)
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,7 @@ class _Row:
     attnames: list[str]
     atttypes: list[int]
     labels: list[str]
-    json_cast: bool
+    json_cast: str | None
 
 
 def load_type_catalog(conn, oids: Iterable[int]) -> dict[int, TypeInfo]:
@@ -169,4 +166,5 @@ def _describe(oid: int, rows: dict[int, _Row]) -> TypeInfo:
         delimiter=base.delimiter or ",",
         attributes=tuple(zip(base.attnames, base.atttypes, strict=True)),
         enum_labels=tuple(base.labels),
+        json_cast=base.json_cast or "",
     )

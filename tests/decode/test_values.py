@@ -107,12 +107,19 @@ def test_missing_type_oid_names_column():
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+_matrix = st.tuples(st.integers(1, 3), st.integers(1, 3)).flatmap(
+    lambda shape: st.lists(
+        st.lists(st.one_of(st.none(), _text), min_size=shape[1], max_size=shape[1]),
+        min_size=shape[0],
+        max_size=shape[0],
+    )
+)
 _numeric = st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
     lambda d: abs(d.adjusted()) < 1000
 ) | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     texts=st.lists(_text, max_size=8),
     arrays=st.lists(st.lists(st.one_of(st.none(), _text), max_size=5), max_size=4),
@@ -120,20 +127,21 @@ _numeric = st.decimals(allow_nan=False, allow_infinity=False, places=None).filte
     floats=st.lists(st.floats(), max_size=8),
     floats32=st.lists(st.floats(width=32), max_size=8),
     blobs=st.lists(st.binary(max_size=40), max_size=4),
+    matrix=_matrix,
 )
-def test_random_values_match_row_to_json(pg_dsn, texts, arrays, numbers, floats, floats32, blobs):
+def test_random_values_match_row_to_json(pg_dsn, texts, arrays, numbers, floats, floats32, blobs, matrix):
     conn = connect(pg_dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
                 "DROP TABLE IF EXISTS rnd; CREATE TABLE rnd (id serial PRIMARY KEY, t text, ta text[],"
-                " n numeric, na numeric[], f float8, fa float8[], f4a float4[], by bytea, ba bytea[])"
+                " n numeric, na numeric[], f float8, fa float8[], f4a float4[], by bytea, ba bytea[], tm text[])"
             )
             count = max(len(texts), len(arrays), len(numbers), len(floats), len(blobs), 1)
             for i in range(count):
                 cur.execute(
-                    "INSERT INTO rnd (t, ta, n, na, f, fa, f4a, by, ba) VALUES (%s, %s, %s::numeric,"
-                    " %s::numeric[], %s::float8, %s::float8[], %s::float4[], %s, %s::bytea[])",
+                    "INSERT INTO rnd (t, ta, n, na, f, fa, f4a, by, ba, tm) VALUES (%s, %s, %s::numeric,"
+                    " %s::numeric[], %s::float8, %s::float8[], %s::float4[], %s, %s::bytea[], %s::text[])",
                     (
                         texts[i] if i < len(texts) else None,
                         arrays[i] if i < len(arrays) else None,
@@ -144,6 +152,7 @@ def test_random_values_match_row_to_json(pg_dsn, texts, arrays, numbers, floats,
                         [repr(f).replace("inf", "Infinity") for f in floats32] if i == 0 else None,
                         blobs[i] if i < len(blobs) else None,
                         list(blobs) if i == 0 else None,
+                        matrix,
                     ),
                 )
         decoders = _decoders(conn, "rnd")
@@ -171,3 +180,46 @@ def test_timestamptz_offsets_in_any_session_zone(pg_dsn, zone):
             _assert_same(want, decode_tuple_json(decoders, row))
     finally:
         conn.close()
+
+
+def test_extension_types_hstore_cast_and_plain(pg_dsn):
+    """hstore has a cast to json (reproduced); citext and ltree have none (JSON strings)."""
+    conn = connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "CREATE EXTENSION hstore; CREATE EXTENSION citext; CREATE EXTENSION ltree;"
+                "CREATE TABLE ext (id int PRIMARY KEY, h hstore, ha hstore[], c citext, l ltree);"
+                "INSERT INTO ext VALUES (1, hstore(ARRAY['a', 'q\"k\\\\', 'é 😀', 'n', ''],"
+                " ARRAY['1', 'v\"\\\\x', E'tab\\t', NULL, '']), ARRAY['x=>1'::hstore, ''], 'MiXed', 'a.b.c'),"
+                " (2, '', '{}', NULL, NULL)"
+            )
+        decoders = _decoders(conn, "ext")
+        assert [d.decode.__name__ for d in decoders[1:3]] == ["decode_hstore", "decode_array"]
+        for want, row in zip(expected_json(conn, "ext"), raw_text_rows(conn, "ext"), strict=True):
+            _assert_same(want, decode_tuple_json(decoders, row))
+    finally:
+        conn.close()
+
+
+def test_type_catalog_resolves_domains_arrays_composites(all_types):
+    cols = {name: oid for name, oid, _ in columns_of(all_types, "all_types")}
+    catalog = load_type_catalog(all_types, cols.values())
+    assert catalog[cols["dn"]].category == "number" and catalog[cols["dn"]].base_oid == 23
+    assert catalog[cols["bx"]].delimiter == ";"
+    assert catalog[cols["o"]].category == "other"  # to_json prints oid as a string
+    assert catalog[cols["i2v"]].category == "vector"
+    compd = catalog[cols["compd"]]
+    assert compd.category == "composite" and [a for a, _ in compd.attributes] == [
+        "label", "amount", "seen", "nums", "mood",
+    ]  # fmt: skip
+    assert catalog[cols["en"]].enum_labels == ("sad", "ok", 'happy "quoted"')
+    for _, oid in compd.attributes:  # reached transitively
+        assert oid in catalog
+    with all_types.cursor() as cur:  # a dropped attribute disappears from the composite
+        cur.execute("ALTER TYPE pair DROP ATTRIBUTE mood")
+    again = load_type_catalog(all_types, [cols["comp"]])
+    assert [a for a, _ in again[cols["comp"]].attributes] == ["label", "amount", "seen", "nums"]
+    with pytest.raises(SourceError, match="not found"):
+        load_type_catalog(all_types, [4000000000])
+    assert load_type_catalog(all_types, []) == {}
