@@ -196,6 +196,14 @@ class IggyStandIn:
         with self._storage.lock:
             return [t.name for t in self._storage.stream(stream).topics.values()]
 
+    def message_count(self, stream: str, topic: str) -> int:
+        """How many messages a topic holds (0 when it does not exist), without decoding them."""
+        with self._storage.lock:
+            stream_found = self._storage.find_stream(stream)
+            if stream_found is None or topic not in [t.name for t in stream_found.topics.values()]:
+                return 0
+            return self._storage.topic(stream, topic)[1].messages_count
+
     def messages(self, stream: str, topic: str, partition: int | None = None) -> list[StoredMessage]:
         """Every stored message, by partition then offset (one partition when given)."""
         storage = self._storage

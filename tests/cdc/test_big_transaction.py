@@ -1,0 +1,49 @@
+"""A transaction of 1,000,000 rows: delivered whole, with bounded memory, confirmed only at the end."""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+from tests.support import execute, query, start_service, stop_service, wait_for, write_config
+
+ROWS = 1_000_000
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def test_one_million_row_transaction_with_bounded_memory(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, v int)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"mode": "cdc", "tables": ["big"], "batch_size": 5000})
+    service = start_service(config)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], _tree_rss(service.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 1, 30, message="the slot")
+        before = query(pg_dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0]
+        sampler.start()
+        execute(pg_dsn, f"INSERT INTO big SELECT g, g FROM generate_series(1, {ROWS}) g")
+        wait_for(lambda: iggy.message_count("pg", "big") >= ROWS, 240, interval=0.5, message="a million changes")
+        end = query(pg_dsn, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
+        wait_for(lambda: query(pg_dsn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots", (end,))[0][0],
+                 30, message="the slot confirmed past the transaction")
+    finally:
+        done.set()
+        assert stop_service(service) == 0
+    stored = iggy.messages("pg", "big")
+    assert len({m.id for m in stored}) == ROWS
+    assert before != end
+    assert peak[0] < 400 * 1024 * 1024, f"pgsource processes peaked at {peak[0] / 2**20:.0f} MiB"
