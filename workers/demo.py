@@ -9,7 +9,6 @@ arrived in Iggy, read back through the real SDK.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -35,7 +34,7 @@ CREATE TABLE orders (
 )"""
 SAMPLE_ROWS = """
 INSERT INTO orders (customer, email, quantity, amount, paid, details)
-SELECT 'customer ' || g, 'c' || g || '@example.com', g % 7 + 1, (g % 1000) * 1.25, g % 3 = 0,
+SELECT 'customer ' || g, 'c' || g || '@example.com', g %% 7 + 1, (g %% 1000) * 1.25, g %% 3 = 0,
        jsonb_build_object('source', 'demo', 'n', g)
 FROM generate_series(1, %s) g"""
 
@@ -113,7 +112,7 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
         click.echo(f"\npgsource exited with code {code}")
         click.echo(f"messages in Iggy demo/orders: {count} ({count / elapsed:,.0f} rows/s over {elapsed:.1f}s)")
         for payload in samples:
-            click.echo("  " + json.dumps(json.loads(payload))[:300])
+            click.echo("  " + bytes(payload).decode()[:300])
         if standin is not None:
             standin.stop()
         if code != 0 or count == 0:

@@ -12,4 +12,4 @@ def test_demo_streams_the_sample_table_and_live_writes():
     assert result.returncode == 0, result.stdout + result.stderr
     count = int(re.search(r"messages in Iggy demo/orders: (\d+)", result.stdout).group(1))
     assert count > 3000  # the initial rows plus some written while it ran
-    assert '"table_name": "orders"' in result.stdout and '"operation_type": "SELECT"' in result.stdout
+    assert '"table_name":"orders"' in result.stdout and '"operation_type":"SELECT"' in result.stdout
