@@ -122,6 +122,7 @@ class CdcWorker:
         source = self.spec.config.source
         limit = max(source.batch_size * source.max_in_flight_batches, 10_000)
         while not self._should_stop():
+            self.spec.beat()
             upto = rep.current_flush_lsn(self.conn)
             changes, end = self._peek(upto, limit)
             if self._should_stop() and self._seq != self._acked:
@@ -154,6 +155,7 @@ class CdcWorker:
                     if not chunk:
                         break
                     rows += len(chunk)
+                    self.spec.beat()
                     for (data,) in chunk:
                         self.encoder.feed(decode_message(data), batch)
                         if batch.count >= self.spec.config.source.batch_size:
@@ -191,6 +193,7 @@ class CdcWorker:
         delivered = self._confirmed
         last_feedback = 0.0
         while not self._should_stop():
+            self.spec.beat()
             message = cur.read_message()
             if message is not None:
                 self.encoder.feed(decode_message(message.payload), self._batch)
@@ -260,9 +263,12 @@ class CdcWorker:
                 return
             if self.watch.orphaned():
                 raise SystemExit(1)
+            self.spec.beat()
             self._collect_acks(block=True)
 
     def _should_stop(self) -> bool:
+        """Asked in every wait loop, so it doubles as the heartbeat."""
+        self.spec.beat()
         return self._stopping or self.stop_event.is_set()
 
 

@@ -39,6 +39,12 @@ class WorkerSpec:
     config: Config
     units: list[WorkUnit]
     workers_total: int = 1
+    heartbeat: object = None  # a shared double: the worker writes time.monotonic() into it
+
+    def beat(self) -> None:
+        """Prove liveness to the supervisor (a silent worker is killed and replaced)."""
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()
 
 
 @dataclass
@@ -106,6 +112,8 @@ class PollWorker:
         self._stopping = True
 
     def _should_stop(self) -> bool:
+        """Asked in every wait loop, so it doubles as the heartbeat."""
+        self.spec.beat()
         return self._stopping or self.stop_event.is_set()
 
     def _open(self, unit: WorkUnit | None) -> _Cursor:
@@ -125,6 +133,7 @@ class PollWorker:
         source = config.source
         max_in_flight = source.max_in_flight_batches
         while not self._should_stop():
+            self.spec.beat()
             if watch.orphaned():
                 log.error("%s: supervisor is gone, exiting", self.spec.name)
                 return

@@ -28,7 +28,7 @@ from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
 from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
 from pgsource.events import StopEvent, WorkerStatus
-from workers.channel import Empty, get_event, put_event
+from workers.channel import Empty, StopFlag, get_event, put_event
 from workers.poller import WorkerSpec, run_poll_worker
 from workers.publisher import run_publisher
 
@@ -69,7 +69,8 @@ class Supervisor:
         self.batch_queue = self.ctx.Queue(maxsize=queue_size)
         self.status_queue = self.ctx.Queue()
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
-        self.stop_event = self.ctx.Event()
+        self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in self.assignment}
+        self.stop_event = StopFlag(self.ctx)
         try:
             self._start_publisher()
             for name in self.assignment:
@@ -124,7 +125,8 @@ class Supervisor:
     def _start_worker(self, name: str) -> None:
         generation = self._generation.get(name, -1) + 1
         self._generation[name] = generation
-        spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment))
+        self.heartbeats[name].value = time.monotonic()
+        spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment), self.heartbeats[name])
         target = self._worker_target()
         process = self.ctx.Process(
             target=target,
@@ -155,7 +157,10 @@ class Supervisor:
         from pgsource.metrics.registry import mark_process_dead
 
         for name, process in list(self._processes.items()):
-            if process.is_alive() or self._stopping:
+            if self._stopping:
+                return
+            if process.is_alive():
+                self._kill_if_silent(name, process)
                 continue
             if name in self._restart_at:
                 if time.monotonic() < self._restart_at[name]:
@@ -178,6 +183,16 @@ class Supervisor:
                 )
             backoff = self.config.supervisor.restart_backoff * (2 ** (len(history) - 1))
             self._restart_at[name] = now + min(backoff, 30.0)
+
+    def _kill_if_silent(self, name: str, process) -> None:
+        beat = self.heartbeats.get(name)
+        if beat is None:
+            return
+        silent = time.monotonic() - beat.value
+        if silent > self.config.supervisor.heartbeat_timeout:
+            log.error("%s has been silent for %.0fs; killing it", name, silent)
+            process.kill()
+            process.join(5)
 
     def _restart(self, name: str) -> None:
         from pgsource.metrics import Metrics

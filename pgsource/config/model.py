@@ -199,8 +199,9 @@ class SupervisorConfig(BaseModel):
     max_restarts: int = Field(5, ge=0)
     restart_window: float = 60.0
     stop_timeout: float = 15.0
+    heartbeat_timeout: float = 120.0  # a worker silent this long is killed and restarted
 
-    @field_validator("restart_backoff", "restart_window", "stop_timeout", mode="before")
+    @field_validator("restart_backoff", "restart_window", "stop_timeout", "heartbeat_timeout", mode="before")
     @classmethod
     def _duration(cls, value):
         return parse_duration(value)

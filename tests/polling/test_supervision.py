@@ -1,0 +1,60 @@
+"""The supervisor: a silent worker is replaced, a crash-looping one stops the service clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from urllib.parse import urlparse
+
+import psutil
+
+from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
+
+
+def _worker_pid(service_pid: int, pg_port: int) -> int | None:
+    """The child that holds a connection to PostgreSQL (the poll worker, not the publisher)."""
+    for child in psutil.Process(service_pid).children():
+        try:
+            if any(c.raddr and c.raddr.port == pg_port for c in child.net_connections(kind="tcp")):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_hung_worker_is_killed_and_replaced(pg_dsn, iggy, tmp_path):
+    port = urlparse(pg_dsn).port
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]},
+                          supervisor={"heartbeat_timeout": "2s", "restart_backoff": "100ms"})
+    service = start_service(config)
+    try:
+        hung = wait_for(lambda: _worker_pid(service.pid, port), 30, message="the worker")
+        os.kill(hung, signal.SIGSTOP)
+        execute(pg_dsn, "INSERT INTO t DEFAULT VALUES")
+        wait_for(lambda: not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE, 30,
+                 message="the hung worker to be killed")
+        wait_for(lambda: bodies(iggy, "t"), 30, message="the row, read by the replacement")
+    finally:
+        assert stop_service(service) == 0
+    assert "has been silent" in config.with_suffix(".log").read_text()
+
+
+def test_a_crash_looping_worker_stops_the_service_with_exit_code_6(pg_dsn, iggy, tmp_path):
+    port = urlparse(pg_dsn).port
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]},
+                          supervisor={"max_restarts": 2, "restart_window": "60s", "restart_backoff": "100ms"})
+    service = start_service(config)
+    killed = set()
+    deadline = time.monotonic() + 60
+    while service.poll() is None and time.monotonic() < deadline:
+        pid = _worker_pid(service.pid, port)
+        if pid and pid not in killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.05)
+    assert service.wait(30) == 6
+    assert len(killed) == 3
+    assert "died 3 times within 60s" in config.with_suffix(".log").read_text()
