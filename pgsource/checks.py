@@ -55,6 +55,7 @@ def check_prerequisites(config: Config) -> CheckReport:
             _check_custom_query(conn, config, report)
         if source.cdc:
             _check_cdc(conn, config, report)
+        _check_connections(config, report)
     finally:
         conn.close()
     return report
@@ -96,3 +97,25 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cur.fetchone()[0]:
             report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+
+
+def connections_needed(config: Config, workers: int) -> int:
+    """Database connections the service holds at once: one per worker, two per streaming CDC worker
+    (plus one while an initial snapshot runs)."""
+    source = config.source
+    per_worker = 1
+    if source.cdc:
+        per_worker += source.cdc_transport == "replication" or source.snapshot == "initial"
+    return workers * per_worker
+
+
+def _check_connections(config: Config, report: CheckReport) -> None:
+    from pgsource.assignment import assign_units
+
+    workers = len(assign_units(config, report.sizes))
+    needed = connections_needed(config, workers)
+    if needed > config.source.max_connections:
+        report.problems.append(
+            f"source.max_connections is {config.source.max_connections}, but {workers} worker(s) need {needed}"
+            " database connections: lower workers or raise max_connections"
+        )

@@ -56,3 +56,11 @@ def test_custom_query_without_placeholders_is_explained(tmp_path):
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 2
     assert "custom_query must use $1 (the last offset) and $2 (the batch size)" in result.stderr
+
+
+def test_max_connections_bounds_the_workers(pg_dsn, tmp_path):
+    execute(pg_dsn, "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE c (id int PRIMARY KEY)")
+    config = write_config(tmp_path, pg_dsn, "127.0.0.1:1", source={"tables": ["a", "b", "c"], "max_connections": 2}, workers=3)
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 3
+    assert "source.max_connections is 2, but 3 worker(s) need 3 database connections" in result.stderr
