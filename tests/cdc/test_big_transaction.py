@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import psutil
+import pytest
 
 from tests.support import execute, query, start_service, stop_service, wait_for, write_config
 
@@ -19,9 +20,11 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def test_one_million_row_transaction_with_bounded_memory(pg_dsn, iggy, tmp_path):
+@pytest.mark.parametrize("transport", ["sql", "replication"])
+def test_one_million_row_transaction_with_bounded_memory(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, v int)")
-    config = write_config(tmp_path, pg_dsn, iggy.address, source={"mode": "cdc", "tables": ["big"], "batch_size": 5000})
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"mode": "cdc", "tables": ["big"], "batch_size": 5000, "cdc_transport": transport})
     service = start_service(config)
     peak = [0]
     done = threading.Event()

@@ -59,7 +59,9 @@ def test_insert_update_delete_once_each_in_commit_order(pg_dsn, iggy, tmp_path, 
     headers = stored[0].headers
     assert headers["table"] == "users" and headers["operation"] == "INSERT" and "/" in headers["lsn"] and int(headers["xid"]) > 0
     assert stored[0].id >> 64 == stored[1].id >> 64  # same transaction, same commit LSN
-    assert received[0]["timestamp"].endswith("Z")
+    committed = [row[0] for row in query(pg_dsn, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')")]
+    assert received[0]["timestamp"].startswith(committed[0]) and received[0]["timestamp"].endswith("Z")
+    assert received[0]["timestamp"] == received[1]["timestamp"] < received[2]["timestamp"]  # one commit, one time
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -150,9 +152,10 @@ def test_cdc_values_equal_polling_values(pg_dsn, iggy, tmp_path, transport):
     assert cdc_data["n"] == Decimal("12345678901234567890.123456789") and cdc_data["f"] == "NaN"
 
 
-def test_idle_tables_do_not_hold_wal(pg_dsn, iggy, tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_idle_tables_do_not_hold_wal(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE captured (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text)")
-    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["captured"])
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["captured"])
     service = start_service(config)
     try:
         wait_for(lambda: query(pg_dsn, "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'iggy_slot'"), 30)
@@ -178,6 +181,43 @@ def test_slot_of_another_plugin_stops_startup(pg_dsn, iggy, tmp_path):
     assert result.returncode == 3
     assert "replication slot iggy_slot uses plugin test_decoding, not pgoutput" in result.stderr
     assert query(pg_dsn, "SELECT plugin FROM pg_replication_slots WHERE slot_name = 'iggy_slot'") == [("test_decoding",)]
+
+
+def test_slot_in_use_elsewhere_stops_startup(pg_dsn, iggy, tmp_path):
+    import psycopg2
+    import psycopg2.extras
+
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION iggy_publication FOR TABLE t")
+    execute(pg_dsn, "SELECT pg_create_logical_replication_slot('iggy_slot', 'pgoutput')")
+    holder = psycopg2.connect(pg_dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        holder.cursor().start_replication(slot_name="iggy_slot", decode=False,
+                                          options={"proto_version": "1", "publication_names": "iggy_publication"})
+        wait_for(lambda: query(pg_dsn, "SELECT active FROM pg_replication_slots")[0][0], 10, message="the slot held")
+        config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["t"])
+        result = run_cli("run", "--config", str(config))
+    finally:
+        holder.close()
+    assert result.returncode == 3
+    assert "replication slot iggy_slot is in use by another process" in result.stderr
+
+
+def test_lost_slot_is_reported_not_recreated(tmp_path, iggy):
+    from pgsource.testkit.postgres import LocalPostgres
+
+    with LocalPostgres(settings={"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}) as cluster:
+        dsn = cluster.dsn()
+        execute(dsn, "CREATE TABLE t (id int PRIMARY KEY, pad text)")
+        execute(dsn, "SELECT pg_create_logical_replication_slot('iggy_slot', 'pgoutput')")
+        for _ in range(4):  # more WAL than the slot may keep, then checkpoints remove it
+            execute(dsn, "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET pad = excluded.pad || 'y'")
+            execute(dsn, "SELECT pg_switch_wal(); CHECKPOINT")
+        assert query(dsn, "SELECT wal_status FROM pg_replication_slots")[0][0] == "lost"
+        config = cdc_config(tmp_path, dsn, iggy, "sql", tables=["t"])
+        result = run_cli("run", "--config", str(config))
+        assert query(dsn, "SELECT slot_name, wal_status FROM pg_replication_slots") == [("iggy_slot", "lost")]
+    assert result.returncode == 3
+    assert "replication slot iggy_slot is invalidated (wal_status=lost)" in result.stderr
 
 
 def test_publication_missing_a_table_is_an_error(pg_dsn, iggy, tmp_path):
