@@ -72,6 +72,11 @@ class ChangeEncoder:
         self._commit_seconds = 0.0
         self._headers_base: dict = {}
 
+    @property
+    def in_transaction(self) -> bool:
+        """Between a Begin and its Commit: confirming any position now could cut the transaction."""
+        return self._begin is not None
+
     def feed(self, message, out: ChangeBatch) -> None:
         kind = type(message)
         if kind is po.Insert:

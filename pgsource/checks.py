@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgsource.assignment import assign_units
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
+from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table, server_setting
 from pgsource.pg.query import build_custom_query, build_poll_plan
 
@@ -97,6 +99,19 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cur.fetchone()[0]:
             report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+    assignment = assign_units(config, report.sizes)
+    for worker, units in assignment.items():
+        slot, publication = rep.slot_names(config, worker, len(assignment))
+        missing = rep.publication_gaps(conn, publication, [unit.table for unit in units])
+        if missing:
+            report.problems.append(f"publication {publication} exists but lacks table(s) {', '.join(missing)}")
+        state = rep.slot_state(conn, slot)
+        if state is not None:
+            state = rep.wait_until_free(conn, state)
+            try:
+                rep.check_slot(conn, state)
+            except PrerequisiteError as exc:
+                report.problems.append(str(exc))
 
 
 def connections_needed(config: Config, workers: int) -> int:
@@ -110,8 +125,6 @@ def connections_needed(config: Config, workers: int) -> int:
 
 
 def _check_connections(config: Config, report: CheckReport) -> None:
-    from pgsource.assignment import assign_units
-
     workers = len(assign_units(config, report.sizes))
     needed = connections_needed(config, workers)
     if needed > config.source.max_connections:

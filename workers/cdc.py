@@ -27,6 +27,7 @@ from pgsource.errors import PgSourceError
 from pgsource.events import BatchEvent, WorkerStatus
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
+from pgsource.pg.replication import slot_names
 from pgsource.pg.types import load_type_catalog
 from pgsource.state.store import FileOffsetStore, Offset
 from workers.channel import Empty, ParentWatch, get_event, put_event
@@ -37,15 +38,6 @@ log = logging.getLogger("pgsource.cdc")
 
 FETCH_ROWS = 5000  # rows per FETCH from the peek cursor
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
-
-
-def slot_names(config, worker: str, workers: int) -> tuple[str, str]:
-    """One slot + publication per worker; a single worker keeps the configured names."""
-    source = config.source
-    if workers <= 1:
-        return source.replication_slot, source.publication_name
-    suffix = "_" + "".join(ch if ch.isalnum() else "_" for ch in worker.lower())
-    return source.replication_slot + suffix, source.publication_name + suffix
 
 
 class CdcWorker:
@@ -104,6 +96,7 @@ class CdcWorker:
             rep.drop_slot(self.conn, self.slot)  # created by us, nothing consumed from it yet
             state = None
         if state is not None:
+            state = rep.wait_until_free(self.conn, state)
             rep.check_slot(self.conn, state)
             self._confirmed = state.confirmed_flush_lsn
             return
@@ -209,8 +202,9 @@ class CdcWorker:
             self._collect_acks(block=False)
             while awaiting and awaiting[0][0] <= self._acked:
                 delivered = max(delivered, awaiting.pop(0)[1])
-            if not awaiting and self._acked == self._seq and cur.wal_end > delivered:
-                delivered = cur.wal_end  # idle: nothing in flight, confirm the server's position
+            idle = not awaiting and self._acked == self._seq and not self.encoder.in_transaction
+            if idle and cur.wal_end > delivered:
+                delivered = cur.wal_end  # nothing in flight, no transaction half-read: confirm the server's position
             if delivered > self._confirmed and time.monotonic() - last_feedback > 0.01:
                 cur.send_feedback(flush_lsn=delivered)
                 self._confirmed = delivered

@@ -70,13 +70,12 @@ def drop_slot(config_path: str, keep_publication: bool) -> None:
     from pgsource.assignment import assign_units
     from pgsource.pg import connect as pg
     from pgsource.pg import replication as rep
-    from workers.cdc import slot_names
 
     workers = assign_units(config)
     conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot")
     try:
         for worker in workers:
-            slot, publication = slot_names(config, worker, len(workers))
+            slot, publication = rep.slot_names(config, worker, len(workers))
             state = rep.slot_state(conn, slot)
             if state is not None and state.active_pid is not None:
                 click.echo(f"slot {slot} is in use by pid {state.active_pid}: stop pgsource first", err=True)

@@ -36,21 +36,37 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def ensure_publication(conn, name: str, tables: list[TableConfig]) -> None:
-    """Create the publication for ``tables``, or check that an existing one covers them all."""
+def slot_names(config, worker: str, workers: int) -> tuple[str, str]:
+    """(slot, publication) of a CDC worker: one pair per worker; a lone worker keeps the configured names."""
+    source = config.source
+    if workers <= 1:
+        return source.replication_slot, source.publication_name
+    suffix = "_" + "".join(ch if ch.isalnum() else "_" for ch in worker.lower())
+    return source.replication_slot + suffix, source.publication_name + suffix
+
+
+def publication_gaps(conn, name: str, tables: list[TableConfig]) -> list[str] | None:
+    """Tables the existing publication lacks; None when there is no such publication."""
     with conn.cursor() as cur:
         cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (name,))
         found = cur.fetchone()
         if found is None:
-            targets = sql.SQL(", ").join(sql.Identifier(t.schema_, t.name) for t in tables)
-            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
-            return
+            return None
         if found[0]:
-            return
+            return []
         cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
         present = {(schema, table) for schema, table in cur.fetchall()}
-    missing = [t.qualified for t in tables if (t.schema_, t.name) not in present]
-    if missing:
+    return [t.qualified for t in tables if (t.schema_, t.name) not in present]
+
+
+def ensure_publication(conn, name: str, tables: list[TableConfig]) -> None:
+    """Create the publication for ``tables``, or check that an existing one covers them all."""
+    missing = publication_gaps(conn, name, tables)
+    if missing is None:
+        targets = sql.SQL(", ").join(sql.Identifier(t.schema_, t.name) for t in tables)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
+    elif missing:
         raise PrerequisiteError(
             f"publication {name} exists but lacks table(s) {', '.join(missing)}:"
             f" ALTER PUBLICATION {name} ADD TABLE ... (or choose another publication_name)"
@@ -68,6 +84,18 @@ def slot_state(conn, slot: str) -> SlotState | None:
     if row is None:
         return None
     return SlotState(row[0], row[1], row[2], row[3], row[4], parse_lsn(row[5]))
+
+
+def wait_until_free(conn, state: SlotState, seconds: float = 10.0) -> SlotState:
+    """A slot still held by a process that just died (its walsender has not noticed yet) frees up
+    within moments; wait a little before calling it in use."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while state.active_pid is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state = slot_state(conn, state.name) or state
+    return state
 
 
 def check_slot(conn, state: SlotState) -> None:

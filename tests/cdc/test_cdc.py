@@ -109,8 +109,9 @@ def test_kill_9_while_transactions_run_loses_nothing(pg_dsn, iggy, tmp_path, tra
     iggy.set_latency(0.02)
     service = start_service(config)
     time.sleep(1.5)
-    for start in range(0, 3000, 100):
+    for start in range(0, 1500, 100):
         execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(%s, %s) g", (start + 1, start + 100))
+    execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(1501, 3000) g")  # one transaction of 30 batches
     wait_for(lambda: len(bodies(iggy, "ev")) >= 300, 30, message="a part of the stream")
     kill_service(service)
     for start in range(3000, 4000, 100):  # written while pgsource is down
