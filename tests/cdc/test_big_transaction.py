@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import psutil
 import pytest
 
-from tests.support import execute, query, start_service, stop_service, wait_for, write_config
+from tests.support import execute, kill_service, query, start_service, stop_service, wait_for, write_config
 
 ROWS = 1_000_000
 
@@ -50,3 +51,23 @@ def test_one_million_row_transaction_with_bounded_memory(pg_dsn, iggy, tmp_path,
     assert len({m.id for m in stored}) == ROWS
     assert before != end
     assert peak[0] < 400 * 1024 * 1024, f"pgsource processes peaked at {peak[0] / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("transport", ["sql", "replication"])
+def test_kill_9_in_the_middle_of_a_big_transaction_resends_all_of_it(pg_dsn, iggy, tmp_path, transport):
+    rows = 200_000
+    execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, v int)")
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"mode": "cdc", "tables": ["big"], "batch_size": 1000, "cdc_transport": transport})
+    service = start_service(config)
+    wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 1, 30, message="the slot")
+    execute(pg_dsn, f"INSERT INTO big SELECT g, g FROM generate_series(1, {rows}) g")
+    wait_for(lambda: iggy.message_count("pg", "big") >= rows // 4, 120, interval=0.01, message="a quarter of it")
+    kill_service(service)
+    assert iggy.message_count("pg", "big") < rows
+    service = start_service(config)
+    try:
+        wait_for(lambda: len({m.id for m in iggy.messages("pg", "big")}) >= rows, 120, interval=1, message="all of it")
+    finally:
+        assert stop_service(service) == 0
+    assert sorted({json.loads(m.payload)["data"]["id"] for m in iggy.messages("pg", "big")}) == list(range(1, rows + 1))
