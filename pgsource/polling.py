@@ -13,10 +13,11 @@ from operator import itemgetter
 from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import envelope_parts, iso_timestamp
 from pgsource.encode.ids import key_partition, polling_message_id
-from pgsource.errors import SourceError
+from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
 from pgsource.pg.catalog import describe_table
 from pgsource.pg.query import (
+    INTEGER_TYPES,
     PollPlan,
     build_acknowledged_rows,
     build_custom_query,
@@ -70,10 +71,33 @@ class TableReader:
             need_identity=source.delete_after_read or source.processed_column is not None,
         )
         self.tracking_column = self.plan.tracking_column
+        self.chunk: tuple[int | None, int | None] | None = None
+        self._chunk_params: tuple = ()
         self._queries = {width: build_select_batch(self.plan, width).as_string(conn) for width in range(len(self.plan.cursor_columns) + 1)}
         self._ack_action = "delete" if source.delete_after_read else ("mark" if source.processed_column else None)
         if self._ack_action:
             self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
+
+    def chunk_column(self) -> str:
+        """The column a bulk load can be split on; raises naming the table when there is none."""
+        plan = self.plan
+        if plan is None or len(plan.cursor_columns) != 1 or plan.cursor_types[0] not in INTEGER_TYPES:
+            raise PrerequisiteError(
+                f"table {self.table_name}: chunks need a unique NOT NULL integer tracking_column"
+                " (e.g. a serial primary key); remove `chunks` for this table"
+            )
+        return plan.tracking_column
+
+    def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
+        """Read only tracking values in ``[lo, hi)`` (None = unbounded on that side)."""
+        self.chunk_column()
+        bounds = (lo is not None, hi is not None)
+        self.chunk = (lo, hi)
+        self._chunk_params = tuple(v for v in (lo, hi) if v is not None)
+        self._queries = {
+            width: build_select_batch(self.plan, width, bounds).as_string(self.conn)
+            for width in range(len(self.plan.cursor_columns) + 1)
+        }
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -85,7 +109,8 @@ class TableReader:
                     cur.execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
                 else:
                     width = len(offset.cursor) if offset else 0
-                    cur.execute(self._queries[width], (*(offset.cursor if offset else ()), self.batch_size))
+                    cursor = offset.cursor if offset else ()
+                    cur.execute(self._queries[width], (*cursor, *self._chunk_params, self.batch_size))
             except pg.DatabaseError as exc:
                 if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                     raise
@@ -137,7 +162,8 @@ class TableReader:
         if self.plan is not None and self._ack_action:
             positions = [self.plan.select_columns.index(c) for c in self.plan.identity]
             identities = [tuple(row[p] for p in positions) for row in rows]
-        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows)), identities)
+        extra = {"chunk": list(self.chunk)} if self.chunk is not None else {}
+        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows), extra=extra), identities)
 
     # -- after the acknowledgement ---------------------------------------------------------
 

@@ -9,11 +9,15 @@ unacknowledged batches, and their messages carry the same deterministic ids.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from psycopg2 import sql as pg_sql
 
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
@@ -113,10 +117,44 @@ class PollWorker:
         reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
         key = unit.key if unit else "polling/custom_query"
         stored = self.store.load_offset(key)
+        if unit is not None and unit.chunks > 1:
+            reader.restrict_to_chunk(*self._chunk_range(unit, reader, stored))
         if stored is None and source.initial_offset is not None:
             stored = Offset((str(source.initial_offset),))
         log.info("%s: %s from %s", self.spec.name, reader.table_name, stored.cursor if stored else "the start")
         return _Cursor(key, reader, stored, rows=stored.rows if stored else 0)
+
+    def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: Offset | None) -> tuple[int | None, int | None]:
+        """``[lo, hi)`` of one chunk: cut points computed once per table, stored, reused on restart.
+
+        The first worker to get here (under a file lock in ``state.dir``) cuts ``[min, max]`` of
+        the key into equal ranges and stores the cuts; every chunk then reads the same ones.
+        The first chunk is unbounded below and the last unbounded above, so the chunks cover
+        every key exactly once, and the last one goes on reading new rows incrementally.
+        """
+        if stored is not None and "chunk" in stored.extra:
+            lo, hi = stored.extra["chunk"]
+            return lo, hi
+        column = reader.chunk_column()
+        cuts_key = f"polling/{unit.table.qualified}#cuts{unit.chunks}"
+        os.makedirs(self.store.directory, exist_ok=True)
+        with open(os.path.join(self.store.directory, ".chunks.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.store.load_offset(cuts_key)
+            if found is None:
+                with self.conn.cursor() as cur:
+                    name = pg_sql.Identifier(unit.table.schema_, unit.table.name)
+                    cur.execute(pg_sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(pg_sql.Identifier(column), name))
+                    low, high = cur.fetchone()
+                low, high = (0, 0) if low is None else (int(low), int(high))
+                span = high - low + 1
+                cuts = [low + span * index // unit.chunks for index in range(1, unit.chunks)]
+                self.store.commit_offset(cuts_key, Offset((), extra={"cuts": cuts, "min": low, "max": high}))
+            else:
+                cuts = found.extra["cuts"]
+        lo = cuts[unit.chunk - 1] if unit.chunk > 0 else None
+        hi = cuts[unit.chunk] if unit.chunk < unit.chunks - 1 else None
+        return lo, hi
 
     # -- the loop --------------------------------------------------------------------------
 
