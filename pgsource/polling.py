@@ -12,7 +12,7 @@ from operator import itemgetter
 
 from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import envelope_parts, iso_timestamp
-from pgsource.encode.ids import key_partition, polling_message_id
+from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
 from pgsource.pg.catalog import describe_table
@@ -40,6 +40,9 @@ class EncodedBatch:
 
 class TableReader:
     """Plans, reads and encodes one table for polling."""
+
+    chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
+    _chunk_params: tuple = ()
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -71,8 +74,6 @@ class TableReader:
             need_identity=source.delete_after_read or source.processed_column is not None,
         )
         self.tracking_column = self.plan.tracking_column
-        self.chunk: tuple[int | None, int | None] | None = None
-        self._chunk_params: tuple = ()
         self._queries = {width: build_select_batch(self.plan, width).as_string(conn) for width in range(len(self.plan.cursor_columns) + 1)}
         self._ack_action = "delete" if source.delete_after_read else ("mark" if source.processed_column else None)
         if self._ack_action:
@@ -133,30 +134,34 @@ class TableReader:
         by_table = self.partitioning is Partitioning.TABLE
         balanced = self.partitioning is Partitioning.BALANCED
         table_partition = key_partition(table_name, partitions)
-        ids: list[int] = []
-        parts: list[int] = []
-        payloads: list[str] = []
         if self.plan is None:
             width, key_of = 1, itemgetter(0)
         else:
             width = len(self.plan.cursor_columns)
             key_of = _key_getter(self.plan)
-        for index, row in enumerate(rows):
-            document = row[-1]
-            cursor = row[:width]
-            if self.plan is None:
-                if cursor[0] is None:
-                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {document[:200]}")
-                ids.append(polling_message_id(table_name, (cursor[0], document)))
-            else:
-                ids.append(polling_message_id(table_name, cursor))
-            payloads.append(prefix + document + suffix if include_metadata else document)
-            if by_table:
-                parts.append(table_partition)
-            elif balanced:
-                parts.append((read_rows + index) % partitions)
-            else:
-                parts.append(key_partition(key_of(row), partitions))
+        count = len(rows)
+        if include_metadata:
+            payloads = [prefix + row[-1] + suffix for row in rows]
+        else:
+            payloads = [row[-1] for row in rows]
+        if self.plan is None:
+            ids = []
+            for row in rows:
+                if row[0] is None:
+                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[-1][:200]}")
+                ids.append(polling_message_id(table_name, (row[0], row[-1])))
+        elif width == 1:  # the tracking column is never NULL here (the query excludes it)
+            ids = polling_message_ids(table_name, [row[0] for row in rows])
+        else:
+            ids = [polling_message_id(table_name, row[:width]) for row in rows]
+        if by_table:
+            parts = [table_partition] * count
+        elif balanced:
+            parts = [(read_rows + index) % partitions for index in range(count)]
+        elif partitions == 1:
+            parts = [0] * count
+        else:
+            parts = [key_partition(key_of(row), partitions) for row in rows]
         last = rows[-1]
         identities = None
         if self.plan is not None and self._ack_action:

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class PollWorker:
 
             self.metrics = Metrics.get()
             self.store = FileOffsetStore(config.state.dir)
+            self.offsets = OffsetWriter(self.store)
             self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
             cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
         except PgSourceError as exc:
@@ -228,7 +230,7 @@ class PollWorker:
         while self._pending and next(iter(self._pending)) <= seq:
             _, pending = self._pending.popitem(last=False)
             pending.cursor.reader.apply_acknowledged(pending.identities)
-            self.store.commit_offset(pending.cursor.key, pending.offset)
+            self.offsets.submit(pending.cursor.key, pending.offset)
             self.metrics.offset_commits.labels(self.spec.name).inc()
         self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
 
@@ -239,6 +241,58 @@ class PollWorker:
             self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
         if self._pending:
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._pending))
+        self.offsets.close()
+
+
+class OffsetWriter:
+    """Commits acknowledged offsets on a thread of its own, so the fsyncs do not stall reading.
+
+    ``submit`` is called only once Iggy acknowledged the offset's batch, so what is written is
+    never ahead of Iggy. While a commit is being written, later offsets of the same key
+    replace each other: only the newest is written next (progress still only moves forward,
+    and at most the batches acknowledged during one write are re-sent after a crash).
+    """
+
+    def __init__(self, store: FileOffsetStore) -> None:
+        self.store = store
+        self._latest: dict[str, Offset] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="offset-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, offset: Offset) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._latest[key] = offset
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._latest and not self._closed:
+                    self._cond.wait()
+                if not self._latest and self._closed:
+                    return
+                batch, self._latest = self._latest, {}
+            try:
+                for key, offset in batch.items():
+                    self.store.commit_offset(key, offset)
+            except BaseException as exc:  # surfaced to the worker on its next submit/close
+                with self._cond:
+                    self._error = exc
+                return
+
+    def close(self) -> None:
+        """Write everything submitted, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def get_event_nowait(channel):
