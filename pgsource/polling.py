@@ -12,11 +12,12 @@ from operator import itemgetter
 
 from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import envelope_parts, iso_timestamp
-from pgsource.encode.ids import key_partition, polling_message_id
-from pgsource.errors import SourceError
+from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
+from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
 from pgsource.pg.catalog import describe_table
 from pgsource.pg.query import (
+    INTEGER_TYPES,
     PollPlan,
     build_acknowledged_rows,
     build_custom_query,
@@ -39,6 +40,9 @@ class EncodedBatch:
 
 class TableReader:
     """Plans, reads and encodes one table for polling."""
+
+    chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
+    _chunk_params: tuple = ()
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -75,6 +79,27 @@ class TableReader:
         if self._ack_action:
             self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
 
+    def chunk_column(self) -> str:
+        """The column a bulk load can be split on; raises naming the table when there is none."""
+        plan = self.plan
+        if plan is None or len(plan.cursor_columns) != 1 or plan.cursor_types[0] not in INTEGER_TYPES:
+            raise PrerequisiteError(
+                f"table {self.table_name}: chunks need a unique NOT NULL integer tracking_column"
+                " (e.g. a serial primary key); remove `chunks` for this table"
+            )
+        return plan.tracking_column
+
+    def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
+        """Read only tracking values in ``[lo, hi)`` (None = unbounded on that side)."""
+        self.chunk_column()
+        bounds = (lo is not None, hi is not None)
+        self.chunk = (lo, hi)
+        self._chunk_params = tuple(v for v in (lo, hi) if v is not None)
+        self._queries = {
+            width: build_select_batch(self.plan, width, bounds).as_string(self.conn)
+            for width in range(len(self.plan.cursor_columns) + 1)
+        }
+
     # -- reading ---------------------------------------------------------------------------
 
     def fetch_batch(self, offset: Offset | None) -> list[tuple]:
@@ -85,7 +110,8 @@ class TableReader:
                     cur.execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
                 else:
                     width = len(offset.cursor) if offset else 0
-                    cur.execute(self._queries[width], (*(offset.cursor if offset else ()), self.batch_size))
+                    cursor = offset.cursor if offset else ()
+                    cur.execute(self._queries[width], (*cursor, *self._chunk_params, self.batch_size))
             except pg.DatabaseError as exc:
                 if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                     raise
@@ -108,36 +134,41 @@ class TableReader:
         by_table = self.partitioning is Partitioning.TABLE
         balanced = self.partitioning is Partitioning.BALANCED
         table_partition = key_partition(table_name, partitions)
-        ids: list[int] = []
-        parts: list[int] = []
-        payloads: list[str] = []
         if self.plan is None:
             width, key_of = 1, itemgetter(0)
         else:
             width = len(self.plan.cursor_columns)
             key_of = _key_getter(self.plan)
-        for index, row in enumerate(rows):
-            document = row[-1]
-            cursor = row[:width]
-            if self.plan is None:
-                if cursor[0] is None:
-                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {document[:200]}")
-                ids.append(polling_message_id(table_name, (cursor[0], document)))
-            else:
-                ids.append(polling_message_id(table_name, cursor))
-            payloads.append(prefix + document + suffix if include_metadata else document)
-            if by_table:
-                parts.append(table_partition)
-            elif balanced:
-                parts.append((read_rows + index) % partitions)
-            else:
-                parts.append(key_partition(key_of(row), partitions))
+        count = len(rows)
+        if include_metadata:
+            payloads = [prefix + row[-1] + suffix for row in rows]
+        else:
+            payloads = [row[-1] for row in rows]
+        if self.plan is None:
+            ids = []
+            for row in rows:
+                if row[0] is None:
+                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[-1][:200]}")
+                ids.append(polling_message_id(table_name, (row[0], row[-1])))
+        elif width == 1:  # the tracking column is never NULL here (the query excludes it)
+            ids = polling_message_ids(table_name, [row[0] for row in rows])
+        else:
+            ids = [polling_message_id(table_name, row[:width]) for row in rows]
+        if by_table:
+            parts = [table_partition] * count
+        elif balanced:
+            parts = [(read_rows + index) % partitions for index in range(count)]
+        elif partitions == 1:
+            parts = [0] * count
+        else:
+            parts = [key_partition(key_of(row), partitions) for row in rows]
         last = rows[-1]
         identities = None
         if self.plan is not None and self._ack_action:
             positions = [self.plan.select_columns.index(c) for c in self.plan.identity]
             identities = [tuple(row[p] for p in positions) for row in rows]
-        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows)), identities)
+        extra = {"chunk": list(self.chunk)} if self.chunk is not None else {}
+        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows), extra=extra), identities)
 
     # -- after the acknowledgement ---------------------------------------------------------
 

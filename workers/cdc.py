@@ -37,6 +37,7 @@ from workers.poller import GENERATION_STRIDE, WorkerSpec
 log = logging.getLogger("pgsource.cdc")
 
 FETCH_ROWS = 5000  # rows per FETCH from the peek cursor
+PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
 
 
@@ -113,7 +114,7 @@ class CdcWorker:
 
     def _stream_sql(self) -> None:
         source = self.spec.config.source
-        limit = max(source.batch_size * source.max_in_flight_batches, 10_000)
+        limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
             self.spec.beat()
             upto = rep.current_flush_lsn(self.conn)

@@ -9,11 +9,16 @@ unacknowledged batches, and their messages carry the same deterministic ids.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from psycopg2 import sql as pg_sql
 
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
@@ -93,6 +98,7 @@ class PollWorker:
 
             self.metrics = Metrics.get()
             self.store = FileOffsetStore(config.state.dir)
+            self.offsets = OffsetWriter(self.store)
             self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
             cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
         except PgSourceError as exc:
@@ -121,10 +127,44 @@ class PollWorker:
         reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
         key = unit.key if unit else "polling/custom_query"
         stored = self.store.load_offset(key)
+        if unit is not None and unit.chunks > 1:
+            reader.restrict_to_chunk(*self._chunk_range(unit, reader, stored))
         if stored is None and source.initial_offset is not None:
             stored = Offset((str(source.initial_offset),))
         log.info("%s: %s from %s", self.spec.name, reader.table_name, stored.cursor if stored else "the start")
         return _Cursor(key, reader, stored, rows=stored.rows if stored else 0)
+
+    def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: Offset | None) -> tuple[int | None, int | None]:
+        """``[lo, hi)`` of one chunk: cut points computed once per table, stored, reused on restart.
+
+        The first worker to get here (under a file lock in ``state.dir``) cuts ``[min, max]`` of
+        the key into equal ranges and stores the cuts; every chunk then reads the same ones.
+        The first chunk is unbounded below and the last unbounded above, so the chunks cover
+        every key exactly once, and the last one goes on reading new rows incrementally.
+        """
+        if stored is not None and "chunk" in stored.extra:
+            lo, hi = stored.extra["chunk"]
+            return lo, hi
+        column = reader.chunk_column()
+        cuts_key = f"polling/{unit.table.qualified}#cuts{unit.chunks}"
+        os.makedirs(self.store.directory, exist_ok=True)
+        with open(os.path.join(self.store.directory, ".chunks.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.store.load_offset(cuts_key)
+            if found is None:
+                with self.conn.cursor() as cur:
+                    name = pg_sql.Identifier(unit.table.schema_, unit.table.name)
+                    cur.execute(pg_sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(pg_sql.Identifier(column), name))
+                    low, high = cur.fetchone()
+                low, high = (0, 0) if low is None else (int(low), int(high))
+                span = high - low + 1
+                cuts = [low + span * index // unit.chunks for index in range(1, unit.chunks)]
+                self.store.commit_offset(cuts_key, Offset((), extra={"cuts": cuts, "min": low, "max": high}))
+            else:
+                cuts = found.extra["cuts"]
+        lo = cuts[unit.chunk - 1] if unit.chunk > 0 else None
+        hi = cuts[unit.chunk] if unit.chunk < unit.chunks - 1 else None
+        return lo, hi
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -199,7 +239,7 @@ class PollWorker:
         while self._pending and next(iter(self._pending)) <= seq:
             _, pending = self._pending.popitem(last=False)
             pending.cursor.reader.apply_acknowledged(pending.identities)
-            self.store.commit_offset(pending.cursor.key, pending.offset)
+            self.offsets.submit(pending.cursor.key, pending.offset)
             self.metrics.offset_commits.labels(self.spec.name).inc()
         self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
 
@@ -210,6 +250,58 @@ class PollWorker:
             self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
         if self._pending:
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._pending))
+        self.offsets.close()
+
+
+class OffsetWriter:
+    """Commits acknowledged offsets on a thread of its own, so the fsyncs do not stall reading.
+
+    ``submit`` is called only once Iggy acknowledged the offset's batch, so what is written is
+    never ahead of Iggy. While a commit is being written, later offsets of the same key
+    replace each other: only the newest is written next (progress still only moves forward,
+    and at most the batches acknowledged during one write are re-sent after a crash).
+    """
+
+    def __init__(self, store: FileOffsetStore) -> None:
+        self.store = store
+        self._latest: dict[str, Offset] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="offset-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, offset: Offset) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._latest[key] = offset
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._latest and not self._closed:
+                    self._cond.wait()
+                if not self._latest and self._closed:
+                    return
+                batch, self._latest = self._latest, {}
+            try:
+                for key, offset in batch.items():
+                    self.store.commit_offset(key, offset)
+            except BaseException as exc:  # surfaced to the worker on its next submit/close
+                with self._cond:
+                    self._error = exc
+                return
+
+    def close(self) -> None:
+        """Write everything submitted, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def get_event_nowait(channel):

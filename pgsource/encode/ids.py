@@ -20,6 +20,13 @@ def polling_message_id(table_name: str, cursor_values: tuple) -> int:
     return xxhash.xxh3_128_intdigest(text.encode("utf-8")) or 1  # 0 would make the SDK mint a random id
 
 
+def polling_message_ids(table_name: str, values: list[str]) -> list[int]:
+    """``polling_message_id`` of many rows with a one-column cursor (no None), in one pass."""
+    prefix = table_name + _SEPARATOR
+    digest = xxhash.xxh3_128_intdigest
+    return [digest((prefix + value).encode("utf-8")) or 1 for value in values]
+
+
 def cdc_message_id(commit_lsn: int, slot: str, position: int) -> int:
     slot_tag = xxhash.xxh32_intdigest(slot.encode("utf-8")) & 0xFFFF
     return (commit_lsn << 64) | (slot_tag << 48) | (position & 0xFFFF_FFFF_FFFF)

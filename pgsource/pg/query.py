@@ -123,8 +123,15 @@ def _row_json(plan: PollPlan) -> sql.Composable:
     return sql.SQL("(SELECT row_to_json(s) FROM (SELECT {}) s)::text").format(sql.SQL(", ").join(parts))
 
 
-def build_select_batch(plan: PollPlan, offset_width: int) -> sql.Composed:
-    """One batch after an offset of ``offset_width`` values (0 = from the start); params: offset..., limit."""
+INTEGER_TYPES = ("smallint", "integer", "bigint")
+
+
+def build_select_batch(plan: PollPlan, offset_width: int, bounds: tuple[bool, bool] = (False, False)) -> sql.Composed:
+    """One batch after an offset of ``offset_width`` values (0 = from the start).
+
+    ``bounds`` (has a lower, has an upper bound) restricts the tracking column to a
+    chunk ``[lo, hi)``. Params: offset..., lo (if any), hi (if any), limit.
+    """
     table = sql.Identifier(plan.schema, plan.table)
     selected = sql.SQL(", ").join(
         sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in plan.select_columns
@@ -137,6 +144,9 @@ def build_select_batch(plan: PollPlan, offset_width: int) -> sql.Composed:
         right = sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types)
         conditions.append(sql.SQL("({}) > ({})").format(left, right) if offset_width > 1 else sql.SQL("{} > {}").format(left, right))
     conditions.append(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(plan.tracking_column)))
+    for present, operator in zip(bounds, (">=", "<")):
+        if present:
+            conditions.append(sql.SQL("t.{} " + operator + " %s::" + plan.cursor_types[0]).format(sql.Identifier(plan.tracking_column)))
     if plan.processed_column:
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)

@@ -93,7 +93,9 @@ class IggySink:
         await self.ensure_topic(stream, topic)
         groups: dict[int, list] = {}
         make = iggy.SendMessage
-        if headers is None:
+        if headers is None and partitions and partitions.count(partitions[0]) == len(partitions):
+            groups[partitions[0]] = [make(payload, id=message_id) for message_id, payload in zip(ids, payloads)]
+        elif headers is None:
             for message_id, partition, payload in zip(ids, partitions, payloads):
                 groups.setdefault(partition, []).append(make(payload, id=message_id))
         else:
