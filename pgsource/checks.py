@@ -34,7 +34,7 @@ def check_prerequisites(config: Config) -> CheckReport:
     source = config.source
     try:
         conn = pg.connect(source.connection_string, application_name="pgsource-check")
-    except PrerequisiteError as exc:
+    except PgSourceError as exc:
         report.problems.append(str(exc))
         return report
     try:

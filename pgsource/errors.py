@@ -28,6 +28,10 @@ class PrerequisiteError(PgSourceError):
     exit_code = 3
 
 
+class SourceUnavailable(PgSourceError):
+    """PostgreSQL cannot be reached right now; a worker exits and is restarted with back-off."""
+
+
 class SourceError(PgSourceError):
     """Reading from PostgreSQL failed in a way retrying will not fix (bad row, bad query)."""
 

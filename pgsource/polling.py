@@ -21,6 +21,7 @@ from pgsource.pg.query import (
     PollPlan,
     build_acknowledged_rows,
     build_custom_query,
+    build_key_bounds,
     build_poll_plan,
     build_select_batch,
 )
@@ -88,6 +89,14 @@ class TableReader:
                 " (e.g. a serial primary key); remove `chunks` for this table"
             )
         return plan.tracking_column
+
+    def key_bounds(self) -> tuple[int, int] | None:
+        """(min, max) of the chunk column now; None for an empty table."""
+        self.chunk_column()
+        with self.conn.cursor() as cur:
+            cur.execute(build_key_bounds(self.plan))
+            low, high = cur.fetchone()
+        return None if low is None else (int(low), int(high))
 
     def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
         """Read only tracking values in ``[lo, hi)`` (None = unbounded on that side)."""

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import logging
 import select
-import signal
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
 from pgsource.decode.pgoutput import decode_message
 from pgsource.errors import PgSourceError
-from pgsource.events import BatchEvent, WorkerStatus
+from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
 from pgsource.pg.replication import slot_names
 from pgsource.pg.types import load_type_catalog
 from pgsource.state.store import FileOffsetStore, Offset
-from workers.channel import Empty, ParentWatch, get_event, put_event
-from workers.logs import setup_logging
-from workers.poller import GENERATION_STRIDE, WorkerSpec
+from workers.base import QueueWorker, WorkerSpec
+from workers.channel import Empty, get_event, put_event
 
 log = logging.getLogger("pgsource.cdc")
 
@@ -41,50 +39,31 @@ PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again fro
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
 
 
-class CdcWorker:
-    """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
+class CdcWorker(QueueWorker):
+    """Streams one slot; see the module docstring for when the slot is confirmed."""
 
-    def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event, workers: int = 1) -> None:
-        self.spec = spec
-        self.batch_queue = batch_queue
-        self.ack_queue = ack_queue
-        self.status_queue = status_queue
-        self.stop_event = stop_event
-        self.workers = workers
-        self._stopping = False
-        self._seq = spec.generation * GENERATION_STRIDE
+    def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
+        super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
         self._acked = self._seq
+        self._confirmed = 0
 
-    def run(self) -> None:
-        setup_logging()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
-        self.watch = ParentWatch()
+    def boot(self) -> None:
         config = self.spec.config
-        self.slot, self.publication = slot_names(config, self.spec.name, self.workers)
-        try:
-            from pgsource.metrics import Metrics
+        self.slot, self.publication = slot_names(config, self.spec.name, self.spec.workers_total)
+        self.store = FileOffsetStore(config.state.dir)
+        self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
+        rep.ensure_publication(self.conn, self.publication, [unit.table for unit in self.spec.units])
+        self._prepare_slot()
+        self.encoder = ChangeEncoder(config, self.slot, lambda oids: load_type_catalog(self.conn, oids))
 
-            self.metrics = Metrics.get()
-            self.store = FileOffsetStore(config.state.dir)
-            self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
-            tables = [unit.table for unit in self.spec.units]
-            rep.ensure_publication(self.conn, self.publication, tables)
-            self._prepare_slot()
-            self.encoder = ChangeEncoder(config, self.slot, lambda oids: load_type_catalog(self.conn, oids))
-        except PgSourceError as exc:
-            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
-        put_event(self.status_queue, WorkerStatus(self.spec.name, "ready"))
-        try:
-            if config.source.cdc_transport == "replication":
-                self._stream_replication()
-            else:
-                self._stream_sql()
-        except PgSourceError as exc:
-            log.error("%s", exc)
-            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
+    def serve(self) -> None:
+        if self.spec.config.source.cdc_transport == "replication":
+            self._stream_replication()
+        else:
+            self._stream_sql()
+
+    def close(self) -> None:
+        self.conn.close()
 
     # -- slot ------------------------------------------------------------------------------
 
@@ -130,8 +109,6 @@ class CdcWorker:
                 self.metrics.offset_commits.labels(self.spec.name).inc()
             if changes == 0:
                 self.stop_event.wait(IDLE_PAUSE)
-
-    _confirmed = 0
 
     def _peek(self, upto: int, limit: int) -> tuple[int, int | None]:
         """Queue every change of one peek; wait for all acks. Returns (rows read, last commit end)."""
@@ -261,12 +238,8 @@ class CdcWorker:
             self.spec.beat()
             self._collect_acks(block=True)
 
-    def _should_stop(self) -> bool:
-        """Asked in every wait loop, so it doubles as the heartbeat."""
-        self.spec.beat()
-        return self._stopping or self.stop_event.is_set()
 
 
 def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
     """Process target (module-level so the spawn start method can import it)."""
-    CdcWorker(spec, batch_queue, ack_queue, status_queue, stop_event, workers=spec.workers_total).run()
+    CdcWorker(spec, batch_queue, ack_queue, status_queue, stop_event).run()

@@ -12,45 +12,20 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from psycopg2 import sql as pg_sql
-
 from pgsource.assignment import WorkUnit
-from pgsource.config.model import Config
-from pgsource.errors import PgSourceError
-from pgsource.events import AckEvent, BatchEvent, WorkerStatus
+from pgsource.events import AckEvent, BatchEvent
 from pgsource.pg import connect as pg
 from pgsource.polling import TableReader
 from pgsource.state.store import FileOffsetStore, Offset
+from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, ParentWatch, get_event, put_event
-from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource.poller")
-
-GENERATION_STRIDE = 1 << 40  # seq numbers of a restarted worker never collide with old acks
-
-
-@dataclass
-class WorkerSpec:
-    """Everything a worker process needs, pickled into the child at spawn."""
-
-    name: str
-    generation: int
-    config: Config
-    units: list[WorkUnit]
-    workers_total: int = 1
-    heartbeat: object = None  # a shared double: the worker writes time.monotonic() into it
-
-    def beat(self) -> None:
-        """Prove liveness to the supervisor (a silent worker is killed and replaced)."""
-        if self.heartbeat is not None:
-            self.heartbeat.value = time.monotonic()
-
 
 @dataclass
 class _Cursor:
@@ -72,55 +47,25 @@ class _Pending:
     sent_at: float = field(default_factory=time.monotonic)
 
 
-class PollWorker:
-    """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
+class PollWorker(QueueWorker):
+    """Polls its tables; see the module docstring for when offsets move."""
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
-        self.spec = spec
-        self.batch_queue = batch_queue
-        self.ack_queue = ack_queue
-        self.status_queue = status_queue
-        self.stop_event = stop_event
-        self._stopping = False
+        super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
-        self._seq = spec.generation * GENERATION_STRIDE
 
-    # -- process entry ---------------------------------------------------------------------
-
-    def run(self) -> None:
-        setup_logging()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-        signal.signal(signal.SIGTERM, self._handle_term)
-        watch = ParentWatch()
+    def boot(self) -> None:
         config = self.spec.config
-        try:
-            from pgsource.metrics import Metrics
+        self.store = FileOffsetStore(config.state.dir)
+        self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
+        self.cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
+        self.offsets = OffsetWriter(self.store)
 
-            self.metrics = Metrics.get()
-            self.store = FileOffsetStore(config.state.dir)
-            self.offsets = OffsetWriter(self.store)
-            self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
-            cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
-        except PgSourceError as exc:
-            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
-        put_event(self.status_queue, WorkerStatus(self.spec.name, "ready"))
-        try:
-            self._loop(cursors, watch)
-        except PgSourceError as exc:
-            log.error("%s", exc)
-            put_event(self.status_queue, WorkerStatus(self.spec.name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
-        finally:
-            self.conn.close()
+    def serve(self) -> None:
+        self._loop(self.cursors, self.watch)
 
-    def _handle_term(self, signum, frame) -> None:
-        self._stopping = True
-
-    def _should_stop(self) -> bool:
-        """Asked in every wait loop, so it doubles as the heartbeat."""
-        self.spec.beat()
-        return self._stopping or self.stop_event.is_set()
+    def close(self) -> None:
+        self.conn.close()
 
     def _open(self, unit: WorkUnit | None) -> _Cursor:
         source = self.spec.config.source
@@ -145,18 +90,13 @@ class PollWorker:
         if stored is not None and "chunk" in stored.extra:
             lo, hi = stored.extra["chunk"]
             return lo, hi
-        column = reader.chunk_column()
         cuts_key = f"polling/{unit.table.qualified}#cuts{unit.chunks}"
         os.makedirs(self.store.directory, exist_ok=True)
         with open(os.path.join(self.store.directory, ".chunks.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             found = self.store.load_offset(cuts_key)
             if found is None:
-                with self.conn.cursor() as cur:
-                    name = pg_sql.Identifier(unit.table.schema_, unit.table.name)
-                    cur.execute(pg_sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(pg_sql.Identifier(column), name))
-                    low, high = cur.fetchone()
-                low, high = (0, 0) if low is None else (int(low), int(high))
+                low, high = reader.key_bounds() or (0, 0)
                 span = high - low + 1
                 cuts = [low + span * index // unit.chunks for index in range(1, unit.chunks)]
                 self.store.commit_offset(cuts_key, Offset((), extra={"cuts": cuts, "min": low, "max": high}))

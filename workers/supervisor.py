@@ -28,8 +28,9 @@ from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
 from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
 from pgsource.events import StopEvent, WorkerStatus
+from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
 from workers.channel import Empty, StopFlag, get_event, put_event
-from workers.poller import WorkerSpec, run_poll_worker
+from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
 
 log = logging.getLogger("pgsource.supervisor")
@@ -48,6 +49,7 @@ class Supervisor:
         self._generation: dict[str, int] = {}
         self._restarts: dict[str, deque[float]] = {}
         self._restart_at: dict[str, float] = {}
+        self._unavailable: dict[str, int] = {}  # consecutive "PostgreSQL unavailable" exits
         self._metrics_server = None
         self._metrics_dir: str | None = None
 
@@ -149,6 +151,8 @@ class Supervisor:
             status: WorkerStatus = get_event(self.status_queue, timeout=timeout)
         except Empty:
             return
+        if status.state == "ready":
+            self._unavailable.pop(status.worker, None)
         if status.state == "fatal":
             error = status.error or PgSourceError(f"{status.worker} failed")
             raise error if isinstance(error, PgSourceError) else PgSourceError(f"{status.worker}: {error}")
@@ -170,9 +174,15 @@ class Supervisor:
                 continue
             self._read_statuses(timeout=0.05)  # a fatal status explains the death better than the exit code
             mark_process_dead(process.pid)
+            now = time.monotonic()
+            if process.exitcode == UNAVAILABLE_EXIT_CODE:
+                waits = self._unavailable.get(name, 0)
+                self._unavailable[name] = waits + 1
+                self._restart_at[name] = now + min(self.config.supervisor.restart_backoff * 2**waits, 30.0)
+                continue
+            self._unavailable.pop(name, None)
             log.warning("%s exited with code %s", name, process.exitcode)
             history = self._restarts.setdefault(name, deque())
-            now = time.monotonic()
             history.append(now)
             while history and history[0] < now - self.config.supervisor.restart_window:
                 history.popleft()

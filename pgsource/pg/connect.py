@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extras
 
-from pgsource.errors import PrerequisiteError
+from pgsource.errors import SourceUnavailable
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1"
 
@@ -18,7 +18,7 @@ def connect(dsn: str, *, application_name: str = "pgsource", autocommit: bool = 
     try:
         connection = psycopg2.connect(dsn, options=SESSION_OPTIONS, application_name=application_name)
     except psycopg2.OperationalError as exc:
-        raise PrerequisiteError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+        raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
     connection.autocommit = autocommit
     return connection
 
@@ -33,7 +33,7 @@ def connect_replication(dsn: str, *, application_name: str = "pgsource"):
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
         )
     except psycopg2.OperationalError as exc:
-        raise PrerequisiteError(f"cannot open a replication connection: {str(exc).strip()}") from None
+        raise SourceUnavailable(f"cannot open a replication connection: {str(exc).strip()}") from None
     return connection
 
 

@@ -155,6 +155,12 @@ def build_select_batch(plan: PollPlan, offset_width: int, bounds: tuple[bool, bo
     )
 
 
+def build_key_bounds(plan: PollPlan) -> sql.Composed:
+    """``min`` and ``max`` of the tracking column: where a bulk load is cut into chunks."""
+    column = sql.Identifier(plan.tracking_column)
+    return sql.SQL("SELECT min({0})::text, max({0})::text FROM {1}").format(column, sql.Identifier(plan.schema, plan.table))
+
+
 def build_acknowledged_rows(plan: PollPlan, action: str) -> sql.Composed:
     """DELETE or mark the rows of an acknowledged batch; params: one array per identity column."""
     table = sql.Identifier(plan.schema, plan.table)

@@ -58,3 +58,30 @@ def test_a_crash_looping_worker_stops_the_service_with_exit_code_6(pg_dsn, iggy,
     assert service.wait(30) == 6
     assert len(killed) == 3
     assert "died 3 times within 60s" in config.with_suffix(".log").read_text()
+
+
+def test_a_postgresql_outage_is_waited_out_not_a_crash_loop(iggy, tmp_path):
+    from pgsource.testkit.postgres import LocalPostgres
+
+    cluster = LocalPostgres().start()
+    try:
+        dsn = cluster.dsn()
+        execute(dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+        execute(dsn, "INSERT INTO t DEFAULT VALUES")
+        config = write_config(tmp_path, dsn, iggy.address, source={"tables": ["t"]},
+                              supervisor={"max_restarts": 1, "restart_backoff": "100ms"})
+        service = start_service(config)
+        try:
+            wait_for(lambda: bodies(iggy, "t"), 30, message="the first row")
+            cluster._executor.stop()  # PostgreSQL goes away for longer than a crash loop would allow
+            time.sleep(4)
+            assert service.poll() is None
+            cluster._executor.start()
+            execute(dsn, "INSERT INTO t DEFAULT VALUES")
+            wait_for(lambda: len(bodies(iggy, "t")) >= 2, 60, message="the row written after the outage")
+        finally:
+            assert stop_service(service) == 0
+    finally:
+        cluster.stop()
+    assert [m["data"]["id"] for m in bodies(iggy, "t")] == [1, 2]
+    assert "PostgreSQL unavailable" in config.with_suffix(".log").read_text()

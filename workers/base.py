@@ -1,0 +1,111 @@
+"""``QueueWorker``: what a poll worker and a CDC worker share as processes.
+
+The constructor runs in the parent and touches nothing; ``run()`` runs in the child: it
+sets up logging and signals, ``boot()``s (connections, plans, slots), reports ``ready``,
+then ``serve()``s until asked to stop. How it ends tells the supervisor what to do:
+
+- a ``PgSourceError`` (bad table, bad row, lost slot) is reported as ``fatal`` and stops
+  the service with that error: restarting would fail the same way, or skip data;
+- a lost or refused PostgreSQL connection exits with code 75 (EX_TEMPFAIL); the supervisor
+  restarts the worker with back-off for as long as it takes (an outage of the database is
+  not a crash loop) and the worker resumes from its committed offsets;
+- a stop request returns normally once in-flight batches are acknowledged or the
+  deadline passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from pgsource.assignment import WorkUnit
+from pgsource.config.model import Config
+from pgsource.errors import PgSourceError, SourceUnavailable
+from pgsource.events import WorkerStatus
+from pgsource.pg import connect as pg
+from workers.channel import ParentWatch, put_event
+from workers.logs import setup_logging
+
+log = logging.getLogger("pgsource.worker")
+
+GENERATION_STRIDE = 1 << 40  # seq numbers of a restarted worker never collide with old acks
+UNAVAILABLE_EXIT_CODE = 75  # EX_TEMPFAIL: PostgreSQL unreachable; restarted with back-off, never a crash loop
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs, pickled into the child at spawn."""
+
+    name: str
+    generation: int
+    config: Config
+    units: list[WorkUnit]
+    workers_total: int = 1
+    heartbeat: object = None  # a shared double: the worker writes time.monotonic() into it
+
+    def beat(self) -> None:
+        """Prove liveness to the supervisor (a silent worker is killed and replaced)."""
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()
+
+
+class QueueWorker:
+    def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
+        self.spec = spec
+        self.batch_queue = batch_queue
+        self.ack_queue = ack_queue
+        self.status_queue = status_queue
+        self.stop_event = stop_event
+        self._stopping = False
+        self._seq = spec.generation * GENERATION_STRIDE
+
+    def boot(self) -> None:
+        """Open connections and check what the work needs (in the child)."""
+        raise NotImplementedError
+
+    def serve(self) -> None:
+        """Do the work until a stop is requested."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (always called after ``boot`` succeeded)."""
+
+    def run(self) -> None:
+        setup_logging()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+        signal.signal(signal.SIGTERM, self._handle_term)
+        self.watch = ParentWatch()
+        from pgsource.metrics import Metrics
+
+        self.metrics = Metrics.get()
+        name = self.spec.name
+        try:
+            self.boot()
+        except (SourceUnavailable, pg.OperationalError, pg.InterfaceError) as exc:
+            log.warning("%s: PostgreSQL unavailable (%s); the supervisor will retry", name, str(exc).strip())
+            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
+        except PgSourceError as exc:
+            put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
+            raise SystemExit(exc.exit_code) from None
+        put_event(self.status_queue, WorkerStatus(name, "ready"))
+        try:
+            self.serve()
+        except (SourceUnavailable, pg.OperationalError, pg.InterfaceError) as exc:
+            log.warning("%s: lost PostgreSQL (%s); the supervisor will restart this worker", name, str(exc).strip())
+            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
+        except PgSourceError as exc:
+            log.error("%s", exc)
+            put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
+            raise SystemExit(exc.exit_code) from None
+        finally:
+            self.close()
+
+    def _handle_term(self, signum, frame) -> None:
+        self._stopping = True
+
+    def _should_stop(self) -> bool:
+        """Asked in every wait loop, so it doubles as the heartbeat."""
+        self.spec.beat()
+        return self._stopping or self.stop_event.is_set()
