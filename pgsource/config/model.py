@@ -112,6 +112,8 @@ class SourceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.enable_wal_cdc and self.mode is Mode.POLLING:
+            raise ValueError("enable_wal_cdc: true contradicts mode: polling; write mode: cdc (which implies it)")
         if self.mode is Mode.POLLING and not self.tables and not self.custom_query:
             raise ValueError("tables: list at least one table (or give custom_query)")
         if self.mode is Mode.CDC and not self.tables:

@@ -51,3 +51,9 @@ def test_table_names_keep_their_case_and_schema():
     config = parse_config("source: {connection_string: x, mode: polling, tables: ['Order Items', sales.orders]}\n")
     assert [t.qualified for t in config.source.tables] == ["Order Items", "sales.orders"]
     assert config.iggy.topic_for(config.source.tables[1]) == "orders"
+
+
+def test_legacy_enable_wal_cdc_must_agree_with_mode():
+    with pytest.raises(ConfigError, match="enable_wal_cdc: true contradicts mode: polling"):
+        parse_config("source: {connection_string: x, mode: polling, tables: [t], enable_wal_cdc: true}\n")
+    assert parse_config("source: {connection_string: x, mode: cdc, tables: [t], enable_wal_cdc: true}\n").source.cdc
