@@ -269,9 +269,10 @@ def test_initial_snapshot_then_stream_without_gap_or_overlap(pg_dsn, iggy, tmp_p
     assert ops(received[500:]) == [("INSERT", 501), ("UPDATE", 1)]
 
 
-def test_several_workers_use_one_slot_each_and_drop_slot_removes_them(pg_dsn, iggy, tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_several_workers_use_one_slot_each_and_drop_slot_removes_them(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
-    config = write_config(tmp_path, pg_dsn, iggy.address, source={"mode": "cdc", "tables": ["a", "b"]},
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"mode": "cdc", "tables": ["a", "b"], "cdc_transport": transport},
                           workers={"wa": ["a"], "wb": ["b"]})
     service = start_service(config)
     try:
