@@ -57,8 +57,22 @@ def check(config_path: str) -> None:
         click.echo(f"problem: {problem}", err=True)
     if not report.ok:
         sys.exit(3)
+    _check_iggy(config)
     tables = ", ".join(table.qualified for table in config.source.tables) or "custom_query"
     click.echo(f"ok: {config.source.mode.value} mode, {tables}")
+
+
+def _check_iggy(config) -> None:
+    """Iggy being down is not a problem for ``run`` (it waits for it), so only a warning here."""
+    import asyncio
+
+    from pgsource.sink import IggySink
+
+    sink = IggySink(config.iggy.model_copy(update={"send_timeout": 5.0}))
+    try:
+        asyncio.run(sink.connect())
+    except PgSourceError as exc:
+        click.echo(f"warning: {exc} (pgsource run waits for it)", err=True)
 
 
 @main.command("drop-slot")

@@ -11,6 +11,7 @@ def test_check_accepts_a_good_config(pg_dsn, tmp_path):
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "ok: polling mode, users" in result.stdout
+    assert "warning: Iggy at 127.0.0.1:1:" in result.stderr and "pgsource run waits for it" in result.stderr
 
 
 def test_check_names_each_missing_table_and_column(pg_dsn, tmp_path):
