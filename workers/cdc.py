@@ -21,7 +21,6 @@ import select
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
-from pgsource.decode.pgoutput import decode_message
 from pgsource.errors import PgSourceError
 from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
@@ -121,6 +120,7 @@ class CdcWorker(QueueWorker):
             with self.conn.cursor(name="pgsource_peek") as cur:
                 cur.itersize = FETCH_ROWS
                 cur.execute(query, params)
+                feed = self.encoder.feed_buffer
                 while True:
                     chunk = cur.fetchmany(FETCH_ROWS)
                     if not chunk:
@@ -128,7 +128,8 @@ class CdcWorker(QueueWorker):
                     rows += len(chunk)
                     self.spec.beat()
                     for (data,) in chunk:
-                        self.encoder.feed(decode_message(data), batch)
+                        data = bytes(data)
+                        feed(data, data.decode("latin-1"), 0, len(data), batch)
                         if batch.count >= self.spec.config.source.batch_size:
                             last_end = batch.last_commit_end or last_end
                             self._send(batch)
@@ -167,7 +168,8 @@ class CdcWorker(QueueWorker):
             self.spec.beat()
             message = cur.read_message()
             if message is not None:
-                self.encoder.feed(decode_message(message.payload), self._batch)
+                payload = message.payload
+                self.encoder.feed_buffer(payload, payload.decode("latin-1"), 0, len(payload), self._batch)
                 if self._batch.last_commit_end is not None:
                     self._commits.append(self._batch.last_commit_end)
                     self._batch.last_commit_end = None
