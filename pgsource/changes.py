@@ -5,17 +5,29 @@ described (and a compiled decoder per relation), and the transaction in progress
 commit LSN, xid, commit time and how many changes it has produced so far). Each change
 becomes the SPEC's envelope with a deterministic id (commit LSN + slot + position in the
 transaction) and user headers naming table, operation, LSN and xid.
+
+Hot path: ``feed_buffer`` takes a message as bytes (with the same bytes decoded as
+latin-1, so a value is a str slice) and, for an Insert or a key-less Update of a relation
+whose partition is fixed, runs the relation's compiled row function
+(``pgsource.decode.rowjson``) and appends to the batch without building a message
+object. Everything else (Begin/Commit/Relation, DELETE, old tuples, TOAST markers,
+non-ASCII rows the latin-1 variant cannot take...) goes through ``decode_message`` and
+``feed``; both paths give the same payloads, ids, partitions and headers. Per transaction
+and (relation, operation), the envelope prefix and the headers dict are built once: the
+dict is shared by those messages (the SDK copies it; pickle stores it once per batch).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.decode import pgoutput as po
+from pgsource.decode.rowjson import compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.envelope import encode_envelope
+from pgsource.encode.envelope import encode_string
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
@@ -30,6 +42,8 @@ class _RelationState:
     key_positions: list[int]
     key_decoders: list  # decoders of the key columns only, for 'K' old tuples
     captured: bool
+    rows: dict | None = None  # compiled row functions (latin1, utf8) when the fast path applies
+    partition: int | None = None  # the partition of every change, when it does not depend on the row
 
 
 @dataclass
@@ -70,7 +84,11 @@ class ChangeEncoder:
         self._position = 0
         self._timestamp = ""
         self._commit_seconds = 0.0
-        self._headers_base: dict = {}
+        self._lsn_text = ""
+        self._xid_text = ""
+        self._id_base = 0  # commit LSN << 64 | slot tag << 48: a change's id is this | its position
+        self._parts: dict[tuple[int, str], tuple] = {}  # per transaction: (oid, op) -> envelope parts, headers
+        self._captured_ops = {op: op in self.operations for op in ("INSERT", "UPDATE")}
 
     @property
     def in_transaction(self) -> bool:
@@ -90,7 +108,10 @@ class ChangeEncoder:
             self._position = 0
             self._timestamp = po.pg_timestamp_to_iso(message.commit_ts)
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
-            self._headers_base = {"lsn": po.format_lsn(message.final_lsn), "xid": str(message.xid)}
+            self._lsn_text = po.format_lsn(message.final_lsn)
+            self._xid_text = str(message.xid)
+            self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
+            self._parts = {}
         elif kind is po.Commit:
             out.last_commit_end = message.end_lsn
             out.commit_time = self._commit_seconds
@@ -113,10 +134,64 @@ class ChangeEncoder:
         key_positions = [i for i, c in enumerate(relation.columns) if c.is_key]
         qualified = relation.name if schema == "public" else f"{schema}.{relation.name}"
         topic = self.config.iggy.topic_for(table) if table is not None else ""
-        self.relations[relation.oid] = _RelationState(
+        state = _RelationState(
             relation, qualified, topic, decoders, key_positions,
             [decoders[i] for i in key_positions] if decoders else [], table is not None,
         )
+        if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not key_positions:
+            state.partition = key_partition(qualified, self.partitions)
+        if table is not None and state.partition is not None:
+            state.rows = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
+        self.relations[relation.oid] = state
+        self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
+
+    def _envelope(self, oid: int, state: _RelationState, operation: str) -> tuple:
+        """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once."""
+        parts = self._parts.get((oid, operation))
+        if parts is None:
+            if self.include_metadata:
+                prefix = (
+                    '{"table_name":' + encode_string(state.table_name) + ',"operation_type":"' + operation
+                    + '","timestamp":"' + self._timestamp + '","data":'
+                )
+                suffix = ',"old_data":null}'
+            else:
+                prefix = suffix = ""
+            headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
+            parts = self._parts[(oid, operation)] = (prefix, suffix, headers)
+        return parts
+
+    def feed_buffer(self, b: bytes, s: str | None, start: int, end: int, out: ChangeBatch) -> None:
+        """Feed the message ``b[start:end]``; ``s`` is ``b`` decoded as latin-1 (or None)."""
+        kind = b[start]
+        if (kind == 85 or kind == 73) and end - start > 6 and b[start + 5] == 78 and self._begin is not None:  # U/I with 'N' only
+            oid = _I32(b, start + 1)[0]
+            state = self.relations.get(oid)
+            if state is not None and state.rows is not None:
+                operation = "UPDATE" if kind == 85 else "INSERT"
+                if not self._captured_ops[operation]:
+                    self._position += 1
+                    return
+                prefix, suffix, headers = self._envelope(oid, state, operation)
+                payload = None
+                if s is not None:
+                    payload = state.rows["latin1"](b, s, start + 6, end, prefix, suffix)
+                    if payload is not None and not payload.isascii():
+                        payload = None
+                if payload is None:
+                    payload = state.rows["utf8"](b, None, start + 6, end, prefix, suffix)
+                if payload is not None:
+                    lists = out.topic_messages.get(state.topic)
+                    if lists is None:
+                        lists = out.topic_messages[state.topic] = ([], [], [], [])
+                    lists[0].append(self._id_base | self._position)
+                    lists[1].append(state.partition)
+                    lists[2].append(payload)
+                    lists[3].append(headers)
+                    out.count += 1
+                    self._position += 1
+                    return
+        self.feed(po.decode_message(b[start:end]), out)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
         state = self.relations.get(oid)
@@ -137,13 +212,19 @@ class ChangeEncoder:
                 old_data = decode_tuple_json(state.key_decoders, [old[i] for i in state.key_positions])
             else:
                 old_data = decode_tuple_json(state.decoders, old)
+        prefix, suffix, headers = self._envelope(oid, state, operation)
         if self.include_metadata:
-            payload = encode_envelope(state.table_name, operation, self._timestamp, data, old_data)
+            data = "null" if data is None else data
+            if old_data is not None:
+                suffix = ',"old_data":' + old_data + "}"
+            payload = prefix + data + suffix
         else:
             payload = data if data is not None else (old_data or "null")
-        message_id = cdc_message_id(self._begin.final_lsn, self.slot, position)
-        out.add(state.topic, message_id, self._partition(state, new if new is not None else old, old_kind), payload,
-                {"table": state.table_name, "operation": operation, **self._headers_base})
+        message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
+        partition = state.partition
+        if partition is None:
+            partition = self._partition(state, new if new is not None else old, old_kind)
+        out.add(state.topic, message_id, partition, payload, headers)
 
     def _partition(self, state: _RelationState, values, old_kind) -> int:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE:
@@ -157,3 +238,4 @@ class ChangeEncoder:
 
 
 TRUNCATE = Operation.TRUNCATE.value
+_I32 = struct.Struct("!I").unpack_from

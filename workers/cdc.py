@@ -2,8 +2,8 @@
 
 Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
-- ``sql`` (default): ``pg_logical_slot_peek_binary_changes`` read through a server-side
-  cursor (bounded memory for a transaction of any size), then — only after Iggy
+- ``sql`` (default): ``pg_logical_slot_peek_binary_changes`` read as a binary COPY in
+  chunks (bounded memory for a transaction of any size), then — only after Iggy
   acknowledged every message of the peek — ``pg_replication_slot_advance``. Each peek is
   bounded by the WAL flush position read just before it; when the peek returns fewer
   changes than asked, the slot is advanced to that position even if nothing was captured,
@@ -16,25 +16,29 @@ Never ``pg_logical_slot_get_changes``: it consumes changes before they are deliv
 
 from __future__ import annotations
 
+import io
 import logging
 import select
+import struct
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
-from pgsource.decode.pgoutput import decode_message
 from pgsource.errors import PgSourceError
 from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
 from pgsource.pg.replication import slot_names
-from pgsource.pg.types import load_type_catalog
+from pgsource.pg.types import load_table_types, load_type_catalog
 from pgsource.state.store import FileOffsetStore, Offset
 from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, get_event, put_event
 
 log = logging.getLogger("pgsource.cdc")
 
-FETCH_ROWS = 5000  # rows per FETCH from the peek cursor
+COPY_CHUNK = 1 << 20  # bytes of the peek's COPY output handed over at a time
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_ROW = struct.Struct("!hi").unpack_from  # field count, data length
+_I32 = struct.Struct("!i").unpack_from
 PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
 
@@ -54,7 +58,15 @@ class CdcWorker(QueueWorker):
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         rep.ensure_publication(self.conn, self.publication, [unit.table for unit in self.spec.units])
         self._prepare_slot()
-        self.encoder = ChangeEncoder(config, self.slot, lambda oids: load_type_catalog(self.conn, oids))
+        self._copying = False
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types)
+        tables = [(unit.table.schema_, unit.table.name) for unit in self.spec.units]
+        self.encoder.types.update(load_table_types(self.conn, tables))
+
+    def _load_types(self, oids: list[int]) -> dict:
+        if self._copying:  # no other query while the peek's COPY runs: see _peek
+            raise _TypesNeeded(oids)
+        return load_type_catalog(self.conn, oids)
 
     def serve(self) -> None:
         if self.spec.config.source.cdc_transport == "replication":
@@ -111,42 +123,56 @@ class CdcWorker(QueueWorker):
                 self.stop_event.wait(IDLE_PAUSE)
 
     def _peek(self, upto: int, limit: int) -> tuple[int, int | None]:
-        """Queue every change of one peek; wait for all acks. Returns (rows read, last commit end)."""
+        """Queue every change of one peek; wait for all acks. Returns (rows read, last commit end).
+
+        The peek is read as ``COPY (...) TO STDOUT (FORMAT binary)``: psycopg2 hands the
+        stream to a ``BufferedWriter`` whose raw sink (``_PeekFrames``) gets ~1 MB chunks;
+        each chunk is split into messages by the COPY framing and fed without a per-row
+        Python object from psycopg2 (and without bytea's hex text). Memory stays bounded:
+        one chunk, the unfinished message at its end, one batch.
+        """
         query, params = rep.build_peek(self.slot, self.publication, upto, limit)
-        batch = ChangeBatch()
-        rows = 0
-        last_end = None
+        frames = _PeekFrames(self)
         self.conn.autocommit = False
         try:
-            with self.conn.cursor(name="pgsource_peek") as cur:
-                cur.itersize = FETCH_ROWS
-                cur.execute(query, params)
-                while True:
-                    chunk = cur.fetchmany(FETCH_ROWS)
-                    if not chunk:
-                        break
-                    rows += len(chunk)
-                    self.spec.beat()
-                    for (data,) in chunk:
-                        self.encoder.feed(decode_message(data), batch)
-                        if batch.count >= self.spec.config.source.batch_size:
-                            last_end = batch.last_commit_end or last_end
-                            self._send(batch)
-                            batch = ChangeBatch()
-                    self._collect_acks(block=False)
+            with self.conn.cursor() as cur:
+                statement = b"COPY (" + cur.mogrify(query, params) + b") TO STDOUT WITH (FORMAT binary)"
+            while True:
+                sink = io.BufferedWriter(frames, buffer_size=COPY_CHUNK)
+                try:
+                    self._copying = True
+                    with self.conn.cursor() as cur:
+                        cur.copy_expert(statement, sink)
+                    sink.flush()
+                    break
+                except _TypesNeeded as need:
+                    # A Relation with a type unknown since boot (a column added meanwhile): end
+                    # the COPY, load the types, and peek again, skipping what was fed already
+                    # (the same peek of the unadvanced slot gives the same messages).
+                    self._copying = False
+                    self.conn.rollback()
+                    self.encoder.types.update(load_type_catalog(self.conn, need.oids))
+                    frames = frames.resumed()
+                finally:
+                    self._copying = False
+                    sink.close()  # after a failure its buffered rest goes to aborted frames: dropped
             self.conn.commit()
         except pg.DatabaseError as exc:
             self.conn.rollback()
             if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                 raise
             raise PgSourceError(f"{self.spec.name}: reading slot {self.slot} failed: {str(exc).strip()}") from None
+        except BaseException:
+            self.conn.rollback()
+            raise
         finally:
             self.conn.autocommit = True
-        last_end = batch.last_commit_end or last_end
-        if batch.count:
-            self._send(batch)
+        frames.finish()
+        last_end = frames.batch.last_commit_end or frames.last_end
+        if frames.batch.count:
+            self._send(frames.batch)
         self._wait_acks(deadline=None)
-        return rows, last_end
+        return frames.rows, last_end
 
     # -- the streaming transport -----------------------------------------------------------
 
@@ -167,7 +193,8 @@ class CdcWorker(QueueWorker):
             self.spec.beat()
             message = cur.read_message()
             if message is not None:
-                self.encoder.feed(decode_message(message.payload), self._batch)
+                payload = message.payload
+                self.encoder.feed_buffer(payload, payload.decode("latin-1"), 0, len(payload), self._batch)
                 if self._batch.last_commit_end is not None:
                     self._commits.append(self._batch.last_commit_end)
                     self._batch.last_commit_end = None
@@ -238,6 +265,103 @@ class CdcWorker(QueueWorker):
             self.spec.beat()
             self._collect_acks(block=True)
 
+
+
+class _TypesNeeded(Exception):
+    def __init__(self, oids: list[int]) -> None:
+        super().__init__(oids)
+        self.oids = oids
+
+
+class _PeekFrames(io.RawIOBase):
+    """The raw sink of the peek's binary COPY: splits chunks into pgoutput messages and feeds them.
+
+    Binary COPY: an 11-byte signature, int32 flags, int32 header extension length and the
+    extension; then per row int16 field count (1 here), int32 length, the ``data`` bytes;
+    finally int16 -1.
+    """
+
+    def __init__(self, worker: CdcWorker) -> None:
+        super().__init__()
+        self.worker = worker
+        self.batch = ChangeBatch()
+        self.rows = 0
+        self.last_end: int | None = None
+        self._tail = b""
+        self._header = True
+        self._done = False
+        self._skip = 0  # messages already fed by an interrupted COPY of the same peek
+        self._failed = False  # after an exception, nothing more is fed (the writer's last flush)
+
+    def resumed(self) -> _PeekFrames:
+        """For the same peek read again from its start: skips the messages fed so far."""
+        again = _PeekFrames(self.worker)
+        again.batch, again.last_end, again._skip = self.batch, self.last_end, self.rows
+        return again
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        if self._failed:
+            return len(chunk)
+        try:
+            return self._write(chunk)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write(self, chunk) -> int:
+        size = len(chunk)
+        worker = self.worker
+        buf = self._tail + chunk if self._tail else bytes(chunk)
+        pos = 0
+        if self._header:
+            if len(buf) < 19:
+                self._tail = buf
+                return size
+            if buf[:11] != COPY_SIGNATURE:
+                raise PgSourceError(f"{worker.spec.name}: the peek's COPY output has no binary COPY signature")
+            pos = 19 + _I32(buf, 15)[0]  # skip the header extension
+            self._header = False
+        s = buf.decode("latin-1")  # one str for the chunk: a value is a slice (see ChangeEncoder.feed_buffer)
+        feed = worker.encoder.feed_buffer
+        batch = self.batch
+        batch_size = worker.spec.config.source.batch_size
+        total = len(buf)
+        while pos + 2 <= total:
+            if buf[pos] == 0xFF and buf[pos + 1] == 0xFF:  # the trailer: field count -1
+                self._done = True
+                pos = total
+                break
+            if pos + 6 > total:
+                break
+            fields, length = _COPY_ROW(buf, pos)
+            if fields != 1:
+                raise PgSourceError(f"{worker.spec.name}: unexpected binary COPY row of {fields} fields")
+            start = pos + 6
+            end = start + length
+            if end > total:
+                break
+            pos = end
+            if self._skip:
+                self._skip -= 1
+                self.rows += 1
+                continue
+            feed(buf, s, start, end, batch)
+            self.rows += 1
+            if batch.count >= batch_size:
+                self.last_end = batch.last_commit_end or self.last_end
+                worker._send(batch)
+                batch = self.batch = ChangeBatch()
+        self._tail = buf[pos:]
+        worker.spec.beat()
+        worker._collect_acks(block=False)
+        return size
+
+    def finish(self) -> None:
+        if self._tail or not self._done:
+            raise PgSourceError(f"{self.worker.spec.name}: the peek's COPY output ended in the middle of a row")
 
 
 def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:

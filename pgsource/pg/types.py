@@ -168,3 +168,21 @@ def _describe(oid: int, rows: dict[int, _Row]) -> TypeInfo:
         enum_labels=tuple(base.labels),
         json_cast=base.json_cast or "",
     )
+
+
+def load_table_types(conn, tables: Iterable[tuple[str, str]]) -> dict[int, TypeInfo]:
+    """``load_type_catalog`` for every live column of ``tables`` ((schema, name) pairs), in two queries.
+
+    The SQL CDC transport loads them before reading a slot: its binary COPY cannot run
+    another query on the same connection until the COPY ends.
+    """
+    schemas, names = zip(*tables, strict=True) if tables else ((), ())
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT a.atttypid::int8 FROM unnest(%s::text[], %s::text[]) AS t(s, n)"
+            " JOIN pg_namespace ns ON ns.nspname = t.s JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n"
+            " JOIN pg_attribute a ON a.attrelid = c.oid WHERE a.attnum > 0 AND NOT a.attisdropped",
+            (list(schemas), list(names)),
+        )
+        oids = [row[0] for row in cur.fetchall()]
+    return load_type_catalog(conn, oids)

@@ -288,3 +288,25 @@ def test_several_workers_use_one_slot_each_and_drop_slot_removes_them(pg_dsn, ig
     assert result.returncode == 0, result.stderr
     assert query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 0
     assert query(pg_dsn, "SELECT count(*) FROM pg_publication")[0][0] == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_column_of_a_type_created_after_start(pg_dsn, iggy, tmp_path, transport):
+    """The SQL transport cannot query the catalog during its COPY: it peeks again, skipping what it fed."""
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    service = start_service(cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"]))
+    try:
+        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")[0][0] == 1 or transport == "sql", 30)
+        time.sleep(1)
+        execute(pg_dsn, "INSERT INTO t VALUES (1, 'before')")
+        execute(pg_dsn, "BEGIN; INSERT INTO t SELECT g, 'x' FROM generate_series(2, 3000) g;"
+                        " CREATE TYPE mood AS ENUM ('ok', 'happy'); ALTER TABLE t ADD COLUMN m mood;"
+                        " INSERT INTO t VALUES (3001, 'after', 'happy'); COMMIT")
+        wait_for(lambda: len(bodies(iggy, "t")) >= 3001, 30, message="3001 changes")
+        time.sleep(1)
+    finally:
+        assert stop_service(service) == 0
+    received = bodies(iggy, "t")
+    assert [m["data"]["id"] for m in received] == list(range(1, 3002))  # each once, in order
+    assert received[-1]["data"] == {"id": 3001, "v": "after", "m": "happy"}
+    assert received[-2]["data"] == {"id": 3000, "v": "x"}

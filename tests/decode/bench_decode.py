@@ -9,6 +9,7 @@ import struct
 import time
 
 from pgsource.decode.pgoutput import decode_message
+from pgsource.decode.rowjson import compile_row_json
 from pgsource.decode.values import compile_columns, decode_tuple_json
 from pgsource.pg.types import ARRAY, BOOL, BYTEA, JSONB, NUMBER, OTHER, TIMESTAMP, TIMESTAMPTZ, TypeInfo
 
@@ -44,12 +45,17 @@ def insert_message(values: tuple[str, ...]) -> bytes:
 
 def main(rounds: int = 200_000) -> None:
     decoders = compile_columns("bench", COLUMNS, CATALOG)
+    rows = compile_row_json(COLUMNS, CATALOG)
     message = insert_message(VALUES)
+    text = message.decode("latin-1")
     print(decode_tuple_json(decoders, decode_message(message).new))
+    assert rows["latin1"](message, text, 6, len(message), "", "") == decode_tuple_json(decoders, VALUES)
     for label, work in (
         ("values -> JSON", lambda: decode_tuple_json(decoders, VALUES)),
         ("pgoutput bytes", lambda: decode_message(message)),
         ("bytes -> JSON", lambda: decode_tuple_json(decoders, decode_message(message).new)),
+        ("compiled latin1", lambda: rows["latin1"](message, text, 6, len(message), "", "")),
+        ("compiled utf8", lambda: rows["utf8"](message, None, 6, len(message), "", "")),
     ):
         start = time.perf_counter()
         for _ in range(rounds):
