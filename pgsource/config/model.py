@@ -81,7 +81,7 @@ class SourceConfig(BaseModel):
     delete_after_read: bool = False
     processed_column: str | None = None
     allow_non_unique_tracking: bool = False
-    cdc_transport: Literal["sql", "replication"] = "sql"
+    cdc_transport: Literal["sql", "replication"] = "replication"
     snapshot: Literal["initial", "never"] = "never"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
 
