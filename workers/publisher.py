@@ -19,7 +19,7 @@ from pgsource.config.model import Config
 from pgsource.errors import SinkError
 from pgsource.events import AckEvent, BatchEvent, StopEvent, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, ParentWatch, get_event, put_event
+from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
 from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource.publisher")
@@ -39,6 +39,7 @@ class PublisherWorker:
 
     def run(self) -> None:
         setup_logging()
+        keep_freed_memory()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when the StopEvent arrives
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from pgsource.metrics import Metrics
