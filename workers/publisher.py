@@ -54,6 +54,10 @@ class PublisherWorker:
         loop = asyncio.get_running_loop()
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         pending = loop.run_in_executor(reader, self._next_event)
+        try:  # connect while the workers start, not when the first batch is already waiting
+            await sink.connect()
+        except SinkError as exc:
+            log.debug("publisher: %s; connecting again with the first batch", exc)
         while True:
             event = await pending
             if event is None:
