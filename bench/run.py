@@ -181,6 +181,10 @@ class ProcessTreeSampler:
         self.interval = interval
         self.peak_rss = 0
         self.cpu: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self.backends: dict[int, float] = {}  # PostgreSQL backends serving pgsource: pid → CPU s
+        self.backend_finder = None  # () -> pids of those backends (set by the caller)
+        self._last_find = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -205,6 +209,41 @@ class ProcessTreeSampler:
             except psutil.Error:
                 continue
         self.peak_rss = max(self.peak_rss, rss)
+        if self.backend_finder is not None:
+            now = time.monotonic()
+            pids = list(self.backends)
+            if now - self._last_find > 1.0:
+                self._last_find = now
+                pids = sorted(set(pids) | set(self.backend_finder()))
+            for pid in pids:
+                try:
+                    times = psutil.Process(pid).cpu_times()
+                    self.backends[pid] = times.user + times.system
+                except psutil.Error:
+                    continue
+
+    def classify(self) -> None:
+        """Name each live process of the tree: supervisor, publisher (holds the SDK), worker, other."""
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                if proc.pid == self.root.pid:
+                    self.roles[proc.pid] = "supervisor"
+                elif "resource_tracker" in " ".join(proc.cmdline()):
+                    self.roles[proc.pid] = "other"
+                elif any("apache_iggy" in m.path for m in proc.memory_maps()):
+                    self.roles[proc.pid] = "publisher"
+                else:
+                    self.roles[proc.pid] = "worker"
+            except psutil.Error:
+                continue
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            role = self.roles.get(pid, "other")
+            out[role] = out.get(role, 0.0) + seconds
+        out["postgres_backends"] = sum(self.backends.values())
+        return out
 
     def stop(self) -> None:
         self.sample()
@@ -313,6 +352,7 @@ def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int,
     standin_cpu = standin_cpu_seconds()
     started = time.perf_counter()
     service.start()
+    service.sampler.backend_finder = lambda: pgsource_backends(dsn)
     try:
         first = wait_until(lambda: view.count(stream, TABLE) > 0, service, 120, "the first message")
         done = wait_until(
@@ -320,8 +360,10 @@ def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int,
             service, 600, f"{rows} messages acknowledged and committed",
         )
         service.sampler.sample()
+        service.sampler.classify()
     finally:
         service.stop()
+    by_role = {role: seconds / rows * 1e6 for role, seconds in service.sampler.cpu_by_role().items()}
     delivered = view.count(stream, TABLE)
     view.drop(stream)
     return {
@@ -332,7 +374,27 @@ def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int,
         "peak_rss_mb": service.sampler.peak_rss / 2**20,
         "cpu_s_per_m_rows": service.sampler.cpu_seconds / rows * 1e6,
         "standin_cpu_s_per_m_rows": (standin_cpu_seconds() - standin_cpu) / rows * 1e6,
+        "cpu_s_per_m_rows_by_process": by_role,
     }
+
+
+def pgsource_backends(dsn: str) -> list[int]:
+    """pids of the PostgreSQL backends that serve pgsource's connections (same machine)."""
+    try:
+        return [pid for (pid,) in rows_of(dsn, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgsource-%'")]
+    except psycopg2.Error:
+        return []
+
+
+def rows_of(dsn: str, statement: str) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def create_slots(dsn: str, names: list[str]) -> None:
@@ -680,8 +742,10 @@ def main(argv: list[str] | None = None) -> int:
                 for run in range(args.repeat):
                     runs.append(run_polling(args, dsn, view, standin.address, workers, run, workdir))
                     figures = runs[-1]
+                    cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["cpu_s_per_m_rows_by_process"].items()))
                     log(f"polling workers={workers}: {figures['rows_per_s']:,.0f} rows/s"
-                        f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB")
+                        f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB;"
+                        f" CPU s/M rows: {cpu}, stand-in {figures['standin_cpu_s_per_m_rows']:.2f}")
                     if figures["delivered"] != args.rows:
                         log(f"WARNING: {figures['delivered']} messages delivered for {args.rows} rows")
                 results["polling"][f"workers_{workers}"] = summarize(runs)

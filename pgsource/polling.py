@@ -127,6 +127,11 @@ class TableReader:
                 raise SourceError(f"{self.table_name}: reading a batch failed: {str(exc).strip()}") from None
             return cur.fetchall()
 
+    def offset_after(self, rows: list[tuple]) -> Offset:
+        """Where the read after ``rows`` starts (the cursor values of the last row)."""
+        width = 1 if self.plan is None else len(self.plan.cursor_columns)
+        return Offset(tuple(rows[-1][:width]))
+
     def _custom_sql(self) -> str:
         return (
             f"SELECT q.{_quote(self.tracking_column)}::text, row_to_json(q)::text"

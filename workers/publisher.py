@@ -19,7 +19,7 @@ from pgsource.config.model import Config
 from pgsource.errors import SinkError
 from pgsource.events import AckEvent, BatchEvent, StopEvent, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, ParentWatch, get_event, put_event
+from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
 from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource.publisher")
@@ -39,6 +39,7 @@ class PublisherWorker:
 
     def run(self) -> None:
         setup_logging()
+        keep_freed_memory()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when the StopEvent arrives
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from pgsource.metrics import Metrics
@@ -53,6 +54,10 @@ class PublisherWorker:
         loop = asyncio.get_running_loop()
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         pending = loop.run_in_executor(reader, self._next_event)
+        try:  # connect while the workers start, not when the first batch is already waiting
+            await sink.connect()
+        except SinkError as exc:
+            log.debug("publisher: %s; connecting again with the first batch", exc)
         while True:
             event = await pending
             if event is None:
