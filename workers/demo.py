@@ -110,7 +110,8 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
         elapsed = time.monotonic() - started
         count, samples = asyncio.run(_read_back(iggy_address, "demo", "orders"))
         click.echo(f"\npgsource exited with code {code}")
-        click.echo(f"messages in Iggy demo/orders: {count} ({count / elapsed:,.0f} rows/s over {elapsed:.1f}s)")
+        click.echo(f"messages in Iggy demo/orders: {count} ({count / elapsed:,.0f} rows/s averaged over the whole {elapsed:.1f}s run,"
+                   " start-up and idle polls included; bench/ measures throughput)")
         for payload in samples:
             click.echo("  " + bytes(payload).decode()[:300])
         if standin is not None:
