@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -386,37 +387,34 @@ def pgsource_backends(dsn: str) -> list[int]:
         return []
 
 
-def rows_of(dsn: str, statement: str) -> list[tuple]:
+@contextlib.contextmanager
+def autocommit_cursor(dsn: str):
+    """A cursor on a fresh autocommit connection, closed afterwards."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall()
+            yield cur
     finally:
         conn.close()
+
+
+def rows_of(dsn: str, statement: str) -> list[tuple]:
+    with autocommit_cursor(dsn) as cur:
+        cur.execute(statement)
+        return cur.fetchall()
 
 
 def create_slots(dsn: str, names: list[str]) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
-    finally:
-        conn.close()
+    with autocommit_cursor(dsn) as cur:
+        for name in names:
+            cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
 
 
 def drop_slots(dsn: str, names: list[str]) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,))
-    finally:
-        conn.close()
+    with autocommit_cursor(dsn) as cur:
+        for name in names:
+            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,))
 
 
 def cdc_workload(dsn: str, rows: int, transactions: int) -> None:

@@ -80,27 +80,28 @@ class QueueWorker:
         from pgsource.metrics import Metrics
 
         self.metrics = Metrics.get()
-        name = self.spec.name
         try:
             self.boot()
-        except (SourceUnavailable, pg.OperationalError, pg.InterfaceError) as exc:
-            log.warning("%s: PostgreSQL unavailable (%s); the supervisor will retry", name, str(exc).strip())
-            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
-        except PgSourceError as exc:
-            put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
-        put_event(self.status_queue, WorkerStatus(name, "ready"))
+        except (PgSourceError, pg.OperationalError, pg.InterfaceError) as exc:
+            self._exit(exc, "while starting")
+        put_event(self.status_queue, WorkerStatus(self.spec.name, "ready"))
         try:
             self.serve()
-        except (SourceUnavailable, pg.OperationalError, pg.InterfaceError) as exc:
-            log.warning("%s: lost PostgreSQL (%s); the supervisor will restart this worker", name, str(exc).strip())
-            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
-        except PgSourceError as exc:
-            log.error("%s", exc)
-            put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
-            raise SystemExit(exc.exit_code) from None
+        except (PgSourceError, pg.OperationalError, pg.InterfaceError) as exc:
+            self._exit(exc, "while running")
         finally:
             self.close()
+
+    def _exit(self, exc: BaseException, when: str) -> None:
+        """Leave the process the way the module docstring says this kind of failure must."""
+        name = self.spec.name
+        if isinstance(exc, (SourceUnavailable, pg.OperationalError, pg.InterfaceError)):
+            log.warning("%s: PostgreSQL unavailable %s (%s); the supervisor will restart this worker",
+                        name, when, str(exc).strip())
+            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
+        log.error("%s", exc)
+        put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
+        raise SystemExit(exc.exit_code) from None
 
     def _handle_term(self, signum, frame) -> None:
         self._stopping = True
