@@ -8,7 +8,10 @@ slower: a failed build is reported and skipped, never fatal.
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS: list[Extension] = []
+EXTENSIONS: list[Extension] = [
+    # libxxhash.so.0 is on every Debian with apt (libapt-pkg depends on it); no -dev headers needed
+    Extension("pgsource.encode._frames", ["pgsource/encode/_frames.c"], libraries=[":libxxhash.so.0"]),
+]
 
 
 class OptionalBuildExt(build_ext):

@@ -1,13 +1,16 @@
 """``*Event``: the records that cross process boundaries on multiprocessing queues.
 
 Workers send ``BatchEvent``s to the publisher; the publisher answers each with an
-``AckEvent`` once Iggy acknowledged every message of the batch. A batch is one pickled
-object (not one per row) so the queue costs little per message.
+``AckEvent`` once Iggy acknowledged every message of the batch. A batch crosses the
+queue already in its wire form (per partition one blob of Iggy message frames), so the
+queue and the publisher cost almost nothing per message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from pgsource.encode.frames import PartitionFrames
 
 
 @dataclass
@@ -17,15 +20,13 @@ class BatchEvent:
     stream: str
     topic: str
     table: str
-    ids: list[int]
-    partitions: list[int]  # one per message (0-based Iggy partition ids)
-    payloads: list[str]
-    headers: list[dict] | None = None  # one dict of user headers per message, or None
+    parts: list[PartitionFrames]  # the messages, encoded per partition (0-based Iggy partition ids)
+    count: int  # messages in all parts
     created: float = 0.0  # time.time() when the worker built it (latency metrics)
     commit_time: float = 0.0  # for CDC: the transaction's commit time (epoch seconds)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import struct
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
+from pgsource.encode.frames import encode_partition_frames
 from pgsource.errors import PgSourceError
 from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
@@ -238,7 +239,8 @@ class CdcWorker(QueueWorker):
         stream = self.spec.config.iggy.stream
         for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
             self._seq += 1
-            event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, ids, parts, payloads, headers,
+            frames = encode_partition_frames(ids, parts, payloads, headers)
+            event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
                                created=time.time(), commit_time=batch.commit_time)
             while not put_event(self.batch_queue, event, self._should_stop):
                 self._collect_acks(block=False)

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pgsource.assignment import WorkUnit
+from pgsource.encode.frames import encode_partition_frames
 from pgsource.events import AckEvent, BatchEvent
 from pgsource.pg import connect as pg
 from pgsource.polling import TableReader
@@ -177,9 +178,8 @@ class PollWorker(QueueWorker):
             stream=self.spec.config.iggy.stream,
             topic=cursor.reader.topic,
             table=cursor.reader.table_name,
-            ids=encoded.ids,
-            partitions=encoded.partitions,
-            payloads=encoded.payloads,
+            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads),
+            count=len(encoded.ids),
             created=time.time(),
         )
         if not put_event(self.batch_queue, event, self._should_stop):

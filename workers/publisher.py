@@ -88,7 +88,7 @@ class PublisherWorker:
                     await sink.connect()
                     if failures:
                         log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
-                await sink.send_batch(event.stream, event.topic, event.ids, event.partitions, event.payloads, event.headers)
+                await sink.send_frames(event.stream, event.topic, event.parts)
                 break
             except SinkError as exc:
                 failures += 1

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+import time
 from datetime import timedelta
-from itertools import repeat
 
 import apache_iggy as iggy
 
 from pgsource.config.model import IggyConfig
+from pgsource.encode.frames import SEND_MESSAGES_CODE, PartitionFrames, encode_send_request
 from pgsource.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -80,40 +82,26 @@ class IggySink:
             raise SinkError(f"Iggy topic {stream}/{topic}: {_reason(exc)}") from None
         self._known.add((stream, topic))
 
-    async def send_batch(
-        self,
-        stream: str,
-        topic: str,
-        ids: list[int],
-        partitions: list[int],
-        payloads: list[str],
-        headers: list[dict] | None = None,
-    ) -> int:
-        """Send one batch, one request per partition it touches; returns messages confirmed."""
+    async def send_frames(self, stream: str, topic: str, parts: list[PartitionFrames]) -> int:
+        """Send one encoded batch, one request per partition; returns messages confirmed.
+
+        The frames were encoded by the worker (``pgsource.encode.frames``); the SDK's
+        ``send_binary_request`` frames the request, sends it on its connection and returns
+        the server's confirmation, which is checked here.
+        """
         client = self._require()
         await self.ensure_topic(stream, topic)
-        groups: dict[int, list] = {}
-        make = iggy.SendMessage
-        if headers is None and partitions and partitions.count(partitions[0]) == len(partitions):
-            # map() with positional arguments (data, user_headers, id): 0.17 µs a message instead
-            # of 0.23 µs for a comprehension with id= keywords
-            groups[partitions[0]] = list(map(make, payloads, repeat(None), ids))
-        elif headers is None:
-            for message_id, partition, payload in zip(ids, partitions, payloads):
-                groups.setdefault(partition, []).append(make(payload, None, message_id))
-        else:
-            for message_id, partition, payload, header in zip(ids, partitions, payloads, headers):
-                groups.setdefault(partition, []).append(make(payload, user_headers=header, id=message_id))
         sent = 0
-        for partition, messages in groups.items():
+        for part in parts:
+            body = encode_send_request(stream, topic, part, time.time_ns() // 1000)
             try:
-                await asyncio.wait_for(
-                    client.send_messages(stream, topic, iggy.Partitioning.partition_id(partition), messages),
-                    self.config.send_timeout,
-                )
+                reply = await asyncio.wait_for(client.send_binary_request(SEND_MESSAGES_CODE, body), self.config.send_timeout)
             except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
-                raise SinkError(f"sending {len(messages)} messages to {stream}/{topic}: {_reason(exc)}") from None
-            sent += len(messages)
+                raise SinkError(f"sending {part.count} messages to {stream}/{topic}: {_reason(exc)}") from None
+            confirmed = decode_send_confirmation(reply)
+            if confirmed != part.partition:
+                raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {confirmed}, not {part.partition}")
+            sent += part.count
         return sent
 
     def _require(self) -> iggy.IggyClient:
@@ -129,6 +117,16 @@ async def _tolerate_exists(awaitable) -> None:
     except RuntimeError as exc:
         if "already exists" not in str(exc).lower():
             raise
+
+
+def decode_send_confirmation(reply: bytes) -> int:
+    """The partition a SendMessages reply confirms: ``[count u32]`` + ``[stream, topic, partition u32][base_offset u64]``."""
+    if len(reply) != 4 + _CONFIRMATION.size or int.from_bytes(reply[:4], "little") != 1:
+        raise SinkError(f"unexpected SendMessages reply from Iggy ({len(reply)} bytes)")
+    return _CONFIRMATION.unpack_from(reply, 4)[2]
+
+
+_CONFIRMATION = struct.Struct("<IIIQ")
 
 
 def _reason(exc: BaseException) -> str:

@@ -36,7 +36,7 @@ class Partition:
     def current_offset(self) -> int:
         return max(self.next_offset - 1, 0)
 
-    def append(self, batch, starts: array, checksums: list) -> int:
+    def append(self, batch, starts: array, checksums: bytes) -> int:
         """Store one batch checked by :func:`batches.index_and_verify`; returns its base offset."""
         base_offset = self.next_offset
         timestamp = now_micros()
