@@ -73,7 +73,7 @@ class PollWorker(QueueWorker):
         self.store = FileOffsetStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         self.cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
-        self.offsets = OffsetWriter(self.store)
+        self.offsets = OffsetWriter(self.store, self.spec.config.state.commit_interval)
         source = config.source
         reads_ahead = self.spec.workers_total < _cores() and not (source.delete_after_read or source.processed_column)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if reads_ahead else None
@@ -224,13 +224,16 @@ class OffsetWriter:
     """Commits acknowledged offsets on a thread of its own, so the fsyncs do not stall reading.
 
     ``submit`` is called only once Iggy acknowledged the offset's batch, so what is written is
-    never ahead of Iggy. While a commit is being written, later offsets of the same key
-    replace each other: only the newest is written next (progress still only moves forward,
-    and at most the batches acknowledged during one write are re-sent after a crash).
+    never ahead of Iggy. Offsets submitted while a commit is written, or within
+    ``interval`` seconds of the last one, replace each other: only the newest is written
+    (progress only moves forward; a crash re-sends what was acknowledged since the last
+    commit, with the same ids). An fsync'd file per batch cost ~0.4 µs of CPU per row.
+    ``close`` writes the newest at once.
     """
 
-    def __init__(self, store: FileOffsetStore) -> None:
+    def __init__(self, store: FileOffsetStore, interval: float = 0.0) -> None:
         self.store = store
+        self.interval = interval
         self._latest: dict[str, Offset] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -246,13 +249,15 @@ class OffsetWriter:
             self._cond.notify()
 
     def _run(self) -> None:
+        next_commit = 0.0
         while True:
             with self._cond:
-                while not self._latest and not self._closed:
-                    self._cond.wait()
+                while not self._closed and (not self._latest or time.monotonic() < next_commit):
+                    self._cond.wait(None if not self._latest else next_commit - time.monotonic())
                 if not self._latest and self._closed:
                     return
                 batch, self._latest = self._latest, {}
+            next_commit = time.monotonic() + self.interval
             try:
                 for key, offset in batch.items():
                     self.store.commit_offset(key, offset)
