@@ -185,8 +185,8 @@ class StateConfig(BaseModel):
     dir: str = "./pgsource-state"
     # Polling offsets are written (fsync'd) at most this often; always after Iggy's ack, and
     # always on a graceful stop. A crash re-sends at most what was acked in one interval
-    # (same ids). 0 = after every acknowledged batch. Kafka Connect and Debezium use 60 s.
-    commit_interval: float = Field(1.0, ge=0)
+    # (same ids). 0 = after every acknowledged batch. (Kafka Connect and Debezium: 60 s.)
+    commit_interval: float = Field(0.1, ge=0)
 
     @field_validator("commit_interval", mode="before")
     @classmethod
