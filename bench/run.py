@@ -147,10 +147,15 @@ class IggyView:
             return 0
 
     def drop(self, stream: str) -> None:
+        """Free the stand-in's memory between runs (it keeps every message it was sent)."""
+
+        async def delete() -> None:  # the SDK's awaitables need a running loop when created
+            await self.client.delete_stream(stream)
+
         try:
-            self.loop.run_until_complete(self.client.delete_stream(stream))
-        except RuntimeError:
-            pass
+            self.loop.run_until_complete(delete())
+        except RuntimeError as exc:
+            raise RuntimeError(f"deleting stream {stream} from the stand-in: {exc}") from None
 
     def read_all(self, stream: str, topic: str, total: int) -> list:
         import apache_iggy as iggy
