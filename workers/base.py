@@ -25,7 +25,7 @@ from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.events import WorkerStatus
 from pgsource.pg import connect as pg
-from workers.channel import ParentWatch, put_event
+from workers.channel import ParentWatch, keep_freed_memory, put_event
 from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource.worker")
@@ -74,6 +74,7 @@ class QueueWorker:
 
     def run(self) -> None:
         setup_logging()
+        keep_freed_memory()  # batches of hundreds of KB: reuse freed heap instead of page-faulting anew
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
         signal.signal(signal.SIGTERM, self._handle_term)
         self.watch = ParentWatch()

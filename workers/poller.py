@@ -35,7 +35,7 @@ from pgsource.pg import connect as pg
 from pgsource.polling import TableReader
 from pgsource.state.store import FileOffsetStore, Offset
 from workers.base import QueueWorker, WorkerSpec
-from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
+from workers.channel import Empty, ParentWatch, get_event, put_event
 
 log = logging.getLogger("pgsource.poller")
 
@@ -68,7 +68,6 @@ class PollWorker(QueueWorker):
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
 
     def boot(self) -> None:
-        keep_freed_memory()
         config = self.spec.config
         self.store = FileOffsetStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")

@@ -29,7 +29,7 @@ from pgsource.config.model import Config
 from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
 from pgsource.events import StopEvent, WorkerStatus
 from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
-from workers.channel import Empty, StopFlag, get_event, put_event
+from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
 
@@ -69,6 +69,7 @@ class Supervisor:
         self._install_signal_handlers()
         queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
         self.batch_queue = self.ctx.Queue(maxsize=queue_size)
+        widen_pipe(self.batch_queue)
         self.status_queue = self.ctx.Queue()
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
         self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in self.assignment}
