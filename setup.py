@@ -8,7 +8,10 @@ slower: a failed build is reported and skipped, never fatal.
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS: list[Extension] = []
+EXTENSIONS: list[Extension] = [
+    # twin: pgsource/decode/rowjson.py (the CDC hot path: pgoutput TupleData -> payload bytes)
+    Extension("pgsource.decode._rowjson", ["pgsource/decode/_rowjson.c"]),
+]
 
 
 class OptionalBuildExt(build_ext):
