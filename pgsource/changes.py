@@ -6,15 +6,17 @@ commit LSN, xid, commit time and how many changes it has produced so far). Each 
 becomes the SPEC's envelope with a deterministic id (commit LSN + slot + position in the
 transaction) and user headers naming table, operation, LSN and xid.
 
-Hot path: ``feed_buffer`` takes a message as bytes (with the same bytes decoded as
-latin-1, so a value is a str slice) and, for an Insert or a key-less Update of a relation
-whose partition is fixed, runs the relation's compiled row function
-(``pgsource.decode.rowjson``) and appends to the batch without building a message
-object. Everything else (Begin/Commit/Relation, DELETE, old tuples, TOAST markers,
-non-ASCII rows the latin-1 variant cannot take...) goes through ``decode_message`` and
-``feed``; both paths give the same payloads, ids, partitions and headers. Per transaction
-and (relation, operation), the envelope prefix and the headers dict are built once: the
-dict is shared by those messages (the SDK copies it; pickle stores it once per batch).
+Payloads are UTF-8 ``bytes``, whichever path made them.
+
+Hot path: ``feed_buffer`` takes a message as bytes and, for an Insert or a key-less
+Update of a relation whose partition is fixed, runs the relation's row function
+(``pgsource.decode.rowjson``: the C ``Plan`` when built) and appends to the batch without
+building a message object. Everything else (Begin/Commit/Relation, DELETE, old tuples,
+TOAST markers, text that is not UTF-8...) goes through ``decode_message`` and ``feed``;
+both paths give the same payloads, ids, partitions and headers. Per transaction and
+(relation, operation), the envelope prefix/suffix bytes and the headers dict are built
+once: the dict is shared by those messages (the SDK copies it; pickle stores it once per
+batch).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.decode import pgoutput as po
-from pgsource.decode.rowjson import compile_row_json
+from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
 from pgsource.encode.envelope import encode_string
 from pgsource.encode.ids import cdc_message_id, key_partition
@@ -42,7 +44,7 @@ class _RelationState:
     key_positions: list[int]
     key_decoders: list  # decoders of the key columns only, for 'K' old tuples
     captured: bool
-    rows: dict | None = None  # compiled row functions (latin1, utf8) when the fast path applies
+    row: RowJson | None = None  # the relation's row function, when the fast path applies
     partition: int | None = None  # the partition of every change, when it does not depend on the row
 
 
@@ -50,12 +52,12 @@ class _RelationState:
 class ChangeBatch:
     """Messages encoded from one slice of the change stream."""
 
-    topic_messages: dict[str, tuple[list[int], list[int], list[str], list[dict]]] = field(default_factory=dict)
+    topic_messages: dict[str, tuple[list[int], list[int], list[bytes], list[dict]]] = field(default_factory=dict)
     count: int = 0
     last_commit_end: int | None = None  # end LSN of the last transaction fully contained
     commit_time: float = 0.0
 
-    def add(self, topic: str, message_id: int, partition: int, payload: str, headers: dict) -> None:
+    def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
         ids, parts, payloads, header_list = self.topic_messages.setdefault(topic, ([], [], [], []))
         ids.append(message_id)
         parts.append(partition)
@@ -89,6 +91,9 @@ class ChangeEncoder:
         self._id_base = 0  # commit LSN << 64 | slot tag << 48: a change's id is this | its position
         self._parts: dict[tuple[int, str], tuple] = {}  # per transaction: (oid, op) -> envelope parts, headers
         self._captured_ops = {op: op in self.operations for op in ("INSERT", "UPDATE")}
+        # Whether feed_buffer's ``s`` (the message decoded as latin-1) is worth computing:
+        # only the pure-Python row functions use it.
+        self.needs_text = not NATIVE
 
     @property
     def in_transaction(self) -> bool:
@@ -141,45 +146,45 @@ class ChangeEncoder:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not key_positions:
             state.partition = key_partition(qualified, self.partitions)
         if table is not None and state.partition is not None:
-            state.rows = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
+            state.row = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
 
     def _envelope(self, oid: int, state: _RelationState, operation: str) -> tuple:
-        """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once."""
+        """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once.
+
+        prefix and suffix are UTF-8 bytes (empty without metadata).
+        """
         parts = self._parts.get((oid, operation))
         if parts is None:
             if self.include_metadata:
                 prefix = (
                     '{"table_name":' + encode_string(state.table_name) + ',"operation_type":"' + operation
                     + '","timestamp":"' + self._timestamp + '","data":'
-                )
-                suffix = ',"old_data":null}'
+                ).encode()
+                suffix = b',"old_data":null}'
             else:
-                prefix = suffix = ""
+                prefix = suffix = b""
             headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
             parts = self._parts[(oid, operation)] = (prefix, suffix, headers)
         return parts
 
     def feed_buffer(self, b: bytes, s: str | None, start: int, end: int, out: ChangeBatch) -> None:
-        """Feed the message ``b[start:end]``; ``s`` is ``b`` decoded as latin-1 (or None)."""
+        """Feed the message ``b[start:end]``; ``s`` is ``b`` decoded as latin-1, or None.
+
+        ``s`` only speeds up the pure-Python row functions (see ``needs_text``).
+        """
         kind = b[start]
         if (kind == 85 or kind == 73) and end - start > 6 and b[start + 5] == 78 and self._begin is not None:  # U/I with 'N' only
             oid = _I32(b, start + 1)[0]
             state = self.relations.get(oid)
-            if state is not None and state.rows is not None:
+            if state is not None and state.row is not None:
                 operation = "UPDATE" if kind == 85 else "INSERT"
                 if not self._captured_ops[operation]:
                     self._position += 1
                     return
                 prefix, suffix, headers = self._envelope(oid, state, operation)
-                payload = None
-                if s is not None:
-                    payload = state.rows["latin1"](b, s, start + 6, end, prefix, suffix)
-                    if payload is not None and not payload.isascii():
-                        payload = None
-                if payload is None:
-                    payload = state.rows["utf8"](b, None, start + 6, end, prefix, suffix)
+                payload = state.row(b, s, start + 6, end, prefix, suffix)
                 if payload is not None:
                     lists = out.topic_messages.get(state.topic)
                     if lists is None:
@@ -216,10 +221,10 @@ class ChangeEncoder:
         if self.include_metadata:
             data = "null" if data is None else data
             if old_data is not None:
-                suffix = ',"old_data":' + old_data + "}"
-            payload = prefix + data + suffix
+                suffix = (',"old_data":' + old_data + "}").encode()
+            payload = prefix + data.encode() + suffix
         else:
-            payload = data if data is not None else (old_data or "null")
+            payload = (data if data is not None else (old_data or "null")).encode()
         message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
         partition = state.partition
         if partition is None:

@@ -56,7 +56,8 @@ def _copy_table(worker, reader: TableReader) -> None:
         encoded = reader.encode_batch(batch_rows, worker.spec.config.source.include_metadata, rows)
         batch = ChangeBatch()
         for message_id, partition, payload in zip(encoded.ids, encoded.partitions, encoded.payloads):
-            batch.add(reader.topic, message_id, partition, payload, {"table": reader.table_name, "operation": "SELECT"})
+            batch.add(reader.topic, message_id, partition, payload.encode(),  # CDC batches carry bytes
+                      {"table": reader.table_name, "operation": "SELECT"})
         worker._send(batch)
         worker._collect_acks(block=False)
         offset = encoded.last_offset
