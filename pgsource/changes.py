@@ -11,7 +11,10 @@ Payloads are UTF-8 ``bytes``, whichever path made them.
 Hot path: ``feed_buffer`` takes a message as bytes and, for an Insert or a key-less
 Update of a relation whose partition is fixed, runs the relation's row function
 (``pgsource.decode.rowjson``: the C ``Plan`` when built) and appends to the batch without
-building a message object. Everything else (Begin/Commit/Relation, DELETE, old tuples,
+building a message object. What such a message needs besides its tuple (row function,
+envelope parts, headers, partition, the batch's lists for its topic) is looked up once per
+batch, transaction and (relation, operation): a "route" keyed by the message's first 6
+bytes (kind, relation oid, 'N'). Everything else (Begin/Commit/Relation, DELETE, old tuples,
 TOAST markers, text that is not UTF-8...) goes through ``decode_message`` and ``feed``;
 both paths give the same payloads, ids, partitions and headers. Per transaction and
 (relation, operation), the envelope prefix/suffix bytes and the headers dict are built
@@ -91,6 +94,8 @@ class ChangeEncoder:
         self._id_base = 0  # commit LSN << 64 | slot tag << 48: a change's id is this | its position
         self._parts: dict[tuple[int, str], tuple] = {}  # per transaction: (oid, op) -> envelope parts, headers
         self._captured_ops = {op: op in self.operations for op in ("INSERT", "UPDATE")}
+        self._routes: dict[bytes, tuple | bool] = {}  # feed_buffer's: valid for one batch and transaction
+        self._routes_batch: ChangeBatch | None = None
         # Whether feed_buffer's ``s`` (the message decoded as latin-1) is worth computing:
         # only the pure-Python row functions use it.
         self.needs_text = not NATIVE
@@ -117,10 +122,12 @@ class ChangeEncoder:
             self._xid_text = str(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
+            self._routes = {}
         elif kind is po.Commit:
             out.last_commit_end = message.end_lsn
             out.commit_time = self._commit_seconds
             self._begin = None
+            self._routes = {}
         elif kind is po.Relation:
             self._relation(message)
         elif kind is po.Truncate:
@@ -149,6 +156,7 @@ class ChangeEncoder:
             state.row = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
+        self._routes = {}
 
     def _envelope(self, oid: int, state: _RelationState, operation: str) -> tuple:
         """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once.
@@ -175,28 +183,50 @@ class ChangeEncoder:
         ``s`` only speeds up the pure-Python row functions (see ``needs_text``).
         """
         kind = b[start]
-        if (kind == 85 or kind == 73) and end - start > 6 and b[start + 5] == 78 and self._begin is not None:  # U/I with 'N' only
-            oid = _I32(b, start + 1)[0]
-            state = self.relations.get(oid)
-            if state is not None and state.row is not None:
-                operation = "UPDATE" if kind == 85 else "INSERT"
-                if not self._captured_ops[operation]:
-                    self._position += 1
-                    return
-                prefix, suffix, headers = self._envelope(oid, state, operation)
-                payload = state.row(b, s, start + 6, end, prefix, suffix)
+        if (kind == 73 or kind == 85) and end - start > 6:  # Insert, Update
+            if out is not self._routes_batch:
+                self._routes = {}
+                self._routes_batch = out
+            head = b[start : start + 6]
+            route = self._routes.get(head)
+            if route is None:
+                route = self._routes[head] = self._route(head, out)
+            if route is _SKIP:
+                self._position += 1
+                return
+            if route is not False:
+                row, prefix, suffix, partition, headers, ids, parts, payloads, header_list = route
+                payload = row(b, s, start + 6, end, prefix, suffix)
                 if payload is not None:
-                    lists = out.topic_messages.get(state.topic)
-                    if lists is None:
-                        lists = out.topic_messages[state.topic] = ([], [], [], [])
-                    lists[0].append(self._id_base | self._position)
-                    lists[1].append(state.partition)
-                    lists[2].append(payload)
-                    lists[3].append(headers)
+                    position = self._position
+                    ids.append(self._id_base | position)
+                    parts.append(partition)
+                    payloads.append(payload)
+                    header_list.append(headers)
                     out.count += 1
-                    self._position += 1
+                    self._position = position + 1
                     return
         self.feed(po.decode_message(b[start:end]), out)
+
+    def _route(self, head: bytes, out: ChangeBatch) -> tuple | bool:
+        """What feed_buffer does with the Inserts/Updates that start with ``head``, in this batch.
+
+        ``False``: the general path (an old tuple, no transaction, a relation without row
+        function); ``_SKIP``: an operation not captured, only the position moves; else
+        (row function, prefix, suffix, partition, headers, and the batch's 4 lists of the topic).
+        """
+        if head[5] != 78 or self._begin is None:  # 'N': the new tuple alone
+            return False
+        oid = _I32(head, 1)[0]
+        state = self.relations.get(oid)
+        if state is None or state.row is None:
+            return False
+        operation = "UPDATE" if head[0] == 85 else "INSERT"
+        if not self._captured_ops[operation]:
+            return _SKIP
+        prefix, suffix, headers = self._envelope(oid, state, operation)
+        lists = out.topic_messages.setdefault(state.topic, ([], [], [], []))
+        return (state.row, prefix, suffix, state.partition, headers, *lists)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
         state = self.relations.get(oid)
@@ -244,3 +274,4 @@ class ChangeEncoder:
 
 TRUNCATE = Operation.TRUNCATE.value
 _I32 = struct.Struct("!I").unpack_from
+_SKIP = ("skip",)  # the route of an operation that is not captured

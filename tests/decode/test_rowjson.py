@@ -356,17 +356,20 @@ def _config(metadata: bool, **iggy) -> Config:
     })
 
 
-def _encode(config, conn, messages, fast: bool) -> list:
+def _encode(config, conn, messages, fast: bool, batch_size: int = 0) -> list[dict]:
+    """The topic_messages of each batch; a new batch once one holds ``batch_size`` messages, if given."""
     encoder = ChangeEncoder(config, "slot_a", lambda oids: load_type_catalog(conn, oids))
-    batch = ChangeBatch()
+    batches = [ChangeBatch()]
     for data in messages:
         if fast:
             buf = b"\x07" * 5 + data + b"\x00next"  # a message inside a larger chunk
             text = buf.decode("latin-1") if encoder.needs_text else None
-            encoder.feed_buffer(buf, text, 5, 5 + len(data), batch)
+            encoder.feed_buffer(buf, text, 5, 5 + len(data), batches[-1])
         else:
-            encoder.feed(decode_message(data), batch)
-    return batch.topic_messages
+            encoder.feed(decode_message(data), batches[-1])
+        if batch_size and batches[-1].count >= batch_size:
+            batches.append(ChangeBatch())
+    return [batch.topic_messages for batch in batches]
 
 
 @each_implementation
@@ -391,19 +394,25 @@ def test_fast_path_equals_general_path(pg_dsn, iggy, metadata, implementation, m
         cur.execute("INSERT INTO other.t2 SELECT g, CASE WHEN g % 2 = 0 THEN 'ü' || g ELSE NULL END,"
                     " repeat(md5(g::text), 400) FROM generate_series(1, 50) g")
         cur.execute("UPDATE other.t2 SET v = 'x\"y\\\\z' WHERE id < 20")  # big: TOASTed, unchanged
-        cur.execute("ALTER TABLE other.t2 REPLICA IDENTITY FULL; UPDATE other.t2 SET v = 'w' WHERE id > 40;"
+        cur.execute("BEGIN; INSERT INTO other.t2 VALUES (100, 'a', 'b');"  # Relation messages mid-transaction
+                    " ALTER TABLE other.t2 ALTER v TYPE jsonb USING to_jsonb(v);"
+                    " INSERT INTO other.t2 VALUES (101, '{\"k\": 1}', 'd'); ALTER TABLE other.t2 ADD extra int"
+                    " DEFAULT 5; INSERT INTO other.t2 VALUES (102, 'null', 'e'); COMMIT")
+        cur.execute("ALTER TABLE other.t2 REPLICA IDENTITY FULL; UPDATE other.t2 SET v = '\"w\"' WHERE id > 40;"
                     " DELETE FROM other.t2 WHERE id > 45; DELETE FROM all_types WHERE id > 1000;"
                     " TRUNCATE t3, other.t2")
     messages = [data for _, _, data in peek(conn)]
     config = _config(metadata, **iggy)
-    general = _encode(config, conn, messages, fast=False)
+    [general] = _encode(config, conn, messages, fast=False)
     with mock.patch.object(po, "decode_message", wraps=po.decode_message) as general_calls:
-        fast = _encode(config, conn, messages, fast=True)
+        [fast] = _encode(config, conn, messages, fast=True)
     if iggy.get("partitioning") == "table" or not iggy:  # a fixed partition per table: the fast path applies
         assert general_calls.call_count < len(messages) - 50  # it did take the plain rows
-    conn.close()
     assert set(general) == {"all_types", "t2"}
     assert fast == general
+    small = _encode(config, conn, messages, fast=False, batch_size=4)
+    assert len(small) > 20 and _encode(config, conn, messages, fast=True, batch_size=4) == small
+    conn.close()
     assert {type(p) for lists in [*fast.values(), *general.values()] for p in lists[2]} == {bytes}
     ids, parts, payloads, headers = general["all_types"]
     assert len(payloads) == 6 + 6 + 6 + 1 + 6  # inserts, inserts, key updates, update, deletes
@@ -419,3 +428,6 @@ def test_fast_path_equals_general_path(pg_dsn, iggy, metadata, implementation, m
     t2 = [p.decode() for p in general["t2"][2]]
     assert any("__pgsource_unchanged_toast__" in p for p in t2) and any('"v":"\u00fc2"' in p for p in t2)
     assert any('"operation_type":"TRUNCATE"' in p for p in t2) and any('"v":"x\\"y' in p for p in t2)
+    assert '"data":{"id":100,"v":"a","big":"b"}' in "".join(t2)
+    assert '"data":{"id":101,"v":{"k": 1},"big":"d"}' in "".join(t2)
+    assert '"data":{"id":102,"v":null,"big":"e","extra":5}' in "".join(t2)
