@@ -90,9 +90,8 @@ writer_reserve(Writer *w, Py_ssize_t more)
         PyErr_NoMemory();
         return -1;
     }
-    Py_ssize_t capacity = w->capacity * 2;
-    if (capacity < w->size + more)
-        capacity = w->size + more;
+    Py_ssize_t need = w->size + more; /* > capacity, and <= PY_SSIZE_T_MAX / 2: doubling cannot overflow */
+    Py_ssize_t capacity = need > w->capacity * 2 ? need : w->capacity * 2;
     char *data;
     if (w->on_heap) {
         data = PyMem_Realloc(w->data, (size_t)capacity);
