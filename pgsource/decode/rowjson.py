@@ -14,10 +14,10 @@ Two implementations, byte-identical (tested against each other, ``decode_tuple_j
 - ``compile_plan``: the C extension ``pgsource.decode._rowjson`` (a ``Plan`` per relation),
   used when it was built (``NATIVE``): ~10x faster.
 - ``compile_python``: the pure-Python twin. It generates the source of one function per
-  relation, in two variants: ``latin1`` slices the values from the *whole message decoded
-  as latin-1* (no ``decode`` per value), which is right only when every value is ASCII,
-  so its result is kept only if ``str.isascii()`` (O(1) in CPython); else ``utf8``
-  ``bytes.decode()``s each value, as pgoutput's text is UTF-8.
+  relation that walks the tuple up to twice: first slicing the values from the *whole
+  message decoded as latin-1* (no ``decode`` per value), which is right only when every
+  value is ASCII, so that result is kept only if ``str.isascii()`` (O(1) in CPython);
+  else ``bytes.decode()``-ing each value, as pgoutput's text is UTF-8.
 
 A row function is called as ``row(message, text, start, end, prefix, suffix)``: ``text`` is
 the message decoded as latin-1 or ``None`` (only the Python twin uses it), ``start:end``
@@ -26,7 +26,8 @@ the TupleData, ``prefix``/``suffix`` the caller's envelope parts (bytes). It ret
 an unchanged-TOAST (``'u'``) or binary value, a tuple that does not end at ``end``, text
 that is not UTF-8. The caller then uses the general decoder, which gives the exact error
 or the marker. A converter that raises means the same: fall back, and let the general
-decoder raise its precise ``SourceError``.
+decoder raise its precise ``SourceError``. ``start``/``end`` outside the message are the
+caller's bug: ``ValueError``.
 """
 
 from __future__ import annotations
