@@ -317,6 +317,19 @@ write_timestamp(Writer *w, const Column *column, const unsigned char *s, Py_ssiz
     return 0;
 }
 
+/* '"' + text + '"', for texts that hold nothing to escape. */
+static int
+write_quoted(Writer *w, const unsigned char *s, Py_ssize_t n)
+{
+    if (writer_reserve(w, n + 2) < 0)
+        return -1;
+    w->data[w->size] = '"';
+    memcpy(w->data + w->size + 1, s, (size_t)n);
+    w->data[w->size + n + 1] = '"';
+    w->size += n + 2;
+    return 0;
+}
+
 /* One 't' value; 0 written, 1 fall back, -1 error (an exception that is not an Exception). */
 static int
 write_value(Writer *w, const Column *column, const unsigned char *s, Py_ssize_t n)
@@ -335,17 +348,11 @@ write_value(Writer *w, const Column *column, const unsigned char *s, Py_ssize_t 
     case K_NUMBER:
         if (n == 0)
             return 1;
-        if (s[n - 1] <= '9') /* NaN, Infinity and -Infinity end in a letter */
-            return writer_put(w, (const char *)s, n);
-        /* fall through: quoted */
+        if (s[n - 1] > '9') /* NaN, Infinity and -Infinity end in a letter: JSON strings */
+            return write_quoted(w, s, n);
+        return writer_put(w, (const char *)s, n);
     case K_QUOTED:
-        if (writer_reserve(w, n + 2) < 0)
-            return -1;
-        w->data[w->size] = '"';
-        memcpy(w->data + w->size + 1, s, (size_t)n);
-        w->data[w->size + n + 1] = '"';
-        w->size += n + 2;
-        return 0;
+        return write_quoted(w, s, n);
     case K_BOOL:
         if (n == 1 && s[0] == 't')
             return writer_put(w, "true", 4);
