@@ -6,15 +6,20 @@ commit LSN, xid, commit time and how many changes it has produced so far). Each 
 becomes the SPEC's envelope with a deterministic id (commit LSN + slot + position in the
 transaction) and user headers naming table, operation, LSN and xid.
 
-Hot path: ``feed_buffer`` takes a message as bytes (with the same bytes decoded as
-latin-1, so a value is a str slice) and, for an Insert or a key-less Update of a relation
-whose partition is fixed, runs the relation's compiled row function
-(``pgsource.decode.rowjson``) and appends to the batch without building a message
-object. Everything else (Begin/Commit/Relation, DELETE, old tuples, TOAST markers,
-non-ASCII rows the latin-1 variant cannot take...) goes through ``decode_message`` and
-``feed``; both paths give the same payloads, ids, partitions and headers. Per transaction
-and (relation, operation), the envelope prefix and the headers dict are built once: the
-dict is shared by those messages (the SDK copies it; pickle stores it once per batch).
+Payloads are UTF-8 ``bytes``, whichever path made them.
+
+Hot path: ``feed_buffer`` takes a message as bytes and, for an Insert or a key-less
+Update of a relation whose partition is fixed, runs the relation's row function
+(``pgsource.decode.rowjson``: the C ``Plan`` when built) and appends to the batch without
+building a message object. What such a message needs besides its tuple (row function,
+envelope parts, headers, partition, the batch's lists for its topic) is looked up once per
+batch, transaction and (relation, operation): a "route" keyed by the message's first 6
+bytes (kind, relation oid, 'N'). Everything else (Begin/Commit/Relation, DELETE, old tuples,
+TOAST markers, text that is not UTF-8...) goes through ``decode_message`` and ``feed``;
+both paths give the same payloads, ids, partitions and headers. Per transaction and
+(relation, operation), the envelope prefix/suffix bytes and the headers dict are built
+once: the dict is shared by those messages (the SDK copies it; pickle stores it once per
+batch).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.decode import pgoutput as po
-from pgsource.decode.rowjson import compile_row_json
+from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
 from pgsource.encode.envelope import encode_string
 from pgsource.encode.ids import cdc_message_id, key_partition
@@ -42,7 +47,7 @@ class _RelationState:
     key_positions: list[int]
     key_decoders: list  # decoders of the key columns only, for 'K' old tuples
     captured: bool
-    rows: dict | None = None  # compiled row functions (latin1, utf8) when the fast path applies
+    row: RowJson | None = None  # the relation's row function, when the fast path applies
     partition: int | None = None  # the partition of every change, when it does not depend on the row
 
 
@@ -50,12 +55,12 @@ class _RelationState:
 class ChangeBatch:
     """Messages encoded from one slice of the change stream."""
 
-    topic_messages: dict[str, tuple[list[int], list[int], list[str], list[dict]]] = field(default_factory=dict)
+    topic_messages: dict[str, tuple[list[int], list[int], list[bytes], list[dict]]] = field(default_factory=dict)
     count: int = 0
     last_commit_end: int | None = None  # end LSN of the last transaction fully contained
     commit_time: float = 0.0
 
-    def add(self, topic: str, message_id: int, partition: int, payload: str, headers: dict) -> None:
+    def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
         ids, parts, payloads, header_list = self.topic_messages.setdefault(topic, ([], [], [], []))
         ids.append(message_id)
         parts.append(partition)
@@ -89,6 +94,11 @@ class ChangeEncoder:
         self._id_base = 0  # commit LSN << 64 | slot tag << 48: a change's id is this | its position
         self._parts: dict[tuple[int, str], tuple] = {}  # per transaction: (oid, op) -> envelope parts, headers
         self._captured_ops = {op: op in self.operations for op in ("INSERT", "UPDATE")}
+        self._routes: dict[bytes, tuple | bool] = {}  # feed_buffer's: valid for one batch and transaction
+        self._routes_batch: ChangeBatch | None = None
+        # Whether feed_buffer's ``s`` (the message decoded as latin-1) is worth computing:
+        # only the pure-Python row functions use it.
+        self.needs_text = not NATIVE
 
     @property
     def in_transaction(self) -> bool:
@@ -112,10 +122,12 @@ class ChangeEncoder:
             self._xid_text = str(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
+            self._routes = {}
         elif kind is po.Commit:
             out.last_commit_end = message.end_lsn
             out.commit_time = self._commit_seconds
             self._begin = None
+            self._routes = {}
         elif kind is po.Relation:
             self._relation(message)
         elif kind is po.Truncate:
@@ -141,57 +153,80 @@ class ChangeEncoder:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not key_positions:
             state.partition = key_partition(qualified, self.partitions)
         if table is not None and state.partition is not None:
-            state.rows = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
+            state.row = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
+        self._routes = {}
 
     def _envelope(self, oid: int, state: _RelationState, operation: str) -> tuple:
-        """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once."""
+        """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once.
+
+        prefix and suffix are UTF-8 bytes (empty without metadata).
+        """
         parts = self._parts.get((oid, operation))
         if parts is None:
             if self.include_metadata:
                 prefix = (
                     '{"table_name":' + encode_string(state.table_name) + ',"operation_type":"' + operation
                     + '","timestamp":"' + self._timestamp + '","data":'
-                )
-                suffix = ',"old_data":null}'
+                ).encode()
+                suffix = b',"old_data":null}'
             else:
-                prefix = suffix = ""
+                prefix = suffix = b""
             headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
             parts = self._parts[(oid, operation)] = (prefix, suffix, headers)
         return parts
 
     def feed_buffer(self, b: bytes, s: str | None, start: int, end: int, out: ChangeBatch) -> None:
-        """Feed the message ``b[start:end]``; ``s`` is ``b`` decoded as latin-1 (or None)."""
+        """Feed the message ``b[start:end]``; ``s`` is ``b`` decoded as latin-1, or None.
+
+        ``s`` only speeds up the pure-Python row functions (see ``needs_text``).
+        """
         kind = b[start]
-        if (kind == 85 or kind == 73) and end - start > 6 and b[start + 5] == 78 and self._begin is not None:  # U/I with 'N' only
-            oid = _I32(b, start + 1)[0]
-            state = self.relations.get(oid)
-            if state is not None and state.rows is not None:
-                operation = "UPDATE" if kind == 85 else "INSERT"
-                if not self._captured_ops[operation]:
-                    self._position += 1
-                    return
-                prefix, suffix, headers = self._envelope(oid, state, operation)
-                payload = None
-                if s is not None:
-                    payload = state.rows["latin1"](b, s, start + 6, end, prefix, suffix)
-                    if payload is not None and not payload.isascii():
-                        payload = None
-                if payload is None:
-                    payload = state.rows["utf8"](b, None, start + 6, end, prefix, suffix)
+        if (kind == 73 or kind == 85) and end - start > 6:  # Insert, Update
+            if out is not self._routes_batch:
+                self._routes = {}
+                self._routes_batch = out
+            head = b[start : start + 6]
+            route = self._routes.get(head)
+            if route is None:
+                route = self._routes[head] = self._route(head, out)
+            if route is _SKIP:
+                self._position += 1
+                return
+            if route is not False:
+                row, prefix, suffix, partition, headers, ids, parts, payloads, header_list = route
+                payload = row(b, s, start + 6, end, prefix, suffix)
                 if payload is not None:
-                    lists = out.topic_messages.get(state.topic)
-                    if lists is None:
-                        lists = out.topic_messages[state.topic] = ([], [], [], [])
-                    lists[0].append(self._id_base | self._position)
-                    lists[1].append(state.partition)
-                    lists[2].append(payload)
-                    lists[3].append(headers)
+                    position = self._position
+                    ids.append(self._id_base | position)
+                    parts.append(partition)
+                    payloads.append(payload)
+                    header_list.append(headers)
                     out.count += 1
-                    self._position += 1
+                    self._position = position + 1
                     return
         self.feed(po.decode_message(b[start:end]), out)
+
+    def _route(self, head: bytes, out: ChangeBatch) -> tuple | bool:
+        """What feed_buffer does with the Inserts/Updates that start with ``head``, in this batch.
+
+        ``False``: the general path (an old tuple, no transaction, a relation without row
+        function); ``_SKIP``: an operation not captured, only the position moves; else
+        (row function, prefix, suffix, partition, headers, and the batch's 4 lists of the topic).
+        """
+        if head[5] != 78 or self._begin is None:  # 'N': the new tuple alone
+            return False
+        oid = _I32(head, 1)[0]
+        state = self.relations.get(oid)
+        if state is None or state.row is None:
+            return False
+        operation = "UPDATE" if head[0] == 85 else "INSERT"
+        if not self._captured_ops[operation]:
+            return _SKIP
+        prefix, suffix, headers = self._envelope(oid, state, operation)
+        lists = out.topic_messages.setdefault(state.topic, ([], [], [], []))
+        return (state.row, prefix, suffix, state.partition, headers, *lists)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
         state = self.relations.get(oid)
@@ -216,10 +251,10 @@ class ChangeEncoder:
         if self.include_metadata:
             data = "null" if data is None else data
             if old_data is not None:
-                suffix = ',"old_data":' + old_data + "}"
-            payload = prefix + data + suffix
+                suffix = (',"old_data":' + old_data + "}").encode()
+            payload = prefix + data.encode() + suffix
         else:
-            payload = data if data is not None else (old_data or "null")
+            payload = (data if data is not None else (old_data or "null")).encode()
         message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
         partition = state.partition
         if partition is None:
@@ -239,3 +274,4 @@ class ChangeEncoder:
 
 TRUNCATE = Operation.TRUNCATE.value
 _I32 = struct.Struct("!I").unpack_from
+_SKIP = ("skip",)  # the route of an operation that is not captured

@@ -202,7 +202,8 @@ class CdcWorker(QueueWorker):
                 payload = message.payload
                 if not self._batch.count:
                     batch_started = time.monotonic()
-                self.encoder.feed_buffer(payload, payload.decode("latin-1"), 0, len(payload), self._batch)
+                text = payload.decode("latin-1") if self.encoder.needs_text else None
+                self.encoder.feed_buffer(payload, text, 0, len(payload), self._batch)
                 if self._batch.last_commit_end is not None:
                     self._commits.append(self._batch.last_commit_end)
                     self._batch.last_commit_end = None
@@ -335,7 +336,8 @@ class _PeekFrames(io.RawIOBase):
                 raise PgSourceError(f"{worker.spec.name}: the peek's COPY output has no binary COPY signature")
             pos = 19 + _I32(buf, 15)[0]  # skip the header extension
             self._header = False
-        s = buf.decode("latin-1")  # one str for the chunk: a value is a slice (see ChangeEncoder.feed_buffer)
+        # One str for the chunk, for the pure-Python row functions: a value is a slice of it.
+        s = buf.decode("latin-1") if worker.encoder.needs_text else None
         feed = worker.encoder.feed_buffer
         batch = self.batch
         batch_size = worker.spec.config.source.batch_size

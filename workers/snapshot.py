@@ -55,8 +55,9 @@ def _copy_table(worker, reader: TableReader) -> None:
             return
         encoded = reader.encode_batch(batch_rows, worker.spec.config.source.include_metadata, rows)
         batch = ChangeBatch()
+        headers = {"table": reader.table_name, "operation": "SELECT"}  # one dict: encoded once per batch
         for message_id, partition, payload in zip(encoded.ids, encoded.partitions, encoded.payloads):
-            batch.add(reader.topic, message_id, partition, payload, {"table": reader.table_name, "operation": "SELECT"})
+            batch.add(reader.topic, message_id, partition, payload.encode(), headers)  # CDC batches carry bytes
         worker._send(batch)
         worker._collect_acks(block=False)
         offset = encoded.last_offset

@@ -9,7 +9,7 @@ import struct
 import time
 
 from pgsource.decode.pgoutput import decode_message
-from pgsource.decode.rowjson import compile_row_json
+from pgsource.decode.rowjson import NATIVE, compile_plan, compile_python
 from pgsource.decode.values import compile_columns, decode_tuple_json
 from pgsource.pg.types import ARRAY, BOOL, BYTEA, JSONB, NUMBER, OTHER, TIMESTAMP, TIMESTAMPTZ, TypeInfo
 
@@ -45,18 +45,22 @@ def insert_message(values: tuple[str, ...]) -> bytes:
 
 def main(rounds: int = 200_000) -> None:
     decoders = compile_columns("bench", COLUMNS, CATALOG)
-    rows = compile_row_json(COLUMNS, CATALOG)
+    python = compile_python(COLUMNS, CATALOG)
     message = insert_message(VALUES)
     text = message.decode("latin-1")
     print(decode_tuple_json(decoders, decode_message(message).new))
-    assert rows["latin1"](message, text, 6, len(message), "", "") == decode_tuple_json(decoders, VALUES)
-    for label, work in (
-        ("values -> JSON", lambda: decode_tuple_json(decoders, VALUES)),
-        ("pgoutput bytes", lambda: decode_message(message)),
-        ("bytes -> JSON", lambda: decode_tuple_json(decoders, decode_message(message).new)),
-        ("compiled latin1", lambda: rows["latin1"](message, text, 6, len(message), "", "")),
-        ("compiled utf8", lambda: rows["utf8"](message, None, 6, len(message), "", "")),
-    ):
+    assert python(message, text, 6, len(message), b"", b"") == decode_tuple_json(decoders, VALUES).encode()
+    cases = {
+        "values -> JSON": lambda: decode_tuple_json(decoders, VALUES),
+        "pgoutput bytes": lambda: decode_message(message),
+        "bytes -> JSON": lambda: decode_tuple_json(decoders, decode_message(message).new),
+        "python latin1": lambda: python(message, text, 6, len(message), b"", b""),
+        "python utf8": lambda: python(message, None, 6, len(message), b"", b""),
+    }
+    if NATIVE:
+        plan = compile_plan(COLUMNS, CATALOG)
+        cases["C plan"] = lambda: plan(message, None, 6, len(message), b"", b"")
+    for label, work in cases.items():
         start = time.perf_counter()
         for _ in range(rounds):
             work()
