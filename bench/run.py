@@ -437,11 +437,13 @@ def cdc_workload(dsn: str, rows: int, transactions: int) -> None:
         conn.close()
 
 
-def drain_streaming(dsn: str, slot: str, expected: int) -> float:
+def drain_streaming(dsn: str, slot: str, expected: int, options: str | None = None) -> float:
+    """A do-nothing pgoutput consumer; ``options``: session settings (pgsource's, for the 2nd reference)."""
     from psycopg2.extras import LogicalReplicationConnection, StopReplication
 
     started = time.perf_counter()
-    conn = psycopg2.connect(dsn, connection_factory=LogicalReplicationConnection)
+    extra = {"options": options} if options else {}
+    conn = psycopg2.connect(dsn, connection_factory=LogicalReplicationConnection, **extra)
     cur = conn.cursor()
     cur.start_replication(slot_name=slot, decode=False, options={"proto_version": "1", "publication_names": PUBLICATION})
     seen = 0
@@ -511,8 +513,9 @@ def run_cdc_shape(args, dsn, view, iggy_address, transactions: int, workdir: str
     transports = args.cdc_transport.split(",")
     pgs = {t: [f"b_{shape}_{t}_{r}" for r in range(args.repeat)] for t in transports}
     streaming = [f"b_{shape}_stream_{r}" for r in range(args.repeat)]
+    streaming_same = [f"b_{shape}_streamopt_{r}" for r in range(args.repeat)]
     peek = f"b_{shape}_peek"
-    every = [s for names in pgs.values() for s in names] + streaming + [peek]
+    every = [s for names in pgs.values() for s in names] + streaming + streaming_same + [peek]
     create_slots(dsn, every)
     log(f"cdc {shape}: workload ({rows} updates in {transactions} transaction(s))")
     started = time.perf_counter()
@@ -528,8 +531,17 @@ def run_cdc_shape(args, dsn, view, iggy_address, transactions: int, workdir: str
         for slot in streaming:
             stream_times.append(drain_streaming(dsn, slot, rows))
             log(f"cdc {shape}: streaming drain {rows / stream_times[-1]:,.0f} changes/s")
+        # The same consumer with pgsource's session settings (TimeZone=UTC, DateStyle=ISO...):
+        # they change what the walsender spends formatting values, so this is the fair twin.
+        from pgsource.pg.connect import SESSION_OPTIONS
+
+        same_times = []
+        for slot in streaming_same:
+            same_times.append(drain_streaming(dsn, slot, rows, SESSION_OPTIONS))
+            log(f"cdc {shape}: streaming drain, pgsource's session settings {rows / same_times[-1]:,.0f} changes/s")
         out["peek_drain"] = summarize([{"rows_per_s": rows / t, "seconds": t} for t in peek_times])
         out["streaming_drain"] = summarize([{"rows_per_s": rows / t, "seconds": t} for t in stream_times])
+        out["streaming_drain_same_settings"] = summarize([{"rows_per_s": rows / t, "seconds": t} for t in same_times])
         for transport, slots in pgs.items():
             runs = []
             for slot in slots:
@@ -650,13 +662,15 @@ def report(results: dict) -> str:
     for shape, figures in results.get("cdc", {}).items():
         stream = figures["streaming_drain"]["rows_per_s"]
         peek = figures["peek_drain"]["rows_per_s"]
+        same = figures.get("streaming_drain_same_settings", {}).get("rows_per_s", float("nan"))
         row(f"CDC {shape}: raw streaming drain", stream)
+        row(f"CDC {shape}: raw streaming drain, pgsource's settings", same, f"{same / stream:.2f} x streaming")
         row(f"CDC {shape}: raw SQL peek drain", peek, f"{peek / stream:.2f} x streaming")
         for key in figures:
             if key.startswith("pgsource_"):
                 rate = figures[key]["rows_per_s"]
                 row(f"CDC {shape}: {key.replace('_', ' ')}", rate,
-                    f"{rate / stream:.2f} x streaming, {rate / peek:.2f} x peek;"
+                    f"{rate / stream:.2f} x streaming ({rate / same:.2f} x same settings), {rate / peek:.2f} x peek;"
                     f" RSS {figures[key]['peak_rss_mb_max']:.0f} MB, CPU {figures[key]['cpu_s_per_m_rows']:.1f} s/M rows")
     latency = results.get("latency")
     if latency:
@@ -792,6 +806,10 @@ def main(argv: list[str] | None = None) -> int:
             if key.startswith("pgsource_"):
                 rate = figures[key]["rows_per_s"]
                 ratios[f"cdc_{shape}_{key}_over_streaming"] = rate / figures["streaming_drain"]["rows_per_s"]
+                if "streaming_drain_same_settings" in figures:
+                    ratios[f"cdc_{shape}_{key}_over_streaming_same_settings"] = (
+                        rate / figures["streaming_drain_same_settings"]["rows_per_s"]
+                    )
                 ratios[f"cdc_{shape}_{key}_over_peek"] = rate / figures["peek_drain"]["rows_per_s"]
     results["ratios"] = ratios
     print(report(results))
