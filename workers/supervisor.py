@@ -8,7 +8,13 @@ worker that keeps dying is restarted with back-off until ``max_restarts`` within
 with the spawn method: a libpq connection never crosses a fork.
 
 When the publisher dies, the batches it had taken but not acknowledged are gone, so the
-workers are restarted with it: they resume from their committed offsets.
+workers are restarted with it: they resume from their committed offsets. The same
+happens when a worker is killed by a signal (SIGKILL from the heartbeat check, the OOM
+killer, a crash): it may have died inside a queue ``put``, holding the queue's write lock
+or leaving half a batch in the pipe, which would wedge every other writer and the
+publisher. So the whole pipeline restarts on fresh queues; the old ones are dropped. A
+worker that exits by itself (an error it reported, PostgreSQL unavailable) flushed its
+queue on the way out and is restarted alone.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Supervisor:
         self._restarts: dict[str, deque[float]] = {}
         self._restart_at: dict[str, float] = {}
         self._unavailable: dict[str, int] = {}  # consecutive "PostgreSQL unavailable" exits
+        self._killed: set[str] = set()  # workers that died by a signal: their queues cannot be trusted
         self._metrics_server = None
         self._metrics_dir: str | None = None
 
@@ -67,11 +74,7 @@ class Supervisor:
             log.info("%s: %s", name, ", ".join(u.key for u in units) or "custom_query")
         self._setup_metrics()
         self._install_signal_handlers()
-        queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
-        self.batch_queue = self.ctx.Queue(maxsize=queue_size)
-        widen_pipe(self.batch_queue)
-        self.status_queue = self.ctx.Queue()
-        self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
+        self._open_channels()
         self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in self.assignment}
         self.stop_event = StopFlag(self.ctx)
         try:
@@ -114,6 +117,14 @@ class Supervisor:
             self._stopping = True
 
     # -- children --------------------------------------------------------------------------
+
+    def _open_channels(self) -> None:
+        """The queues between the processes: at start, and fresh ones for a restarted pipeline."""
+        queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
+        self.batch_queue = self.ctx.Queue(maxsize=queue_size)
+        widen_pipe(self.batch_queue)
+        self.status_queue = self.ctx.Queue()
+        self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
 
     def _start_publisher(self) -> None:
         process = self.ctx.Process(
@@ -164,6 +175,8 @@ class Supervisor:
         for name, process in list(self._processes.items()):
             if self._stopping:
                 return
+            if self._processes.get(name) is not process:
+                continue  # replaced by a pipeline restart earlier in this pass
             if process.is_alive():
                 self._kill_if_silent(name, process)
                 continue
@@ -183,6 +196,8 @@ class Supervisor:
                 continue
             self._unavailable.pop(name, None)
             log.warning("%s exited with code %s", name, process.exitcode)
+            if process.exitcode is not None and process.exitcode < 0:
+                self._killed.add(name)
             history = self._restarts.setdefault(name, deque())
             history.append(now)
             while history and history[0] < now - self.config.supervisor.restart_window:
@@ -209,16 +224,27 @@ class Supervisor:
         from pgsource.metrics import Metrics
 
         Metrics.get().restarts.labels(name).inc()
-        if name == PUBLISHER:
-            log.warning("restarting the publisher and, with it, every worker")
-            for worker in self.assignment:
-                self._terminate(worker)
-            self._start_publisher()
-            for worker in self.assignment:
-                self._start_worker(worker)
+        if name == PUBLISHER or name in self._killed:
+            why = "the publisher died" if name == PUBLISHER else f"{name} was killed (its queues cannot be trusted)"
+            log.warning("%s: restarting the publisher and every worker on fresh queues", why)
+            self._restart_pipeline()
         else:
             log.warning("restarting %s", name)
             self._start_worker(name)
+
+    def _restart_pipeline(self) -> None:
+        """Every child stopped (killed: their queues are being dropped), fresh queues, all started again."""
+        from pgsource.metrics.registry import mark_process_dead
+
+        for name in list(self._processes):
+            self._terminate(name)
+            mark_process_dead(self._processes[name].pid)
+        self._restart_at.clear()
+        self._killed.clear()
+        self._open_channels()
+        self._start_publisher()
+        for worker in self.assignment:
+            self._start_worker(worker)
 
     def _terminate(self, name: str) -> None:
         process = self._processes.get(name)
@@ -243,7 +269,7 @@ class Supervisor:
                     process.join(5)
         publisher = self._processes.get(PUBLISHER)
         if publisher is not None and publisher.is_alive():
-            put_event(self.batch_queue, StopEvent(), lambda: not publisher.is_alive())
+            put_event(self.batch_queue, StopEvent(), lambda: not publisher.is_alive() or time.monotonic() > deadline)
             publisher.join(max(1.0, deadline - time.monotonic()))
             if publisher.is_alive():
                 log.warning("publisher did not drain in time; killing it (unacknowledged batches will be re-sent)")

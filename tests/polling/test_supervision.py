@@ -85,3 +85,32 @@ def test_a_postgresql_outage_is_waited_out_not_a_crash_loop(iggy, tmp_path):
         cluster.stop()
     assert [m["data"]["id"] for m in bodies(iggy, "t")] == [1, 2]
     assert "PostgreSQL unavailable" in config.with_suffix(".log").read_text()
+
+
+def test_workers_killed_mid_send_do_not_wedge_the_others(pg_dsn, iggy, tmp_path):
+    """SIGKILL a worker while batches queue up behind a slow Iggy: its half-written batch and the
+    queue lock it may hold die with the pipeline's channels (fresh ones replace them), so the
+    other worker keeps delivering and every row of both tables arrives."""
+    port = urlparse(pg_dsn).port
+    for table in ("a", "b"):
+        execute(pg_dsn, f"CREATE TABLE {table} (id int PRIMARY KEY, payload text)")
+        execute(pg_dsn, f"INSERT INTO {table} SELECT g, repeat('x', 300) FROM generate_series(1, 30000) g")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["a", "b"], "batch_size": 500},
+                          workers=2, supervisor={"restart_backoff": "100ms", "stop_timeout": "10s"})
+    iggy.set_latency(0.02)  # acks lag, the batch queue fills, writers block inside their puts
+    service = start_service(config)
+    try:
+        for round_ in range(3):
+            wait_for(lambda r=round_: len(bodies(iggy, "a")) + len(bodies(iggy, "b")) > 4000 * (r + 1), 60,
+                     message=f"progress before kill {round_ + 1}")
+            victim = wait_for(lambda: _worker_pid(service.pid, port), 30, message="a worker")
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.3)
+        iggy.set_latency(0)
+        for table in ("a", "b"):
+            wait_for(lambda t=table: len({m["data"]["id"] for m in bodies(iggy, t)}) == 30000, 120,
+                     message=f"every row of {table}")
+    finally:
+        assert stop_service(service) == 0
+    for table in ("a", "b"):
+        assert sorted({m["data"]["id"] for m in bodies(iggy, table)}) == list(range(1, 30001))
