@@ -31,6 +31,16 @@ def ops(messages):
     return [(m["operation_type"], (m["data"] or m["old_data"] or {}).get("id")) for m in messages]
 
 
+def _wait_until_capturing(dsn: str, transport: str) -> None:
+    """The slot exists (what commits after it is captured); the streaming transport also holds it.
+
+    Not a fixed sleep: under load the service takes more than a second to create its slot,
+    and changes committed before that are, rightly, never seen."""
+    wanted = "active" if transport == "replication" else "true"
+    wait_for(lambda: query(dsn, f"SELECT count(*) FROM pg_replication_slots WHERE {wanted}")[0][0] == 1, 60,
+             message="the replication slot")
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_insert_update_delete_once_each_in_commit_order(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text)")
@@ -38,8 +48,7 @@ def test_insert_update_delete_once_each_in_commit_order(pg_dsn, iggy, tmp_path, 
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["users"])
     service = start_service(config)
     try:
-        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")[0][0] == 1 or transport == "sql", 30)
-        time.sleep(1)
+        _wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "INSERT INTO users VALUES (1, 'a'), (2, 'b')")
         execute(pg_dsn, "BEGIN; INSERT INTO users VALUES (99, 'rolled back'); ROLLBACK")
         execute(pg_dsn, "INSERT INTO other VALUES (1)")
@@ -70,7 +79,7 @@ def test_full_identity_truncate_and_operation_filter(pg_dsn, iggy, tmp_path, tra
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"], capture_operations=["UPDATE", "TRUNCATE"])
     service = start_service(config)
     try:
-        time.sleep(1.5)
+        _wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "INSERT INTO t VALUES (1, 'x')")
         execute(pg_dsn, "UPDATE t SET v = 'y'")
         execute(pg_dsn, "TRUNCATE t")
@@ -91,7 +100,7 @@ def test_unchanged_toast_is_marked_not_null(pg_dsn, iggy, tmp_path, transport):
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["docs"])
     service = start_service(config)
     try:
-        time.sleep(1.5)
+        _wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "INSERT INTO docs VALUES (1, repeat('x', 10000), 1)")
         execute(pg_dsn, "UPDATE docs SET n = 2")
         wait_for(lambda: len(bodies(iggy, "docs")) >= 2, 30, message="insert and update")
@@ -108,7 +117,7 @@ def test_kill_9_while_transactions_run_loses_nothing(pg_dsn, iggy, tmp_path, tra
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["ev"], batch_size=50)
     iggy.set_latency(0.02)
     service = start_service(config)
-    time.sleep(1.5)
+    _wait_until_capturing(pg_dsn, transport)
     for start in range(0, 1500, 100):
         execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(%s, %s) g", (start + 1, start + 100))
     execute(pg_dsn, "INSERT INTO ev SELECT g, g FROM generate_series(1501, 3000) g")  # one transaction of 30 batches
@@ -141,7 +150,7 @@ def test_cdc_values_equal_polling_values(pg_dsn, iggy, tmp_path, transport):
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["v"])
     service = start_service(config)
     try:
-        time.sleep(1.5)
+        _wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "INSERT INTO v VALUES (1, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
         wait_for(lambda: bodies(iggy, "v"), 30, message="the insert")
     finally:
@@ -296,8 +305,7 @@ def test_column_of_a_type_created_after_start(pg_dsn, iggy, tmp_path, transport)
     execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     service = start_service(cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"]))
     try:
-        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")[0][0] == 1 or transport == "sql", 30)
-        time.sleep(1)
+        _wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "INSERT INTO t VALUES (1, 'before')")
         execute(pg_dsn, "BEGIN; INSERT INTO t SELECT g, 'x' FROM generate_series(2, 3000) g;"
                         " CREATE TYPE mood AS ENUM ('ok', 'happy'); ALTER TABLE t ADD COLUMN m mood;"
