@@ -36,9 +36,9 @@ change: it is emitted as the JSON string ``UNCHANGED_TOAST``
 (``"__pgsource_unchanged_toast__"``), never as null, so consumers can tell "not sent"
 from NULL and merge with the row they already have.
 
-For polling to agree, its SELECT must base64 every bytea it sends, not only top-level
-bytea columns: bytea[] elements, domains over bytea and bytea attributes of composites
-come out of ``row_to_json`` as ``\\x`` hex text otherwise.
+For polling to agree, its SELECT base64s every bytea it sends, not only top-level bytea
+columns (``pgsource.pg.query.build_json_value``): bytea[] elements, domains over bytea and
+bytea attributes of composites would come out of ``row_to_json`` as ``\\x`` hex text.
 
 Speed: ``compile_columns`` picks one small function per column once per Relation;
 ``decode_tuple_json`` then only calls them and joins strings.

@@ -3,18 +3,22 @@
 A poll reads one batch in keyset order: ``WHERE (tracking, key...) > (offset...) ORDER BY
 tracking, key... LIMIT n``, so rows that share a tracking value are neither skipped nor
 repeated at a batch boundary. PostgreSQL builds each row's JSON (``row_to_json``); bytea
-columns are turned into base64 first, and columns are renamed when snake_case is asked.
+is turned into base64 first wherever it sits (a column, a domain, array elements,
+attributes of composites, any depth: ``build_json_value``), so polling sends exactly what
+the CDC decoder sends; columns are renamed when snake_case is asked.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from psycopg2 import sql
 
 from pgsource.encode.names import output_names
 from pgsource.errors import ConfigError, PrerequisiteError
+from pgsource.pg import types as t
 from pgsource.pg.catalog import TableInfo
 
 CTID = "ctid"
@@ -31,7 +35,7 @@ class PollPlan:
     identity: tuple[str, ...]  # the row's key (for ids, partitions, delete/mark); () = none
     identity_types: tuple[str, ...]
     select_columns: tuple[str, ...]  # cursor columns + identity columns not among them
-    json_columns: tuple[tuple[str, str, bool, bool], ...]  # (column, key, is_bytea, is_bytea_array)
+    json_columns: tuple[tuple[str, str, sql.Composable | None], ...]  # (column, key, value SQL or None = as is)
     processed_column: str | None = None
 
     @property
@@ -52,8 +56,13 @@ def build_poll_plan(
     allow_non_unique: bool = False,
     processed_column: str | None = None,
     need_identity: bool = False,
+    catalog: Mapping[int, t.TypeInfo] | None = None,
 ) -> PollPlan:
-    """Check the table against the settings and decide the cursor; errors name table and column."""
+    """Check the table against the settings and decide the cursor; errors name table and column.
+
+    ``catalog`` (``load_type_catalog`` of the columns' types) lets bytea nested in composites
+    and arrays be found; without it only bytea and bytea[] columns (domains included) are.
+    """
     where = info.qualified
     tracking = info.column(tracking_column)
     if tracking is None:
@@ -87,7 +96,7 @@ def build_poll_plan(
     names = [c.name for c in info.columns]
     keys = output_names(names, snake_case)
     json_columns = tuple(
-        (c.name, key, c.is_bytea, c.is_bytea_array) for c, key in zip(info.columns, keys)
+        (c.name, key, _column_value(c, catalog)) for c, key in zip(info.columns, keys)
     )
     extra = tuple(c for c in info.identity if c not in cursor)
     return PollPlan(
@@ -103,23 +112,74 @@ def build_poll_plan(
     )
 
 
+def _column_value(column, catalog: Mapping[int, t.TypeInfo] | None) -> sql.Composable | None:
+    ident = sql.SQL("t.") + sql.Identifier(column.name)
+    if catalog is not None and column.type_oid in catalog:
+        return build_json_value(ident, column.type_oid, catalog)
+    if column.is_bytea:
+        return _base64(ident)
+    if column.is_bytea_array:
+        return _each_element(ident, _base64(sql.SQL("e0")), 0)
+    return None
+
+
+def build_json_value(value: sql.Composable, oid: int, catalog: Mapping[int, t.TypeInfo], depth: int = 0) -> sql.Composable | None:
+    """SQL for ``value`` (of type ``oid``) as ``row_to_json`` must see it under pgsource's contract.
+
+    None when no bytea hides in the type (the value goes in as it is). Else: bytea → its
+    base64 text; an array → the array of its converted elements (NULL stays NULL, empty
+    stays ``[]``; multi-dimensional arrays come out flattened); a composite → the JSON
+    object of its converted attributes, built by ``row_to_json`` too (same compact text),
+    NULL for a NULL composite and ``{"a":null,...}`` for one whose attributes are all NULL,
+    as ``row_to_json`` itself does.
+    """
+    info = catalog[oid]
+    if info.category == t.BYTEA:
+        return _base64(value)
+    if info.category == t.ARRAY:
+        element = sql.SQL(f"e{depth}")
+        inner = build_json_value(element, info.element_oid, catalog, depth + 1)
+        return None if inner is None else _each_element(value, inner, depth)
+    if info.category == t.COMPOSITE:
+        parts, changed = [], False
+        for name, attribute_oid in info.attributes:
+            field = sql.SQL("({}).{}").format(value, sql.Identifier(name))
+            inner = build_json_value(field, attribute_oid, catalog, depth + 1)
+            changed = changed or inner is not None
+            parts.append(sql.SQL("{} AS {}").format(inner if inner is not None else field, sql.Identifier(name)))
+        if not changed:
+            return None
+        return sql.SQL("CASE WHEN num_nulls({}) = 1 THEN NULL ELSE (SELECT row_to_json(r{}) FROM (SELECT {}) r{}) END").format(
+            value, sql.SQL(str(depth)), sql.SQL(", ").join(parts), sql.SQL(str(depth))
+        )
+    return None
+
+
+def _base64(value: sql.Composable) -> sql.Composable:
+    return sql.SQL("translate(encode({}, 'base64'), E'\\n', '')").format(value)
+
+
+def _each_element(array: sql.Composable, element: sql.Composable, depth: int) -> sql.Composable:
+    """``element`` (an expression of ``e<depth>``) over every element of ``array``, in order.
+
+    ``unnest`` in the select list, not in FROM: in FROM it would expand composite elements
+    into their columns. Two set-returning functions in one select list run in lockstep.
+    """
+    e, n = sql.SQL(f"e{depth}"), sql.SQL(f"n{depth}")
+    return sql.SQL(
+        "CASE WHEN {array} IS NULL THEN NULL ELSE coalesce((SELECT array_agg({element} ORDER BY {n})"
+        " FROM (SELECT unnest({array}) AS {e}, generate_series(1, cardinality({array})) AS {n}) u{d}), '{{}}') END"
+    ).format(array=array, element=element, e=e, n=n, d=sql.SQL(str(depth)))
+
+
 def _row_json(plan: PollPlan) -> sql.Composable:
-    plain = all(column == key and not b and not ba for column, key, b, ba in plan.json_columns)
+    plain = all(column == key and value is None for column, key, value in plan.json_columns)
     if plain:
         return sql.SQL("row_to_json(t)::text")
     parts = []
-    for column, key, is_bytea, is_bytea_array in plan.json_columns:
+    for column, key, value in plan.json_columns:
         ident = sql.SQL("t.") + sql.Identifier(column)
-        if is_bytea:
-            value = sql.SQL("translate(encode({}, 'base64'), E'\\n', '')").format(ident)
-        elif is_bytea_array:
-            value = sql.SQL(
-                "(SELECT array_agg(translate(encode(e, 'base64'), E'\\n', '') ORDER BY n)"
-                " FROM unnest({}) WITH ORDINALITY AS u(e, n))"
-            ).format(ident)
-        else:
-            value = ident
-        parts.append(sql.SQL("{} AS {}").format(value, sql.Identifier(key)))
+        parts.append(sql.SQL("{} AS {}").format(value if value is not None else ident, sql.Identifier(key)))
     return sql.SQL("(SELECT row_to_json(s) FROM (SELECT {}) s)::text").format(sql.SQL(", ").join(parts))
 
 

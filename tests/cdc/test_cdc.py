@@ -162,6 +162,56 @@ def test_cdc_values_equal_polling_values(pg_dsn, iggy, tmp_path, transport):
     assert cdc_data["n"] == Decimal("12345678901234567890.123456789") and cdc_data["f"] == "NaN"
 
 
+NESTED_BYTEA_SCHEMA = """
+CREATE TYPE blob_pair AS (label text, raw bytea);
+CREATE DOMAIN small_blob AS bytea;
+CREATE TYPE nest AS (inner_pair blob_pair, pairs blob_pair[], blobs small_blob[], n int);
+CREATE TABLE nb (id int PRIMARY KEY, p blob_pair, q nest, ps blob_pair[], e bytea[], d small_blob,
+                 dd small_blob[], plain int[], t text)
+"""
+NESTED_BYTEA_ROWS = """
+INSERT INTO nb VALUES
+ (1, ('a', '\\x00ff'), (('b', '\\x01'), ARRAY[('c', '\\x02')::blob_pair, NULL, ('d', NULL)::blob_pair],
+     ARRAY['\\x03'::small_blob, NULL], 5),
+     ARRAY[('x', '\\x0304')::blob_pair], '{}', '\\x04', ARRAY['\\x05'::small_blob, NULL], '{1,2}', 'plain'),
+ (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, (NULL, NULL), (NULL, '{}', '{}', NULL), '{}', ARRAY[NULL]::bytea[], '', '{}', '{}', '')
+"""
+
+
+def test_bytea_nested_in_composites_and_arrays_is_base64_in_polling_as_in_cdc(pg_dsn, iggy, tmp_path):
+    """Polling builds row JSON in PostgreSQL, CDC decodes pgoutput text: for bytea inside
+    composites, arrays of composites and domains, at any depth, both send the same base64."""
+    execute(pg_dsn, NESTED_BYTEA_SCHEMA)
+    (tmp_path / "cdc").mkdir()
+    (tmp_path / "poll").mkdir()
+    cdc = start_service(cdc_config(tmp_path / "cdc", pg_dsn, iggy, "replication", tables=["nb"]))
+    try:
+        _wait_until_capturing(pg_dsn, "replication")
+        execute(pg_dsn, NESTED_BYTEA_ROWS)
+        wait_for(lambda: len(bodies(iggy, "nb")) >= 3, 30, message="3 changes")
+    finally:
+        assert stop_service(cdc) == 0
+    polling = start_service(write_config(tmp_path / "poll", pg_dsn, iggy.address, source={"tables": ["nb"]},
+                                         iggy={"stream": "polled"}))
+    try:
+        wait_for(lambda: len(bodies(iggy, "nb", stream="polled")) >= 3, 30, message="3 polled rows")
+    finally:
+        assert stop_service(polling) == 0
+    changed = [m["data"] for m in bodies(iggy, "nb")]
+    polled = [m["data"] for m in bodies(iggy, "nb", stream="polled")]
+    assert polled == changed
+    first = polled[0]
+    assert first["p"] == {"label": "a", "raw": "AP8="}
+    assert first["q"]["inner_pair"] == {"label": "b", "raw": "AQ=="}
+    assert first["q"]["pairs"] == [{"label": "c", "raw": "Ag=="}, None, {"label": "d", "raw": None}]
+    assert first["q"]["blobs"] == ["Aw==", None] and first["e"] == [] and first["d"] == "BA=="
+    assert first["ps"] == [{"label": "x", "raw": "AwQ="}] and first["dd"] == ["BQ==", None] and first["plain"] == [1, 2]
+    assert polled[1] == {"id": 2, **{k: None for k in ("p", "q", "ps", "e", "d", "dd", "plain", "t")}}
+    assert polled[2]["p"] == {"label": None, "raw": None} and polled[2]["q"] == {"inner_pair": None, "pairs": [], "blobs": [], "n": None}
+    assert polled[2]["e"] == [None] and polled[2]["d"] == ""
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_idle_tables_do_not_hold_wal(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE captured (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text)")
