@@ -135,9 +135,12 @@ class TableReader:
         return Offset(tuple(rows[-1][:width]))
 
     def _custom_sql(self) -> str:
+        """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
+        promised to survive the wrapping, and the last row's value becomes the next offset."""
+        tracking = _quote(self.tracking_column)
         return (
-            f"SELECT q.{_quote(self.tracking_column)}::text, row_to_json(q)::text"
-            f" FROM ({self._custom}) AS q"
+            f"SELECT q.{tracking}::text, row_to_json(q)::text"
+            f" FROM ({self._custom}) AS q ORDER BY q.{tracking}"
         )
 
     # -- encoding --------------------------------------------------------------------------

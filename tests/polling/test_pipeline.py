@@ -171,6 +171,29 @@ def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
     assert received[0]["data"] == {"id": 12, "name": "u12"}
 
 
+def test_custom_query_rows_are_ordered_by_the_tracking_column_whatever_order_it_returns(pg_dsn, iggy, tmp_path):
+    """The next offset is the last row's value: a query that returns its batch in another order
+    (here descending) must neither re-send nor skip rows."""
+    execute(pg_dsn, "CREATE TABLE ev (id int PRIMARY KEY, v text)")
+    execute(pg_dsn, "INSERT INTO ev SELECT g, 'v' || g FROM generate_series(1, 40) g")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address,
+        source={
+            "custom_query": "SELECT * FROM (SELECT id, v FROM ev WHERE id > $1 ORDER BY id LIMIT $2) s ORDER BY id DESC",
+            "initial_offset": 0,
+            "batch_size": 6,
+        },
+        iggy={"topic": "ev"},
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "ev")) >= 40, 30, message="40 rows")
+        time.sleep(0.5)
+    finally:
+        assert stop_service(service) == 0
+    assert _ids(bodies(iggy, "ev")) == list(range(1, 41))
+
+
 def test_snake_case_without_metadata_and_non_public_schema(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, 'CREATE SCHEMA sales; CREATE TABLE sales."Order Items" ("itemID" int PRIMARY KEY, "unitPrice" numeric, "HTTPStatus" int)')
     execute(pg_dsn, 'INSERT INTO sales."Order Items" VALUES (1, 9.99, 200), (2, 0.5, 404)')
