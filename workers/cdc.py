@@ -249,7 +249,7 @@ class CdcWorker(QueueWorker):
         stream = self.spec.config.iggy.stream
         for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
             self._seq += 1
-            frames = encode_partition_frames(ids, parts, payloads, headers)
+            frames = encode_partition_frames(ids, parts, payloads, headers, where=f"topic {topic}")
             event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
                                created=time.time(), commit_time=batch.commit_time)
             while not put_event(self.batch_queue, event, self._should_stop):

@@ -66,6 +66,7 @@ class PollWorker(QueueWorker):
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
         super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._finished = False
 
     def boot(self) -> None:
         config = self.spec.config
@@ -81,9 +82,15 @@ class PollWorker(QueueWorker):
         self._loop(self.cursors, self.watch)
 
     def close(self) -> None:
-        if self._reader is not None:  # the connection is closed only once no read uses it
-            self._reader.shutdown(wait=True, cancel_futures=True)
-        self.conn.close()
+        try:
+            if not self._finished:  # leaving on an error: still commit what Iggy already has
+                self._finish()
+        except Exception as exc:  # noqa: BLE001 - the error that got us here is what gets reported
+            log.warning("%s: could not commit the last acknowledged batches (%s); they will be re-sent", self.spec.name, exc)
+        finally:
+            if self._reader is not None:  # the connection is closed only once no read uses it
+                self._reader.shutdown(wait=True, cancel_futures=True)
+            self.conn.close()
 
     def _open(self, unit: WorkUnit | None) -> _Cursor:
         source = self.spec.config.source
@@ -177,7 +184,7 @@ class PollWorker(QueueWorker):
             stream=self.spec.config.iggy.stream,
             topic=cursor.reader.topic,
             table=cursor.reader.table_name,
-            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads),
+            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads, where=f"table {cursor.reader.table_name}"),
             count=len(encoded.ids),
             created=time.time(),
         )
@@ -216,6 +223,7 @@ class PollWorker(QueueWorker):
             self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
         if self._pending:
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._pending))
+        self._finished = True
         self.offsets.close()
 
 

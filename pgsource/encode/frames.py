@@ -137,12 +137,12 @@ def encode_partition_frames(
     partitions: Sequence[int],
     payloads: Sequence[str | bytes],
     headers: Sequence[Mapping | None] | None = None,
-    table: str = "",
+    where: str = "a batch",
 ) -> list[PartitionFrames]:
     """A batch split by partition, order kept within each, every part encoded for the wire.
 
     A message Iggy would refuse (empty or over 64 MB, a header field over 255 bytes) is a
-    ``SourceError`` naming ``table`` and the message id: resending could never help.
+    ``SourceError`` naming ``where`` (the table) and the message id: resending could never help.
     """
     try:
         return _split_and_encode(ids, partitions, payloads, headers)
@@ -152,7 +152,7 @@ def encode_partition_frames(
         detail = str(exc) if bad is None else (
             f"message id {ids[bad[0]]:#x}: payload of {bad[1]} bytes; Iggy accepts 1 to {MAX_PAYLOAD:,}"
         )
-        raise SourceError(f"table {table}: {detail}") from None
+        raise SourceError(f"{where}: {detail}") from None
 
 
 def _split_and_encode(ids, partitions, payloads, headers) -> list[PartitionFrames]:

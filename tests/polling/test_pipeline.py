@@ -285,3 +285,20 @@ def test_partitions_follow_the_primary_key(pg_dsn, iggy, tmp_path):
     assert len(placed) == 200
     assert all(len(partitions) == 1 for partitions in placed.values())
     assert len({p for ps in placed.values() for p in ps}) == 4
+
+
+def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_row(pg_dsn, iggy, tmp_path):
+    """Iggy refuses payloads over 64,000,000 bytes; re-sending could never succeed, so the service
+    stops with exit code 4 and says which table and row, instead of retrying forever. The rows
+    before it were delivered and committed."""
+    execute(pg_dsn, "CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    execute(pg_dsn, "INSERT INTO docs SELECT g, 'small' FROM generate_series(1, 3) g")
+    execute(pg_dsn, "INSERT INTO docs VALUES (4, repeat('x', 64000000))")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["docs"], "batch_size": 3},
+                          state={"dir": str(tmp_path / "state"), "commit_interval": 0})
+    service = start_service(config)
+    assert service.wait(120) == 4
+    log = config.with_suffix(".log").read_text()
+    assert "table docs: message id 0x" in log and "Iggy accepts 1 to 64,000,000" in log
+    assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
+    assert json.loads((tmp_path / "state" / "polling%2Fdocs.json").read_text())["cursor"] == ["3"]

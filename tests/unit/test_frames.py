@@ -73,7 +73,7 @@ def test_a_message_iggy_would_refuse_is_a_source_error_naming_table_and_id():
     """The SDK and the server refuse empty payloads and payloads over 64,000,000 bytes:
     resending could never succeed, so the worker stops with the row's id instead of looping."""
     with pytest.raises(SourceError, match=r"table public.docs: message id 0x7: payload of 64000001 bytes"):
-        frames.encode_partition_frames([5, 7], [0, 1], ["{}", b"x" * 64_000_001], table="public.docs")
+        frames.encode_partition_frames([5, 7], [0, 1], ["{}", b"x" * 64_000_001], where="table public.docs")
     assert frames.encode_partition_frames([5], [0], [b"x" * 64_000_000])[0].count == 1
 
 
