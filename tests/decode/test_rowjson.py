@@ -94,15 +94,15 @@ def test_bench_row_equals_general_decoder(implementation):
 
 
 @each_implementation
-def test_every_type_matches_row_to_json(all_types_conn, implementation):
+def test_every_type_matches_row_to_json(all_types, implementation):
     compile_row = IMPLEMENTATIONS[implementation]
-    cols = columns_of(all_types_conn, "all_types")
-    catalog = load_type_catalog(all_types_conn, [oid for _, oid, _ in cols])
+    cols = columns_of(all_types, "all_types")
+    catalog = load_type_catalog(all_types, [oid for _, oid, _ in cols])
     columns = [(name, oid) for name, oid, _ in cols]
     renamed = compile_row(columns, catalog, [f"k_{name}" for name, _ in columns])
     general = compile_columns("all_types", columns, catalog)
     row = compile_row(columns, catalog)
-    for want, values in zip(expected_json(all_types_conn, "all_types"), raw_text_rows(all_types_conn, "all_types"),
+    for want, values in zip(expected_json(all_types, "all_types"), raw_text_rows(all_types, "all_types"),
                             strict=True):
         assert run_row(row, values, b"", b"") == want.encode() == decode_tuple_json(general, values).encode()
         assert run_row(renamed, values, b"", b"").startswith(b'{"k_id":')
@@ -336,16 +336,6 @@ def test_plan_does_not_leak():
 
 # ---------------------------------------------------------------- ChangeEncoder: fast path == general path
 
-
-@pytest.fixture
-def all_types_conn(pg_dsn):
-    conn = connect(pg_dsn)
-    with conn.cursor() as cur:
-        cur.execute(ALL_TYPES_DDL)
-        for row in ALL_TYPES_ROWS:
-            cur.execute(row)
-    yield conn
-    conn.close()
 
 
 def _config(metadata: bool, **iggy) -> Config:

@@ -15,7 +15,6 @@ from pgsource.decode.values import UNCHANGED_TOAST, compile_columns, decode_tupl
 from pgsource.errors import SourceError
 from pgsource.pg.types import load_type_catalog
 from tests.decode.oracle import (
-    ALL_TYPES_DDL,
     ALL_TYPES_ROWS,
     columns_of,
     connect,
@@ -34,16 +33,6 @@ def _assert_same(expected: str, decoded: str) -> None:
     assert json.loads(decoded, parse_float=Decimal) == json.loads(expected, parse_float=Decimal)
     assert decoded == expected  # byte for byte, not merely equal as JSON
 
-
-@pytest.fixture
-def all_types(pg_dsn):
-    conn = connect(pg_dsn)
-    with conn.cursor() as cur:
-        cur.execute(ALL_TYPES_DDL)
-        for row in ALL_TYPES_ROWS:
-            cur.execute(row)
-    yield conn
-    conn.close()
 
 
 def test_every_type_matches_row_to_json(all_types):
