@@ -36,6 +36,7 @@ except ImportError:  # built without a C compiler: the Python code below does th
 __all__ = [
     "SEND_MESSAGES_CODE",
     "PartitionFrames",
+    "batch_checksum",
     "encode_frames",
     "encode_partition_frames",
     "encode_send_request",
@@ -90,9 +91,13 @@ def encode_frames(
     operation) is encoded once.
     """
     if compiled is not None:
-        return compiled.encode_frames(list(ids), list(payloads), None if headers is None else list(headers),
+        return compiled.encode_frames(_as_list(ids), _as_list(payloads), None if headers is None else _as_list(headers),
                                       encode_user_headers)
     return encode_frames_python(ids, payloads, headers)
+
+
+def _as_list(items: Sequence) -> list:
+    return items if type(items) is list else list(items)
 
 
 def encode_frames_python(
@@ -172,6 +177,12 @@ def _split_and_encode(ids, partitions, payloads, headers) -> list[PartitionFrame
     return out
 
 
+def batch_checksum(header: bytes | bytearray | memoryview, frame_checksums: bytes) -> int:
+    """XXH3-64 over a batch header's partition, base_offset, base_timestamp, origin_timestamp,
+    batch_length and message_count, then every frame's 8-byte checksum (the stand-in checks it)."""
+    return xxh3_64_intdigest(b"".join([header[0:40], header[48:52], frame_checksums]))
+
+
 def _identifier(name: str) -> bytes:
     raw = name.encode()
     return bytes((2, len(raw))) + raw
@@ -187,5 +198,5 @@ def encode_send_request(stream: str, topic: str, part: PartitionFrames, origin_t
     header = bytearray(BATCH_HEADER_SIZE)
     _BATCH_FIELDS.pack_into(header, 0, 0, 0, 0, origin_timestamp, BATCH_HEADER_SIZE + len(part.frames))
     struct.pack_into("<I", header, 48, part.count)
-    _U64.pack_into(header, 40, xxh3_64_intdigest(bytes(header[0:40]) + bytes(header[48:52]) + part.checksums))
+    _U64.pack_into(header, 40, batch_checksum(header, part.checksums))
     return b"".join((struct.pack("<I", len(meta)), meta, header, part.frames))

@@ -18,6 +18,8 @@ from array import array
 
 from xxhash import xxh3_64_intdigest
 
+from pgsource.encode.frames import batch_checksum
+
 from . import wire
 
 try:  # pgsource's C frame walker; the stand-in works without it, only slower
@@ -90,11 +92,6 @@ def index_frames_python(batch: memoryview) -> tuple[array, bytes]:
         raise wire.WireError(wire.ERR_INVALID_MESSAGES_COUNT, "frames do not tile message_count")
     append(total)
     return starts, b"".join(checksums)
-
-
-def batch_checksum(header: bytes | bytearray | memoryview, frame_checksums: bytes) -> int:
-    """XXH3-64 over the checksummed header fields and the frames' checksums (8 bytes each)."""
-    return xxh3_64_intdigest(b"".join([header[0:40], header[48:52], frame_checksums]))
 
 
 def stamp(
