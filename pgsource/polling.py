@@ -15,7 +15,7 @@ from pgsource.encode.envelope import envelope_parts, iso_timestamp
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
-from pgsource.pg.catalog import TableInfo, describe_table
+from pgsource.pg.catalog import describe_table
 from pgsource.pg.query import (
     INTEGER_TYPES,
     PollPlan,
@@ -25,7 +25,7 @@ from pgsource.pg.query import (
     build_poll_plan,
     build_select_batch,
 )
-from pgsource.pg.types import TypeInfo, load_type_catalog
+from pgsource.pg.types import load_column_types
 from pgsource.state.store import Offset
 
 
@@ -74,7 +74,7 @@ class TableReader:
             allow_non_unique=source.allow_non_unique_tracking,
             processed_column=source.processed_column,
             need_identity=source.delete_after_read or source.processed_column is not None,
-            catalog=column_types(conn, info),
+            catalog=load_column_types(conn, [column.type_oid for column in info.columns]),
         )
         self.tracking_column = self.plan.tracking_column
         self._queries = {width: build_select_batch(self.plan, width).as_string(conn) for width in range(len(self.plan.cursor_columns) + 1)}
@@ -210,14 +210,3 @@ def _key_getter(plan: PollPlan):
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
-
-
-def column_types(conn, info: TableInfo) -> dict[int, TypeInfo] | None:
-    """The type catalog of the table's columns, to find bytea inside composites and arrays.
-
-    It needs PostgreSQL 14+ (``pg_type.typsubscript``); on older servers polling still
-    base64s bytea and bytea[] columns, only nested bytea stays hex there.
-    """
-    if conn.server_version < 140000:
-        return None
-    return load_type_catalog(conn, [column.type_oid for column in info.columns])

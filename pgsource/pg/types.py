@@ -170,6 +170,17 @@ def _describe(oid: int, rows: dict[int, _Row]) -> TypeInfo:
     )
 
 
+def load_column_types(conn, oids: Iterable[int]) -> dict[int, TypeInfo] | None:
+    """``load_type_catalog`` where the server has it (14+), else None.
+
+    Polling uses it to find bytea inside composites and arrays; on older servers it still
+    base64s bytea and bytea[] columns, only nested bytea stays hex there.
+    """
+    if conn.server_version < 140000:
+        return None
+    return load_type_catalog(conn, oids)
+
+
 def load_table_types(conn, tables: Iterable[tuple[str, str]]) -> dict[int, TypeInfo]:
     """``load_type_catalog`` for every live column of ``tables`` ((schema, name) pairs), in two queries.
 
