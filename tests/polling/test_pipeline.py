@@ -148,25 +148,27 @@ def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type
     assert sorted(_ids(bodies(iggy, "t"))) == expected
 
 
-def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
-    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text, active bool)")
-    execute(pg_dsn, "INSERT INTO users SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, 50) g")
+def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, batch_size: int, topic: str, expected: int) -> list[dict]:
+    """Run the service on ``custom_query`` until ``expected`` messages arrived (and a little longer)."""
     config = write_config(
         tmp_path, pg_dsn, iggy.address,
-        source={
-            "custom_query": "SELECT id, name FROM users WHERE active AND id > $1 ORDER BY id LIMIT $2",
-            "initial_offset": 10,
-            "batch_size": 7,
-        },
-        iggy={"topic": "active_users"},
+        source={"custom_query": query, "initial_offset": initial_offset, "batch_size": batch_size},
+        iggy={"topic": topic},
     )
     service = start_service(config)
     try:
-        wait_for(lambda: len(bodies(iggy, "active_users")) >= 20, 30, message="20 active users above 10")
-        time.sleep(0.5)
+        wait_for(lambda: len(bodies(iggy, topic)) >= expected, 30, message=f"{expected} rows")
+        time.sleep(0.5)  # anything extra would show up now
     finally:
         assert stop_service(service) == 0
-    received = bodies(iggy, "active_users")
+    return bodies(iggy, topic)
+
+
+def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text, active bool)")
+    execute(pg_dsn, "INSERT INTO users SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, 50) g")
+    received = _run_custom_query(pg_dsn, iggy, tmp_path, "SELECT id, name FROM users WHERE active AND id > $1 ORDER BY id LIMIT $2",
+                                 initial_offset=10, batch_size=7, topic="active_users", expected=20)
     assert _ids(received) == list(range(12, 51, 2))
     assert received[0]["data"] == {"id": 12, "name": "u12"}
 
@@ -176,22 +178,9 @@ def test_custom_query_rows_are_ordered_by_the_tracking_column_whatever_order_it_
     (here descending) must neither re-send nor skip rows."""
     execute(pg_dsn, "CREATE TABLE ev (id int PRIMARY KEY, v text)")
     execute(pg_dsn, "INSERT INTO ev SELECT g, 'v' || g FROM generate_series(1, 40) g")
-    config = write_config(
-        tmp_path, pg_dsn, iggy.address,
-        source={
-            "custom_query": "SELECT * FROM (SELECT id, v FROM ev WHERE id > $1 ORDER BY id LIMIT $2) s ORDER BY id DESC",
-            "initial_offset": 0,
-            "batch_size": 6,
-        },
-        iggy={"topic": "ev"},
-    )
-    service = start_service(config)
-    try:
-        wait_for(lambda: len(bodies(iggy, "ev")) >= 40, 30, message="40 rows")
-        time.sleep(0.5)
-    finally:
-        assert stop_service(service) == 0
-    assert _ids(bodies(iggy, "ev")) == list(range(1, 41))
+    query = "SELECT * FROM (SELECT id, v FROM ev WHERE id > $1 ORDER BY id LIMIT $2) s ORDER BY id DESC"
+    received = _run_custom_query(pg_dsn, iggy, tmp_path, query, initial_offset=0, batch_size=6, topic="ev", expected=40)
+    assert _ids(received) == list(range(1, 41))
 
 
 def test_snake_case_without_metadata_and_non_public_schema(pg_dsn, iggy, tmp_path):
