@@ -44,6 +44,13 @@ class SinkError(PgSourceError):
     exit_code = 5
 
 
+class StateError(PgSourceError):
+    """``state.dir`` cannot be read or written (corrupt file, disk full, read-only), or a commit
+    would move progress backward; the service stops and keeps the position it had."""
+
+    exit_code = 7
+
+
 class CrashLoopError(PgSourceError):
     """A worker kept dying right after start; the supervisor gave up instead of looping."""
 

@@ -26,7 +26,7 @@ from pgsource.pg.query import (
     build_select_batch,
 )
 from pgsource.pg.types import load_column_types
-from pgsource.state.store import Offset
+from pgsource.state import PollingOffset
 
 
 @dataclass
@@ -36,7 +36,7 @@ class EncodedBatch:
     ids: list[int]
     partitions: list[int]
     payloads: list[str]
-    last_offset: Offset
+    last_offset: PollingOffset
     identities: list[tuple] | None  # identity values per row, for delete/mark after the ack
 
 
@@ -113,7 +113,7 @@ class TableReader:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def fetch_batch(self, offset: Offset | None) -> list[tuple]:
+    def fetch_batch(self, offset: PollingOffset | None) -> list[tuple]:
         """Rows after ``offset``, at most batch_size, in cursor order."""
         with self.conn.cursor() as cur:
             try:
@@ -129,10 +129,10 @@ class TableReader:
                 raise SourceError(f"{self.table_name}: reading a batch failed: {str(exc).strip()}") from None
             return cur.fetchall()
 
-    def offset_after(self, rows: list[tuple]) -> Offset:
+    def offset_after(self, rows: list[tuple]) -> PollingOffset:
         """Where the read after ``rows`` starts (the cursor values of the last row)."""
         width = 1 if self.plan is None else len(self.plan.cursor_columns)
-        return Offset(tuple(rows[-1][:width]))
+        return PollingOffset(tuple(rows[-1][:width]))
 
     def _custom_sql(self) -> str:
         """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
@@ -186,8 +186,8 @@ class TableReader:
         if self.plan is not None and self._ack_action:
             positions = [self.plan.select_columns.index(c) for c in self.plan.identity]
             identities = [tuple(row[p] for p in positions) for row in rows]
-        extra = {"chunk": list(self.chunk)} if self.chunk is not None else {}
-        return EncodedBatch(ids, parts, payloads, Offset(tuple(last[:width]), read_rows + len(rows), extra=extra), identities)
+        offset = PollingOffset(tuple(last[:width]), read_rows + len(rows), self.chunk)
+        return EncodedBatch(ids, parts, payloads, offset, identities)
 
     # -- after the acknowledgement ---------------------------------------------------------
 

@@ -82,6 +82,13 @@ def bodies(iggy, topic: str, stream: str = "pg") -> list[dict]:
     return [json.loads(m.payload, parse_float=Decimal) for m in iggy.messages(stream, topic)]
 
 
+def stored_offset(tmp_path: Path, key: str):
+    """The polling offset the service committed under ``key`` (read as a restart would)."""
+    from pgsource.state import FileStateStore, PollingOffset
+
+    return FileStateStore(str(tmp_path / "state")).load(key, PollingOffset)
+
+
 def execute(dsn: str, statement: str, params=None) -> None:
     conn = psycopg2.connect(dsn)
     try:

@@ -30,7 +30,7 @@ from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
 from pgsource.pg.replication import slot_names
 from pgsource.pg.types import load_table_types, load_type_catalog
-from pgsource.state.store import FileOffsetStore, Offset
+from pgsource.state import FileStateStore, SlotProgress, SnapshotPhase
 from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, get_event, put_event
 
@@ -59,7 +59,7 @@ class CdcWorker(QueueWorker):
     def boot(self) -> None:
         config = self.spec.config
         self.slot, self.publication = slot_names(config, self.spec.name, self.spec.workers_total)
-        self.store = FileOffsetStore(config.state.dir)
+        self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         rep.ensure_publication(self.conn, self.publication, [unit.table for unit in self.spec.units])
         self._prepare_slot()
@@ -86,9 +86,9 @@ class CdcWorker(QueueWorker):
 
     def _prepare_slot(self) -> None:
         key = f"cdc/{self.slot}"
-        stored = self.store.load_offset(key)
+        stored = self.store.load(key, SlotProgress)
         state = rep.slot_state(self.conn, self.slot)
-        if state is not None and stored is not None and stored.extra.get("snapshot") == "in_progress":
+        if state is not None and stored is not None and stored.phase is SnapshotPhase.IN_PROGRESS:
             log.warning("%s: the initial snapshot of slot %s did not finish; starting it again", self.spec.name, self.slot)
             rep.drop_slot(self.conn, self.slot)  # created by us, nothing consumed from it yet
             state = None
@@ -100,11 +100,11 @@ class CdcWorker(QueueWorker):
         if self.spec.config.source.snapshot == "initial":
             from workers.snapshot import run_initial_snapshot
 
-            self.store.commit_offset(key, Offset(("0/0",), extra={"snapshot": "in_progress"}))
+            self.store.commit(key, SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS))
             run_initial_snapshot(self)
         else:
             self._confirmed = rep.create_slot(self.conn, self.slot)
-        self.store.commit_offset(key, Offset(("0/0",), extra={"snapshot": "done"}))
+        self.store.commit(key, SlotProgress(self.slot, SnapshotPhase.DONE))
 
     # -- the SQL transport -----------------------------------------------------------------
 

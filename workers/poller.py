@@ -33,7 +33,7 @@ from pgsource.encode.frames import encode_partition_frames
 from pgsource.events import AckEvent, BatchEvent
 from pgsource.pg import connect as pg
 from pgsource.polling import TableReader
-from pgsource.state.store import FileOffsetStore, Offset
+from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, ParentWatch, get_event, put_event
 
@@ -45,7 +45,7 @@ class _Cursor:
 
     key: str  # where its offset is stored
     reader: TableReader
-    read_after: Offset | None
+    read_after: PollingOffset | None
     next_poll: float = 0.0
     rows: int = 0
     ahead: Future | None = None  # the read of the batch after ``read_after``, already under way
@@ -54,7 +54,7 @@ class _Cursor:
 @dataclass
 class _Pending:
     cursor: _Cursor
-    offset: Offset
+    offset: PollingOffset
     identities: list | None
     messages: int
     sent_at: float = field(default_factory=time.monotonic)
@@ -70,7 +70,7 @@ class PollWorker(QueueWorker):
 
     def boot(self) -> None:
         config = self.spec.config
-        self.store = FileOffsetStore(config.state.dir)
+        self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         self.cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
         self.offsets = OffsetWriter(self.store, self.spec.config.state.commit_interval)
@@ -96,15 +96,15 @@ class PollWorker(QueueWorker):
         source = self.spec.config.source
         reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
         key = unit.key if unit else "polling/custom_query"
-        stored = self.store.load_offset(key)
+        stored = self.store.load(key, PollingOffset)
         if unit is not None and unit.chunks > 1:
             reader.restrict_to_chunk(*self._chunk_range(unit, reader, stored))
         if stored is None and source.initial_offset is not None:
-            stored = Offset((str(source.initial_offset),))
+            stored = PollingOffset((str(source.initial_offset),))
         log.info("%s: %s from %s", self.spec.name, reader.table_name, stored.cursor if stored else "the start")
         return _Cursor(key, reader, stored, rows=stored.rows if stored else 0)
 
-    def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: Offset | None) -> tuple[int | None, int | None]:
+    def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: PollingOffset | None) -> tuple[int | None, int | None]:
         """``[lo, hi)`` of one chunk: cut points computed once per table, stored, reused on restart.
 
         The first worker to get here (under a file lock in ``state.dir``) cuts ``[min, max]`` of
@@ -112,21 +112,19 @@ class PollWorker(QueueWorker):
         The first chunk is unbounded below and the last unbounded above, so the chunks cover
         every key exactly once, and the last one goes on reading new rows incrementally.
         """
-        if stored is not None and "chunk" in stored.extra:
-            lo, hi = stored.extra["chunk"]
-            return lo, hi
+        if stored is not None and stored.chunk is not None:
+            return stored.chunk
         cuts_key = f"polling/{unit.table.qualified}#cuts{unit.chunks}"
         os.makedirs(self.store.directory, exist_ok=True)
         with open(os.path.join(self.store.directory, ".chunks.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            found = self.store.load_offset(cuts_key)
+            found = self.store.load(cuts_key, ChunkCuts)
             if found is None:
                 low, high = reader.key_bounds() or (0, 0)
                 span = high - low + 1
-                cuts = [low + span * index // unit.chunks for index in range(1, unit.chunks)]
-                self.store.commit_offset(cuts_key, Offset((), extra={"cuts": cuts, "min": low, "max": high}))
-            else:
-                cuts = found.extra["cuts"]
+                found = ChunkCuts(tuple(low + span * index // unit.chunks for index in range(1, unit.chunks)), low, high)
+                self.store.commit(cuts_key, found)
+            cuts = found.cuts
         lo = cuts[unit.chunk - 1] if unit.chunk > 0 else None
         hi = cuts[unit.chunk] if unit.chunk < unit.chunks - 1 else None
         return lo, hi
@@ -238,17 +236,17 @@ class OffsetWriter:
     ``close`` writes the newest at once.
     """
 
-    def __init__(self, store: FileOffsetStore, interval: float = 0.0) -> None:
+    def __init__(self, store: FileStateStore, interval: float = 0.0) -> None:
         self.store = store
         self.interval = interval
-        self._latest: dict[str, Offset] = {}
+        self._latest: dict[str, PollingOffset] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="offset-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, offset: Offset) -> None:
+    def submit(self, key: str, offset: PollingOffset) -> None:
         with self._cond:
             if self._error is not None:
                 raise self._error
@@ -267,7 +265,7 @@ class OffsetWriter:
             next_commit = time.monotonic() + self.interval
             try:
                 for key, offset in batch.items():
-                    self.store.commit_offset(key, offset)
+                    self.store.commit(key, offset)
             except BaseException as exc:  # surfaced to the worker on its next submit/close
                 with self._cond:
                     self._error = exc

@@ -1,5 +1,6 @@
-"""Durable progress: polling offsets and CDC LSNs, moved forward only after Iggy acknowledged."""
+"""Durable progress: polling offsets, chunk cuts and CDC slot records, moved forward only after Iggy acknowledged."""
 
-from pgsource.state.store import FileOffsetStore, Offset
+from pgsource.state.records import ChunkCuts, PollingOffset, SlotProgress, SnapshotPhase
+from pgsource.state.store import FileStateStore
 
-__all__ = ["FileOffsetStore", "Offset"]
+__all__ = ["ChunkCuts", "FileStateStore", "PollingOffset", "SlotProgress", "SnapshotPhase"]

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
-from tests.support import bodies, execute, run_cli, start_service, stop_service, wait_for, write_config
+from tests.support import (
+    bodies,
+    execute,
+    run_cli,
+    start_service,
+    stop_service,
+    stored_offset,
+    wait_for,
+    write_config,
+)
 
 BIG = 10**12
 
@@ -35,15 +42,9 @@ def test_chunks_split_sparse_keys_without_loss_or_duplicates(pg_dsn, iggy, tmp_p
         assert stop_service(service) == 0
     received = [m["data"]["id"] for m in bodies(iggy, "sparse")]
     assert sorted(received) == sorted(keys | {BIG + 100})
-    state = tmp_path / "state"
-    stored = {
-        path.name: json.loads(path.read_text())["extra"].get("chunk")
-        for path in state.glob("polling*sparse%23*of3.json")
-    }
+    stored = [stored_offset(tmp_path, f"polling/sparse#{chunk}of3").chunk for chunk in range(3)]
     cuts = _cuts(low, high, 3)
-    assert sorted(stored.values(), key=lambda b: (b[0] is not None, b[0] or 0)) == [
-        [None, cuts[0]], [cuts[0], cuts[1]], [cuts[1], None]
-    ]
+    assert stored == [(None, cuts[0]), (cuts[0], cuts[1]), (cuts[1], None)]
 
 
 def test_a_restart_reuses_the_stored_cuts(pg_dsn, iggy, tmp_path):

@@ -14,6 +14,7 @@ from tests.support import (
     query,
     start_service,
     stop_service,
+    stored_offset,
     wait_for,
     write_config,
 )
@@ -92,8 +93,7 @@ def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, i
     assert sorted(row for rows in by_id.values() for row in rows) == list(range(1, 40001))
     duplicates = len(stored) - len(by_id)
     assert duplicates <= 8 * 200 + 200  # at most the unacknowledged batches (max_in_flight × batch_size)
-    state = json.loads((tmp_path / "state" / "polling%2Fbig.json").read_text())
-    assert state["cursor"] == ["40000"]
+    assert stored_offset(tmp_path, "polling/big").cursor == ("40000",)
 
 
 def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_kill_9(pg_dsn, iggy, tmp_path):
@@ -108,7 +108,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     service = start_service(config)
     wait_for(lambda: len(bodies(iggy, "big")) >= 3000 and state.exists(), 60, message="a first part and a commit")
     kill_service(service)
-    committed = int(json.loads(state.read_text())["cursor"][0])
+    committed = int(stored_offset(tmp_path, "polling/big").cursor[0])
     first = _ids(bodies(iggy, "big"))
     assert committed < max(first)  # the one commit (the first ack) lags what Iggy holds
     iggy.set_latency(0)
@@ -120,7 +120,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     received = _ids(bodies(iggy, "big"))
     assert sorted(set(received)) == list(range(1, 20001))
     assert received[len(first):] == list(range(committed + 1, 20001))  # the restart resumes right after the commit
-    assert json.loads(state.read_text())["cursor"] == ["20000"]  # graceful stop: committed despite the 1h
+    assert stored_offset(tmp_path, "polling/big").cursor == ("20000",)  # graceful stop: committed despite the 1h
 
 
 @pytest.mark.parametrize(
@@ -290,4 +290,4 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     log = config.with_suffix(".log").read_text()
     assert "table docs: message id 0x" in log and "Iggy accepts 1 to 64,000,000" in log
     assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
-    assert json.loads((tmp_path / "state" / "polling%2Fdocs.json").read_text())["cursor"] == ["3"]
+    assert stored_offset(tmp_path, "polling/docs").cursor == ("3",)

@@ -1,0 +1,178 @@
+"""The typed records kept in ``state.dir``: what each kind of progress is, not a dict of extras.
+
+Every record knows its ``kind`` (the file says which record it holds) and, where positions
+can be compared, its ``position_key``: the store refuses to replace a record by one whose
+key is lower (progress never moves backward, except through ``pgsource reset``).
+
+Files written before these records existed (``{"cursor", "rows", "done", "extra"}``)
+are read as the record their key implies (``upgrade_legacy``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+
+class SnapshotPhase(str, Enum):
+    """Where the initial snapshot of a CDC slot stands."""
+
+    IN_PROGRESS = "in_progress"  # the slot was created for it; rows are being sent
+    DONE = "done"  # every snapshot message was acknowledged: stream from the consistent point
+    NONE = "none"  # no snapshot was asked for when the slot was created
+
+
+@dataclass(frozen=True)
+class PollingOffset:
+    """A polling position: the text of the cursor columns of the last committed row.
+
+    ``cursor`` holds one value (the tracking value, e.g. from ``initial_offset``) or all
+    cursor columns (tracking value, then tie-breakers). The next read starts after it.
+    ``rows`` counts the rows read up to it (balanced partitioning continues from there).
+    ``chunk`` is ``[lo, hi)`` of the tracking column when the table is read in chunks.
+    ``snapshot`` (xid8 tracking) is the ``pg_snapshot`` that ends the rows committed so far.
+    """
+
+    kind: ClassVar[str] = "polling"
+
+    cursor: tuple[str, ...]
+    rows: int = 0
+    chunk: tuple[int | None, int | None] | None = None
+    snapshot: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cursor": list(self.cursor),
+            "rows": self.rows,
+            "chunk": list(self.chunk) if self.chunk is not None else None,
+            "snapshot": self.snapshot,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PollingOffset:
+        chunk = raw.get("chunk")
+        return cls(
+            tuple(str(v) for v in raw["cursor"]),
+            int(raw.get("rows", 0)),
+            (chunk[0], chunk[1]) if chunk is not None else None,
+            raw.get("snapshot"),
+        )
+
+    def position_key(self) -> tuple | None:
+        """A key ordered like PostgreSQL orders the cursor, when every value's order is known."""
+        if self.snapshot is not None:
+            return (snapshot_xmin(self.snapshot), *(_order_key(v) for v in self.cursor)) if all(
+                _order_key(v) is not None for v in self.cursor) else None
+        keys = tuple(_order_key(value) for value in self.cursor)
+        return None if not keys or any(k is None for k in keys) else keys
+
+
+@dataclass(frozen=True)
+class ChunkCuts:
+    """Where a table read in ``chunks`` is cut: computed once, reused by every chunk and restart."""
+
+    kind: ClassVar[str] = "chunk_cuts"
+
+    cuts: tuple[int, ...]
+    low: int
+    high: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cuts": list(self.cuts), "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ChunkCuts:
+        return cls(tuple(int(c) for c in raw["cuts"]), int(raw["low"]), int(raw["high"]))
+
+    def position_key(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class SlotProgress:
+    """What pgsource knows of a CDC slot it uses, beyond what the slot itself keeps.
+
+    ``lsn`` is the last position confirmed to the slot (the slot is the authority; this
+    copy lets a start tell "the slot I used is gone" from "first start").
+    ``system_identifier`` and ``timeline`` name the database the slot lived on.
+    """
+
+    kind: ClassVar[str] = "slot"
+
+    slot: str
+    phase: SnapshotPhase = SnapshotPhase.NONE
+    lsn: int = 0
+    consistent_lsn: int = 0  # the slot's consistent point (the snapshot's LSN) when it was created
+    system_identifier: str = ""
+    timeline: int = 0
+    tables: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "phase": self.phase.value,
+            "lsn": self.lsn,
+            "consistent_lsn": self.consistent_lsn,
+            "system_identifier": self.system_identifier,
+            "timeline": self.timeline,
+            "tables": list(self.tables),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SlotProgress:
+        return cls(
+            raw["slot"],
+            SnapshotPhase(raw.get("phase", SnapshotPhase.NONE.value)),
+            int(raw.get("lsn", 0)),
+            int(raw.get("consistent_lsn", 0)),
+            str(raw.get("system_identifier", "")),
+            int(raw.get("timeline", 0)),
+            tuple(raw.get("tables", ())),
+        )
+
+    def position_key(self) -> int:
+        return self.lsn
+
+
+RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress)}
+Record = PollingOffset | ChunkCuts | SlotProgress
+
+
+def upgrade_legacy(key: str, raw: dict[str, Any]) -> Record:
+    """A state file of the first format (``cursor``/``rows``/``done``/``extra``) as its record."""
+    extra = raw.get("extra") or {}
+    if key.startswith("cdc/"):
+        phase = extra.get("snapshot")
+        return SlotProgress(key.removeprefix("cdc/"), SnapshotPhase(phase) if phase else SnapshotPhase.NONE)
+    if "cuts" in extra:
+        return ChunkCuts(tuple(int(c) for c in extra["cuts"]), int(extra.get("min", 0)), int(extra.get("max", 0)))
+    chunk = extra.get("chunk")
+    return PollingOffset(
+        tuple(str(v) for v in raw.get("cursor", ())), int(raw.get("rows", 0)),
+        (chunk[0], chunk[1]) if chunk is not None else None,
+    )
+
+
+def snapshot_xmin(snapshot: str) -> int:
+    """The xmin of a ``pg_snapshot`` text (``xmin:xmax:xip,...``)."""
+    return int(snapshot.split(":", 1)[0])
+
+
+def _order_key(text: str) -> Any:
+    """A Python value ordered like PostgreSQL orders the column's text, where that is certain.
+
+    Integers (and xid8) compare as integers; timestamps as PostgreSQL prints them in UTC
+    (``2024-01-15 10:30:00.5+00``) as datetimes; anything else (text under a collation,
+    numeric with exponent, BC dates, infinity) as unknown (None), which skips the check.
+    """
+    if text.lstrip("-").isdigit():
+        return (0, int(text))
+    try:
+        moment = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return (1, moment)
