@@ -14,7 +14,9 @@ from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table, server_setting
+from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_query, build_poll_plan
+from pgsource.polling import check_late_commit_guard
 
 
 @dataclass
@@ -43,7 +45,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                 info = describe_table(conn, table.schema_, table.name)
                 report.sizes[table.qualified] = max(info.pages, 1) * 8192
                 if not source.cdc:
-                    build_poll_plan(
+                    plan = build_poll_plan(
                         info,
                         table.tracking_column or source.tracking_column,
                         snake_case=source.snake_case_columns,
@@ -51,6 +53,11 @@ def check_prerequisites(config: Config) -> CheckReport:
                         processed_column=source.processed_column,
                         need_identity=source.delete_after_read or source.processed_column is not None,
                     )
+                    if source.late_commits == "auto":
+                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+                        if tracking.kind is not TrackingKind.XID8:
+                            lag = table.lag if table.lag is not None else source.lag
+                            check_late_commit_guard(conn, config, table.qualified, tracking, lag)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
         if source.custom_query and not source.cdc:

@@ -15,15 +15,22 @@ from pgsource.encode.envelope import envelope_parts, iso_timestamp
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
+from pgsource.pg import horizon as hz
 from pgsource.pg.catalog import describe_table
+from pgsource.pg.horizon import TrackingInfo, TrackingKind, describe_tracking
 from pgsource.pg.query import (
     INTEGER_TYPES,
+    XMIN,
     PollPlan,
+    Reading,
     build_acknowledged_rows,
     build_custom_query,
     build_key_bounds,
     build_poll_plan,
+    build_rows_by_key,
     build_select_batch,
+    cursor_params,
+    snapshot_params,
 )
 from pgsource.pg.types import load_column_types
 from pgsource.state import PollingOffset
@@ -37,14 +44,23 @@ class EncodedBatch:
     partitions: list[int]
     payloads: list[str]
     last_offset: PollingOffset
-    identities: list[tuple] | None  # identity values per row, for delete/mark after the ack
+    identities: list[tuple] | None  # (key values..., xmin) per row, for delete/mark after the ack
+
+
+@dataclass
+class ReadBatch:
+    """One read: its rows, the snapshot it saw (when asked for), and where the next read starts."""
+
+    rows: list[tuple]
+    snapshot: str | None
+    after: PollingOffset | None
+    horizon: object = None  # the late-commit horizon observed before this read (set by the worker)
 
 
 class TableReader:
     """Plans, reads and encodes one table for polling."""
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
-    _chunk_params: tuple = ()
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -54,12 +70,18 @@ class TableReader:
         self.batch_size = source.batch_size
         self.partitions = config.iggy.partitions
         self.partitioning = config.iggy.partitioning
+        self.tracking: TrackingInfo | None = None
+        self.late_commits = False  # whether reads are held behind a horizon or a lag (see late_commits.py)
+        self.lag = 0.0
+        self.time_zone = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
+        self._ack_action: str | None = None
         if table is None:  # custom_query
             self.table_name = "custom_query"
             self.topic = config.iggy.topic.format(table="custom_query", schema="public")
             self.plan: PollPlan | None = None
             self.tracking_column = source.tracking_column
             self._custom = build_custom_query(source.custom_query or "")
+            self._json_at = 1
             return
         self._custom = None
         self.table_name = table.qualified
@@ -67,20 +89,39 @@ class TableReader:
         info = describe_table(conn, table.schema_, table.name)
         if by_identity and not info.identity:
             raise SourceError(f"table {table.qualified}: an initial snapshot needs a primary key or unique NOT NULL key")
+        self._ack_action = None if by_identity else (
+            "delete" if source.delete_after_read else ("mark" if source.processed_column else None))
         self.plan = build_poll_plan(
             info,
             info.identity[0] if by_identity else (table.tracking_column or source.tracking_column),
             snake_case=source.snake_case_columns,
             allow_non_unique=source.allow_non_unique_tracking,
-            processed_column=source.processed_column,
-            need_identity=source.delete_after_read or source.processed_column is not None,
+            processed_column=None if by_identity else source.processed_column,
+            need_identity=self._ack_action is not None,
             catalog=load_column_types(conn, [column.type_oid for column in info.columns]),
+            versioned=self._ack_action is not None,
         )
         self.tracking_column = self.plan.tracking_column
-        self._queries = {width: build_select_batch(self.plan, width).as_string(conn) for width in range(len(self.plan.cursor_columns) + 1)}
-        self._ack_action = "delete" if source.delete_after_read else ("mark" if source.processed_column else None)
+        self._json_at = len(self.plan.select_columns)
+        self._bounds = (False, False)
+        self._chunk_params: dict[str, object] = {}
+        self._sql: dict[Reading, str] = {}
+        if not by_identity:
+            self.tracking = describe_tracking(conn, info, info.column(self.tracking_column))
+            self.lag = table.lag if table.lag is not None else source.lag
+            self.late_commits = source.late_commits == "auto" and self.tracking.kind is not TrackingKind.XID8
+            if self.late_commits:
+                self.time_zone = check_late_commit_guard(conn, config, self.table_name, self.tracking, self.lag)
+            if self.tracking.kind is TrackingKind.XID8 and source.initial_offset is not None:
+                raise PrerequisiteError(f"table {self.table_name}: initial_offset does not apply to an xid8 tracking_column")
         if self._ack_action:
             self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
+            self._by_key_query = build_rows_by_key(self.plan).as_string(conn)
+
+    @property
+    def exact(self) -> bool:
+        """An xid8 tracking column: rows are cut by snapshots, no horizon needed."""
+        return self.tracking is not None and self.tracking.kind is TrackingKind.XID8
 
     def chunk_column(self) -> str:
         """The column a bulk load can be split on; raises naming the table when there is none."""
@@ -103,36 +144,84 @@ class TableReader:
     def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
         """Read only tracking values in ``[lo, hi)`` (None = unbounded on that side)."""
         self.chunk_column()
-        bounds = (lo is not None, hi is not None)
         self.chunk = (lo, hi)
-        self._chunk_params = tuple(v for v in (lo, hi) if v is not None)
-        self._queries = {
-            width: build_select_batch(self.plan, width, bounds).as_string(self.conn)
-            for width in range(len(self.plan.cursor_columns) + 1)
-        }
+        self._bounds = (lo is not None, hi is not None)
+        self._chunk_params = {name: value for name, value in (("lo", lo), ("hi", hi)) if value is not None}
 
     # -- reading ---------------------------------------------------------------------------
 
     def fetch_batch(self, offset: PollingOffset | None) -> list[tuple]:
         """Rows after ``offset``, at most batch_size, in cursor order."""
+        return self.read_batch(offset).rows
+
+    def read_batch(self, offset: PollingOffset | None) -> ReadBatch:
+        """The batch after ``offset``, the snapshot it was read in (late commits, xid8) and the next offset."""
+        if self._custom is not None:
+            rows = self._execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
+            return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
+        cursor = offset.cursor if offset else ()
+        params: dict[str, object] = {**cursor_params("o", cursor), **self._chunk_params, "limit": self.batch_size}
+        if self.exact:
+            tick = offset.tick if offset else None
+            params |= {"after": offset.snapshot if offset else None, "tick": tick}
+            reading = self._reading(len(cursor), exact=2 if tick else 1, snapshot=True)
+            rows = self._execute(self._query(reading), params)
+            tick = tick or (rows[0][-1] if rows else None)
+            return ReadBatch(rows, tick, self._exact_after(offset, rows, tick))
+        reading = self._reading(len(cursor), snapshot=self.late_commits)
+        rows = self._execute(self._query(reading), params)
+        return ReadBatch(rows, rows[0][-1] if rows and self.late_commits else None, self.offset_after(rows) if rows else offset)
+
+    def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, after: tuple | None = None) -> list[tuple]:
+        """Row versions in ``(lo, hi]`` that ``snapshot`` (the range's first read) may not have seen.
+
+        Through the tracking column's index, never a scan on xmin: the rows whose xmin is not
+        older than the snapshot's xmin (the caller drops those the first read sent, by id);
+        ``after`` continues a range larger than one batch.
+        """
+        start = after if after is not None else (lo or ())
+        params = {**cursor_params("o", start), **cursor_params("u", hi), **self._chunk_params,
+                  **snapshot_params(snapshot), "limit": self.batch_size}
+        return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params)
+
+    def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
+        """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
+        columns = list(zip(*keys))
+        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **cursor_params("u", hi)}
+        return self._execute(self._by_key_query, params)
+
+    def offset_after(self, rows: list[tuple]) -> PollingOffset:
+        """Where the read after ``rows`` starts (the cursor values of the last row)."""
+        width = 1 if self.plan is None else len(self.plan.cursor_columns)
+        return PollingOffset(tuple(rows[-1][:width]), chunk=self.chunk)
+
+    def _exact_after(self, offset: PollingOffset | None, rows: list[tuple], tick: str | None) -> PollingOffset | None:
+        """xid8: inside a tick, after the last row; a short batch ends the tick (the next cuts after it)."""
+        rows_before = offset.rows if offset else 0
+        if len(rows) < self.batch_size:
+            return PollingOffset((), rows_before + len(rows), self.chunk, snapshot=tick) if tick else offset
+        width = len(self.plan.cursor_columns)
+        return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk,
+                             snapshot=offset.snapshot if offset else None, tick=tick)
+
+    def _reading(self, width: int, **options) -> Reading:
+        return Reading(width, *self._bounds, **options)
+
+    def _query(self, reading: Reading) -> str:
+        text = self._sql.get(reading)
+        if text is None:
+            text = self._sql[reading] = build_select_batch(self.plan, reading).as_string(self.conn)
+        return text
+
+    def _execute(self, statement: str, params) -> list[tuple]:
         with self.conn.cursor() as cur:
             try:
-                if self._custom is not None:
-                    cur.execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
-                else:
-                    width = len(offset.cursor) if offset else 0
-                    cursor = offset.cursor if offset else ()
-                    cur.execute(self._queries[width], (*cursor, *self._chunk_params, self.batch_size))
+                cur.execute(statement, params)
             except pg.DatabaseError as exc:
                 if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                     raise
                 raise SourceError(f"{self.table_name}: reading a batch failed: {str(exc).strip()}") from None
             return cur.fetchall()
-
-    def offset_after(self, rows: list[tuple]) -> PollingOffset:
-        """Where the read after ``rows`` starts (the cursor values of the last row)."""
-        width = 1 if self.plan is None else len(self.plan.cursor_columns)
-        return PollingOffset(tuple(rows[-1][:width]))
 
     def _custom_sql(self) -> str:
         """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
@@ -146,58 +235,115 @@ class TableReader:
     # -- encoding --------------------------------------------------------------------------
 
     def encode_batch(self, rows: list[tuple], include_metadata: bool, read_rows: int) -> EncodedBatch:
-        """Messages for ``rows``: envelope, deterministic id, partition; and the offset after them."""
+        """Messages for ``rows``: envelope, deterministic id, partition; and the offset after them.
+
+        The id covers the row's ``xmin`` too where delete/mark act on versions: a row read
+        again after an update is a new message there.
+        """
         prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
         table_name = self.table_name
         partitions = self.partitions
-        by_table = self.partitioning is Partitioning.TABLE
-        balanced = self.partitioning is Partitioning.BALANCED
-        table_partition = key_partition(table_name, partitions)
-        if self.plan is None:
-            width, key_of = 1, itemgetter(0)
-        else:
-            width = len(self.plan.cursor_columns)
-            key_of = _key_getter(self.plan)
+        json_at = self._json_at
         count = len(rows)
         if include_metadata:
-            payloads = [prefix + row[-1] + suffix for row in rows]
+            payloads = [prefix + row[json_at] + suffix for row in rows]
         else:
-            payloads = [row[-1] for row in rows]
-        if self.plan is None:
-            ids = []
-            for row in rows:
-                if row[0] is None:
-                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[-1][:200]}")
-                ids.append(polling_message_id(table_name, (row[0], row[-1])))
-        elif width == 1:  # the tracking column is never NULL here (the query excludes it)
-            ids = polling_message_ids(table_name, [row[0] for row in rows])
+            payloads = [row[json_at] for row in rows]
+        ids = self.message_ids(rows)
+        plan = self.plan
+        if plan is None:
+            width, key_of = 1, itemgetter(0)
         else:
-            ids = [polling_message_id(table_name, row[:width]) for row in rows]
-        if by_table:
-            parts = [table_partition] * count
-        elif balanced:
+            width = len(plan.cursor_columns)
+            key_of = _key_getter(plan)
+        if self.partitioning is Partitioning.TABLE:
+            parts = [key_partition(table_name, partitions)] * count
+        elif self.partitioning is Partitioning.BALANCED:
             parts = [(read_rows + index) % partitions for index in range(count)]
         elif partitions == 1:
             parts = [0] * count
         else:
             parts = [key_partition(key_of(row), partitions) for row in rows]
-        last = rows[-1]
         identities = None
-        if self.plan is not None and self._ack_action:
-            positions = [self.plan.select_columns.index(c) for c in self.plan.identity]
+        if plan is not None and self._ack_action:
+            positions = [plan.select_columns.index(c) for c in (*plan.identity, XMIN)]
             identities = [tuple(row[p] for p in positions) for row in rows]
+        last = rows[-1]
         offset = PollingOffset(tuple(last[:width]), read_rows + len(rows), self.chunk)
         return EncodedBatch(ids, parts, payloads, offset, identities)
 
+    def message_ids(self, rows: list[tuple]) -> list[int]:
+        """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""
+        table_name = self.table_name
+        plan = self.plan
+        if plan is None:
+            json_at = self._json_at
+            for row in rows:
+                if row[0] is None:
+                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[json_at][:200]}")
+            return [polling_message_id(table_name, (row[0], row[json_at])) for row in rows]
+        width = len(plan.cursor_columns)
+        if plan.versioned:
+            positions = [*range(width), plan.select_columns.index(XMIN)]
+            return [polling_message_id(table_name, tuple(row[p] for p in positions)) for row in rows]
+        if width == 1:  # the tracking column is never NULL here (the query excludes it)
+            return polling_message_ids(table_name, [row[0] for row in rows])
+        return [polling_message_id(table_name, row[:width]) for row in rows]
+
     # -- after the acknowledgement ---------------------------------------------------------
 
-    def apply_acknowledged(self, identities: list[tuple] | None) -> None:
-        """Delete or mark the rows of an acknowledged batch (only ever after Iggy confirmed them)."""
+    @property
+    def acts_on_rows(self) -> bool:
+        return self._ack_action is not None
+
+    def apply_acknowledged(self, identities: list[tuple] | None) -> list[tuple]:
+        """Delete or mark the row versions of an acknowledged batch (only ever after Iggy confirmed them).
+
+        Returns the keys of the rows it did not act on: updated (or deleted) since they were
+        read. Their current version must be published before the batch's range counts as done.
+        """
         if not identities or not self._ack_action:
-            return
+            return []
         columns = list(zip(*identities))
-        with self.conn.cursor() as cur:
-            cur.execute(self._ack_query, [list(values) for values in columns])
+        params = {f"k{i}": list(values) for i, values in enumerate(columns[:-1])}
+        params["versions"] = list(columns[-1])
+        acted = {tuple(row) for row in self._execute(self._ack_query, params)}
+        return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
+
+
+def check_late_commit_guard(conn, config: Config, table_name: str, tracking: TrackingInfo, lag: float) -> str:
+    """Refuse a table whose late commits no horizon can protect, unless ``lag`` covers them.
+
+    Returns the TimeZone writers' sessions get (timestamp/date columns are compared in it).
+    """
+    fix = "set source.lag (the longest a writing transaction stays open, e.g. 10s), or late_commits: off"
+    if lag > 0:
+        return "UTC"
+    if tracking.kind is TrackingKind.OTHER:
+        raise PrerequisiteError(
+            f"table {table_name}: tracking_column {tracking.column!r}: {tracking.why}; pgsource cannot tell when rows"
+            f" with lower values may still commit: {fix}"
+        )
+    if hz.in_recovery(conn):
+        raise PrerequisiteError(f"table {table_name}: reading from a hot standby, whose sessions show no horizon: {fix}")
+    if not hz.can_see_all_sessions(conn):
+        raise PrerequisiteError(
+            f"table {table_name}: this role cannot see other sessions' transactions (pg_stat_activity.xact_start):"
+            f" GRANT pg_read_all_stats TO it, or {fix}"
+        )
+    if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID:
+        zone = hz.database_time_zone(config.source.connection_string)
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(zone)
+        except Exception:  # noqa: BLE001 - an offset string or a zone Python's tz database lacks
+            raise PrerequisiteError(
+                f"table {table_name}: tracking_column {tracking.column!r} has no time zone and the database's"
+                f" TimeZone {zone!r} is unknown here: use timestamptz, or {fix}"
+            ) from None
+        return zone
+    return "UTC"
 
 
 def _key_getter(plan: PollPlan):

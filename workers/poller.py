@@ -2,62 +2,92 @@
 
 It owns its psycopg2 connection and its offsets. A batch goes on the queue as soon as
 it is read (up to ``max_in_flight_batches`` unacknowledged), and the next read starts
-after it; the stored offset moves only when the publisher's ack for that batch comes
-back, after the batch's deletes or marks were applied. A crash therefore re-reads only
-unacknowledged batches, and their messages carry the same deterministic ids.
+after it: the *read frontier* never waits. What is *committed* is decided by one
+``ProgressTracker`` per table (or chunk): an offset counts only once its batch, and
+every batch before it, was acknowledged by Iggy, had its deletes/marks applied, and its
+range of the tracking column is sealed against transactions still in progress
+(``pgsource/late_commits.py``): a range read while such a transaction could still commit
+a row into it holds the offset until the horizon passes it, and is then re-read once for
+the row versions its first read could not see. A crash therefore re-reads only what was
+not committed, and those messages carry the same deterministic ids.
 
 Reading ahead: when a read returned a full batch, the read of the batch after it starts
 at once on a helper thread (psycopg2 lets go of the GIL while PostgreSQL works), while
-this thread encodes and queues the batch it has. The read-ahead starts from the offset
-the queued batch will have, so nothing changes in what is read or committed; a
-read-ahead whose batch was not queued (stopping) is simply dropped. It pays only while
-there are more cores than workers (1 worker on 2 cores: +26 % rows/s); with a worker per
-core the cores are busy already and the extra thread costs a little (-1 %), so it is off
-then. Tables with ``delete_after_read``/``processed_column`` do not read ahead either:
-their acknowledgements run SQL on the same connection.
+this thread encodes and queues the batch it has. It pays only while there are more cores
+than workers (1 worker on 2 cores: +26 % rows/s), so it is off otherwise, and for tables
+whose acknowledgements run SQL (delete/mark).
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pgsource.assignment import WorkUnit
 from pgsource.encode.frames import encode_partition_frames
 from pgsource.events import AckEvent, BatchEvent
+from pgsource.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
 from pgsource.pg import connect as pg
-from pgsource.polling import TableReader
+from pgsource.pg import horizon as hz
+from pgsource.pg.horizon import TrackingKind
+from pgsource.polling import ReadBatch, TableReader
+from pgsource.progress import ProgressTracker
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
+from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, ParentWatch, get_event, put_event
 
 log = logging.getLogger("pgsource.poller")
 
+OBSERVE_EVERY = 0.05  # seconds: a horizon older than this is observed again before a read
+HELD_LOG_AFTER = 10.0  # seconds a transaction may hold the horizon before it is logged
+
+
 @dataclass
-class _Cursor:
-    """The runtime state of one unit: where the next read starts, when it may poll again."""
+class _Unit:
+    """The runtime state of one table or chunk: where reads stand, what holds its offset."""
 
     key: str  # where its offset is stored
     reader: TableReader
     read_after: PollingOffset | None
-    next_poll: float = 0.0
+    progress: ProgressTracker
     rows: int = 0
+    next_poll: float = 0.0
     ahead: Future | None = None  # the read of the batch after ``read_after``, already under way
+    ahead_horizon: Horizon | None = None  # the horizon observed before that read started
+    horizon_tracker: HorizonTracker | None = None
+    horizon: Horizon | None = None
+    observed_at: float = 0.0
+    unsealed: deque = field(default_factory=deque)  # ReadRange, in read order
+    committed: PollingOffset | None = None
+    held_by: str = ""  # the horizon's holder last logged
 
 
 @dataclass
-class _Pending:
-    cursor: _Cursor
-    offset: PollingOffset
-    identities: list | None
-    messages: int
-    sent_at: float = field(default_factory=time.monotonic)
+class _Queued:
+    """A batch on the queue, and what its acknowledgement completes."""
+
+    unit: _Unit
+    identities: list | None  # (key..., xmin) per row, for delete/mark
+    hi: tuple  # the cursor of its last row (rows updated meanwhile are read again up to it)
+    then: Callable[[], None]  # called once it is acknowledged and its deletes/marks are done
+
+
+@dataclass
+class _LateRead:
+    """The re-read of one sealed range, which may take several batches."""
+
+    range: ReadRange
+    after: tuple | None = None  # where the next page of the re-read starts
+    reading: bool = True
+    outstanding: int = 0
 
 
 class PollWorker(QueueWorker):
@@ -65,21 +95,21 @@ class PollWorker(QueueWorker):
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
         super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
-        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._queued: dict[int, _Queued] = {}
+        self._holds = itertools.count()
         self._finished = False
 
     def boot(self) -> None:
         config = self.spec.config
         self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
-        self.cursors = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
+        self.units = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
         self.offsets = OffsetWriter(self.store, self.spec.config.state.commit_interval)
-        source = config.source
-        reads_ahead = self.spec.workers_total < _cores() and not (source.delete_after_read or source.processed_column)
+        reads_ahead = self.spec.workers_total < _cores() and not any(u.reader.acts_on_rows for u in self.units)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if reads_ahead else None
 
     def serve(self) -> None:
-        self._loop(self.cursors, self.watch)
+        self._loop(self.units, self.watch)
 
     def close(self) -> None:
         try:
@@ -92,17 +122,26 @@ class PollWorker(QueueWorker):
                 self._reader.shutdown(wait=True, cancel_futures=True)
             self.conn.close()
 
-    def _open(self, unit: WorkUnit | None) -> _Cursor:
+    def _open(self, unit: WorkUnit | None) -> _Unit:
         source = self.spec.config.source
         reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
         key = unit.key if unit else "polling/custom_query"
         stored = self.store.load(key, PollingOffset)
         if unit is not None and unit.chunks > 1:
             reader.restrict_to_chunk(*self._chunk_range(unit, reader, stored))
-        if stored is None and source.initial_offset is not None:
-            stored = PollingOffset((str(source.initial_offset),))
-        log.info("%s: %s from %s", self.spec.name, reader.table_name, stored.cursor if stored else "the start")
-        return _Cursor(key, reader, stored, rows=stored.rows if stored else 0)
+        start = stored
+        if start is None and source.initial_offset is not None:
+            start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
+        log.info("%s: %s from %s", self.spec.name, reader.table_name, start.cursor if start else "the start")
+        state = _Unit(key, reader, start, ProgressTracker(start), rows=start.rows if start else 0, committed=stored)
+        if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
+            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone)
+        if reader.plan is not None and not reader.late_commits and not reader.exact:
+            log.warning("%s: %s: late_commits is off: rows that commit after later rows were read are missed",
+                        self.spec.name, reader.table_name)
+        elif reader.plan is None:
+            log.info("%s: custom_query: rows that commit after later rows were read are not re-read", self.spec.name)
+        return state
 
     def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: PollingOffset | None) -> tuple[int | None, int | None]:
         """``[lo, hi)`` of one chunk: cut points computed once per table, stored, reused on restart.
@@ -131,9 +170,8 @@ class PollWorker(QueueWorker):
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _loop(self, cursors: list[_Cursor], watch: ParentWatch) -> None:
-        config = self.spec.config
-        source = config.source
+    def _loop(self, units: list[_Unit], watch: ParentWatch) -> None:
+        source = self.spec.config.source
         max_in_flight = source.max_in_flight_batches
         while not self._should_stop():
             self.spec.beat()
@@ -143,142 +181,216 @@ class PollWorker(QueueWorker):
             self._drain_acks(timeout=0)
             now = time.monotonic()
             read_any = False
-            for cursor in cursors:
-                if len(self._pending) >= max_in_flight or self._should_stop():
+            for unit in units:
+                if len(self._queued) >= max_in_flight or self._should_stop():
                     break
-                if cursor.next_poll > now:
+                if unit.next_poll > now:
                     continue
-                rows = self._read(cursor)
-                if len(rows) < source.batch_size:
-                    cursor.next_poll = time.monotonic() + source.poll_interval
+                if unit.ahead is None:
+                    self._observe_if_stale(unit)
+                if unit.unsealed:
+                    self._reread_sealed(unit, max_in_flight)
+                read = self._read(unit)
+                if len(read.rows) < source.batch_size:
+                    unit.next_poll = time.monotonic() + source.poll_interval
                 elif self._reader is not None:  # a full batch: more may follow, start reading them now
-                    cursor.ahead = self._reader.submit(cursor.reader.fetch_batch, cursor.reader.offset_after(rows))
-                if rows:
+                    self._observe_if_stale(unit)  # before that read's snapshot
+                    unit.ahead_horizon = unit.horizon
+                    unit.ahead = self._reader.submit(unit.reader.read_batch, read.after)
+                if read.rows:
                     read_any = True
-                    self._queue_batch(cursor, rows)
+                    self._queue_read(unit, read)
+                elif read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
+                    unit.read_after = read.after
+                    unit.progress.mark(read.after)
+                    self._commit(unit)
             if not read_any:
-                pause = max(0.0, min(min(c.next_poll for c in cursors) - time.monotonic(), 0.5))
-                if self._pending:
+                pause = max(0.0, min(min(u.next_poll for u in units) - time.monotonic(), 0.5))
+                if self._queued:
                     self._drain_acks(timeout=pause)
                 else:
                     self.stop_event.wait(pause)
-            elif len(self._pending) >= max_in_flight:
+            elif len(self._queued) >= max_in_flight:
                 self._drain_acks(timeout=0.5)
         self._finish()
 
-    def _read(self, cursor: _Cursor) -> list[tuple]:
-        """The batch after ``cursor.read_after``: the read-ahead's result if one is under way."""
-        ahead, cursor.ahead = cursor.ahead, None
+    def _read(self, unit: _Unit) -> ReadBatch:
+        """The batch after ``unit.read_after``: the read-ahead's result if one is under way."""
+        ahead, unit.ahead = unit.ahead, None
         if ahead is not None:
-            return ahead.result()
-        return cursor.reader.fetch_batch(cursor.read_after)
+            return replace(ahead.result(), horizon=unit.ahead_horizon)
+        return replace(unit.reader.read_batch(unit.read_after), horizon=unit.horizon)
 
-    def _queue_batch(self, cursor: _Cursor, rows: list[tuple]) -> None:
-        encoded = cursor.reader.encode_batch(rows, self.spec.config.source.include_metadata, cursor.rows)
+    # -- late commits ------------------------------------------------------------------------
+
+    def _observe_if_stale(self, unit: _Unit) -> None:
+        if unit.horizon_tracker is not None and time.monotonic() - unit.observed_at >= OBSERVE_EVERY:
+            self._observe(unit)
+
+    def _observe(self, unit: _Unit) -> None:
+        """The horizon, observed in its own statements before the next data snapshot."""
+        tracking = unit.reader.tracking
+        sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
+        unit.horizon = unit.horizon_tracker.observe(hz.observe_activity(self.conn), sequence)
+        unit.observed_at = time.monotonic()
+        self._report_holder(unit)
+
+    def _report_holder(self, unit: _Unit) -> None:
+        horizon = unit.horizon
+        age = 0.0
+        if horizon.holder and horizon.held_since:
+            age = max(0.0, time.time() - tracking_key(horizon.held_since, hz.TIMESTAMPTZ_OID) / 1e6)
+        self.metrics.horizon_age.labels(unit.reader.table_name, self.spec.name).set(age)
+        if horizon.holder and (age >= HELD_LOG_AFTER or not horizon.held_since) and horizon.holder != unit.held_by:
+            log.warning(
+                "%s: %s: the committed offset is held at %s by %s%s, still in progress; later rows are sent,"
+                " and re-read once it ends", self.spec.name, unit.reader.table_name,
+                unit.committed.cursor if unit.committed else "the start", horizon.holder,
+                f" since {horizon.held_since}" if horizon.held_since else "",
+            )
+            unit.held_by = horizon.holder
+        elif not horizon.holder:
+            unit.held_by = ""
+
+    def _reread_sealed(self, unit: _Unit, max_in_flight: int) -> None:
+        """Re-read, once, every range the horizon (or the lag) has passed, oldest first."""
+        lag = unit.reader.lag
+        now = time.monotonic()
+        while unit.unsealed and len(self._queued) < max_in_flight:
+            late = unit.unsealed[0]
+            if not isinstance(late, _LateRead):
+                if not sealed(late, unit.horizon, lag, now):
+                    return
+                late = unit.unsealed[0] = _LateRead(late)
+            if not late.reading:
+                unit.unsealed.popleft()
+                continue
+            r = late.range
+            rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
+            if rows:
+                late.after = unit.reader.offset_after(rows).cursor
+                new = [row for row, message_id in zip(rows, unit.reader.message_ids(rows)) if message_id not in r.sent]
+                if new:
+                    late.outstanding += 1
+                    self._queue_rows(unit, new, r.hi, lambda late=late: self._late_batch_done(unit, late))
+                    log.info("%s: %s: %d row(s) committed late behind the read frontier, sent now",
+                             self.spec.name, unit.reader.table_name, len(new))
+            if len(rows) < unit.reader.batch_size:
+                late.reading = False
+                unit.unsealed.popleft()
+                if not late.outstanding:
+                    self._release(unit, r.hold)
+
+    def _late_batch_done(self, unit: _Unit, late: _LateRead) -> None:
+        late.outstanding -= 1
+        if not late.reading and not late.outstanding:
+            self._release(unit, late.range.hold)
+
+    def _release(self, unit: _Unit, hold) -> None:
+        unit.progress.acked(hold)
+        self._commit(unit)
+
+    # -- queueing ----------------------------------------------------------------------------
+
+    def _queue_read(self, unit: _Unit, read: ReadBatch) -> None:
+        """A batch from the read frontier: queued, its range held if it may still get late rows."""
+        reader = unit.reader
+        lo = unit.read_after.cursor if unit.read_after is not None and unit.read_after.cursor else None
+        encoded_after = replace(read.after, rows=unit.rows + len(read.rows))
+        hold = None
+        if reader.late_commits:
+            hi = encoded_after.cursor
+            horizon = read.horizon
+            hi_key = tracking_key(hi[0], reader.tracking.type_oid) if unit.horizon_tracker is not None else 0
+            at_once = unit.horizon_tracker is not None and reader.lag <= 0 and horizon is not None and hi_key < horizon.key
+            if not at_once:  # a transaction in progress may still commit a row into this range
+                hold = ("sealed", next(self._holds))
+                unit.progress.sent(hold)
+                unit.unsealed.append(ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([])))
+        seq = self._queue_rows(unit, read.rows, encoded_after.cursor, None, keep_ids=hold is not None)
+        if seq is None:
+            return
+        unit.progress.sent(seq, encoded_after)
+        queued = self._queued[seq]
+        queued.then = lambda: self._release(unit, seq)
+        unit.read_after = encoded_after
+
+    def _queue_rows(self, unit: _Unit, rows: list[tuple], hi: tuple, then, keep_ids: bool = False) -> int | None:
+        """Encode ``rows`` and put them on the queue; the seq of the batch (None when stopping).
+
+        ``keep_ids``: the batch opens an unsealed range, whose re-read must know what it sent.
+        """
+        reader = unit.reader
+        encoded = reader.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
+        if keep_ids:
+            unit.unsealed[-1].sent = SentIds(encoded.ids)
         self._seq += 1
         event = BatchEvent(
             worker=self.spec.name,
             seq=self._seq,
             stream=self.spec.config.iggy.stream,
-            topic=cursor.reader.topic,
-            table=cursor.reader.table_name,
-            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads, where=f"table {cursor.reader.table_name}"),
+            topic=reader.topic,
+            table=reader.table_name,
+            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads, where=f"table {reader.table_name}"),
             count=len(encoded.ids),
             created=time.time(),
         )
         if not put_event(self.batch_queue, event, self._should_stop):
-            return  # stopping while the queue is full: this batch was never sent, nothing to commit
-        self._pending[self._seq] = _Pending(cursor, encoded.last_offset, encoded.identities, len(rows))
-        cursor.read_after = encoded.last_offset
-        cursor.rows = encoded.last_offset.rows
-        self.metrics.rows_read.labels(cursor.reader.table_name, self.spec.name).inc(len(rows))
+            return None  # stopping while the queue is full: this batch was never sent, nothing to commit
+        self._queued[self._seq] = _Queued(unit, encoded.identities, hi, then)
+        unit.rows += len(rows)
+        self.metrics.rows_read.labels(reader.table_name, self.spec.name).inc(len(rows))
         self.metrics.batches_queued.labels(self.spec.name).inc()
-        self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
+        self.metrics.in_flight.labels(self.spec.name).set(len(self._queued))
+        return self._seq
+
+    # -- acknowledgements --------------------------------------------------------------------
 
     def _drain_acks(self, timeout: float) -> None:
-        """Commit every batch acknowledged so far; wait up to ``timeout`` for the first ack."""
+        """Handle every ack that arrived; wait up to ``timeout`` for the first one."""
         wait = timeout
-        while self._pending:
+        while self._queued:
             try:
                 ack: AckEvent = get_event(self.ack_queue, timeout=wait) if wait > 0 else get_event_nowait(self.ack_queue)
             except Empty:
                 return
             wait = 0
-            self._commit_through(ack.seq)
+            queued = self._queued.pop(ack.seq, None)
+            if queued is not None:
+                self._acknowledged(queued)
+        self.metrics.in_flight.labels(self.spec.name).set(len(self._queued))
 
-    def _commit_through(self, seq: int) -> None:
-        while self._pending and next(iter(self._pending)) <= seq:
-            _, pending = self._pending.popitem(last=False)
-            pending.cursor.reader.apply_acknowledged(pending.identities)
-            self.offsets.submit(pending.cursor.key, pending.offset)
+    def _acknowledged(self, queued: _Queued) -> None:
+        """Iggy has the batch: run its deletes/marks on exactly the versions sent, then let it count.
+
+        A row updated between the read and the ack is a newer version, which was not sent:
+        it is left alone, read again (up to the batch's last cursor) and published; the
+        batch counts only once those are acknowledged and acted on too.
+        """
+        unit = queued.unit
+        survivors = unit.reader.apply_acknowledged(queued.identities)
+        if survivors:
+            rows = unit.reader.read_rows_by_key(survivors, queued.hi)
+            if rows and self._queue_rows(unit, rows, queued.hi, queued.then) is not None:
+                return
+        queued.then()
+
+    def _commit(self, unit: _Unit) -> None:
+        committable = unit.progress.committable()
+        if committable is not None and committable is not unit.committed:
+            unit.committed = committable
+            self.offsets.submit(unit.key, committable)
             self.metrics.offset_commits.labels(self.spec.name).inc()
-        self.metrics.in_flight.labels(self.spec.name).set(len(self._pending))
 
     def _finish(self) -> None:
         """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""
         deadline = time.monotonic() + self.spec.config.supervisor.stop_timeout
-        while self._pending and time.monotonic() < deadline:
+        while self._queued and time.monotonic() < deadline:
             self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
-        if self._pending:
-            log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._pending))
+        if self._queued:
+            log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._queued))
         self._finished = True
         self.offsets.close()
-
-
-class OffsetWriter:
-    """Commits acknowledged offsets on a thread of its own, so the fsyncs do not stall reading.
-
-    ``submit`` is called only once Iggy acknowledged the offset's batch, so what is written is
-    never ahead of Iggy. Offsets submitted while a commit is written, or within
-    ``interval`` seconds of the last one, replace each other: only the newest is written
-    (progress only moves forward; a crash re-sends what was acknowledged since the last
-    commit, with the same ids). An fsync'd file per batch cost ~0.4 µs of CPU per row.
-    ``close`` writes the newest at once.
-    """
-
-    def __init__(self, store: FileStateStore, interval: float = 0.0) -> None:
-        self.store = store
-        self.interval = interval
-        self._latest: dict[str, PollingOffset] = {}
-        self._cond = threading.Condition()
-        self._closed = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="offset-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, key: str, offset: PollingOffset) -> None:
-        with self._cond:
-            if self._error is not None:
-                raise self._error
-            self._latest[key] = offset
-            self._cond.notify()
-
-    def _run(self) -> None:
-        next_commit = 0.0
-        while True:
-            with self._cond:
-                while not self._closed and (not self._latest or time.monotonic() < next_commit):
-                    self._cond.wait(None if not self._latest else next_commit - time.monotonic())
-                if not self._latest and self._closed:
-                    return
-                batch, self._latest = self._latest, {}
-            next_commit = time.monotonic() + self.interval
-            try:
-                for key, offset in batch.items():
-                    self.store.commit(key, offset)
-            except BaseException as exc:  # surfaced to the worker on its next submit/close
-                with self._cond:
-                    self._error = exc
-                return
-
-    def close(self) -> None:
-        """Write everything submitted, then stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _cores() -> int:

@@ -39,6 +39,12 @@ class TableConfig(BaseModel):
     schema_: str = Field("public", alias="schema")
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
+    lag: float | None = None  # overrides source.lag for this table
+
+    @field_validator("lag", mode="before")
+    @classmethod
+    def _lag(cls, value):
+        return None if value is None else parse_duration(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -84,8 +90,12 @@ class SourceConfig(BaseModel):
     cdc_transport: Literal["sql", "replication"] = "replication"
     snapshot: Literal["initial", "never"] = "never"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
+    # Polling: hold the committed offset behind transactions still in progress and re-read
+    # what they commit late (README "Rows that commit late"); "off" accepts missing them.
+    late_commits: Literal["auto", "off"] = "auto"
+    lag: float = 0.0  # seal a read range only this long after it was read (values no horizon protects)
 
-    @field_validator("poll_interval", mode="before")
+    @field_validator("poll_interval", "lag", mode="before")
     @classmethod
     def _duration(cls, value):
         return parse_duration(value)

@@ -23,6 +23,11 @@ class Metrics:
         )
         self.in_flight = Gauge("pgsource_source_batches_in_flight", "Batches sent but not yet acknowledged", ["worker"], multiprocess_mode="livesum")
         self.restarts = Counter("pgsource_supervisor_worker_restarts_total", "Worker processes restarted", ["worker"])
+        self.horizon_age = Gauge(
+            "pgsource_source_horizon_age_seconds",
+            "Polling: how long the transaction holding the committed offset (the late-commit horizon) has run",
+            ["table", "worker"], multiprocess_mode="max",
+        )
         self.lag_seconds = Gauge("pgsource_cdc_lag_seconds", "Commit time to Iggy acknowledgement of the last batch", ["worker"], multiprocess_mode="max")
 
     @staticmethod

@@ -37,6 +37,7 @@ class PollPlan:
     select_columns: tuple[str, ...]  # cursor columns + identity columns not among them
     json_columns: tuple[tuple[str, str, sql.Composable | None], ...]  # (column, key, value SQL or None = as is)
     processed_column: str | None = None
+    versioned: bool = False  # xmin is read with each row (delete/mark act on that version; ids include it)
 
     @property
     def tracking_column(self) -> str:
@@ -57,6 +58,7 @@ def build_poll_plan(
     processed_column: str | None = None,
     need_identity: bool = False,
     catalog: Mapping[int, t.TypeInfo] | None = None,
+    versioned: bool = False,
 ) -> PollPlan:
     """Check the table against the settings and decide the cursor; errors name table and column.
 
@@ -106,9 +108,10 @@ def build_poll_plan(
         cursor_types=tuple(types[c] for c in cursor),
         identity=info.identity,
         identity_types=tuple(types[c] for c in info.identity),
-        select_columns=cursor + extra,
+        select_columns=cursor + extra + ((XMIN,) if versioned else ()),
         json_columns=json_columns,
         processed_column=processed_column,
+        versioned=versioned,
     )
 
 
@@ -184,35 +187,97 @@ def _row_json(plan: PollPlan) -> sql.Composable:
 
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
+XMIN = "xmin"  # a system column: no user column can take the name
 
 
-def build_select_batch(plan: PollPlan, offset_width: int, bounds: tuple[bool, bool] = (False, False)) -> sql.Composed:
-    """One batch after an offset of ``offset_width`` values (0 = from the start).
+@dataclass(frozen=True)
+class Reading:
+    """The options of one batch query (each combination is one prepared SQL text)."""
 
-    ``bounds`` (has a lower, has an upper bound) restricts the tracking column to a
-    chunk ``[lo, hi)``. Params: offset..., lo (if any), hi (if any), limit.
+    offset_width: int = 0  # cursor values the read starts after (0 = from the start)
+    lower: bool = False  # chunk: tracking >= %(lo)s
+    upper: bool = False  # chunk: tracking < %(hi)s
+    upto: bool = False  # a re-read of a range: cursor <= %(u0)s... (full width)
+    invisible: bool = False  # only row versions the snapshot %(snapshot)s may not have seen (by xmin)
+    exact: int = 0  # xid8 tracking: 1 = rows not visible in %(after)s; 2 = also visible in %(tick)s
+    snapshot: bool = False  # return pg_current_snapshot() of the read as the last column
+
+
+def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Composed:
+    """One batch of rows in cursor order, as text, with the row's JSON (and the read's snapshot).
+
+    Named parameters: o0.. (the offset), lo/hi (chunk bounds), u0.. (the range end of a
+    re-read), xmax/xmax_low/snapshot (the first read's snapshot), after/tick (xid8
+    snapshots), limit. Columns: ``plan.select_columns`` as text, the JSON, then the
+    snapshot when ``reading.snapshot``.
     """
     table = sql.Identifier(plan.schema, plan.table)
-    selected = sql.SQL(", ").join(
-        sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in plan.select_columns
-    )
+    selected = sql.SQL(", ").join(_column_text(c) for c in plan.select_columns)
     conditions = []
-    if offset_width:
-        columns = plan.cursor_columns[:offset_width]
-        types = plan.cursor_types[:offset_width]
-        left = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
-        right = sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types)
-        conditions.append(sql.SQL("({}) > ({})").format(left, right) if offset_width > 1 else sql.SQL("{} > {}").format(left, right))
+    if reading.offset_width:
+        conditions.append(_compare(plan, reading.offset_width, ">", "o"))
     conditions.append(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(plan.tracking_column)))
-    for present, operator in zip(bounds, (">=", "<")):
-        if present:
-            conditions.append(sql.SQL("t.{} " + operator + " %s::" + plan.cursor_types[0]).format(sql.Identifier(plan.tracking_column)))
+    tracking = sql.Identifier(plan.tracking_column)
+    if reading.lower:
+        conditions.append(sql.SQL("t.{} >= %(lo)s::" + plan.cursor_types[0]).format(tracking))
+    if reading.upper:
+        conditions.append(sql.SQL("t.{} < %(hi)s::" + plan.cursor_types[0]).format(tracking))
+    if reading.upto:
+        conditions.append(_compare(plan, len(plan.cursor_columns), "<=", "u"))
+    if reading.invisible:
+        # xmin >= the snapshot's xmin: everything older was visible to it. Not pg_visible_in_snapshot:
+        # a row written in a savepoint carries the subtransaction's xid, which pg_snapshot never lists.
+        conditions.append(sql.SQL("t.xmin::text::bigint > 2 AND {} >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)").format(
+            _xmin_as_xid8()))
+    if reading.exact:
+        conditions.append(sql.SQL(
+            "(%(after)s::pg_snapshot IS NULL OR (t.{0} >= pg_snapshot_xmin(%(after)s::pg_snapshot)"
+            " AND NOT pg_visible_in_snapshot(t.{0}, %(after)s::pg_snapshot)))").format(tracking))
+        if reading.exact == 2:
+            conditions.append(sql.SQL("pg_visible_in_snapshot(t.{}, %(tick)s::pg_snapshot)").format(tracking))
     if plan.processed_column:
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
-    return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
-        selected, _row_json(plan), table, sql.SQL(" AND ").join(conditions), order
+    snapshot = sql.SQL(", (SELECT pg_current_snapshot()::text)") if reading.snapshot else sql.SQL("")
+    return sql.SQL("SELECT {}, {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
+        selected, _row_json(plan), snapshot, table, sql.SQL(" AND ").join(conditions), order
     )
+
+
+def _column_text(column: str) -> sql.Composable:
+    return sql.SQL("t.{}::text").format(sql.Identifier(column))
+
+
+def _compare(plan: PollPlan, width: int, operator: str, prefix: str) -> sql.Composable:
+    """``(cursor columns...) <op> (%(prefix0)s::type, ...)`` over the first ``width`` columns."""
+    columns = plan.cursor_columns[:width]
+    types = plan.cursor_types[:width]
+    left = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
+    right = sql.SQL(", ").join(sql.Placeholder(f"{prefix}{i}") + sql.SQL("::" + t) for i, t in enumerate(types))
+    template = "({}) " + operator + " ({})" if width > 1 else "{} " + operator + " {}"
+    return sql.SQL(template).format(left, right)
+
+
+def _xmin_as_xid8() -> sql.Composable:
+    """The row's 32-bit ``xmin`` as the 64-bit xid (``xid8``) nearest to ``%(xmax)s`` (the snapshot's xmax).
+
+    Every live row's xmin is within 2^31 of the current xid, so the signed 32-bit distance
+    to xmax, added to it, gives its full xid (frozen xids 1 and 2 are excluded by the caller).
+    """
+    return sql.SQL(
+        "((%(xmax)s::bigint + mod(mod(t.xmin::text::bigint - %(xmax_low)s::bigint + 2147483648, 4294967296)"
+        " + 4294967296, 4294967296) - 2147483648)::text::xid8)"
+    )
+
+
+def snapshot_params(snapshot: str) -> dict[str, object]:
+    """The parameters ``Reading(invisible=True)`` needs from a ``pg_snapshot`` text."""
+    xmax = int(snapshot.split(":")[1])
+    return {"snapshot": snapshot, "xmax": xmax, "xmax_low": xmax & 0xFFFFFFFF}
+
+
+def cursor_params(prefix: str, values: tuple) -> dict[str, object]:
+    return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
 def build_key_bounds(plan: PollPlan) -> sql.Composed:
@@ -222,14 +287,41 @@ def build_key_bounds(plan: PollPlan) -> sql.Composed:
 
 
 def build_acknowledged_rows(plan: PollPlan, action: str) -> sql.Composed:
-    """DELETE or mark the rows of an acknowledged batch; params: one array per identity column."""
+    """DELETE or mark exactly the row versions of an acknowledged batch; returns the keys it acted on.
+
+    Params: ``k0..`` one array per identity column, ``versions`` the xmin (text) of each row
+    as it was read: a row updated since is a newer version, left alone (and published).
+    """
     table = sql.Identifier(plan.schema, plan.table)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in plan.identity)
-    arrays = sql.SQL(", ").join(sql.SQL("%s::" + t + "[]") for t in plan.identity_types)
-    match = sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(columns, arrays)
+    names = [sql.Identifier(f"k{i}") for i in range(len(plan.identity))]
+    arrays = sql.SQL(", ").join(sql.Placeholder(f"k{i}") + sql.SQL("::" + t + "[]") for i, t in enumerate(plan.identity_types))
+    source = sql.SQL("unnest({}, %(versions)s::text[]) AS u({}, v)").format(arrays, sql.SQL(", ").join(names))
+    match = sql.SQL(" AND ").join(
+        sql.SQL("t.{} = u.{}").format(sql.Identifier(c), n) for c, n in zip(plan.identity, names)
+    ) + sql.SQL(" AND t.xmin::text = u.v")
+    returning = sql.SQL(", ").join(_column_text(c) for c in plan.identity)
     if action == "delete":
-        return sql.SQL("DELETE FROM {} WHERE {}").format(table, match)
-    return sql.SQL("UPDATE {} SET {} = true WHERE {}").format(table, sql.Identifier(plan.processed_column), match)
+        return sql.SQL("DELETE FROM {} AS t USING {} WHERE {} RETURNING {}").format(table, source, match, returning)
+    return sql.SQL("UPDATE {} AS t SET {} = true FROM {} WHERE {} RETURNING {}").format(
+        table, sql.Identifier(plan.processed_column), source, match, returning)
+
+
+def build_rows_by_key(plan: PollPlan) -> sql.Composed:
+    """The current version of some rows (by key, ``k0..`` arrays) up to the cursor ``u0..``, in cursor order.
+
+    After an ack, the rows whose version changed meanwhile are read again this way and
+    published, before their range counts as done.
+    """
+    table = sql.Identifier(plan.schema, plan.table)
+    keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.identity)
+    arrays = sql.SQL(", ").join(sql.Placeholder(f"k{i}") + sql.SQL("::" + t + "[]") for i, t in enumerate(plan.identity_types))
+    conditions = [sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, arrays), _compare(plan, len(plan.cursor_columns), "<=", "u")]
+    if plan.processed_column:
+        conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
+    return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(_column_text(c) for c in plan.select_columns), _row_json(plan), table,
+        sql.SQL(" AND ").join(conditions), order)
 
 
 _PLACEHOLDER = re.compile(r"\$([12])(?!\d)")

@@ -32,7 +32,8 @@ class PollingOffset:
     cursor columns (tracking value, then tie-breakers). The next read starts after it.
     ``rows`` counts the rows read up to it (balanced partitioning continues from there).
     ``chunk`` is ``[lo, hi)`` of the tracking column when the table is read in chunks.
-    ``snapshot`` (xid8 tracking) is the ``pg_snapshot`` that ends the rows committed so far.
+    ``snapshot`` (xid8 tracking) is the ``pg_snapshot`` that ends the rows committed so far;
+    ``tick`` the one that ends the rows being read now (``cursor`` is the position inside it).
     """
 
     kind: ClassVar[str] = "polling"
@@ -41,6 +42,7 @@ class PollingOffset:
     rows: int = 0
     chunk: tuple[int | None, int | None] | None = None
     snapshot: str | None = None
+    tick: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class PollingOffset:
             "rows": self.rows,
             "chunk": list(self.chunk) if self.chunk is not None else None,
             "snapshot": self.snapshot,
+            "tick": self.tick,
         }
 
     @classmethod
@@ -58,13 +61,13 @@ class PollingOffset:
             int(raw.get("rows", 0)),
             (chunk[0], chunk[1]) if chunk is not None else None,
             raw.get("snapshot"),
+            raw.get("tick"),
         )
 
     def position_key(self) -> tuple | None:
         """A key ordered like PostgreSQL orders the cursor, when every value's order is known."""
-        if self.snapshot is not None:
-            return (snapshot_xmin(self.snapshot), *(_order_key(v) for v in self.cursor)) if all(
-                _order_key(v) is not None for v in self.cursor) else None
+        if self.snapshot is not None or self.tick is not None:
+            return None  # xid8: snapshots are not totally ordered; the tracker keeps their order
         keys = tuple(_order_key(value) for value in self.cursor)
         return None if not keys or any(k is None for k in keys) else keys
 

@@ -26,6 +26,7 @@ SERVER_SETTINGS = {
     "max_replication_slots": "64",
     "max_wal_senders": "64",
     "max_connections": "200",
+    "max_prepared_transactions": "20",  # tests prepare (2PC) transactions that commit late
     "fsync": "off",  # a test cluster: speed over crash safety of the cluster itself
     "synchronous_commit": "on",  # logical decoding reads only flushed WAL: keep CDC latency real
     "full_page_writes": "off",
