@@ -119,22 +119,27 @@ class Activity:
 
 
 def observe_activity(conn) -> Activity:
-    """Every transaction in progress in this database but ours, plus prepared ones (one statement)."""
+    """Every transaction in progress in this database but ours, plus prepared ones (one statement).
+
+    A session's start is its ``xact_start``, or the ``query_start`` of an active one that
+    shows no transaction yet (it is starting one). Walsenders and autovacuum write no
+    user rows and are left out; a session of another role we may not see (its
+    ``backend_type`` is hidden) has an unknown start.
+    """
     with conn.cursor() as cur:
         cur.execute(
             "SELECT statement_timestamp()::text,"
-            " coalesce((SELECT array_agg(ARRAY[a.pid::text, a.xact_start::text, a.backend_xid::text,"
-            "   coalesce(a.application_name, ''), (a.state IS NULL)::text])"
-            "   FROM pg_stat_activity a WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            "   AND a.pid <> pg_backend_pid() AND (a.xact_start IS NOT NULL OR a.state IS NULL)), '{}'),"
+            " coalesce((SELECT array_agg(ARRAY[a.pid::text,"
+            "   CASE WHEN a.backend_type IS NULL THEN NULL ELSE coalesce(a.xact_start, a.query_start)::text END,"
+            "   a.backend_xid::text, coalesce(a.application_name, '')])"
+            "   FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+            "   AND (a.backend_type IS NULL OR (a.backend_type NOT IN ('walsender', 'autovacuum worker')"
+            "        AND (a.xact_start IS NOT NULL OR a.state = 'active')))), '{}'),"
             " coalesce((SELECT array_agg(p.transaction::text) FROM pg_prepared_xacts p"
             "   WHERE p.database = current_database()), '{}')"
         )
         observed_at, running, prepared = cur.fetchone()
-    transactions = [
-        Transaction(int(pid), None if hidden == "true" else started, xid, application)
-        for pid, started, xid, application, hidden in running
-    ]
+    transactions = [Transaction(int(pid), started, xid, application) for pid, started, xid, application in running]
     transactions += [Transaction(None, None, xid, "", True) for xid in prepared]
     return Activity(observed_at, tuple(transactions))
 

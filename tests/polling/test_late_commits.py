@@ -3,6 +3,7 @@ were already read, and commit after them (sequence ids, ``now()`` timestamps, xi
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from tests.support import (
     bodies,
     execute,
+    kill_service,
     query,
     start_service,
     stop_service,
@@ -144,8 +146,9 @@ class _Writers:
         ("id", ""),
         ("at", ", at timestamptz NOT NULL DEFAULT now()"),
         ("at", ", at timestamptz NOT NULL DEFAULT clock_timestamp()"),
+        ("xid", ", xid xid8 NOT NULL DEFAULT pg_current_xact_id()"),
     ],
-    ids=["sequence", "now", "clock_timestamp"],
+    ids=["sequence", "now", "clock_timestamp", "xid8"],
 )
 def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tracking, column):
     execute(pg_dsn, f"CREATE TABLE t (id bigserial PRIMARY KEY, writer int NOT NULL{column})")
@@ -171,3 +174,106 @@ def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tr
     for message in iggy.messages("pg", "t"):
         by_id.setdefault(message.id, set()).add(message.payload)
     assert len(by_id) == len(expected)  # a re-sent row keeps its id
+
+
+def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_offset(pg_dsn, iggy, tmp_path):
+    """Delivery never waits for the horizon: rows committed while a transaction stays open for 60 s
+    arrive within poll_interval + 1 s each; a metric and a log line name the holder and its age."""
+    from pgsource.testkit.postgres import free_port
+    from tests.polling.test_metrics import _scrape
+
+    execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), note text)")
+    port = free_port()
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"tables": ["t"], "tracking_column": "at", "poll_interval": "200ms"},
+                          metrics={"port": port, "host": "127.0.0.1"})
+    service = start_service(config)
+    try:
+        execute(pg_dsn, "INSERT INTO t (note) VALUES ('warm-up')")
+        wait_for(lambda: bodies(iggy, "t"), 30, message="the service connected and delivering")
+        holder, cur = _open(pg_dsn)
+        cur.execute("SET application_name = 'slow-batch-job'")
+        cur.execute("INSERT INTO t (note) VALUES ('held') RETURNING id")
+        cur.execute("SELECT pg_backend_pid()")
+        holder_pid = cur.fetchone()[0]
+        opened = time.monotonic()
+        delays = []
+        writer, wcur = _open(pg_dsn)
+        writer.autocommit = True
+        while time.monotonic() - opened < 60:
+            wcur.execute("INSERT INTO t (note) VALUES ('meanwhile') RETURNING id")
+            row_id, committed = wcur.fetchone()[0], time.time()
+            wait_for(lambda row_id=row_id: row_id in _ids(iggy, "t"), 10, interval=0.02, message=f"row {row_id}")
+            stored = next(m for m in iggy.messages("pg", "t") if b'"id":%d,' % row_id in m.payload)
+            delays.append(stored.timestamp / 1e6 - committed)
+            time.sleep(0.8)
+        samples = _scrape(port)
+        age = samples[("pgsource_source_horizon_age_seconds", (("table", "t"), ("worker", "worker-0")))]
+        holder.commit()
+        holder.close()
+        wait_for(lambda: "held" in [m["data"]["note"] for m in bodies(iggy, "t")], 30, message="the held row")
+    finally:
+        assert stop_service(service) == 0
+    assert len(delays) > 40 and max(delays) <= 0.2 + 1.0, delays
+    assert age >= 50
+    log = config.with_suffix(".log").read_text()
+    assert "the committed offset is held at" in log and f"pid {holder_pid} (slow-batch-job)" in log
+
+
+@pytest.mark.parametrize("tracking", ["id", "xid"])
+def test_kill_9_while_a_transaction_is_open_keeps_the_offset_behind_it(pg_dsn, iggy, tmp_path, tracking):
+    execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, note text, xid xid8 NOT NULL DEFAULT pg_current_xact_id())")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "batch_size": 10, "tracking_column": tracking},
+                          state={"dir": str(tmp_path / "state"), "commit_interval": 0})
+    service = start_service(config)
+    a_conn, a = _open(pg_dsn)
+    a.execute("INSERT INTO t (note) VALUES ('A') RETURNING id")
+    a_id = a.fetchone()[0]
+    execute(pg_dsn, "INSERT INTO t (note) SELECT 'B' FROM generate_series(1, 100)")
+    wait_for(lambda: len(bodies(iggy, "t")) >= 100, 30, message="B's rows")
+    kill_service(service)
+    committed = stored_offset(tmp_path, "polling/t")
+    if tracking == "id":
+        assert committed is None or int(committed.cursor[0]) < a_id  # never past the open transaction's id
+    first = {m.id: json.loads(m.payload)["data"] for m in iggy.messages("pg", "t")}
+    a_conn.commit()
+    a_conn.close()
+    service = start_service(config)
+    try:
+        wait_for(lambda: "A" in [m["data"]["note"] for m in bodies(iggy, "t")], 30, message="A's row after the restart")
+    finally:
+        assert stop_service(service) == 0
+    assert sorted(set(_ids(iggy, "t"))) == list(range(1, 102))
+    for message in iggy.messages("pg", "t"):  # re-sent rows keep their ids
+        data = json.loads(message.payload)["data"]
+        assert first.get(message.id, data) == data
+
+
+def test_values_set_by_the_client_are_refused_unless_a_lag_covers_them(pg_dsn, iggy, tmp_path):
+    from tests.support import run_cli
+
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, note text)")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]})
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 3
+    assert "table t: tracking_column 'id': integer column 'id' takes no default from a sequence" in result.stderr
+    assert "set source.lag" in result.stderr
+    execute(pg_dsn, "CREATE SEQUENCE cached CACHE 20; CREATE TABLE c (id bigint PRIMARY KEY DEFAULT nextval('cached'))")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["c"]})
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 3 and "sequence cached has CACHE 20" in result.stderr
+
+    # with a lag, a client-set value that commits late (within the lag) still arrives
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "lag": "3s", "batch_size": 5})
+    service = start_service(config)
+    try:
+        a_conn, a = _open(pg_dsn)
+        a.execute("INSERT INTO t VALUES (1, 'A')")
+        execute(pg_dsn, "INSERT INTO t SELECT g, 'B' FROM generate_series(2, 30) g")
+        wait_for(lambda: len(bodies(iggy, "t")) >= 29, 30, message="B's rows")
+        a_conn.commit()
+        a_conn.close()
+        wait_for(lambda: 1 in _ids(iggy, "t"), 30, message="A's late row, within the lag")
+    finally:
+        assert stop_service(service) == 0
+    assert sorted(_ids(iggy, "t")) == list(range(1, 31))

@@ -291,3 +291,39 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     assert "table docs: message id 0x" in log and "Iggy accepts 1 to 64,000,000" in log
     assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
     assert stored_offset(tmp_path, "polling/docs").cursor == ("3",)
+
+
+@pytest.mark.parametrize("tracking", ["id", "updated_at"])
+@pytest.mark.parametrize("mode", ["delete_after_read", "processed_column"])
+def test_a_row_updated_while_its_batch_is_in_flight_is_published_in_its_new_version(pg_dsn, iggy, tmp_path, mode, tracking):
+    """delete/mark act only on the version that was sent: the newer version survives, is published
+    under a new message id, and only then deleted or marked."""
+    execute(pg_dsn, "CREATE TABLE outbox (id bigserial PRIMARY KEY, body text, processed bool NOT NULL DEFAULT false,"
+                    " updated_at timestamptz NOT NULL DEFAULT now())")
+    execute(pg_dsn, "INSERT INTO outbox (body) VALUES ('warm-up')")
+    extra = {"delete_after_read": True} if mode == "delete_after_read" else {"processed_column": "processed"}
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"tables": ["outbox"], "tracking_column": tracking, "batch_size": 10,
+                                  "poll_interval": "3s", **extra})  # the next poll comes after the ack
+    service = start_service(config)
+    try:
+        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM outbox WHERE NOT processed")[0][0] == 0, 30, message="warm-up")
+        iggy.set_latency(2.0)  # a batch is stored at once; its acknowledgement comes 2 s later
+        execute(pg_dsn, "INSERT INTO outbox (body) SELECT 'v1' FROM generate_series(1, 10)")
+        wait_for(lambda: len(bodies(iggy, "outbox")) >= 11, 30, message="the batch, not yet acknowledged")
+        execute(pg_dsn, "UPDATE outbox SET body = 'v2', updated_at = now() WHERE id = 3")
+        assert query(pg_dsn, "SELECT count(*) FROM outbox WHERE NOT processed")[0][0] == 10  # nothing acted on yet
+        iggy.set_latency(0)
+        if mode == "delete_after_read":
+            wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM outbox")[0][0] == 0, 30, message="every version deleted")
+        else:
+            wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM outbox WHERE processed")[0][0] == 11, 30, message="marks")
+    finally:
+        assert stop_service(service) == 0
+    versions = [(m.id, json.loads(m.payload)["data"]["body"]) for m in iggy.messages("pg", "outbox")
+                if json.loads(m.payload)["data"]["id"] == 3]
+    assert {body for _, body in versions} == {"v1", "v2"}
+    assert len({message_id for message_id, _ in versions}) == 2  # consumers drop repeated ids: v2 needs its own
+    if mode == "processed_column":
+        assert query(pg_dsn, "SELECT body, processed FROM outbox WHERE id = 3") == [("v2", True)]
+    assert sorted({json.loads(m.payload)["data"]["id"] for m in iggy.messages("pg", "outbox")}) == list(range(1, 12))
