@@ -119,6 +119,11 @@ class HorizonTracker:
     _xid_bound: dict[str, float | int] = field(default_factory=dict)  # xid -> bound, for prepared transactions
     _previous: float | int = NEG_INF  # the previous horizon, in the space bounds are kept in
 
+    @property
+    def last_sequence(self) -> int | None:
+        """The sequence value read at the latest observation (sequence columns)."""
+        return self._last_sequence
+
     def observe(self, activity: Activity, sequence_value: int | None = None) -> Horizon:
         first = self._observations == 0
         self._observations += 1

@@ -68,6 +68,7 @@ class _Unit:
     unsealed: deque = field(default_factory=deque)  # ReadRange, in read order
     committed: PollingOffset | None = None
     held_by: str = ""  # the horizon's holder last logged
+    warned_sequence: bool = False  # rows above the sequence were reported
 
 
 @dataclass
@@ -303,6 +304,7 @@ class PollWorker(QueueWorker):
             horizon = read.horizon
             hi_key = tracking_key(hi[0], reader.tracking.type_oid) if unit.horizon_tracker is not None else 0
             at_once = unit.horizon_tracker is not None and reader.lag <= 0 and horizon is not None and hi_key < horizon.key
+            self._warn_beyond_sequence(unit, hi_key)
             if not at_once:  # a transaction in progress may still commit a row into this range
                 hold = ("sealed", next(self._holds))
                 unit.progress.sent(hold)
@@ -314,6 +316,21 @@ class PollWorker(QueueWorker):
         queued = self._queued[seq]
         queued.then = lambda: self._release(unit, seq)
         unit.read_after = encoded_after
+
+    def _warn_beyond_sequence(self, unit: _Unit, hi_key) -> None:
+        """Rows above the sequence were given their ids by the client: their range seals only once
+        the sequence passes them (nextval may still hand out those ids); say so once."""
+        tracker = unit.horizon_tracker
+        if tracker is None or unit.warned_sequence or tracker.last_sequence is None:
+            return
+        if unit.reader.tracking.kind is TrackingKind.SEQUENCE and hi_key > tracker.last_sequence:
+            log.warning(
+                "%s: %s: rows with %s above its sequence %s (at %d) were given their values by the client;"
+                " the committed offset stays below them until the sequence passes them (set source.lag to seal"
+                " them by time instead)", self.spec.name, unit.reader.table_name, unit.reader.tracking.column,
+                unit.reader.tracking.sequence, tracker.last_sequence,
+            )
+            unit.warned_sequence = True
 
     def _queue_rows(self, unit: _Unit, rows: list[tuple], hi: tuple, then, keep_ids: bool = False) -> int | None:
         """Encode ``rows`` and put them on the queue; the seq of the batch (None when stopping).

@@ -6,7 +6,7 @@ from tests.support import execute, run_cli, write_config
 
 
 def test_check_accepts_a_good_config(pg_dsn, tmp_path):
-    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY)")
+    execute(pg_dsn, "CREATE TABLE users (id serial PRIMARY KEY)")
     config = write_config(tmp_path, pg_dsn, "127.0.0.1:1", source={"tables": ["users"]})
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -21,8 +21,8 @@ def _scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 def test_metrics_count_rows_read_and_messages_acknowledged(pg_dsn, iggy, tmp_path):
     port = free_port()
-    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY)")
-    execute(pg_dsn, "INSERT INTO users SELECT generate_series(1, 1234)")
+    execute(pg_dsn, "CREATE TABLE users (id serial PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO users SELECT FROM generate_series(1, 1234)")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["users"], "batch_size": 100},
                           metrics={"port": port, "host": "127.0.0.1"})
     service = start_service(config)

@@ -26,9 +26,9 @@ def _ids(messages: list[dict], key: str = "id") -> list[int]:
 
 def test_every_row_of_several_tables_arrives_once_in_order(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, "CREATE TABLE users (id bigserial PRIMARY KEY, name text)")
-    execute(pg_dsn, "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2))")
+    execute(pg_dsn, "CREATE TABLE orders (id serial PRIMARY KEY, amount numeric(12,2))")
     execute(pg_dsn, "INSERT INTO users (name) SELECT 'user ' || g FROM generate_series(1, 2500) g")
-    execute(pg_dsn, "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 1200) g")
+    execute(pg_dsn, "INSERT INTO orders (amount) SELECT g * 1.5 FROM generate_series(1, 1200) g")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["users", "orders"], "batch_size": 300}, workers=2)
     service = start_service(config)
     try:
@@ -69,8 +69,8 @@ def test_ties_at_batch_boundaries_are_neither_lost_nor_duplicated(pg_dsn, iggy, 
 
 
 def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, iggy, tmp_path):
-    execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, payload text)")
-    execute(pg_dsn, "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 40000) g")
+    execute(pg_dsn, "CREATE TABLE big (id serial PRIMARY KEY, payload text)")
+    execute(pg_dsn, "INSERT INTO big (payload) SELECT repeat('x', 100) FROM generate_series(1, 40000)")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["big"], "batch_size": 200},
                           state={"dir": str(tmp_path / "state"), "commit_interval": 0})  # commit after every ack
     iggy.set_latency(0.01)  # slow acks, so the kill lands mid-stream
@@ -99,8 +99,8 @@ def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, i
 def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_kill_9(pg_dsn, iggy, tmp_path):
     """With ``state.commit_interval`` the offset file lags Iggy by up to the interval: a crash
     re-sends acknowledged rows (same ids), never skips one; a graceful stop commits at once."""
-    execute(pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, payload text)")
-    execute(pg_dsn, "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g")
+    execute(pg_dsn, "CREATE TABLE big (id serial PRIMARY KEY, payload text)")
+    execute(pg_dsn, "INSERT INTO big (payload) SELECT repeat('x', 100) FROM generate_series(1, 20000)")
     state = tmp_path / "state" / "polling%2Fbig.json"
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["big"], "batch_size": 200},
                           state={"dir": str(tmp_path / "state"), "commit_interval": "1h"})
@@ -137,7 +137,8 @@ def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type
     for value in values.split(", "):
         execute(pg_dsn, f"INSERT INTO t (k) VALUES ({value})")
     config = write_config(
-        tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "tracking_column": "k", "initial_offset": initial}
+        tmp_path, pg_dsn, iggy.address,
+        source={"tables": ["t"], "tracking_column": "k", "initial_offset": initial, "lag": "1s"},  # k is set by the test
     )
     service = start_service(config)
     try:
@@ -189,7 +190,7 @@ def test_snake_case_without_metadata_and_non_public_schema(pg_dsn, iggy, tmp_pat
     config = write_config(
         tmp_path, pg_dsn, iggy.address,
         source={"tables": [{"schema": "sales", "name": "Order Items", "tracking_column": "itemID"}],
-                "snake_case_columns": True, "include_metadata": False},
+                "snake_case_columns": True, "include_metadata": False, "lag": "1s"},  # ids set by the test
         iggy={"topic": "{schema}-items"},
     )
     service = start_service(config)
@@ -203,8 +204,8 @@ def test_snake_case_without_metadata_and_non_public_schema(pg_dsn, iggy, tmp_pat
 
 
 def test_table_name_of_a_non_public_schema_is_qualified(pg_dsn, iggy, tmp_path):
-    execute(pg_dsn, "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY)")
-    execute(pg_dsn, "INSERT INTO sales.orders VALUES (1)")
+    execute(pg_dsn, "CREATE SCHEMA sales; CREATE TABLE sales.orders (id serial PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO sales.orders DEFAULT VALUES")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["sales.orders"]}, iggy={"topic": "orders"})
     service = start_service(config)
     try:
@@ -216,8 +217,8 @@ def test_table_name_of_a_non_public_schema_is_qualified(pg_dsn, iggy, tmp_path):
 
 @pytest.mark.parametrize("mode", ["delete_after_read", "processed_column"])
 def test_delete_and_mark_happen_only_after_iggy_acknowledged(pg_dsn, iggy, tmp_path, mode):
-    execute(pg_dsn, "CREATE TABLE outbox (id int PRIMARY KEY, body text, processed bool NOT NULL DEFAULT false)")
-    execute(pg_dsn, "INSERT INTO outbox (id, body) SELECT g, 'e' || g FROM generate_series(1, 30) g")
+    execute(pg_dsn, "CREATE TABLE outbox (id serial PRIMARY KEY, body text, processed bool NOT NULL DEFAULT false)")
+    execute(pg_dsn, "INSERT INTO outbox (body) SELECT 'e' || g FROM generate_series(1, 30) g")
     extra = {"delete_after_read": True} if mode == "delete_after_read" else {"processed_column": "processed"}
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["outbox"], "batch_size": 10, **extra})
     iggy.refuse_connections(True)
@@ -258,7 +259,8 @@ def test_partitions_follow_the_primary_key(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, updated_at bigint NOT NULL)")
     execute(pg_dsn, "INSERT INTO items SELECT g, 1, g FROM generate_series(1, 200) g")
     config = write_config(
-        tmp_path, pg_dsn, iggy.address, source={"tables": ["items"], "tracking_column": "updated_at", "batch_size": 64},
+        tmp_path, pg_dsn, iggy.address,
+        source={"tables": ["items"], "tracking_column": "updated_at", "batch_size": 64, "lag": "1s"},  # set by the test
         iggy={"partitions": 4},
     )
     service = start_service(config)
@@ -280,9 +282,9 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     """Iggy refuses payloads over 64,000,000 bytes; re-sending could never succeed, so the service
     stops with exit code 4 and says which table and row, instead of retrying forever. The rows
     before it were delivered and committed."""
-    execute(pg_dsn, "CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    execute(pg_dsn, "INSERT INTO docs SELECT g, 'small' FROM generate_series(1, 3) g")
-    execute(pg_dsn, "INSERT INTO docs VALUES (4, repeat('x', 64000000))")
+    execute(pg_dsn, "CREATE TABLE docs (id serial PRIMARY KEY, body text)")
+    execute(pg_dsn, "INSERT INTO docs (body) SELECT 'small' FROM generate_series(1, 3)")
+    execute(pg_dsn, "INSERT INTO docs (body) VALUES (repeat('x', 64000000))")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["docs"], "batch_size": 3},
                           state={"dir": str(tmp_path / "state"), "commit_interval": 0})
     service = start_service(config)

@@ -28,7 +28,7 @@ def test_values_arrive_exactly(pg_dsn, iggy, tmp_path):
             '{1,NULL,3}', '{"a b","c\\"d",NULL}', 'happy', NULL)""",
         (every_byte,),
     )
-    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["v"]})
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["v"], "lag": "1s"})  # id set by the test
     service = start_service(config)
     try:
         wait_for(lambda: bodies(iggy, "v"), 30, message="the row")
