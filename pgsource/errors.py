@@ -55,3 +55,9 @@ class CrashLoopError(PgSourceError):
     """A worker kept dying right after start; the supervisor gave up instead of looping."""
 
     exit_code = 6
+
+
+class StatementLoopError(PgSourceError):
+    """A worker died in the same statement again and again with no progress; it would loop forever."""
+
+    exit_code = 8

@@ -32,6 +32,7 @@ from pgsource.pg.query import (
     cursor_params,
     snapshot_params,
 )
+from pgsource.pg.retry import is_transient, with_retries
 from pgsource.pg.types import load_column_types
 from pgsource.state import PollingOffset
 
@@ -182,13 +183,13 @@ class TableReader:
         start = after if after is not None else (lo or ())
         params = {**cursor_params("o", start), **cursor_params("u", hi), **self._chunk_params,
                   **snapshot_params(snapshot), "limit": self.batch_size}
-        return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params)
+        return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params, "re-reading late rows")
 
     def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
         """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
         columns = list(zip(*keys))
         params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **cursor_params("u", hi)}
-        return self._execute(self._by_key_query, params)
+        return self._execute(self._by_key_query, params, "reading rows updated since they were sent")
 
     def offset_after(self, rows: list[tuple]) -> PollingOffset:
         """Where the read after ``rows`` starts (the cursor values of the last row)."""
@@ -213,15 +214,23 @@ class TableReader:
             text = self._sql[reading] = build_select_batch(self.plan, reading).as_string(self.conn)
         return text
 
-    def _execute(self, statement: str, params) -> list[tuple]:
-        with self.conn.cursor() as cur:
-            try:
+    def _execute(self, statement: str, params, what: str = "reading a batch") -> list[tuple]:
+        """Run one statement; a transient failure is retried (``source.max_retries``), any other is a
+        ``SourceError`` naming the table and the statement; a lost connection is raised as it is."""
+
+        def run() -> list[tuple]:
+            with self.conn.cursor() as cur:
                 cur.execute(statement, params)
-            except pg.DatabaseError as exc:
-                if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
-                    raise
-                raise SourceError(f"{self.table_name}: reading a batch failed: {str(exc).strip()}") from None
-            return cur.fetchall()
+                return cur.fetchall()
+
+        source = self.config.source
+        try:
+            return with_retries(run, retries=source.max_retries, delay=source.retry_delay, what=f"{self.table_name}: {what}")
+        except pg.DatabaseError as exc:
+            if isinstance(exc, (pg.OperationalError, pg.InterfaceError)) and not is_transient(exc):
+                raise
+            tries = f" after {source.max_retries} retries" if is_transient(exc) else ""
+            raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
     def _custom_sql(self) -> str:
         """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
@@ -307,7 +316,7 @@ class TableReader:
         columns = list(zip(*identities))
         params = {f"k{i}": list(values) for i, values in enumerate(columns[:-1])}
         params["versions"] = list(columns[-1])
-        acted = {tuple(row) for row in self._execute(self._ack_query, params)}
+        acted = {tuple(row) for row in self._execute(self._ack_query, params, f"{self._ack_action} of acknowledged rows")}
         return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from pgsource.assignment import WorkUnit
@@ -26,6 +26,7 @@ from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.events import WorkerStatus
 from pgsource.pg import connect as pg
 from workers.channel import ParentWatch, keep_freed_memory, put_event
+from workers.liveness import Liveness
 from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource.worker")
@@ -43,12 +44,27 @@ class WorkerSpec:
     config: Config
     units: list[WorkUnit]
     workers_total: int = 1
-    heartbeat: object = None  # a shared double: the worker writes time.monotonic() into it
+    liveness: Liveness | None = None  # shared with the supervisor: heartbeat, statement, backends
 
     def beat(self) -> None:
         """Prove liveness to the supervisor (a silent worker is killed and replaced)."""
-        if self.heartbeat is not None:
-            self.heartbeat.value = time.monotonic()
+        if self.liveness is not None:
+            self.liveness.beat()
+
+    def statement(self, label: str):
+        """Mark a statement that may run longer than the heartbeat allows (see ``Liveness``)."""
+        return self.liveness.statement(label) if self.liveness is not None else nullcontext()
+
+    def progressed(self) -> None:
+        """Progress was committed (a worker dying again in one statement after this is not looping)."""
+        if self.liveness is not None:
+            self.liveness.progressed()
+
+    def backends(self, *connections) -> None:
+        """Tell the supervisor which PostgreSQL backends are ours (to check, or end when orphaned)."""
+        if self.liveness is not None:
+            for connection in connections:
+                self.liveness.add_backend(connection.get_backend_pid())
 
 
 class QueueWorker:
@@ -73,6 +89,7 @@ class QueueWorker:
         """Release connections (always called after ``boot`` succeeded)."""
 
     def run(self) -> None:
+        self.spec.beat()  # the imports of the spawned child are done
         setup_logging()
         keep_freed_memory()  # batches of hundreds of KB: reuse freed heap instead of page-faulting anew
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop

@@ -104,6 +104,7 @@ class PollWorker(QueueWorker):
         config = self.spec.config
         self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
+        self.spec.backends(self.conn)
         self.units = [self._open(unit) for unit in self.spec.units] or [self._open(None)]
         self.offsets = OffsetWriter(self.store, self.spec.config.state.commit_interval)
         reads_ahead = self.spec.workers_total < _cores() and not any(u.reader.acts_on_rows for u in self.units)
@@ -197,7 +198,7 @@ class PollWorker(QueueWorker):
                 elif self._reader is not None:  # a full batch: more may follow, start reading them now
                     self._observe_if_stale(unit)  # before that read's snapshot
                     unit.ahead_horizon = unit.horizon
-                    unit.ahead = self._reader.submit(unit.reader.read_batch, read.after)
+                    unit.ahead = self._reader.submit(self._read_batch, unit, read.after)
                 if read.rows:
                     read_any = True
                     self._queue_read(unit, read)
@@ -220,7 +221,11 @@ class PollWorker(QueueWorker):
         ahead, unit.ahead = unit.ahead, None
         if ahead is not None:
             return replace(ahead.result(), horizon=unit.ahead_horizon)
-        return replace(unit.reader.read_batch(unit.read_after), horizon=unit.horizon)
+        return replace(self._read_batch(unit, unit.read_after), horizon=unit.horizon)
+
+    def _read_batch(self, unit: _Unit, after: PollingOffset | None) -> ReadBatch:
+        with self.spec.statement(f"reading a batch of {unit.reader.table_name}"):
+            return unit.reader.read_batch(after)
 
     # -- late commits ------------------------------------------------------------------------
 
@@ -231,8 +236,10 @@ class PollWorker(QueueWorker):
     def _observe(self, unit: _Unit) -> None:
         """The horizon, observed in its own statements before the next data snapshot."""
         tracking = unit.reader.tracking
-        sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
-        unit.horizon = unit.horizon_tracker.observe(hz.observe_activity(self.conn), sequence)
+        with self.spec.statement(f"observing the transactions in progress for {unit.reader.table_name}"):
+            sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
+            activity = hz.observe_activity(self.conn)
+        unit.horizon = unit.horizon_tracker.observe(activity, sequence)
         unit.observed_at = time.monotonic()
         self._report_holder(unit)
 
@@ -267,7 +274,8 @@ class PollWorker(QueueWorker):
                 unit.unsealed.popleft()
                 continue
             r = late.range
-            rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
+            with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
+                rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
             if rows:
                 late.after = unit.reader.offset_after(rows).cursor
                 new = [row for row, message_id in zip(rows, unit.reader.message_ids(rows)) if message_id not in r.sent]
@@ -385,9 +393,13 @@ class PollWorker(QueueWorker):
         batch counts only once those are acknowledged and acted on too.
         """
         unit = queued.unit
-        survivors = unit.reader.apply_acknowledged(queued.identities)
+        if queued.identities:
+            with self.spec.statement(f"deleting or marking acknowledged rows of {unit.reader.table_name}"):
+                survivors = unit.reader.apply_acknowledged(queued.identities)
+                rows = unit.reader.read_rows_by_key(survivors, queued.hi) if survivors else []
+        else:
+            survivors, rows = [], []
         if survivors:
-            rows = unit.reader.read_rows_by_key(survivors, queued.hi)
             if rows and self._queue_rows(unit, rows, queued.hi, queued.then) is not None:
                 return
         queued.then()
@@ -398,6 +410,7 @@ class PollWorker(QueueWorker):
             unit.committed = committable
             self.offsets.submit(unit.key, committable)
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.spec.progressed()
 
     def _finish(self) -> None:
         """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""

@@ -36,8 +36,10 @@ from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
 from pgsource.events import StopEvent, WorkerStatus
 from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
 from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
+from workers.liveness import Liveness
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
+from workers.watchdog import Watchdog
 
 log = logging.getLogger("pgsource.supervisor")
 
@@ -59,6 +61,7 @@ class Supervisor:
         self._killed: set[str] = set()  # workers that died by a signal: their queues cannot be trusted
         self._metrics_server = None
         self._metrics_dir: str | None = None
+        self.watchdog = Watchdog(config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,7 +78,7 @@ class Supervisor:
         self._setup_metrics()
         self._install_signal_handlers()
         self._open_channels()
-        self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in self.assignment}
+        self.liveness = {name: Liveness(self.ctx) for name in self.assignment}
         self.stop_event = StopFlag(self.ctx)
         try:
             self._start_publisher()
@@ -139,8 +142,8 @@ class Supervisor:
     def _start_worker(self, name: str) -> None:
         generation = self._generation.get(name, -1) + 1
         self._generation[name] = generation
-        self.heartbeats[name].value = time.monotonic()
-        spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment), self.heartbeats[name])
+        self.liveness[name].reset()
+        spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment), self.liveness[name])
         target = self._worker_target()
         process = self.ctx.Process(
             target=target,
@@ -188,6 +191,8 @@ class Supervisor:
                 continue
             self._read_statuses(timeout=0.05)  # a fatal status explains the death better than the exit code
             mark_process_dead(process.pid)
+            if name in self.liveness:
+                self.watchdog.after_death(name, self.liveness[name], process.exitcode)
             now = time.monotonic()
             if process.exitcode == UNAVAILABLE_EXIT_CODE:
                 waits = self._unavailable.get(name, 0)
@@ -211,12 +216,8 @@ class Supervisor:
             self._restart_at[name] = now + min(backoff, 30.0)
 
     def _kill_if_silent(self, name: str, process) -> None:
-        beat = self.heartbeats.get(name)
-        if beat is None:
-            return
-        silent = time.monotonic() - beat.value
-        if silent > self.config.supervisor.heartbeat_timeout:
-            log.error("%s has been silent for %.0fs; killing it", name, silent)
+        liveness = self.liveness.get(name)
+        if liveness is not None and self.watchdog.should_kill(name, liveness):
             process.kill()
             process.join(5)
 
@@ -275,6 +276,7 @@ class Supervisor:
                 log.warning("publisher did not drain in time; killing it (unacknowledged batches will be re-sent)")
                 publisher.kill()
                 publisher.join(5)
+        self.watchdog.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._metrics_dir:

@@ -94,8 +94,13 @@ class SourceConfig(BaseModel):
     # what they commit late (README "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
     lag: float = 0.0  # seal a read range only this long after it was read (values no horizon protects)
+    # A statement failing for a reason that may pass (deadlock, lock timeout, cancel) is retried
+    # this often, after retry_delay, then twice that...; a worker dying in the same statement
+    # more often than this in a row stops the service (exit 8). Connection outages retry forever.
+    max_retries: int = Field(3, ge=0, le=100)
+    retry_delay: float = 1.0
 
-    @field_validator("poll_interval", "lag", mode="before")
+    @field_validator("poll_interval", "lag", "retry_delay", mode="before")
     @classmethod
     def _duration(cls, value):
         return parse_duration(value)

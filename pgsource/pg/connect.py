@@ -12,13 +12,32 @@ import psycopg2.extras
 from pgsource.errors import SourceUnavailable
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1"
+# A dead server or network is noticed within ~60 s instead of the kernel's two hours, so a
+# worker blocked in a read fails over to its restart instead of hanging (TCP keepalives).
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# A backend whose client died stops its statement within this (PostgreSQL 14+): a killed
+# worker leaves no orphan running a long query.
+CLIENT_CHECK = "SET client_connection_check_interval = '10s'"
 
-def connect(dsn: str, *, application_name: str = "pgsource", autocommit: bool = True):
-    """A regular connection with pgsource's session settings; errors name the server."""
+
+def connect(dsn: str, *, application_name: str = "pgsource", autocommit: bool = True, **libpq):
+    """A regular connection with pgsource's session settings; errors name the server.
+
+    ``libpq``: further connection parameters (e.g. ``connect_timeout``), over the DSN's.
+    """
     try:
-        connection = psycopg2.connect(dsn, options=SESSION_OPTIONS, application_name=application_name)
+        connection = psycopg2.connect(dsn, options=SESSION_OPTIONS, application_name=application_name,
+                                      **{**KEEPALIVES, **libpq})
     except psycopg2.OperationalError as exc:
         raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cur:
+            cur.execute(CLIENT_CHECK)
+    except psycopg2.ProgrammingError:  # before PostgreSQL 14 (or not supported on this platform)
+        pass
+    except psycopg2.DatabaseError:
+        connection.rollback()
     connection.autocommit = autocommit
     return connection
 
@@ -31,6 +50,7 @@ def connect_replication(dsn: str, *, application_name: str = "pgsource"):
             options=SESSION_OPTIONS,
             application_name=application_name,
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            **KEEPALIVES,
         )
     except psycopg2.OperationalError as exc:
         raise SourceUnavailable(f"cannot open a replication connection: {str(exc).strip()}") from None

@@ -101,7 +101,24 @@ class LocalPostgres:
             timeout=120,
         )
         self._executor.start()
+        self._wait_until_accepting()
         return self
+
+    def _wait_until_accepting(self, seconds: float = 60.0) -> None:
+        """pg_ctl -w returns once the postmaster answers; a loaded host may still say "starting up"."""
+        import time
+
+        import psycopg2
+
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                psycopg2.connect(self.dsn(), connect_timeout=5).close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _drop_privileges(self, pg_ctl: str) -> str:
         """Write a pg_ctl wrapper that runs the real one as an unprivileged user."""

@@ -114,3 +114,44 @@ def test_workers_killed_mid_send_do_not_wedge_the_others(pg_dsn, iggy, tmp_path)
         assert stop_service(service) == 0
     for table in ("a", "b"):
         assert sorted({m["data"]["id"] for m in bodies(iggy, table)}) == list(range(1, 30001))
+
+
+def test_a_statement_longer_than_the_heartbeat_timeout_is_not_killed(pg_dsn, iggy, tmp_path):
+    """A batch read that takes 4 s with a 2 s heartbeat timeout: the worker cannot beat meanwhile, but
+    its backend is active, so it is left to finish (once killed, it would run the same read forever)."""
+    execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+    execute(pg_dsn, "INSERT INTO t (note) SELECT 'n' || g FROM generate_series(1, 6) g")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address,
+        source={"custom_query": "SELECT id, note FROM t, pg_sleep(4) WHERE id > $1 ORDER BY id LIMIT $2",
+                "initial_offset": 0, "batch_size": 3},
+        iggy={"topic": "slow"}, supervisor={"heartbeat_timeout": "2s", "restart_backoff": "100ms", "stop_timeout": "10s"},
+    )
+    service = start_service(config)
+    try:
+        wait_for(lambda: len(bodies(iggy, "slow")) >= 6, 60, message="both slow batches")
+    finally:
+        assert stop_service(service, timeout=60) == 0
+    assert sorted(m["data"]["id"] for m in bodies(iggy, "slow")) == [1, 2, 3, 4, 5, 6]
+    log = config.with_suffix(".log").read_text()
+    assert "; killing it" not in log
+    assert "is running reading a batch of custom_query" in log and "a long statement, not a hang" in log
+
+
+def test_a_statement_that_keeps_failing_stops_the_service_naming_it(pg_dsn, iggy, tmp_path):
+    """A read that loses its connection every time (here it ends its own backend) would restart
+    forever as an outage; after max_retries + 1 deaths in that statement, with nothing committed in
+    between, the service stops with exit code 8 and says which statement."""
+    execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+    execute(pg_dsn, "INSERT INTO t (note) VALUES ('x')")
+    config = write_config(
+        tmp_path, pg_dsn, iggy.address,
+        source={"custom_query": "SELECT id, note FROM t WHERE id > $1 AND pg_terminate_backend(pg_backend_pid())"
+                                " ORDER BY id LIMIT $2", "initial_offset": 0, "max_retries": 2},
+        iggy={"topic": "doomed"},
+    )
+    service = start_service(config)
+    assert service.wait(90) == 8
+    log = config.with_suffix(".log").read_text()
+    assert "worker-0 died 3 times in a row while reading a batch of custom_query" in log
+    assert not bodies(iggy, "doomed")
