@@ -192,7 +192,8 @@ def test_bytea_nested_in_composites_and_arrays_is_base64_in_polling_as_in_cdc(pg
         wait_for(lambda: len(bodies(iggy, "nb")) >= 3, 30, message="3 changes")
     finally:
         assert stop_service(cdc) == 0
-    polling = start_service(write_config(tmp_path / "poll", pg_dsn, iggy.address, source={"tables": ["nb"]},
+    polling = start_service(write_config(tmp_path / "poll", pg_dsn, iggy.address,
+                                         source={"tables": ["nb"], "lag": "1s"},  # ids set by the test
                                          iggy={"stream": "polled"}))
     try:
         wait_for(lambda: len(bodies(iggy, "nb", stream="polled")) >= 3, 30, message="3 polled rows")
