@@ -156,7 +156,7 @@ class CdcWorker(QueueWorker):
         rep.check_slot(self.conn, state)
         self._start_progress(state.confirmed_flush_lsn)
         if stored is not None and not stored.streamed:
-            return self._redo_initial_snapshot(stored)
+            return self._redo_initial_snapshot(stored, publication)
         record = stored if slot_was_used(stored) else SlotProgress(self.slot, SnapshotPhase.NONE, lsn=state.confirmed_flush_lsn)
         captured = [
             t.qualified for t in self.tables
@@ -219,11 +219,19 @@ class CdcWorker(QueueWorker):
         log.info("%s: initial snapshot acknowledged, streaming from %s", self.spec.name, rep.format_lsn(lsn))
         return record
 
-    def _redo_initial_snapshot(self, stored: SlotProgress) -> SlotProgress | None:
+    def _redo_initial_snapshot(self, stored: SlotProgress, publication: pubs.Publication | None) -> SlotProgress | None:
         """Nothing was streamed from the slot: it still stands at its consistent point. Read the
-        rows again now, then stream from that point (see ``workers/snapshot.py``, a redo)."""
+        rows again now, then stream from that point (see ``workers/snapshot.py``, a redo).
+
+        A table configured since the first attempt joins the publication first, under the cut's
+        lock: a transaction that wrote it before it joined has committed before the new snapshot."""
         log.warning("%s: the initial snapshot of slot %s was not acknowledged completely; sending it again",
                     self.spec.name, self.slot)
+        missing = [t for t in self.tables if publication is None or not publication.holds(t)]
+        if missing:
+            if publication is None:
+                pubs.create_publication(self.conn, self.publication, [])
+            self._cut(missing, missing, snapshot=False)
         generation = stored.generation or stored.consistent_lsn or self._position
         reader = self._snapshot_reader(None)
         tables = [t.qualified for t in self.tables]
@@ -265,14 +273,14 @@ class CdcWorker(QueueWorker):
             log.info("%s: %s joined slot %s at %s", self.spec.name, ", ".join(t.qualified for t in cut_now),
                      self.slot, rep.format_lsn(cut.lsn))
         if snapshot:
-            if len(cut_now) < len(tables):  # some cut earlier: their rows are read again now, with the others
-                if reader is not None:
-                    reader.close()
-                reader = self._snapshot_reader(None)
-            if not self._snapshot(reader, tables, {name: joins[name].generation for name in names}):
+            # The tables cut now are read in the cut's snapshot; those cut by an interrupted
+            # attempt, in a new one (their stream then replays the changes since their cut).
+            earlier = [t for t in tables if t not in cut_now]
+            generations = {name: joins[name].generation for name in names}
+            if cut_now and not self._snapshot(reader, cut_now, generations):
                 return None
-        elif reader is not None:
-            reader.close()
+            if earlier and not self._snapshot(self._snapshot_reader(None), earlier, generations):
+                return None
         for name in names:
             joins[name] = dataclasses.replace(joins[name], done=True)
         record = dataclasses.replace(record, joins=tuple(joins.values()))
@@ -280,22 +288,38 @@ class CdcWorker(QueueWorker):
         return record
 
     def _cut(self, tables: list, add: list, snapshot: bool):
-        """``table_cut`` until its lock is granted; returns the cut and the reader in its snapshot (or None)."""
+        """``table_cut`` once its lock can be had; returns the cut and a reader in its snapshot (or None).
+
+        Before asking for the lock it waits, without queueing, for the transactions writing the
+        tables now (a long one would otherwise hold every new writer behind the cut's lock)."""
+        reader = self._open_reader() if snapshot else None  # opened before the lock: writers wait less
         while True:
+            writers = pubs.current_writers(self.conn, tables)
+            while writers:
+                if self._should_stop():
+                    raise SystemExit(0)
+                log.info("%s: %s joins %s once %d transaction(s) writing it end", self.spec.name,
+                         ", ".join(t.qualified for t in tables), self.publication, len(writers))
+                self.stop_event.wait(0.2)
+                writers &= pubs.current_writers(self.conn, tables)
             try:
                 with pubs.table_cut(self.conn, self.publication, tables, add, export=snapshot) as cut:
-                    reader = self._snapshot_reader(cut.snapshot) if snapshot else None
+                    if reader is not None:
+                        rep.import_snapshot(reader, cut.snapshot)
                 return cut, reader
             except pubs.LockBusy as exc:
-                log.warning("%s: waiting to add %s to %s (%s)", self.spec.name,
+                log.warning("%s: adding %s to %s waits for its lock (%s)", self.spec.name,
                             ", ".join(t.qualified for t in tables), self.publication, exc)
                 if self._should_stop():
                     raise SystemExit(0) from None
 
+    def _open_reader(self):
+        source = self.spec.config.source
+        return pg.connect(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot", autocommit=False)
+
     def _snapshot_reader(self, snapshot_name: str | None):
         """A connection in a REPEATABLE READ transaction: in an exported snapshot, or in its own."""
-        source = self.spec.config.source
-        reader = pg.connect(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot", autocommit=False)
+        reader = self._open_reader()
         if snapshot_name is not None:
             rep.import_snapshot(reader, snapshot_name)
         else:

@@ -27,7 +27,7 @@ from pgsource.errors import PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg.replication import parse_lsn
 
-LOCK_TIMEOUT = "5s"  # one attempt at the cut's lock; the caller tries again (writers wait meanwhile)
+LOCK_TIMEOUT = "2s"  # one attempt at the cut's lock; the caller tries again (writers queue behind it meanwhile)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,23 @@ def add_tables(conn, name: str, tables: list[TableConfig]) -> None:
 def drop_publication(conn, name: str) -> None:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def current_writers(conn, tables: list[TableConfig]) -> set[str]:
+    """The transactions (virtual ids) holding a lock on the tables or their partitions that the cut's
+    SHARE lock would wait for: the cut waits for them to end before it asks (``LOCK`` would queue
+    every new writer behind it while a long transaction finishes)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT l.virtualtransaction FROM pg_locks l"
+            " WHERE l.locktype = 'relation' AND l.granted AND l.pid IS DISTINCT FROM pg_backend_pid()"
+            "   AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',"
+            "                  'ExclusiveLock', 'AccessExclusiveLock')"
+            "   AND l.relation IN (SELECT t.rel FROM unnest(%s::regclass[]) AS t(rel)"
+            "                      UNION SELECT p.relid FROM unnest(%s::regclass[]) AS t(rel), pg_partition_tree(t.rel) p)",
+            ([sql.Identifier(t.schema_, t.name).as_string(conn) for t in tables],) * 2,
+        )
+        return {row[0] for row in cur.fetchall()}
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,10 @@ def test_a_table_joins_under_concurrent_writers_without_a_gap_or_a_repeat(pg_dsn
 
     writer = threading.Thread(target=write)
     writer.start()
-    service = start_service(cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["a", "b"], snapshot="initial"))
+    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["a", "b"], snapshot="initial")
+    service = start_service(config)
     try:
-        wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'b'::regclass")[0][0],
+        wait_for(lambda: "b joins iggy_publication once 1 transaction(s) writing it end" in config.with_suffix(".log").read_text(),
                  60, message="the join waiting for the open transaction")
         open_writer.commit()
         wait_for(lambda: any(b["operation_type"] == "INSERT" for _, b, _ in stored(iggy, "b")), 60, message="b streaming")
