@@ -75,8 +75,8 @@ class CdcWorker(QueueWorker):
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
         super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
         self.progress: ProgressTracker[int] = ProgressTracker(0, order=int)
-        self._position = 0  # the newest position recorded in ``progress``
-        self._confirmed = 0  # the newest position confirmed to the slot
+        self._recorded_lsn = 0  # the newest position recorded in ``progress``
+        self._confirmed_lsn = 0  # the newest position confirmed to the slot
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self._remembered_at = time.monotonic()
@@ -184,7 +184,7 @@ class CdcWorker(QueueWorker):
 
     def _start_progress(self, lsn: int) -> None:
         self.progress = ProgressTracker(lsn, order=int)
-        self._position = self._confirmed = lsn
+        self._recorded_lsn = self._confirmed_lsn = lsn
 
     def _create_slot(self, snapshot: bool, generation: int) -> SlotProgress | None:
         """A new slot; with ``snapshot`` the tables' rows at its consistent point go out first."""
@@ -232,7 +232,7 @@ class CdcWorker(QueueWorker):
             if publication is None:
                 pubs.create_publication(self.conn, self.publication, [])
             self._cut(missing, missing, snapshot=False)
-        generation = stored.generation or stored.consistent_lsn or self._position
+        generation = stored.generation or stored.consistent_lsn or self._recorded_lsn
         reader = self._snapshot_reader(None)
         tables = [t.qualified for t in self.tables]
         if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
@@ -295,11 +295,14 @@ class CdcWorker(QueueWorker):
         reader = self._open_reader() if snapshot else None  # opened before the lock: writers wait less
         while True:
             writers = pubs.current_writers(self.conn, tables)
+            said = 0.0
             while writers:
                 if self._should_stop():
                     raise SystemExit(0)
-                log.info("%s: %s joins %s once %d transaction(s) writing it end", self.spec.name,
-                         ", ".join(t.qualified for t in tables), self.publication, len(writers))
+                if time.monotonic() - said > 10:
+                    said = time.monotonic()
+                    log.info("%s: %s joins %s once %d transaction(s) writing it end", self.spec.name,
+                             ", ".join(t.qualified for t in tables), self.publication, len(writers))
                 self.stop_event.wait(0.2)
                 writers &= pubs.current_writers(self.conn, tables)
             try:
@@ -351,9 +354,9 @@ class CdcWorker(QueueWorker):
             rows = self._peek(upto, limit)
             if self.progress.in_flight:
                 break  # stopping before every message of the peek was acknowledged: the next start re-reads it
-            if rows < limit and not self.encoder.in_transaction and upto > self._position:
+            if rows < limit and not self.encoder.in_transaction and upto > self._recorded_lsn:
                 self.progress.mark(upto)  # the peek read everything before upto
-                self._position = upto
+                self._recorded_lsn = upto
             self._confirm_sql()
             if rows == 0:
                 self.stop_event.wait(IDLE_PAUSE)
@@ -362,9 +365,9 @@ class CdcWorker(QueueWorker):
 
     def _confirm_sql(self) -> None:
         target = self.progress.committable()
-        if target > self._confirmed:
+        if target > self._confirmed_lsn:
             rep.confirm_slot(self.conn, self.slot, target)
-            self._confirmed = target
+            self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
         self._remember()
 
@@ -455,9 +458,9 @@ class CdcWorker(QueueWorker):
                 batch = self._batch
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
                     wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
-                    if wal_end > self._position:
+                    if wal_end > self._recorded_lsn:
                         self.progress.mark(wal_end)
-                        self._position = wal_end
+                        self._recorded_lsn = wal_end
                 self._feedback()
                 stream.wait(min(0.005, linger) if linger > 0 else 0.005)
             self._flush_batch()
@@ -476,8 +479,8 @@ class CdcWorker(QueueWorker):
 
     def _feedback(self, force: bool = False) -> None:
         target = self.progress.committable()
-        if self.stream.confirm(target, force=force) and target > self._confirmed:
-            self._confirmed = target
+        if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
+            self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
         self._remember()
 
@@ -487,8 +490,8 @@ class CdcWorker(QueueWorker):
         if not force and now - self._remembered_at < REMEMBER_EVERY:
             return
         self._remembered_at = now
-        if self._confirmed > self.record.lsn:
-            self.record = dataclasses.replace(self.record, lsn=self._confirmed)
+        if self._confirmed_lsn > self.record.lsn:
+            self.record = dataclasses.replace(self.record, lsn=self._confirmed_lsn)
             self.store.commit(self.key, self.record)
 
     # -- queue and acks --------------------------------------------------------------------
@@ -508,9 +511,9 @@ class CdcWorker(QueueWorker):
                 self._collect_acks(block=False)
             self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
         end = batch.last_commit_end
-        if end is not None and end > self._position:
+        if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)
-            self._position = end
+            self._recorded_lsn = end
 
     def _waiting(self) -> bool:
         """put_event's check while the queue is full: keep confirming, and say whether to stop."""

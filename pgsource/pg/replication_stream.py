@@ -12,15 +12,19 @@ committed; Relation and Type messages carry 0), so after an explicit flush psyco
 confirm a keepalive's ``wal_end``: past changes Iggy has not acknowledged. PostgreSQL 15
 also lets ``confirmed_flush`` move backward, so its stale position must not go out later.
 
-So this class never hands psycopg2 a flush position (its own stays 0, InvalidXLogRecPtr,
-which the walsender ignores; the one exception, a keepalive read before the first data
-message, is a position with nothing of ours before it). It sends its own Standby Status
+So this class never hands psycopg2 a flush position: its own stays 0 (InvalidXLogRecPtr,
+which the walsender ignores) except after a keepalive read before the first data message
+or right after a Relation/Type message (``data_start`` 0). It sends its own Standby Status
 Update ('r', write, flush, apply, client time, reply requested) with libpq's
 ``PQputCopyData``/``PQflush`` on the same connection (``connection.pgconn_ptr``), with
 write = flush = apply = the position pgsource may confirm, at least every
-``feedback_interval`` seconds even when unchanged, so the walsender never has to ask for a
-reply; ``start_replication`` gets a status interval of ~31 years, so psycopg2's own periodic
-feedback never goes out. Reporting write = flush (not what was received) also keeps the
+``feedback_interval`` seconds even when unchanged (the worker calls ``confirm`` in every
+wait, back-pressure included), so the walsender never asks for a reply: it asks only when
+it heard nothing for ``wal_sender_timeout / 2``, and psycopg2 would answer with its own
+position. ``start_replication`` gets a status interval of ~31 years, so psycopg2's periodic
+feedback never goes out (its one automatic feedback, at the first read, carries zeros). What
+is left: a process stalled for ``wal_sender_timeout / 2`` (frozen, swapped out) whose stream
+holds a reply-requesting keepalive right after a Relation message. Reporting write = flush (not what was received) also keeps the
 walsender sending keepalives with its WAL end while pgsource is behind it: that is what lets
 an idle stream confirm the server's position (see ``workers/cdc.py``).
 """
