@@ -25,7 +25,7 @@ batch).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
@@ -44,11 +44,13 @@ class _RelationState:
     table_name: str
     topic: str
     decoders: list
-    key_positions: list[int]
+    key_positions: list[int]  # the replica identity columns pgoutput flags, for 'K' old tuples
     key_decoders: list  # decoders of the key columns only, for 'K' old tuples
     captured: bool
     row: RowJson | None = None  # the relation's row function, when the fast path applies
     partition: int | None = None  # the partition of every change, when it does not depend on the row
+    partition_positions: list[int] = field(default_factory=list)  # the catalog key, in key order
+    start_lsn: int = 0  # changes of transactions committing before it are not sent (a table's cut)
 
 
 @dataclass
@@ -70,9 +72,18 @@ class ChangeBatch:
 
 
 class ChangeEncoder:
-    """Stateful: feed it every decoded message of the stream, in order."""
+    """Stateful: feed it every decoded message of the stream, in order.
 
-    def __init__(self, config: Config, slot: str, load_types: Callable[[list[int]], dict]) -> None:
+    ``keys``: per captured table (schema, name), its primary key (else unique NOT NULL key)
+    from the catalog, which picks a change's partition as polling and the snapshot pick it
+    (pgoutput's key flags would name every column under REPLICA IDENTITY FULL). ``starts``:
+    per table, the cut below which its changes are covered by its snapshot (a table that
+    joined a streaming slot): changes of transactions committing before it are skipped.
+    """
+
+    def __init__(self, config: Config, slot: str, load_types: Callable[[list[int]], dict], *,
+                 keys: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+                 starts: Mapping[tuple[str, str], int] | None = None) -> None:
         source = config.source
         self.slot = slot
         self.config = config
@@ -82,10 +93,13 @@ class ChangeEncoder:
         self.partitions = config.iggy.partitions
         self.partitioning = config.iggy.partitioning
         self.tables = {(t.schema_, t.name): t for t in source.tables}
+        self.keys = dict(keys or {})
+        self.starts = dict(starts or {})
         self.load_types = load_types
         self.types: dict[int, object] = {}
         self.relations: dict[int, _RelationState] = {}
         self._begin: po.Begin | None = None
+        self._commit_lsn = 0  # of the transaction in progress
         self._position = 0
         self._timestamp = ""
         self._commit_seconds = 0.0
@@ -115,6 +129,7 @@ class ChangeEncoder:
             self._change(message.relation_oid, "DELETE", None, message.old, message.old_kind, out)
         elif kind is po.Begin:
             self._begin = message
+            self._commit_lsn = message.final_lsn
             self._position = 0
             self._timestamp = po.pg_timestamp_to_iso(message.commit_ts)
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
@@ -144,13 +159,19 @@ class ChangeEncoder:
         keys = output_names(names, self.snake_case)
         decoders = compile_relation(relation, self.types, keys) if table is not None else []
         key_positions = [i for i, c in enumerate(relation.columns) if c.is_key]
+        catalog_key = self.keys.get((schema, relation.name))
+        if catalog_key is None:  # not given (a tool, a test): pgoutput's flags
+            partition_positions = key_positions
+        else:
+            partition_positions = [names.index(k) for k in catalog_key if k in names]
         qualified = relation.name if schema == "public" else f"{schema}.{relation.name}"
         topic = self.config.iggy.topic_for(table) if table is not None else ""
         state = _RelationState(
             relation, qualified, topic, decoders, key_positions,
             [decoders[i] for i in key_positions] if decoders else [], table is not None,
+            partition_positions=partition_positions, start_lsn=self.starts.get((schema, relation.name), 0),
         )
-        if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not key_positions:
+        if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not partition_positions:
             state.partition = key_partition(qualified, self.partitions)
         if table is not None and state.partition is not None:
             state.row = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
@@ -222,7 +243,7 @@ class ChangeEncoder:
         if state is None or state.row is None:
             return False
         operation = "UPDATE" if head[0] == 85 else "INSERT"
-        if not self._captured_ops[operation]:
+        if not self._captured_ops[operation] or self._commit_lsn < state.start_lsn:
             return _SKIP
         prefix, suffix, headers = self._envelope(oid, state, operation)
         lists = out.topic_messages.setdefault(state.topic, ([], [], [], []))
@@ -236,7 +257,7 @@ class ChangeEncoder:
             raise SourceError(f"{operation} on {state.table_name} outside a transaction")
         position = self._position
         self._position += 1
-        if not state.captured or operation not in self.operations:
+        if not state.captured or operation not in self.operations or self._commit_lsn < state.start_lsn:
             return
         if new is not None and old is not None and old_kind == "O" and po.UNCHANGED in new:
             new = tuple(o if n is po.UNCHANGED else n for n, o in zip(new, old))  # FULL gives the value
@@ -264,11 +285,12 @@ class ChangeEncoder:
     def _partition(self, state: _RelationState, values, old_kind) -> int:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE:
             return key_partition(state.table_name, self.partitions)
-        if values is None or not state.key_positions:
+        if values is None or not state.partition_positions:
             return key_partition(state.table_name, self.partitions)
         if self.partitioning is Partitioning.BALANCED:
             return self._position % self.partitions
-        key = "\x00".join("" if not isinstance(values[i], str) else values[i] for i in state.key_positions)
+        # as polling: the key columns' text, NUL-joined when there are several
+        key = "\x00".join("" if not isinstance(values[i], str) else values[i] for i in state.partition_positions)
         return key_partition(key, self.partitions)
 
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgsource.assignment import assign_units
+from pgsource.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
+from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_query, build_poll_plan
 from pgsource.polling import check_late_commit_guard
+from pgsource.slots import identity_problem, missing_slot_problem
+from pgsource.state import FileStateStore, SlotProgress
 
 
 @dataclass
@@ -24,6 +27,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)  # table → estimated bytes (pages × 8 kB)
     notes: list[str] = field(default_factory=list)
+    assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
 
     @property
     def ok(self) -> bool:
@@ -106,19 +110,71 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cur.fetchone()[0]:
             report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
-    assignment = assign_units(config, report.sizes)
-    for worker, units in assignment.items():
-        slot, publication = rep.slot_names(config, worker, len(assignment))
-        missing = rep.publication_gaps(conn, publication, [unit.table for unit in units])
-        if missing:
-            report.problems.append(f"publication {publication} exists but lacks table(s) {', '.join(missing)}")
+        cur.execute("SELECT slot_name FROM pg_replication_slots")
+        slots = {row[0] for row in cur.fetchall()}
+    relations = pubs.describe_relations(conn, source.tables)
+    _check_capturable(relations, report)
+    publications = pubs.load_publications(conn, source.publication_name)
+    try:
+        plan = plan_cdc(config, publications, slots)
+    except PrerequisiteError as exc:
+        report.problems.extend(str(exc).splitlines())
+        return
+    report.assignment = plan.assignment
+    report.notes.extend(plan.notes)
+    store = FileStateStore(config.state.dir)
+    identity = rep.system_identity(conn)
+    for units in plan.assignment.values():
+        slot, name = units[0].slot, units[0].publication
+        publication = publications.get(name)
+        tables = [unit.table for unit in units]
+        if publication is not None:
+            lacking = [t.qualified for t in tables if not publication.holds(t)]
+            if lacking and not publication.owned:
+                report.problems.append(
+                    f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
+                    f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
+                )
+            partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
+            if partitioned and not publication.via_root:
+                report.problems.append(pubs.via_root_problem(name, partitioned))
+        try:
+            stored = store.load(f"cdc/{slot}", SlotProgress)
+        except PgSourceError as exc:
+            report.problems.append(str(exc))
+            continue
+        where = f"state {store.path(f'cdc/{slot}')}"
         state = rep.slot_state(conn, slot)
-        if state is not None:
-            state = rep.wait_until_free(conn, state)
-            try:
-                rep.check_slot(conn, state)
-            except PrerequisiteError as exc:
-                report.problems.append(str(exc))
+        if state is None:
+            problem = missing_slot_problem(slot, stored, where)
+            if problem is not None and source.on_missing_slot != "snapshot":
+                report.problems.append(problem)
+            continue
+        problem = identity_problem(slot, stored, identity, where)
+        if problem is not None:
+            report.problems.append(problem)
+        state = rep.wait_until_free(conn, state)
+        try:
+            rep.check_slot(conn, state)
+        except PrerequisiteError as exc:
+            report.problems.append(str(exc))
+
+
+def _check_capturable(relations: dict, report: CheckReport) -> None:
+    """Tables logical replication cannot see: a configuration that would deliver nothing is not ok."""
+    kinds = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
+    for name, rel in relations.items():
+        if rel is None:
+            continue  # reported by describe_table
+        if rel.kind in kinds:
+            report.problems.append(f"table {name} is {kinds[rel.kind]}: CDC captures only tables (use mode: polling)")
+        elif rel.persistence == "u":
+            report.problems.append(f"table {name} is UNLOGGED: its changes are not in the WAL, CDC never sees them")
+        elif rel.partition_of is not None and rel.partition_of in relations:
+            report.problems.append(
+                f"table {name} is a partition of {rel.partition_of}, which is configured too: its changes are"
+                f" published as {rel.partition_of}'s; remove {name} from tables"
+            )
 
 
 def connections_needed(config: Config, workers: int) -> int:
@@ -132,7 +188,8 @@ def connections_needed(config: Config, workers: int) -> int:
 
 
 def _check_connections(config: Config, report: CheckReport) -> None:
-    workers = len(assign_units(config, report.sizes))
+    assignment = report.assignment if report.assignment is not None else assign_units(config, report.sizes)
+    workers = len(assignment)
     needed = connections_needed(config, workers)
     if needed > config.source.max_connections:
         report.problems.append(

@@ -1,38 +1,58 @@
 """``CdcWorker``: one process, one publication, one slot; changes into Iggy, nothing lost.
 
+Progress is one ``ProgressTracker`` (``pgsource/progress.py``) per worker, for the
+snapshot and both transports: every batch on the queue is ``sent`` (no position of its
+own), the end LSN of every transaction read completely is ``mark``ed after the batches
+holding its changes, and acks come back as ``acked``. The slot is only ever confirmed up
+to ``committable()``: the end of a transaction whose every message, and every message
+before it, Iggy acknowledged. Idle periods move the slot too, through the same tracker:
+the server's WAL end is ``mark``ed only when no transaction is half-read and nothing read
+is left unsent, so it counts only once everything before it was acknowledged.
+
 Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
-- ``sql``: ``pg_logical_slot_peek_binary_changes`` read as a binary COPY in
-  chunks (bounded memory for a transaction of any size), then — only after Iggy
-  acknowledged every message of the peek — ``pg_replication_slot_advance``. Each peek is
-  bounded by the WAL flush position read just before it; when the peek returns fewer
-  changes than asked, the slot is advanced to that position even if nothing was captured,
-  so idle tables do not make the slot retain WAL.
-- ``replication`` (default): the streaming protocol (psycopg2
-  ``LogicalReplicationConnection``) with flush feedback sent only after acknowledgement.
+- ``sql``: ``pg_logical_slot_peek_binary_changes`` read as a binary COPY in chunks (bounded
+  memory for a transaction of any size); after Iggy acknowledged the peek's messages,
+  ``pg_replication_slot_advance`` to the committable position. Each peek is bounded by the
+  WAL flush position read just before it; when it returns fewer changes than asked, that
+  position is marked, so idle tables do not make the slot retain WAL.
+- ``replication`` (default): the streaming protocol, read with psycopg2 and confirmed with
+  pgsource's own status updates (``pgsource/pg/replication_stream.py`` says why psycopg2's
+  must never carry a flush position), at least every second.
 
 Never ``pg_logical_slot_get_changes``: it consumes changes before they are delivered.
+
+Boot prepares the slot (``_prepare_slot``): a missing slot is created only on the first
+start (``pgsource/slots.py``); the initial snapshot and the snapshots of tables that join
+an existing slot (``pgsource/pg/publications.py``, ``workers/snapshot.py``) must be
+acknowledged completely before the slot's record says so and streaming begins; an
+interrupted one is done again at the next start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
-import select
 import struct
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
 from pgsource.encode.frames import encode_partition_frames
-from pgsource.errors import PgSourceError
+from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
+from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
-from pgsource.pg.replication import slot_names
+from pgsource.pg.catalog import describe_table
+from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.types import load_table_types, load_type_catalog
-from pgsource.state import FileStateStore, SlotProgress, SnapshotPhase
+from pgsource.progress import ProgressTracker
+from pgsource.slots import identity_problem, missing_slot_problem, slot_was_used
+from pgsource.state import FileStateStore, SlotProgress, SnapshotPhase, TableJoin
 from workers.base import QueueWorker, WorkerSpec
 from workers.channel import Empty, get_event, put_event
+from workers.snapshot import send_snapshot
 
 log = logging.getLogger("pgsource.cdc")
 
@@ -46,6 +66,7 @@ IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load
 # we have whenever the socket is empty" made batches of a few dozen changes, and every batch
 # costs the publisher and Iggy a fixed ~0.2 ms. A partial batch waits this long for more.
 LINGER = 0.005
+REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
 class CdcWorker(QueueWorker):
@@ -53,20 +74,36 @@ class CdcWorker(QueueWorker):
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
         super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
-        self._acked = self._seq
-        self._confirmed = 0
+        self.progress: ProgressTracker[int] = ProgressTracker(0, order=int)
+        self._recorded_lsn = 0  # the newest position recorded in ``progress``
+        self._confirmed_lsn = 0  # the newest position confirmed to the slot
+        self._tick = _nothing  # run in every wait: the streaming transport's feedback
+        self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
+        self._remembered_at = time.monotonic()
+
+    # -- boot ------------------------------------------------------------------------------
 
     def boot(self) -> None:
         config = self.spec.config
-        self.slot, self.publication = slot_names(config, self.spec.name, self.spec.workers_total)
+        units = self.spec.units
+        self.slot, self.publication = units[0].slot, units[0].publication
+        self.tables = [unit.table for unit in units]
         self.store = FileStateStore(config.state.dir)
+        self.key = f"cdc/{self.slot}"
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
-        rep.ensure_publication(self.conn, self.publication, [unit.table for unit in self.spec.units])
-        self._prepare_slot()
         self._copying = False
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types)
-        tables = [(unit.table.schema_, unit.table.name) for unit in self.spec.units]
-        self.encoder.types.update(load_table_types(self.conn, tables))
+        self.identity = rep.system_identity(self.conn)
+        infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        record = self._prepare_slot()
+        if record is None:
+            self._unfinished = True
+            return
+        self.record = record
+        by_name = {table.qualified: (table.schema_, table.name) for table in self.tables}
+        starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
+        keys = {(info.schema, info.name): info.identity for info in infos.values()}
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts)
+        self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
 
     def _load_types(self, oids: list[int]) -> dict:
         if self._copying:  # no other query while the peek's COPY runs: see _peek
@@ -74,6 +111,9 @@ class CdcWorker(QueueWorker):
         return load_type_catalog(self.conn, oids)
 
     def serve(self) -> None:
+        if self._unfinished:
+            log.warning("%s: a snapshot was not acknowledged completely; the next start goes on with it", self.spec.name)
+            return
         if self.spec.config.source.cdc_transport == "replication":
             self._stream_replication()
         else:
@@ -82,29 +122,227 @@ class CdcWorker(QueueWorker):
     def close(self) -> None:
         self.conn.close()
 
-    # -- slot ------------------------------------------------------------------------------
+    # -- the slot --------------------------------------------------------------------------
 
-    def _prepare_slot(self) -> None:
-        key = f"cdc/{self.slot}"
-        stored = self.store.load(key, SlotProgress)
+    def _prepare_slot(self) -> SlotProgress | None:
+        """The slot ready to stream from, and its record; None when a snapshot is left unfinished."""
+        source = self.spec.config.source
+        stored = self.store.load(self.key, SlotProgress)
+        where = f"state {self.store.path(self.key)}"
+        publication = pubs.load_publications(self.conn, source.publication_name).get(self.publication)
+        self._check_publication(publication)
         state = rep.slot_state(self.conn, self.slot)
-        if state is not None and stored is not None and stored.phase is SnapshotPhase.IN_PROGRESS:
-            log.warning("%s: the initial snapshot of slot %s did not finish; starting it again", self.spec.name, self.slot)
-            rep.drop_slot(self.conn, self.slot)  # created by us, nothing consumed from it yet
-            state = None
-        if state is not None:
-            state = rep.wait_until_free(self.conn, state)
-            rep.check_slot(self.conn, state)
-            self._confirmed = state.confirmed_flush_lsn
-            return
-        if self.spec.config.source.snapshot == "initial":
-            from workers.snapshot import run_initial_snapshot
+        if state is None:
+            forced = False
+            problem = missing_slot_problem(self.slot, stored, where)
+            if problem is not None:
+                if source.on_missing_slot != "snapshot":
+                    raise PrerequisiteError(problem)
+                log.warning("%s: replication slot %s is missing; on_missing_slot: snapshot accepts the gap:"
+                            " a new slot and a snapshot of %s", self.spec.name, self.slot,
+                            ", ".join(t.qualified for t in self.tables))
+                forced = True
+            # The publication first: pgoutput reads it in the catalog as of each change decoded.
+            if publication is None:
+                pubs.create_publication(self.conn, self.publication, self.tables)
+            else:
+                pubs.add_tables(self.conn, self.publication, [t for t in self.tables if not publication.holds(t)])
+            keep = stored is not None and not stored.streamed and not forced  # an unfinished first attempt
+            return self._create_slot(forced or source.snapshot == "initial", stored.generation if keep else 0)
+        problem = identity_problem(self.slot, stored, self.identity, where)
+        if problem is not None:
+            raise PrerequisiteError(problem)
+        state = rep.wait_until_free(self.conn, state)
+        rep.check_slot(self.conn, state)
+        self._start_progress(state.confirmed_flush_lsn)
+        if stored is not None and not stored.streamed:
+            return self._redo_initial_snapshot(stored, publication)
+        record = stored if slot_was_used(stored) else SlotProgress(self.slot, SnapshotPhase.NONE, lsn=state.confirmed_flush_lsn)
+        captured = [
+            t.qualified for t in self.tables
+            if publication is not None and publication.holds(t) and (not record.tables or t.qualified in record.tables)
+        ]
+        joining = [t for t in self.tables if t.qualified not in captured]
+        if joining:
+            record = self._join(record, joining, publication)
+            if record is None:
+                return None
+        record = dataclasses.replace(
+            record, lsn=max(record.lsn, state.confirmed_flush_lsn), system_identifier=self.identity.system_identifier,
+            timeline=self.identity.timeline, tables=tuple(sorted(set(captured) | {t.qualified for t in joining})),
+        )
+        self.store.commit(self.key, record)
+        return record
 
-            self.store.commit(key, SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS))
-            run_initial_snapshot(self)
+    def _check_publication(self, publication: pubs.Publication | None) -> None:
+        if publication is None or publication.via_root:
+            return
+        relations = pubs.describe_relations(self.conn, self.tables)
+        partitioned = [name for name, rel in relations.items() if rel is not None and rel.partitioned]
+        if partitioned:
+            raise PrerequisiteError(pubs.via_root_problem(self.publication, partitioned))
+
+    def _start_progress(self, lsn: int) -> None:
+        self.progress = ProgressTracker(lsn, order=int)
+        self._recorded_lsn = self._confirmed_lsn = lsn
+
+    def _create_slot(self, snapshot: bool, generation: int) -> SlotProgress | None:
+        """A new slot; with ``snapshot`` the tables' rows at its consistent point go out first."""
+        identity = {"system_identifier": self.identity.system_identifier, "timeline": self.identity.timeline}
+        tables = tuple(sorted(t.qualified for t in self.tables))
+        if not snapshot:
+            lsn = rep.create_slot(self.conn, self.slot)
+            self._start_progress(lsn)
+            record = SlotProgress(self.slot, SnapshotPhase.NONE, lsn=lsn, consistent_lsn=lsn, tables=tables, **identity)
+            self.store.commit(self.key, record, force=True)  # a new slot: its history starts here
+            return record
+        # Recorded before the slot exists: from here on an interruption makes the next start go on.
+        self.store.commit(self.key, SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS, generation=generation,
+                                                 tables=tables, **identity), force=True)
+        source = self.spec.config.source
+        replication = pg.connect_replication(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot")
+        try:
+            lsn, snapshot_name = rep.create_slot_exporting(replication, self.slot)
+            generation = generation or lsn
+            record = SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS, lsn=lsn, consistent_lsn=lsn, tables=tables,
+                                  generation=generation, **identity)
+            self.store.commit(self.key, record, force=True)
+            self._start_progress(lsn)
+            reader = self._snapshot_reader(snapshot_name)
+        finally:
+            replication.close()  # the snapshot was imported (or creating it failed)
+        log.info("%s: initial snapshot of %s at %s", self.spec.name, ", ".join(tables), rep.format_lsn(lsn))
+        if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
+            return None
+        record = dataclasses.replace(record, phase=SnapshotPhase.DONE)
+        self.store.commit(self.key, record)
+        log.info("%s: initial snapshot acknowledged, streaming from %s", self.spec.name, rep.format_lsn(lsn))
+        return record
+
+    def _redo_initial_snapshot(self, stored: SlotProgress, publication: pubs.Publication | None) -> SlotProgress | None:
+        """Nothing was streamed from the slot: it still stands at its consistent point. Read the
+        rows again now, then stream from that point (see ``workers/snapshot.py``, a redo).
+
+        A table configured since the first attempt joins the publication first, under the cut's
+        lock: a transaction that wrote it before it joined has committed before the new snapshot."""
+        log.warning("%s: the initial snapshot of slot %s was not acknowledged completely; sending it again",
+                    self.spec.name, self.slot)
+        missing = [t for t in self.tables if publication is None or not publication.holds(t)]
+        if missing:
+            if publication is None:
+                pubs.create_publication(self.conn, self.publication, [])
+            self._cut(missing, missing, snapshot=False)
+        generation = stored.generation or stored.consistent_lsn or self._recorded_lsn
+        reader = self._snapshot_reader(None)
+        tables = [t.qualified for t in self.tables]
+        if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
+            return None
+        record = dataclasses.replace(stored, phase=SnapshotPhase.DONE, generation=generation, tables=tuple(sorted(tables)),
+                                     system_identifier=self.identity.system_identifier, timeline=self.identity.timeline)
+        self.store.commit(self.key, record)
+        return record
+
+    def _join(self, record: SlotProgress, tables: list, publication: pubs.Publication | None) -> SlotProgress | None:
+        """Tables that join the streaming slot: a cut, then (``snapshot: initial``) their rows at it.
+
+        The join is recorded before the publication changes, so that a table is never taken as
+        captured while its rows before the cut were not all acknowledged. A join interrupted
+        after its cut keeps that cut (``with snapshot: never`` it is simply done); its rows are
+        read again in a new snapshot, the stream then replays its changes since the cut.
+        """
+        snapshot = self.spec.config.source.snapshot == "initial"
+        names = [t.qualified for t in tables]
+        joins = {join.table: join for join in record.joins}
+        for name in names:
+            if name not in joins or joins[name].done:  # a table that left and comes back joins anew
+                joins[name] = TableJoin(name, 0, 0)
+        record = dataclasses.replace(record, joins=tuple(joins.values()))
+        self.store.commit(self.key, record)
+        cut_now = [t for t in tables if joins[t.qualified].start_lsn == 0]
+        reader = None
+        if cut_now:
+            add = [t for t in cut_now if publication is None or not publication.holds(t)]
+            if publication is None:  # the slot outlived its publication
+                pubs.create_publication(self.conn, self.publication, [])
+            cut, reader = self._cut(cut_now, add, snapshot)
+            for t in cut_now:
+                old = joins[t.qualified]
+                joins[t.qualified] = TableJoin(t.qualified, cut.lsn, old.generation or cut.lsn)
+            record = dataclasses.replace(record, joins=tuple(joins.values()))
+            self.store.commit(self.key, record)
+            log.info("%s: %s joined slot %s at %s", self.spec.name, ", ".join(t.qualified for t in cut_now),
+                     self.slot, rep.format_lsn(cut.lsn))
+        if snapshot:
+            # The tables cut now are read in the cut's snapshot; those cut by an interrupted
+            # attempt, in a new one (their stream then replays the changes since their cut).
+            earlier = [t for t in tables if t not in cut_now]
+            generations = {name: joins[name].generation for name in names}
+            if cut_now and not self._snapshot(reader, cut_now, generations):
+                return None
+            if earlier and not self._snapshot(self._snapshot_reader(None), earlier, generations):
+                return None
+        for name in names:
+            joins[name] = dataclasses.replace(joins[name], done=True)
+        record = dataclasses.replace(record, joins=tuple(joins.values()))
+        self.store.commit(self.key, record)
+        return record
+
+    def _cut(self, tables: list, add: list, snapshot: bool):
+        """``table_cut`` once its lock can be had; returns the cut and a reader in its snapshot (or None).
+
+        Before asking for the lock it waits, without queueing, for the transactions writing the
+        tables now (a long one would otherwise hold every new writer behind the cut's lock)."""
+        reader = self._open_reader() if snapshot else None  # opened before the lock: writers wait less
+        while True:
+            writers = pubs.current_writers(self.conn, tables)
+            said = 0.0
+            while writers:
+                if self._should_stop():
+                    raise SystemExit(0)
+                if time.monotonic() - said > 10:
+                    said = time.monotonic()
+                    log.info("%s: %s joins %s once %d transaction(s) writing it end", self.spec.name,
+                             ", ".join(t.qualified for t in tables), self.publication, len(writers))
+                self.stop_event.wait(0.2)
+                writers &= pubs.current_writers(self.conn, tables)
+            try:
+                with pubs.table_cut(self.conn, self.publication, tables, add, export=snapshot) as cut:
+                    if reader is not None:
+                        rep.import_snapshot(reader, cut.snapshot)
+                return cut, reader
+            except pubs.LockBusy as exc:
+                log.warning("%s: adding %s to %s waits for its lock (%s)", self.spec.name,
+                            ", ".join(t.qualified for t in tables), self.publication, exc)
+                if self._should_stop():
+                    raise SystemExit(0) from None
+
+    def _open_reader(self):
+        source = self.spec.config.source
+        return pg.connect(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot", autocommit=False)
+
+    def _snapshot_reader(self, snapshot_name: str | None):
+        """A connection in a REPEATABLE READ transaction: in an exported snapshot, or in its own."""
+        reader = self._open_reader()
+        if snapshot_name is not None:
+            rep.import_snapshot(reader, snapshot_name)
         else:
-            self._confirmed = rep.create_slot(self.conn, self.slot)
-        self.store.commit(key, SlotProgress(self.slot, SnapshotPhase.DONE))
+            with reader.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return reader
+
+    def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
+        """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
+        try:
+            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop)
+            reader.commit()
+        finally:
+            reader.close()
+        self._wait_acks(deadline=None)
+        done = read and self.progress.in_flight == 0
+        if not done:
+            log.warning("%s: stopped before every snapshot message of %s was acknowledged", self.spec.name,
+                        ", ".join(t.qualified for t in tables))
+        return done
 
     # -- the SQL transport -----------------------------------------------------------------
 
@@ -112,23 +350,29 @@ class CdcWorker(QueueWorker):
         source = self.spec.config.source
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
-            self.spec.beat()
             upto = rep.current_flush_lsn(self.conn)
-            changes, end = self._peek(upto, limit)
-            if self._should_stop() and self._seq != self._acked:
-                self._wait_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
-            if self._seq != self._acked:
-                continue  # not everything was acknowledged: do not confirm; the next peek re-sends it
-            target = upto if changes < limit else end
-            if target is not None and target > self._confirmed:
-                rep.confirm_slot(self.conn, self.slot, target)
-                self._confirmed = target
-                self.metrics.offset_commits.labels(self.spec.name).inc()
-            if changes == 0:
+            rows = self._peek(upto, limit)
+            if self.progress.in_flight:
+                break  # stopping before every message of the peek was acknowledged: the next start re-reads it
+            if rows < limit and not self.encoder.in_transaction and upto > self._recorded_lsn:
+                self.progress.mark(upto)  # the peek read everything before upto
+                self._recorded_lsn = upto
+            self._confirm_sql()
+            if rows == 0:
                 self.stop_event.wait(IDLE_PAUSE)
+        self._confirm_sql()
+        self._remember(force=True)
 
-    def _peek(self, upto: int, limit: int) -> tuple[int, int | None]:
-        """Queue every change of one peek; wait for all acks. Returns (rows read, last commit end).
+    def _confirm_sql(self) -> None:
+        target = self.progress.committable()
+        if target > self._confirmed_lsn:
+            rep.confirm_slot(self.conn, self.slot, target)
+            self._confirmed_lsn = target
+            self.metrics.offset_commits.labels(self.spec.name).inc()
+        self._remember()
+
+    def _peek(self, upto: int, limit: int) -> int:
+        """Queue every change of one peek; wait for all acks. Returns the rows (messages) read.
 
         The peek is read as ``COPY (...) TO STDOUT (FORMAT binary)``: psycopg2 hands the
         stream to a ``BufferedWriter`` whose raw sink (``_PeekFrames``) gets ~1 MB chunks;
@@ -173,110 +417,135 @@ class CdcWorker(QueueWorker):
         finally:
             self.conn.autocommit = True
         frames.finish()
-        last_end = frames.batch.last_commit_end or frames.last_end
-        if frames.batch.count:
-            self._send(frames.batch)
+        self._send(frames.batch)
         self._wait_acks(deadline=None)
-        return frames.rows, last_end
+        return frames.rows
 
     # -- the streaming transport -----------------------------------------------------------
 
     def _stream_replication(self) -> None:
         source = self.spec.config.source
-        conn = pg.connect_replication(source.connection_string, application_name=f"pgsource-{self.spec.name}-wal")
-        cur = conn.cursor()
-        cur.start_replication(
-            slot_name=self.slot, decode=False,
-            options={"proto_version": "1", "publication_names": self.publication},
+        timeout = rep.wal_sender_timeout(self.conn)
+        self.stream = stream = ReplicationStream(
+            source.connection_string, self.slot, self.publication,
+            application_name=f"pgsource-{self.spec.name}-wal",
+            feedback_interval=min(1.0, max(0.1, timeout / 4)) if timeout > 0 else 1.0,
         )
+        self._tick = self._feedback
+        read = stream.read_message
+        encoder = self.encoder
+        feed = encoder.feed_buffer
+        batch_size = source.batch_size
         self._batch = ChangeBatch()
-        self._commits: list[int] = []  # commit end LSNs whose messages are in the unsent batch
-        awaiting: list[tuple[int, int]] = []  # (seq of the last event holding them, commit end LSN)
-        delivered = self._confirmed
-        last_feedback = 0.0
         batch_started = 0.0  # when the partial batch got its first change
-        while not self._should_stop():
-            self.spec.beat()
-            message = cur.read_message()
-            if message is not None:
-                payload = message.payload
-                if not self._batch.count:
-                    batch_started = time.monotonic()
-                text = payload.decode("latin-1") if self.encoder.needs_text else None
-                self.encoder.feed_buffer(payload, text, 0, len(payload), self._batch)
-                if self._batch.last_commit_end is not None:
-                    self._commits.append(self._batch.last_commit_end)
-                    self._batch.last_commit_end = None
-                    if self._batch.count >= source.batch_size:
-                        awaiting += self._flush()
-                elif self._batch.count >= source.batch_size:
-                    awaiting += self._flush()  # a large transaction streams out in batches
-                continue
-            linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
-            if linger <= 0:
-                awaiting += self._flush()  # the socket is drained and the batch waited long enough
-            self._collect_acks(block=False)
-            while awaiting and awaiting[0][0] <= self._acked:
-                delivered = max(delivered, awaiting.pop(0)[1])
-            idle = not awaiting and self._acked == self._seq and not self.encoder.in_transaction
-            if idle and cur.wal_end > delivered:
-                delivered = cur.wal_end  # nothing in flight, no transaction half-read: confirm the server's position
-            if delivered > self._confirmed and time.monotonic() - last_feedback > 0.01:
-                cur.send_feedback(flush_lsn=delivered)
-                self._confirmed = delivered
-                last_feedback = time.monotonic()
-                self.metrics.offset_commits.labels(self.spec.name).inc()
-            select.select([cur], [], [], min(0.005, linger) if linger > 0 else 0.005)
-        awaiting += self._flush()
-        self._wait_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
-        while awaiting and awaiting[0][0] <= self._acked:
-            delivered = max(delivered, awaiting.pop(0)[1])
-        if delivered > self._confirmed:
-            cur.send_feedback(flush_lsn=delivered, force=True)
-        conn.close()
+        try:
+            while not self._should_stop():
+                message = read()
+                if message is not None:
+                    batch = self._batch
+                    if not batch.count:
+                        batch_started = time.monotonic()
+                    payload = message.payload
+                    feed(payload, payload.decode("latin-1") if encoder.needs_text else None, 0, len(payload), batch)
+                    if batch.count >= batch_size:  # a large transaction streams out in batches
+                        self._flush_batch()
+                        self._feedback()
+                    continue
+                linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
+                if linger <= 0:
+                    self._flush_batch()  # the socket is drained and the batch waited long enough
+                self._collect_acks(block=False)
+                batch = self._batch
+                if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
+                    wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
+                    if wal_end > self._recorded_lsn:
+                        self.progress.mark(wal_end)
+                        self._recorded_lsn = wal_end
+                self._feedback()
+                stream.wait(min(0.005, linger) if linger > 0 else 0.005)
+            self._flush_batch()
+            self._wait_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
+            self._feedback(force=True)
+            self._remember(force=True)
+        finally:
+            self._tick = _nothing
+            stream.close()
 
-    def _flush(self) -> list[tuple[int, int]]:
-        if self._batch.count:
-            self._send(self._batch)
-        done = [(self._seq, end) for end in self._commits]
-        self._commits = []
-        self._batch = ChangeBatch()
-        return done
+    def _flush_batch(self) -> None:
+        batch = self._batch
+        if batch.count or batch.last_commit_end is not None:
+            self._send(batch)
+            self._batch = ChangeBatch()
+
+    def _feedback(self, force: bool = False) -> None:
+        target = self.progress.committable()
+        if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
+            self._confirmed_lsn = target
+            self.metrics.offset_commits.labels(self.spec.name).inc()
+        self._remember()
+
+    def _remember(self, force: bool = False) -> None:
+        """Copy the confirmed LSN into the slot's record now and then (it names the gap if the slot vanishes)."""
+        now = time.monotonic()
+        if not force and now - self._remembered_at < REMEMBER_EVERY:
+            return
+        self._remembered_at = now
+        if self._confirmed_lsn > self.record.lsn:
+            self.record = dataclasses.replace(self.record, lsn=self._confirmed_lsn)
+            self.store.commit(self.key, self.record)
 
     # -- queue and acks --------------------------------------------------------------------
 
     def _send(self, batch: ChangeBatch) -> None:
+        """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
         stream = self.spec.config.iggy.stream
         for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
+            if not ids:
+                continue
             self._seq += 1
             frames = encode_partition_frames(ids, parts, payloads, headers, where=f"topic {topic}")
             event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
                                created=time.time(), commit_time=batch.commit_time)
-            while not put_event(self.batch_queue, event, self._should_stop):
+            self.progress.sent(self._seq)
+            while not put_event(self.batch_queue, event, self._waiting):
                 self._collect_acks(block=False)
             self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
+        end = batch.last_commit_end
+        if end is not None and end > self._recorded_lsn:
+            self.progress.mark(end)
+            self._recorded_lsn = end
 
-    def _collect_acks(self, block: bool, timeout: float = 0.5) -> None:
-        while self._acked < self._seq:
+    def _waiting(self) -> bool:
+        """put_event's check while the queue is full: keep confirming, and say whether to stop."""
+        self._tick()
+        return self._should_stop()
+
+    def _collect_acks(self, block: bool, timeout: float = 0.2) -> None:
+        while self.progress.in_flight:
             try:
                 ack = get_event(self.ack_queue, timeout=timeout if block else 0.000_001)
             except Empty:
                 return
-            if ack.seq > self._acked:
-                self._acked = ack.seq
+            self.progress.acked(ack.seq)
             block = False
 
     def _wait_acks(self, deadline: float | None) -> None:
-        if deadline is None and self._should_stop():
-            deadline = time.monotonic() + self.spec.config.supervisor.stop_timeout
-        while self._acked < self._seq:
+        """Until every queued batch is acknowledged; once stopping, at most ``stop_timeout`` more."""
+        stop_timeout = self.spec.config.supervisor.stop_timeout
+        while self.progress.in_flight:
+            if deadline is None and self._should_stop():
+                deadline = time.monotonic() + stop_timeout
             if deadline is not None and time.monotonic() > deadline:
                 return
             if self.watch.orphaned():
                 raise SystemExit(1)
             self.spec.beat()
             self._collect_acks(block=True)
+            self._tick()
 
+
+def _nothing() -> None:
+    return None
 
 
 class _TypesNeeded(Exception):
@@ -298,7 +567,6 @@ class _PeekFrames(io.RawIOBase):
         self.worker = worker
         self.batch = ChangeBatch()
         self.rows = 0
-        self.last_end: int | None = None
         self._tail = b""
         self._header = True
         self._done = False
@@ -308,7 +576,7 @@ class _PeekFrames(io.RawIOBase):
     def resumed(self) -> _PeekFrames:
         """For the same peek read again from its start: skips the messages fed so far."""
         again = _PeekFrames(self.worker)
-        again.batch, again.last_end, again._skip = self.batch, self.last_end, self.rows
+        again.batch, again._skip = self.batch, self.rows
         return again
 
     def writable(self) -> bool:
@@ -364,7 +632,6 @@ class _PeekFrames(io.RawIOBase):
             feed(buf, s, start, end, batch)
             self.rows += 1
             if batch.count >= batch_size:
-                self.last_end = batch.last_commit_end or self.last_end
                 worker._send(batch)
                 batch = self.batch = ChangeBatch()
         self._tail = buf[pos:]

@@ -56,6 +56,8 @@ def check(config_path: str) -> None:
     report = check_prerequisites(config)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     if not report.ok:
         sys.exit(3)
     _check_iggy(config)
@@ -94,25 +96,42 @@ def _check_iggy(config) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
 @click.option("--keep-publication", is_flag=True, help="Drop only the replication slot(s).")
 def drop_slot(config_path: str, keep_publication: bool) -> None:
-    """Decommission CDC: drop the replication slot(s) and publication(s) this config uses."""
-    config = _load(config_path)
-    from pgsource.assignment import assign_units
-    from pgsource.pg import connect as pg
-    from pgsource.pg import replication as rep
+    """Decommission CDC: drop the replication slot(s) and publication(s) this config uses.
 
-    workers = assign_units(config)
+    The slots are those that capture the configured tables (read from the publications, as
+    ``run`` does) and those the configuration names; their records in ``state.dir`` go too,
+    so a later ``run`` is a first start, not a missing slot.
+    """
+    config = _load(config_path)
+    from pgsource.assignment import configured_channels, plan_cdc
+    from pgsource.pg import connect as pg
+    from pgsource.pg import publications as pubs
+    from pgsource.pg import replication as rep
+    from pgsource.state import FileStateStore
+
     conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot")
     try:
-        for worker in workers:
-            slot, publication = rep.slot_names(config, worker, len(workers))
+        with conn.cursor() as cur:
+            cur.execute("SELECT slot_name FROM pg_replication_slots")
+            slots = {row[0] for row in cur.fetchall()}
+        try:
+            plan = plan_cdc(config, pubs.load_publications(conn, config.source.publication_name), slots)
+            pairs = {(units[0].slot, units[0].publication) for units in plan.assignment.values()}
+        except PgSourceError as exc:  # a table in two publications: drop what the configuration names
+            click.echo(f"note: {exc}", err=True)
+            pairs = set()
+        pairs |= {(ch.slot, ch.publication) for ch in configured_channels(config)}
+        store = FileStateStore(config.state.dir)
+        for slot, publication in sorted(pairs):
             state = rep.slot_state(conn, slot)
             if state is not None and state.active_pid is not None:
                 click.echo(f"slot {slot} is in use by pid {state.active_pid}: stop pgsource first", err=True)
                 sys.exit(3)
             dropped = rep.drop_slot(conn, slot)
+            store.delete(f"cdc/{slot}")
             click.echo(f"slot {slot}: {'dropped' if dropped else 'absent'}")
             if not keep_publication:
-                rep.drop_publication(conn, publication)
+                pubs.drop_publication(conn, publication)
                 click.echo(f"publication {publication}: dropped")
     finally:
         conn.close()

@@ -1,64 +1,62 @@
-"""The optional initial snapshot of CDC: existing rows first, then the stream, no gap, no overlap.
+"""Snapshots of CDC tables: the rows a table holds at a cut, sent as ``operation_type: SELECT``.
 
-The slot is created over a replication connection with ``EXPORT_SNAPSHOT``; the rows are
-read in that exported snapshot (``SET TRANSACTION SNAPSHOT``), so they are exactly the
-state at the slot's consistent point, and streaming then starts at that point. Rows go
-out as ``operation_type: SELECT`` with the same keyset reading and encoding as polling.
-If the snapshot does not finish, the next start drops the slot it made (nothing was
-consumed from it) and begins again; re-sent rows keep their ids.
+Three cases, one reader (``send_snapshot``, the same keyset reading and encoding as
+polling, on a connection the caller opened in the right snapshot):
+
+- the initial snapshot (``snapshot: initial``, or ``on_missing_slot: snapshot``): the slot
+  is created with ``EXPORT_SNAPSHOT`` and the rows are read in that snapshot, so they are
+  exactly the state at the slot's consistent point, and streaming starts there;
+- a table that joins a slot already streaming: read in the snapshot of its cut
+  (``pgsource/pg/publications.py``);
+- a redo, when a snapshot was interrupted before every message was acknowledged (the
+  slot's record then still says so, and nothing was streamed): the slot is kept where it
+  stands (at the cut), the rows are read again in a new snapshot, then the stream replays
+  the changes since the cut. A row deleted meanwhile gets its DELETE (a redo in a new slot
+  would leave it behind at the consumer), a row changed meanwhile is sent in its new
+  version and then its changes arrive: consumers converge on the table's state.
+
+Ids: XXH3-128 of table, the snapshot's generation (the LSN of its first attempt) and the
+row's JSON (``pgsource.encode.ids.snapshot_message_id``): a row re-sent unchanged by a
+redo keeps its id, a changed row gets a new one.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 
-from pgsource.pg import connect as pg
-from pgsource.pg import replication as rep
+from pgsource.changes import ChangeBatch
+from pgsource.config.model import Config, TableConfig
+from pgsource.encode.ids import snapshot_message_id
 from pgsource.polling import TableReader
 
-log = logging.getLogger("pgsource.cdc")
+
+def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],
+                  send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool]) -> bool:
+    """Read every row of ``tables`` on ``conn`` (already in its snapshot) and ``send`` them in
+    batches; False when asked to stop before the last row was read."""
+    readers = [TableReader(conn, config, table, by_identity=True) for table in tables]
+    for table, reader in zip(tables, readers):
+        if not _send_table(reader, config, generations[table.qualified], send, should_stop):
+            return False
+    return True
 
 
-def run_initial_snapshot(worker) -> None:
-    config = worker.spec.config
-    source = config.source
-    replication = pg.connect_replication(source.connection_string, application_name=f"pgsource-{worker.spec.name}-snapshot")
-    try:
-        with replication.cursor() as cur:
-            cur.execute(f'CREATE_REPLICATION_SLOT "{worker.slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
-            _, consistent_point, snapshot_name, _ = cur.fetchone()
-        worker._confirmed = rep.parse_lsn(consistent_point)
-        reader_conn = pg.connect(source.connection_string, application_name=f"pgsource-{worker.spec.name}-snapshot", autocommit=False)
-        try:
-            with reader_conn.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
-            for unit in worker.spec.units:
-                _copy_table(worker, TableReader(reader_conn, config, unit.table, by_identity=True))
-            reader_conn.commit()
-        finally:
-            reader_conn.close()
-        worker._wait_acks(deadline=None)
-    finally:
-        replication.close()
-    log.info("%s: initial snapshot done, streaming from %s", worker.spec.name, consistent_point)
-
-
-def _copy_table(worker, reader: TableReader) -> None:
-    from pgsource.changes import ChangeBatch
-
+def _send_table(reader: TableReader, config: Config, generation: int,
+                send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool]) -> bool:
+    include_metadata = config.source.include_metadata
+    headers = {"table": reader.table_name, "operation": "SELECT"}  # one dict: encoded once per batch
     offset = None
     rows = 0
-    while True:
+    while not should_stop():
         batch_rows = reader.fetch_batch(offset)
         if not batch_rows:
-            return
-        encoded = reader.encode_batch(batch_rows, worker.spec.config.source.include_metadata, rows)
+            return True
+        encoded = reader.encode_batch(batch_rows, include_metadata, rows)
         batch = ChangeBatch()
-        headers = {"table": reader.table_name, "operation": "SELECT"}  # one dict: encoded once per batch
-        for message_id, partition, payload in zip(encoded.ids, encoded.partitions, encoded.payloads):
+        for row, partition, payload in zip(batch_rows, encoded.partitions, encoded.payloads):
+            message_id = snapshot_message_id(reader.table_name, generation, row[-1])
             batch.add(reader.topic, message_id, partition, payload.encode(), headers)  # CDC batches carry bytes
-        worker._send(batch)
-        worker._collect_acks(block=False)
+        send(batch)
         offset = encoded.last_offset
         rows = offset.rows
+    return False

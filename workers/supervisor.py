@@ -72,7 +72,10 @@ class Supervisor:
             for problem in report.problems:
                 log.error("%s", problem)
             return PrerequisiteError.exit_code
-        self.assignment = assign_units(self.config, report.sizes)
+        # CDC: the table → slot map comes from the configuration and the database (the check read it)
+        self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
+        for note in report.notes:
+            log.warning("%s", note)
         for name, units in self.assignment.items():
             log.info("%s: %s", name, ", ".join(u.key for u in units) or "custom_query")
         self._setup_metrics()

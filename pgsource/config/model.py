@@ -89,6 +89,10 @@ class SourceConfig(BaseModel):
     allow_non_unique_tracking: bool = False
     cdc_transport: Literal["sql", "replication"] = "replication"
     snapshot: Literal["initial", "never"] = "never"
+    # CDC: a slot pgsource had streamed from is missing (dropped, or a failover to a server
+    # without it): ``fail`` stops (exit 3); ``snapshot`` accepts the gap: a new slot and a
+    # snapshot of every table (operation_type SELECT), then the stream.
+    on_missing_slot: Literal["fail", "snapshot"] = "fail"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (README "Rows that commit late"); "off" accepts missing them.
@@ -139,6 +143,13 @@ class SourceConfig(BaseModel):
             raise ValueError("delete_after_read and processed_column exclude each other: choose one")
         if self.custom_query and (self.delete_after_read or self.processed_column):
             raise ValueError("delete_after_read/processed_column need tables, not custom_query")
+        if self.mode is Mode.CDC:
+            chunked = [table.qualified for table in self.tables if table.chunks > 1]
+            if chunked:
+                raise ValueError(
+                    f"tables: chunks is a polling option; in cdc mode a table is read from one slot"
+                    f" (chunks would give it two and send every change twice): remove chunks for {', '.join(chunked)}"
+                )
         names = [table.qualified for table in self.tables]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

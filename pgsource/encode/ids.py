@@ -37,3 +37,16 @@ def key_partition(key_text: str, partitions: int) -> int:
     if partitions == 1:
         return 0
     return xxhash.xxh32_intdigest(key_text.encode("utf-8")) % partitions
+
+
+def snapshot_message_id(table_name: str, generation: int, row_json: str) -> int:
+    """The id of a CDC snapshot message: XXH3-128 of table, snapshot generation and the row's JSON.
+
+    The row's content tells versions apart: a row re-sent unchanged by a redo of the same
+    snapshot keeps its id (consumers drop it), a row that changed between two attempts gets a
+    new one. The generation (the LSN of the snapshot's first attempt) keeps the ids of a later
+    snapshot of the same table (after a gap was accepted, or the table re-joined) apart from
+    earlier ones: there, consumers may have seen changes since, and must not drop the row.
+    """
+    text = table_name + _SEPARATOR + format(generation, "x") + _SEPARATOR + row_json
+    return xxhash.xxh3_128_intdigest(text.encode("utf-8")) or 1

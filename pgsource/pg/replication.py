@@ -1,10 +1,10 @@
-"""Publications and logical replication slots: created when missing, checked when present.
+"""Logical replication slots: created when missing, checked when present, advanced after the ack.
 
 Slot safety: a slot of another plugin, a lost (invalidated) slot, or a slot in use by
 another process stops startup with an error that says what to do. pgsource never drops
 and recreates a slot on its own — that would silently skip changes — except the slot it
-created itself for an initial snapshot that never finished (nothing was consumed from
-it yet), see ``workers/cdc.py``.
+created itself for an initial snapshot that never finished (nothing was streamed from
+it yet), see ``workers/cdc.py``. Publications: ``pgsource/pg/publications.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
-from pgsource.config.model import TableConfig
 from pgsource.errors import PrerequisiteError
 
 
@@ -34,43 +33,6 @@ def parse_lsn(text: str) -> int:
 
 def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def slot_names(config, worker: str, workers: int) -> tuple[str, str]:
-    """(slot, publication) of a CDC worker: one pair per worker; a lone worker keeps the configured names."""
-    source = config.source
-    if workers <= 1:
-        return source.replication_slot, source.publication_name
-    suffix = "_" + "".join(ch if ch.isalnum() else "_" for ch in worker.lower())
-    return source.replication_slot + suffix, source.publication_name + suffix
-
-
-def publication_gaps(conn, name: str, tables: list[TableConfig]) -> list[str] | None:
-    """Tables the existing publication lacks; None when there is no such publication."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (name,))
-        found = cur.fetchone()
-        if found is None:
-            return None
-        if found[0]:
-            return []
-        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
-        present = {(schema, table) for schema, table in cur.fetchall()}
-    return [t.qualified for t in tables if (t.schema_, t.name) not in present]
-
-
-def ensure_publication(conn, name: str, tables: list[TableConfig]) -> None:
-    """Create the publication for ``tables``, or check that an existing one covers them all."""
-    missing = publication_gaps(conn, name, tables)
-    if missing is None:
-        targets = sql.SQL(", ").join(sql.Identifier(t.schema_, t.name) for t in tables)
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
-    elif missing:
-        raise PrerequisiteError(
-            f"publication {name} exists but lacks table(s) {', '.join(missing)}:"
-            f" ALTER PUBLICATION {name} ADD TABLE ... (or choose another publication_name)"
-        )
 
 
 def slot_state(conn, slot: str) -> SlotState | None:
@@ -120,6 +82,52 @@ def check_slot(conn, state: SlotState) -> None:
         raise PrerequisiteError(f"replication slot {state.name} is in use by another process (pid {state.active_pid})")
 
 
+@dataclass(frozen=True)
+class SystemIdentity:
+    """The database cluster a slot lives on: a slot of another cluster or timeline is another history."""
+
+    system_identifier: str
+    timeline: int
+
+
+def system_identity(conn) -> SystemIdentity:
+    with conn.cursor() as cur:
+        cur.execute("SELECT system_identifier::text FROM pg_control_system()")
+        system_identifier = cur.fetchone()[0]
+        cur.execute("SELECT timeline_id FROM pg_control_checkpoint()")
+        timeline = int(cur.fetchone()[0])
+    return SystemIdentity(system_identifier, timeline)
+
+
+def wal_sender_timeout(conn) -> float:
+    """``wal_sender_timeout`` in seconds (0: the walsender never asks for a reply)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT setting::float / 1000 FROM pg_settings WHERE name = 'wal_sender_timeout'")
+        row = cur.fetchone()
+    return float(row[0]) if row else 60.0
+
+
+def create_slot_exporting(replication_conn, slot: str) -> tuple[int, str]:
+    """Create a pgoutput slot over a replication connection with an exported snapshot.
+
+    Returns (consistent LSN, snapshot name): the snapshot sees exactly the transactions
+    committed before the consistent point; it stays importable while the connection is open
+    and runs no other command.
+    """
+    with replication_conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(sql.Identifier(slot)))
+        _, consistent_point, snapshot_name, _ = cur.fetchone()
+    return parse_lsn(consistent_point), snapshot_name
+
+
+def import_snapshot(conn, snapshot_name: str) -> None:
+    """Begin a REPEATABLE READ transaction on ``conn`` (autocommit off) that reads in an exported snapshot."""
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
+
+
 def create_slot(conn, slot: str) -> int:
     """Create a pgoutput slot over SQL; returns its consistent LSN."""
     with conn.cursor() as cur:
@@ -131,11 +139,6 @@ def drop_slot(conn, slot: str) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
         return cur.rowcount > 0
-
-
-def drop_publication(conn, name: str) -> None:
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def current_flush_lsn(conn) -> int:

@@ -94,12 +94,40 @@ class ChunkCuts:
 
 
 @dataclass(frozen=True)
+class TableJoin:
+    """A table that joined a slot already streaming (added to the configuration later).
+
+    ``start_lsn`` is the cut: changes of the table in transactions committing before it are
+    covered by the table's snapshot (or were never wanted, with ``snapshot: never``) and are
+    not sent; changes committing at or after it are streamed. ``generation`` goes into the
+    ids of the table's snapshot messages (the cut of the first attempt, kept by a redo).
+    ``done``: every snapshot message of the table was acknowledged (or none was needed).
+    """
+
+    table: str
+    start_lsn: int
+    generation: int
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "start_lsn": self.start_lsn, "generation": self.generation, "done": self.done}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TableJoin:
+        return cls(str(raw["table"]), int(raw["start_lsn"]), int(raw["generation"]), bool(raw.get("done", False)))
+
+
+@dataclass(frozen=True)
 class SlotProgress:
     """What pgsource knows of a CDC slot it uses, beyond what the slot itself keeps.
 
     ``lsn`` is the last position confirmed to the slot (the slot is the authority; this
     copy lets a start tell "the slot I used is gone" from "first start").
     ``system_identifier`` and ``timeline`` name the database the slot lived on.
+    ``tables`` are the tables the slot streams (empty: not known, a record of an older
+    version: every configured table of its publication). ``generation`` goes into the ids of
+    the initial snapshot's messages (the consistent point of its first attempt, kept by a
+    redo); ``joins`` are the tables added while the slot was already streaming.
     """
 
     kind: ClassVar[str] = "slot"
@@ -111,6 +139,8 @@ class SlotProgress:
     system_identifier: str = ""
     timeline: int = 0
     tables: tuple[str, ...] = field(default_factory=tuple)
+    generation: int = 0
+    joins: tuple[TableJoin, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +151,8 @@ class SlotProgress:
             "system_identifier": self.system_identifier,
             "timeline": self.timeline,
             "tables": list(self.tables),
+            "generation": self.generation,
+            "joins": [join.to_json() for join in self.joins],
         }
 
     @classmethod
@@ -133,7 +165,14 @@ class SlotProgress:
             str(raw.get("system_identifier", "")),
             int(raw.get("timeline", 0)),
             tuple(raw.get("tables", ())),
+            int(raw.get("generation", 0)),
+            tuple(TableJoin.from_json(join) for join in raw.get("joins", ())),
         )
+
+    @property
+    def streamed(self) -> bool:
+        """The slot was streamed from (its initial snapshot, if any, had finished)."""
+        return self.phase is not SnapshotPhase.IN_PROGRESS
 
     def position_key(self) -> int:
         return self.lsn
