@@ -48,7 +48,7 @@ def check_prerequisites(config: Config) -> CheckReport:
             try:
                 info = describe_table(conn, table.schema_, table.name)
                 report.sizes[table.qualified] = max(info.pages, 1) * 8192
-                if not source.cdc:
+                if not source.cdc and not source.custom_query:
                     plan = build_poll_plan(
                         info,
                         table.tracking_column or source.tracking_column,
@@ -56,6 +56,10 @@ def check_prerequisites(config: Config) -> CheckReport:
                         allow_non_unique=source.allow_non_unique_tracking,
                         processed_column=source.processed_column,
                         need_identity=source.delete_after_read or source.processed_column is not None,
+                        columns=table.columns,
+                        exclude_columns=table.exclude_columns,
+                        payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
+                        primary_key_column=source.primary_key_column,
                     )
                     if source.late_commits == "auto":
                         tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
@@ -75,22 +79,29 @@ def check_prerequisites(config: Config) -> CheckReport:
 
 
 def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
+    """Run the query (for each table with $table) with LIMIT 0 in a read-only transaction."""
+    import datetime as dt
+
     source = config.source
-    query = build_custom_query(source.custom_query or "")
-    with conn.cursor() as cur:
-        try:
-            cur.execute("BEGIN READ ONLY")
-            cur.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", {"offset": str(source.initial_offset), "limit": 0})
-            columns = [d.name for d in cur.description]
-            if source.tracking_column not in columns:
-                report.problems.append(
-                    f"source.custom_query: its result has no tracking_column {source.tracking_column!r}"
-                    f" (columns: {', '.join(columns)})"
-                )
-        except pg.DatabaseError as exc:
-            report.problems.append(f"source.custom_query: {str(exc).strip()}")
-        finally:
-            cur.execute("ROLLBACK")
+    now = dt.datetime.now(dt.timezone.utc)
+    params = {"offset": str(source.initial_offset), "limit": 0, "now": now, "now_unix": int(now.timestamp())}
+    for table in source.tables or [None]:
+        where = f"source.custom_query (for table {table.qualified})" if table is not None else "source.custom_query"
+        tracking = (table.tracking_column if table is not None else None) or source.tracking_column
+        query = build_custom_query(source.custom_query or "", (table.schema_, table.name) if table else None, conn)
+        with conn.cursor() as cur:
+            try:
+                cur.execute("BEGIN READ ONLY")
+                cur.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", params)
+                columns = [d.name for d in cur.description]
+                if tracking not in columns:
+                    report.problems.append(
+                        f"{where}: its result has no tracking_column {tracking!r} (columns: {', '.join(columns)})"
+                    )
+            except pg.DatabaseError as exc:
+                report.problems.append(f"{where}: {str(exc).strip()}")
+            finally:
+                cur.execute("ROLLBACK")
 
 
 def _check_cdc(conn, config: Config, report: CheckReport) -> None:

@@ -8,10 +8,11 @@ offsets of its own: the worker decides which offset to read after and which to c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from operator import itemgetter
 
 from pgsource.config.model import Config, Partitioning, TableConfig
-from pgsource.encode.envelope import envelope_parts, iso_timestamp
+from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
@@ -76,12 +77,13 @@ class TableReader:
         self.lag = 0.0
         self.time_zone = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
         self._ack_action: str | None = None
-        if table is None:  # custom_query
-            self.table_name = "custom_query"
-            self.topic = config.iggy.topic.format(table="custom_query", schema="public")
+        if source.custom_query and not by_identity:  # once, or once per table with $table
+            self.table_name = table.qualified if table is not None else "custom_query"
+            self.topic = config.iggy.topic_for(table) if table is not None else config.iggy.topic.format(
+                table="custom_query", schema="public")
             self.plan: PollPlan | None = None
-            self.tracking_column = source.tracking_column
-            self._custom = build_custom_query(source.custom_query or "")
+            self.tracking_column = (table.tracking_column if table is not None else None) or source.tracking_column
+            self._custom = build_custom_query(source.custom_query, (table.schema_, table.name) if table else None, conn)
             self._json_at = 1
             return
         self._custom = None
@@ -101,6 +103,11 @@ class TableReader:
             need_identity=self._ack_action is not None,
             catalog=load_column_types(conn, [column.type_oid for column in info.columns]),
             versioned=self._ack_action is not None,
+            columns=table.columns,
+            exclude_columns=table.exclude_columns,
+            row_filter=table.row_filter,
+            payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
+            primary_key_column=None if by_identity else source.primary_key_column,
         )
         self.tracking_column = self.plan.tracking_column
         self._json_at = len(self.plan.select_columns)
@@ -158,7 +165,10 @@ class TableReader:
     def read_batch(self, offset: PollingOffset | None) -> ReadBatch:
         """The batch after ``offset``, the snapshot it was read in (late commits, xid8) and the next offset."""
         if self._custom is not None:
-            rows = self._execute(self._custom_sql(), {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size})
+            now = datetime.now(timezone.utc)
+            params = {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size,
+                      "now": now, "now_unix": int(now.timestamp())}
+            rows = self._execute(self._custom_sql(), params)
             return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
         cursor = offset.cursor if offset else ()
         params: dict[str, object] = {**cursor_params("o", cursor), **self._chunk_params, "limit": self.batch_size}
@@ -249,16 +259,18 @@ class TableReader:
         The id covers the row's ``xmin`` too where delete/mark act on versions: a row read
         again after an update is a new message there.
         """
-        prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
         table_name = self.table_name
         partitions = self.partitions
         json_at = self._json_at
         count = len(rows)
-        if include_metadata:
+        ids = self.message_ids(rows)
+        if self.plan is not None and self.plan.payload is not None:
+            payloads = self._payloads(rows, ids)
+        elif include_metadata:
+            prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
             payloads = [prefix + row[json_at] + suffix for row in rows]
         else:
             payloads = [row[json_at] for row in rows]
-        ids = self.message_ids(rows)
         plan = self.plan
         if plan is None:
             width, key_of = 1, itemgetter(0)
@@ -280,6 +292,29 @@ class TableReader:
         last = rows[-1]
         offset = PollingOffset(tuple(last[:width]), read_rows + len(rows), self.chunk)
         return EncodedBatch(ids, parts, payloads, offset, identities)
+
+    def _payloads(self, rows: list[tuple], ids: list[int]) -> list[bytes]:
+        """``payload_column``: the column's value is the message (bytes as they are, text as UTF-8,
+        JSON compact); a NULL or empty one can never be sent and stops with the row named."""
+        json_at = self._json_at
+        payload_format = self.plan.payload[1]
+        out = []
+        for row, message_id in zip(rows, ids):
+            value = row[json_at]
+            if value is None or len(value) == 0:
+                width = len(self.plan.cursor_columns)
+                raise SourceError(
+                    f"table {self.table_name}: row {', '.join(map(str, row[:width]))} (message id {message_id:#x}) has"
+                    f" {'a NULL' if value is None else 'an empty'} payload_column {self.plan.payload[0]!r};"
+                    " Iggy takes no empty message"
+                )
+            if payload_format == "bytea":
+                out.append(bytes(value))
+            elif payload_format == "json_direct":
+                out.append(compact_json(value).encode())
+            else:
+                out.append(value.encode())
+        return out
 
     def message_ids(self, rows: list[tuple]) -> list[int]:
         """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""

@@ -91,6 +91,7 @@ class CdcWorker(QueueWorker):
         self.store = FileStateStore(config.state.dir)
         self.key = f"cdc/{self.slot}"
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
+        self.spec.backends(self.conn)
         self._copying = False
         self.identity = rep.system_identity(self.conn)
         infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
@@ -323,6 +324,7 @@ class CdcWorker(QueueWorker):
     def _snapshot_reader(self, snapshot_name: str | None):
         """A connection in a REPEATABLE READ transaction: in an exported snapshot, or in its own."""
         reader = self._open_reader()
+        self.spec.backends(reader)
         if snapshot_name is not None:
             rep.import_snapshot(reader, snapshot_name)
         else:
@@ -366,7 +368,8 @@ class CdcWorker(QueueWorker):
     def _confirm_sql(self) -> None:
         target = self.progress.committable()
         if target > self._confirmed_lsn:
-            rep.confirm_slot(self.conn, self.slot, target)
+            with self.spec.statement(f"advancing slot {self.slot}"):
+                rep.confirm_slot(self.conn, self.slot, target)
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
         self._remember()
@@ -390,7 +393,7 @@ class CdcWorker(QueueWorker):
                 sink = io.BufferedWriter(frames, buffer_size=COPY_CHUNK)
                 try:
                     self._copying = True
-                    with self.conn.cursor() as cur:
+                    with self.conn.cursor() as cur, self.spec.statement(f"peeking slot {self.slot}"):
                         cur.copy_expert(statement, sink)
                     sink.flush()
                     break
@@ -431,6 +434,7 @@ class CdcWorker(QueueWorker):
             application_name=f"pgsource-{self.spec.name}-wal",
             feedback_interval=min(1.0, max(0.1, timeout / 4)) if timeout > 0 else 1.0,
         )
+        self.spec.backends(stream.connection)
         self._tick = self._feedback
         read = stream.read_message
         encoder = self.encoder

@@ -320,6 +320,10 @@ class PollWorker(QueueWorker):
         seq = self._queue_rows(unit, read.rows, encoded_after.cursor, None, keep_ids=hold is not None)
         if seq is None:
             return
+        if self.spec.config.source.verbose_logging:
+            log.info("%s: %s: %d row(s) after %s, up to %s (batch %d%s)", self.spec.name, reader.table_name,
+                     len(read.rows), lo or "the start", encoded_after.cursor, seq,
+                     ", held until transactions in progress end" if hold is not None else "")
         unit.progress.sent(seq, encoded_after)
         queued = self._queued[seq]
         queued.then = lambda: self._release(unit, seq)

@@ -30,6 +30,17 @@ class Operation(str, Enum):
     TRUNCATE = "TRUNCATE"
 
 
+class PayloadFormat(str, Enum):
+    """How ``payload_column`` is read (the Rust connector's names; ``raw`` and ``jsonb`` are aliases)."""
+
+    BYTEA = "bytea"
+    TEXT = "text"
+    JSON_DIRECT = "json_direct"
+
+
+_PAYLOAD_ALIASES = {"raw": "bytea", "jsonb": "json_direct"}
+
+
 class TableConfig(BaseModel):
     """One table as written in ``tables:``; a plain string there is ``{name: ...}``."""
 
@@ -40,6 +51,17 @@ class TableConfig(BaseModel):
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
     lag: float | None = None  # overrides source.lag for this table
+    columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
+    exclude_columns: list[str] = Field(default_factory=list)  # every column but these
+    row_filter: str | None = None  # an SQL predicate on the row: polling's WHERE, a CDC publication's WHERE
+
+    @model_validator(mode="after")
+    def _one_column_list(self):
+        if self.columns is not None and self.exclude_columns:
+            raise ValueError("columns and exclude_columns exclude each other: give one list")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns: list at least one column (or leave it out for all)")
+        return self
 
     @field_validator("lag", mode="before")
     @classmethod
@@ -103,6 +125,16 @@ class SourceConfig(BaseModel):
     # more often than this in a row stops the service (exit 8). Connection outages retry forever.
     max_retries: int = Field(3, ge=0, le=100)
     retry_delay: float = 1.0
+    # The Rust connector's remaining keys (README "Payload passthrough" and the key table)
+    payload_column: str | None = None  # this column's value is the whole message (outbox), no envelope
+    payload_format: PayloadFormat = PayloadFormat.BYTEA
+    primary_key_column: str | None = None  # the key of delete/mark and partitions (default: the catalog's)
+    verbose_logging: bool = False  # INFO lines for every batch
+
+    @field_validator("payload_format", mode="before")
+    @classmethod
+    def _payload_alias(cls, value):
+        return _PAYLOAD_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("poll_interval", "lag", "retry_delay", mode="before")
     @classmethod
@@ -121,11 +153,13 @@ class SourceConfig(BaseModel):
     def _placeholders(cls, value):
         if value is None:
             return value
-        missing = [p for p in ("$1", "$2") if not re.search(re.escape(p) + r"(?!\d)", value)]
+        has = {name for name in ("$1", "$2") if re.search(re.escape(name) + r"(?!\d)", value)}
+        has |= {f"${name}" for name in re.findall(r"\$(offset|limit)\b", value)}
+        missing = [name for name, alias in (("$1", "$offset"), ("$2", "$limit")) if name not in has and alias not in has]
         if missing:
             raise ValueError(
-                f"custom_query must use $1 (the last offset) and $2 (the batch size) as bound parameters; "
-                f"missing {', '.join(missing)}: e.g. SELECT * FROM t WHERE id > $1 ORDER BY id LIMIT $2"
+                f"custom_query must use $1 or $offset (the last offset) and $2 or $limit (the batch size), bound as"
+                f" parameters; missing {', '.join(missing)}: e.g. SELECT * FROM t WHERE id > $1 ORDER BY id LIMIT $2"
             )
         return value
 
@@ -143,6 +177,12 @@ class SourceConfig(BaseModel):
             raise ValueError("delete_after_read and processed_column exclude each other: choose one")
         if self.custom_query and (self.delete_after_read or self.processed_column):
             raise ValueError("delete_after_read/processed_column need tables, not custom_query")
+        if self.custom_query and "$table" in self.custom_query and not self.tables:
+            raise ValueError("custom_query uses $table: list the tables it runs for in tables")
+        if self.custom_query and len(self.tables) > 1 and "$table" not in self.custom_query:
+            raise ValueError("custom_query with several tables must name $table (it runs once per table)")
+        if self.custom_query and self.payload_column:
+            raise ValueError("payload_column reads a table's column; with custom_query, select the message itself")
         if self.mode is Mode.CDC:
             chunked = [table.qualified for table in self.tables if table.chunks > 1]
             if chunked:

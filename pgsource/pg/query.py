@@ -38,6 +38,9 @@ class PollPlan:
     json_columns: tuple[tuple[str, str, sql.Composable | None], ...]  # (column, key, value SQL or None = as is)
     processed_column: str | None = None
     versioned: bool = False  # xmin is read with each row (delete/mark act on that version; ids include it)
+    row_filter: str | None = None  # the user's predicate on the row (tables[].row_filter)
+    all_columns: bool = True  # `data` holds every column (no columns/exclude_columns)
+    payload: tuple[str, str] | None = None  # (column, format): the column's value is the message, no JSON
 
     @property
     def tracking_column(self) -> str:
@@ -59,6 +62,11 @@ def build_poll_plan(
     need_identity: bool = False,
     catalog: Mapping[int, t.TypeInfo] | None = None,
     versioned: bool = False,
+    columns: list[str] | None = None,
+    exclude_columns: list[str] = (),
+    row_filter: str | None = None,
+    payload: tuple[str, str] | None = None,
+    primary_key_column: str | None = None,
 ) -> PollPlan:
     """Check the table against the settings and decide the cursor; errors name table and column.
 
@@ -80,12 +88,28 @@ def build_poll_plan(
             raise PrerequisiteError(f"table {where}: processed_column {processed_column!r} does not exist")
         if marked.type_sql != "boolean":
             raise PrerequisiteError(f"table {where}: processed_column {processed_column!r} must be boolean, not {marked.type_sql}")
-    if need_identity and not info.identity:
+    identity = info.identity
+    if primary_key_column is not None:
+        key = info.column(primary_key_column)
+        if key is None:
+            raise PrerequisiteError(f"table {where}: primary_key_column {primary_key_column!r} does not exist")
+        if not (key.not_null and info.is_unique((primary_key_column,))):
+            raise PrerequisiteError(
+                f"table {where}: primary_key_column {primary_key_column!r} must be NOT NULL and unique on its own"
+                " (delete/mark act on the rows it names)"
+            )
+        identity = (primary_key_column,)
+    if need_identity and not identity:
         raise PrerequisiteError(f"table {where}: delete_after_read/processed_column need a primary key or a unique NOT NULL key")
+    for listed in (*(columns or ()), *exclude_columns):
+        if info.column(listed) is None:
+            raise PrerequisiteError(f"table {where}: column {listed!r} (in columns/exclude_columns) does not exist")
+    if payload is not None:
+        _check_payload(info, *payload)
     if info.is_unique((tracking_column,)) and tracking.not_null:
         cursor: tuple[str, ...] = (tracking_column,)
-    elif info.identity:
-        cursor = (tracking_column, *[c for c in info.identity if c != tracking_column])
+    elif identity:
+        cursor = (tracking_column, *[c for c in identity if c != tracking_column])
     elif allow_non_unique:
         cursor = (tracking_column, CTID)
     else:
@@ -95,24 +119,46 @@ def build_poll_plan(
             " add a key, or set source.allow_non_unique_tracking: true (ties broken by ctid, see README)"
         )
     types = {c.name: c.type_sql for c in info.columns} | {CTID: "tid"}
-    names = [c.name for c in info.columns]
-    keys = output_names(names, snake_case)
-    json_columns = tuple(
-        (c.name, key, _column_value(c, catalog)) for c, key in zip(info.columns, keys)
-    )
-    extra = tuple(c for c in info.identity if c not in cursor)
+    kept = [c for c in info.columns if (columns is None or c.name in columns) and c.name not in exclude_columns]
+    keys = output_names([c.name for c in kept], snake_case)
+    json_columns = tuple((c.name, key, _column_value(c, catalog)) for c, key in zip(kept, keys))
+    extra = tuple(c for c in identity if c not in cursor)
     return PollPlan(
         schema=info.schema,
         table=info.name,
         cursor_columns=cursor,
         cursor_types=tuple(types[c] for c in cursor),
-        identity=info.identity,
-        identity_types=tuple(types[c] for c in info.identity),
+        identity=identity,
+        identity_types=tuple(types[c] for c in identity),
         select_columns=cursor + extra + ((XMIN,) if versioned else ()),
         json_columns=json_columns,
         processed_column=processed_column,
         versioned=versioned,
+        row_filter=row_filter,
+        payload=payload,
+        all_columns=len(kept) == len(info.columns),
     )
+
+
+PAYLOAD_TYPES = {
+    "bytea": ("bytea",),
+    "text": ("text", "character varying", "character", "name", "citext"),
+    "json_direct": ("json", "jsonb"),
+}
+
+
+def _check_payload(info: TableInfo, column: str, payload_format: str) -> None:
+    """A payload column must exist and be of a type its format reads (domains look through)."""
+    found = info.column(column)
+    if found is None:
+        raise PrerequisiteError(f"table {info.qualified}: payload_column {column!r} does not exist")
+    base = found.type_sql.split("(")[0]
+    allowed = PAYLOAD_TYPES[payload_format]
+    if base not in allowed and not (payload_format == "bytea" and found.is_bytea):
+        raise PrerequisiteError(
+            f"table {info.qualified}: payload_column {column!r} is {found.type_sql}; payload_format"
+            f" {payload_format} reads {' or '.join(allowed)}"
+        )
 
 
 def _column_value(column, catalog: Mapping[int, t.TypeInfo] | None) -> sql.Composable | None:
@@ -176,7 +222,12 @@ def _each_element(array: sql.Composable, element: sql.Composable, depth: int) ->
 
 
 def _row_json(plan: PollPlan) -> sql.Composable:
-    plain = all(column == key and value is None for column, key, value in plan.json_columns)
+    """The message's body column: the row's JSON, or the payload column as it is read."""
+    if plan.payload is not None:
+        column, payload_format = plan.payload
+        ident = sql.SQL("t.") + sql.Identifier(column)
+        return ident if payload_format == "bytea" else ident + sql.SQL("::text")
+    plain = plan.all_columns and all(column == key and value is None for column, key, value in plan.json_columns)
     if plain:
         return sql.SQL("row_to_json(t)::text")
     parts = []
@@ -237,11 +288,19 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
             conditions.append(sql.SQL("pg_visible_in_snapshot(t.{}, %(tick)s::pg_snapshot)").format(tracking))
     if plan.processed_column:
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
+    if plan.row_filter:
+        conditions.append(_row_filter(plan))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
     snapshot = sql.SQL(", (SELECT pg_current_snapshot()::text)") if reading.snapshot else sql.SQL("")
     return sql.SQL("SELECT {}, {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
         selected, _row_json(plan), snapshot, table, sql.SQL(" AND ").join(conditions), order
     )
+
+
+def _row_filter(plan: PollPlan) -> sql.Composable:
+    """The user's predicate (SQL from the configuration, like custom_query) on the row's columns,
+    written unqualified as in a CDC publication's WHERE (the table is the query's only relation)."""
+    return sql.SQL("({})").format(sql.SQL(plan.row_filter.replace("%", "%%")))
 
 
 def _column_text(column: str) -> sql.Composable:
@@ -318,19 +377,36 @@ def build_rows_by_key(plan: PollPlan) -> sql.Composed:
     conditions = [sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, arrays), _compare(plan, len(plan.cursor_columns), "<=", "u")]
     if plan.processed_column:
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
+    if plan.row_filter:
+        conditions.append(_row_filter(plan))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
     return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {}").format(
         sql.SQL(", ").join(_column_text(c) for c in plan.select_columns), _row_json(plan), table,
         sql.SQL(" AND ").join(conditions), order)
 
 
-_PLACEHOLDER = re.compile(r"\$([12])(?!\d)")
+_PLACEHOLDER = re.compile(r"'\$(offset|now_unix|now)'|\$(table|offset|limit|now_unix|now)\b|\$([12])(?!\d)")
+_BOUND = {"1": "offset", "2": "limit", "offset": "offset", "limit": "limit", "now": "now", "now_unix": "now_unix"}
 
 
-def build_custom_query(query: str) -> str:
-    """The user's ``$1``/``$2`` query as a psycopg2 query with named bound parameters."""
+def build_custom_query(query: str, table: tuple[str, str] | None = None, conn=None) -> str:
+    """The user's query as a psycopg2 query with named bound parameters.
+
+    ``$1``/``$offset`` (also quoted, ``'$offset'``, as the Rust connector's queries write it),
+    ``$2``/``$limit``, ``$now`` (the read's time, UTC) and ``$now_unix`` become bound
+    parameters — never spliced text; ``$table`` becomes the table's quoted identifier.
+    """
     escaped = query.replace("%", "%%")
-    converted = _PLACEHOLDER.sub(lambda m: "%(offset)s" if m.group(1) == "1" else "%(limit)s", escaped)
+
+    def placeholder(match: re.Match) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        if name == "table":
+            if table is None:
+                raise ConfigError("source.custom_query: $table needs the table it runs for (list it in tables)")
+            return sql.Identifier(*table).as_string(conn)
+        return f"%({_BOUND[name]})s"
+
+    converted = _PLACEHOLDER.sub(placeholder, escaped)
     if re.search(r"\$\d", converted):
         raise ConfigError("source.custom_query: only $1 (last offset) and $2 (batch size) are bound")
     return converted
