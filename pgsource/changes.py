@@ -32,7 +32,7 @@ from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.envelope import encode_string
+from pgsource.encode.envelope import compact_json, encode_string
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
@@ -51,6 +51,7 @@ class _RelationState:
     partition: int | None = None  # the partition of every change, when it does not depend on the row
     partition_positions: list[int] = field(default_factory=list)  # the catalog key, in key order
     start_lsn: int = 0  # changes of transactions committing before it are not sent (a table's cut)
+    payload_position: int | None = None  # payload_column: the column whose value is the message
 
 
 @dataclass
@@ -93,6 +94,8 @@ class ChangeEncoder:
         self.partitions = config.iggy.partitions
         self.partitioning = config.iggy.partitioning
         self.tables = {(t.schema_, t.name): t for t in source.tables}
+        self.payload_column = source.payload_column
+        self.payload_format = source.payload_format.value
         self.keys = dict(keys or {})
         self.starts = dict(starts or {})
         self.load_types = load_types
@@ -173,7 +176,11 @@ class ChangeEncoder:
         )
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not partition_positions:
             state.partition = key_partition(qualified, self.partitions)
-        if table is not None and state.partition is not None:
+        if table is not None and self.payload_column is not None:
+            if self.payload_column not in names:
+                raise SourceError(f"table {qualified}: payload_column {self.payload_column!r} is not among its published columns")
+            state.payload_position = names.index(self.payload_column)
+        elif table is not None and state.partition is not None:
             state.row = compile_row_json([(c.name, c.type_oid) for c in relation.columns], self.types, keys)
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
@@ -261,6 +268,9 @@ class ChangeEncoder:
             return
         if new is not None and old is not None and old_kind == "O" and po.UNCHANGED in new:
             new = tuple(o if n is po.UNCHANGED else n for n, o in zip(new, old))  # FULL gives the value
+        if state.payload_position is not None:
+            self._payload_change(state, oid, operation, new, old, position, out)
+            return
         data = decode_tuple_json(state.decoders, new) if new is not None else None
         old_data = None
         if old is not None:
@@ -280,6 +290,33 @@ class ChangeEncoder:
         partition = state.partition
         if partition is None:
             partition = self._partition(state, new if new is not None else old, old_kind)
+        out.add(state.topic, message_id, partition, payload, headers)
+
+    def _payload_change(self, state: _RelationState, oid: int, operation: str, new, old, position: int,
+                        out: ChangeBatch) -> None:
+        """payload_column: the new row's value is the message. A DELETE or TRUNCATE has no new
+        value and sends nothing (an outbox row removed is not a message to repeat)."""
+        if new is None:
+            return
+        value = new[state.payload_position]
+        message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
+        if value is None or value is po.UNCHANGED or value in ("", "\\x"):
+            what = {None: "a NULL", po.UNCHANGED: "an unchanged TOASTed (set REPLICA IDENTITY FULL)"}.get(value, "an empty")
+            key = ", ".join(str(new[i]) for i in state.partition_positions) or "?"
+            raise SourceError(
+                f"table {state.table_name}: {operation} of row {key} (message id {message_id:#x}, lsn {self._lsn_text})"
+                f" has {what} payload_column {self.payload_column!r}; Iggy takes no empty message"
+            )
+        if self.payload_format == "bytea":
+            payload = bytes.fromhex(value[2:]) if value.startswith("\\x") else value.encode()
+        elif self.payload_format == "json_direct":
+            payload = compact_json(value).encode()
+        else:
+            payload = value.encode()
+        _, _, headers = self._envelope(oid, state, operation)
+        partition = state.partition
+        if partition is None:
+            partition = self._partition(state, new, None)
         out.add(state.topic, message_id, partition, payload, headers)
 
     def _partition(self, state: _RelationState, values, old_kind) -> int:

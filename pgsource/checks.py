@@ -16,7 +16,7 @@ from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
-from pgsource.pg.query import build_custom_query, build_poll_plan
+from pgsource.pg.query import build_custom_query, build_poll_plan, cdc_payload_problem
 from pgsource.polling import check_late_commit_guard
 from pgsource.slots import identity_problem, missing_slot_problem
 from pgsource.state import FileStateStore, SlotProgress
@@ -104,6 +104,23 @@ def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
                 cur.execute("ROLLBACK")
 
 
+def cdc_table_problems(conn, config: Config) -> list[str]:
+    """What a table's CDC settings need of it: a payload column's type and the replica identity
+    its UPDATEs need; column lists and filters that PostgreSQL would make the application's DML fail on."""
+    source = config.source
+    captured = {op.value for op in source.capture_operations}
+    problems = []
+    for table in source.tables:
+        try:
+            info = describe_table(conn, table.schema_, table.name)
+        except PgSourceError:
+            continue  # reported with the table already
+        if source.payload_column:
+            problems.append(cdc_payload_problem(info, source.payload_column, source.payload_format.value, "UPDATE" in captured))
+        problems.append(pubs.shape_problem(info, table, bool(captured & {"UPDATE", "DELETE"})))
+    return [problem for problem in problems if problem]
+
+
 def _check_cdc(conn, config: Config, report: CheckReport) -> None:
     source = config.source
     if source.cdc_backend == "pg_replicate":
@@ -124,6 +141,7 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         cur.execute("SELECT slot_name FROM pg_replication_slots")
         slots = {row[0] for row in cur.fetchall()}
     relations = pubs.describe_relations(conn, source.tables)
+    report.problems += cdc_table_problems(conn, config)
     _check_capturable(relations, report)
     publications = pubs.load_publications(conn, source.publication_name)
     try:

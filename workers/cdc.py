@@ -95,6 +95,7 @@ class CdcWorker(QueueWorker):
         self._copying = False
         self.identity = rep.system_identity(self.conn)
         infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        self._check_tables()
         record = self._prepare_slot()
         if record is None:
             self._unfinished = True
@@ -105,6 +106,13 @@ class CdcWorker(QueueWorker):
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
         self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
+
+    def _check_tables(self) -> None:
+        from pgsource.checks import cdc_table_problems
+
+        problems = cdc_table_problems(self.conn, self.spec.config)
+        if problems:
+            raise PrerequisiteError("; ".join(problems))
 
     def _load_types(self, oids: list[int]) -> dict:
         if self._copying:  # no other query while the peek's COPY runs: see _peek
