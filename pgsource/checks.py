@@ -18,6 +18,7 @@ from pgsource.pg.catalog import describe_table, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_query, build_poll_plan, cdc_payload_problem
 from pgsource.polling import check_late_commit_guard
+from pgsource.sharding import check_shard, foreign_captures, unsharded_name
 from pgsource.slots import identity_problem, missing_slot_problem
 from pgsource.state import FileStateStore, SlotProgress
 
@@ -73,6 +74,9 @@ def check_prerequisites(config: Config) -> CheckReport:
         if source.cdc:
             _check_cdc(conn, config, report)
         _check_connections(config, report)
+        shard_problem = check_shard(config)
+        if shard_problem:
+            report.problems.append(shard_problem)
     finally:
         conn.close()
     return report
@@ -144,6 +148,8 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
     report.problems += cdc_table_problems(conn, config)
     _check_capturable(relations, report)
     publications = pubs.load_publications(conn, source.publication_name)
+    if config.shard is not None:  # every shard's publications: a table captured by another shard is refused
+        report.problems += foreign_captures(config, pubs.load_publications(conn, unsharded_name(source.publication_name, config)))
     try:
         plan = plan_cdc(config, publications, slots)
     except PrerequisiteError as exc:

@@ -34,6 +34,7 @@ from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
 from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
 from pgsource.events import StopEvent, WorkerStatus
+from pgsource.sharding import record_shard
 from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
 from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
 from workers.liveness import Liveness
@@ -76,8 +77,13 @@ class Supervisor:
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
         for note in report.notes:
             log.warning("%s", note)
+        record_shard(self.config)
+        if self.config.shard is not None:
+            log.info("shard %d of %d: %s", self.config.shard.index, self.config.shard.count,
+                     ", ".join(t.qualified for t in self.config.source.tables) or "no tables")
         for name, units in self.assignment.items():
-            log.info("%s: %s", name, ", ".join(u.key for u in units) or "custom_query")
+            log.info("%s: %s", name, ", ".join(u.key if not u.slot else f"{u.table.qualified} (slot {u.slot})"
+                                               for u in units) or "custom_query")
         self._setup_metrics()
         self._install_signal_handlers()
         self._open_channels()

@@ -39,10 +39,14 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None, origin: st
 
 
 def build_config(raw: dict[str, Any]) -> Config:
+    """Validate, then narrow to this replica's shard of the tables (``pgsource/sharding.py``)."""
+    from pgsource.sharding import apply_shard
+
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(describe_errors(exc))) from None
+    return apply_shard(config)
 
 
 def describe_errors(exc: ValidationError) -> list[str]:

@@ -51,6 +51,7 @@ class TableConfig(BaseModel):
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
     lag: float | None = None  # overrides source.lag for this table
+    shard: int | None = Field(None, ge=0)  # pins the table to this shard (else a hash of its name picks one)
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
     row_filter: str | None = None  # an SQL predicate on the row: polling's WHERE, a CDC publication's WHERE
@@ -284,6 +285,21 @@ class SupervisorConfig(BaseModel):
         return parse_duration(value)
 
 
+class ShardConfig(BaseModel):
+    """This replica's share of the tables when several replicas split them (a StatefulSet's pod ordinal)."""
+
+    model_config = _FROZEN
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _index_in_range(self):
+        if self.index >= self.count:
+            raise ValueError(f"shard.index {self.index} is not below shard.count {self.count} (indexes start at 0)")
+        return self
+
+
 class Config(BaseModel):
     """The whole file."""
 
@@ -295,6 +311,7 @@ class Config(BaseModel):
     workers: int | dict[str, list[str]] = 1
     metrics: MetricsConfig = MetricsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    shard: ShardConfig | None = None
 
     @field_validator("workers")
     @classmethod

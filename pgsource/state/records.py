@@ -178,8 +178,28 @@ class SlotProgress:
         return self.lsn
 
 
-RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress)}
-Record = PollingOffset | ChunkCuts | SlotProgress
+@dataclass(frozen=True)
+class ShardRecord:
+    """The shard this replica's ``state.dir`` belongs to (its offsets and slots are that shard's)."""
+
+    kind: ClassVar[str] = "shard"
+
+    index: int
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ShardRecord:
+        return cls(int(raw["index"]), int(raw["count"]))
+
+    def position_key(self) -> None:
+        return None
+
+
+RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress, ShardRecord)}
+Record = PollingOffset | ChunkCuts | SlotProgress | ShardRecord
 
 
 def upgrade_legacy(key: str, raw: dict[str, Any]) -> Record:
