@@ -30,18 +30,21 @@ from workers.liveness import Liveness
 log = logging.getLogger("pgsource.supervisor")
 
 SPAWN_GRACE = 30.0  # seconds a spawned worker may take before its own code first beats
+IDLE_CONFIRM = 1.0  # seconds a silent worker's backends must stay idle before it is killed
 
 
 class Watchdog:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._conn = None
         self._reported: dict[str, float] = {}  # worker -> when its long statement was last logged
+        self._idle_since: dict[str, float] = {}  # worker -> when it was first found silent with idle backends
         self._failures: dict[str, tuple[str, int, int]] = {}  # worker -> (statement, progress, count)
 
     def should_kill(self, name: str, liveness: Liveness) -> bool:
         """Whether a worker is hung: silent past the timeout, and no backend of it at work."""
         timeout = self.config.supervisor.heartbeat_timeout
+        if liveness.silent_for() <= timeout:
+            self._idle_since.pop(name, None)
         if not liveness.started:  # still importing (spawn): slow on a loaded host, not a hang
             timeout = max(timeout, SPAWN_GRACE)
         silent = liveness.silent_for()
@@ -55,9 +58,17 @@ class Watchdog:
             return True
         busy = [state for state in states if state.state == "active"]
         if not busy:
+            # A statement that just ended leaves its backend idle a moment before the worker beats:
+            # look again a second later before calling it a hang.
+            now = time.monotonic()
+            first = self._idle_since.setdefault(name, now)
+            if now - first < IDLE_CONFIRM or liveness.silent_for() <= timeout:
+                return False
+            self._idle_since.pop(name, None)
             log.error("%s has been silent for %.0fs and none of its backends is running a statement; killing it",
-                      name, silent)
+                      name, liveness.silent_for())
             return True
+        self._idle_since.pop(name, None)
         now = time.monotonic()
         if now - self._reported.get(name, 0.0) >= timeout:
             self._reported[name] = now
@@ -76,7 +87,7 @@ class Watchdog:
         if ended:
             log.warning("%s: ended its orphaned backend(s) %s", name, ", ".join(map(str, ended)))
         running = liveness.running()
-        if running is None or self._connection() is None:  # died between statements, or an outage
+        if running is None or not self._reachable():  # died between statements, or an outage
             self._failures.pop(name, None)
             return
         statement = running[0]
@@ -91,47 +102,34 @@ class Watchdog:
             )
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pg.Error:
-                pass
-            self._conn = None
+        """Nothing is held between questions; kept for the supervisor's shutdown symmetry."""
 
     # -- the database ------------------------------------------------------------------------
 
-    def _connection(self):
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = pg.connect(self.config.source.connection_string, application_name="pgsource-supervisor",
-                                        connect_timeout=5)
-                with self._conn.cursor() as cur:
-                    cur.execute("SET statement_timeout = '5s'")
-            except (PgSourceError, pg.Error) as exc:
-                log.debug("watchdog: cannot reach PostgreSQL: %s", exc)
-                self._conn = None
-        return self._conn
+    def _ask(self, question, default):
+        """One short-lived connection per question: the supervisor holds none between them (it would
+        count against max_connections, and every child it spawns would hold it until its exec)."""
+        try:
+            conn = pg.connect(self.config.source.connection_string, application_name="pgsource-supervisor",
+                              connect_timeout=5)
+        except (PgSourceError, pg.Error) as exc:
+            log.debug("watchdog: cannot reach PostgreSQL: %s", exc)
+            return default
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = '5s'")
+            return question(conn)
+        except pg.Error as exc:
+            log.debug("watchdog: PostgreSQL did not answer: %s", exc)
+            return default
+        finally:
+            conn.close()
 
     def _states(self, pids: list[int]):
-        conn = self._connection()
-        if conn is None:
-            return None
-        try:
-            return backend_states(conn, pids)
-        except pg.Error as exc:
-            log.debug("watchdog: cannot read pg_stat_activity: %s", exc)
-            self.close()
-            return None
+        return self._ask(lambda conn: backend_states(conn, pids), None)
+
+    def _reachable(self) -> bool:
+        return self._ask(lambda conn: True, False)
 
     def _terminate(self, pids: list[int]) -> list[int]:
-        if not pids:
-            return []
-        conn = self._connection()
-        if conn is None:
-            return []
-        try:
-            return terminate_backends(conn, pids)
-        except pg.Error as exc:
-            log.debug("watchdog: cannot end orphaned backends: %s", exc)
-            self.close()
-            return []
+        return self._ask(lambda conn: terminate_backends(conn, pids), []) if pids else []

@@ -104,6 +104,25 @@ class LocalPostgres:
         self._wait_until_accepting()
         return self
 
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (an outage); ``mode``: fast or immediate (a crash)."""
+        import subprocess
+
+        executor = self._executor
+        if mode != "fast":
+            subprocess.check_output([executor.executable, "stop", "-D", executor.datadir, "-m", mode], timeout=60)
+        try:
+            executor.stop()  # pg_ctl stop -m fast, then the executor forgets its process
+        except subprocess.CalledProcessError:  # already stopped (immediate)
+            from mirakuru import SimpleExecutor
+
+            SimpleExecutor.stop(executor)
+
+    def start_server(self) -> None:
+        """Start the server stopped by ``stop_server`` on its data; returns once it accepts connections."""
+        self._executor.start()
+        self._wait_until_accepting()
+
     def _wait_until_accepting(self, seconds: float = 60.0) -> None:
         """pg_ctl -w returns once the postmaster answers; a loaded host may still say "starting up"."""
         import time

@@ -45,7 +45,7 @@ def test_updates_of_one_row_under_full_identity_land_on_its_key_partition(pg_dsn
                  30, message="every update")
     finally:
         assert stop_service(service) == 0
-    polling = start_service(write_config(tmp_path / "poll", pg_dsn, iggy.address, source={"tables": ["f", "g"]},
+    polling = start_service(write_config(tmp_path / "poll", pg_dsn, iggy.address, source={"tables": ["f", "g"], "lag": "1s"},
                                          iggy={"stream": "polled", **partitions}))
     try:
         wait_for(lambda: iggy.message_count("polled", "f") == 1 and iggy.message_count("polled", "g") == 1, 30,

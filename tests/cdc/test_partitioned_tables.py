@@ -68,7 +68,8 @@ def test_check_refuses_what_cdc_would_never_deliver(pg_dsn, iggy, tmp_path):
 def test_polling_reads_a_partitioned_table_by_its_parent(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, EVENTS)
     execute(pg_dsn, "INSERT INTO ev VALUES (1, '2024-03-01', 'a'), (2, '2025-03-01', 'b')")
-    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["ev"], "tracking_column": "id"})
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"tables": ["ev"], "tracking_column": "id", "lag": "1s"})  # ids set by the test
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "ev")) >= 2, 30, message="2 rows")

@@ -56,7 +56,7 @@ def test_custom_query_without_placeholders_is_explained(tmp_path):
     )
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 2
-    assert "custom_query must use $1 (the last offset) and $2 (the batch size)" in result.stderr
+    assert "custom_query must use $1 or $offset (the last offset) and $2 or $limit (the batch size)" in result.stderr
 
 
 def test_max_connections_bounds_the_workers(pg_dsn, tmp_path):

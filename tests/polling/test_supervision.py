@@ -73,10 +73,10 @@ def test_a_postgresql_outage_is_waited_out_not_a_crash_loop(iggy, tmp_path):
         service = start_service(config)
         try:
             wait_for(lambda: bodies(iggy, "t"), 30, message="the first row")
-            cluster._executor.stop()  # PostgreSQL goes away for longer than a crash loop would allow
+            cluster.stop_server()  # PostgreSQL goes away for longer than a crash loop would allow
             time.sleep(4)
             assert service.poll() is None
-            cluster._executor.start()
+            cluster.start_server()
             execute(dsn, "INSERT INTO t DEFAULT VALUES")
             wait_for(lambda: len(bodies(iggy, "t")) >= 2, 60, message="the row written after the outage")
         finally:
