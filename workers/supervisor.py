@@ -75,7 +75,7 @@ class Supervisor:
         self._setup_metrics()
         self._install_signal_handlers()
         self._open_channels()
-        self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in self.assignment}
+        self.heartbeats = {name: self.ctx.Value("d", 0.0, lock=False) for name in [PUBLISHER, *self.assignment]}
         self.stop_event = StopFlag(self.ctx)
         try:
             self._start_publisher()
@@ -127,9 +127,10 @@ class Supervisor:
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
 
     def _start_publisher(self) -> None:
+        self.heartbeats[PUBLISHER].value = time.monotonic()  # silent for heartbeat_timeout: killed, pipeline restarted
         process = self.ctx.Process(
             target=run_publisher,
-            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue),
+            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.heartbeats[PUBLISHER]),
             name=PUBLISHER,
             daemon=False,
         )

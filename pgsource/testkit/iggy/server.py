@@ -48,6 +48,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self._transport = transport
         self._owner._connections.add(transport)
+        self._owner._accepted += 1
         if self._owner._frozen:
             transport.pause_reading()
 
@@ -122,6 +123,7 @@ class IggyStandIn:
         self._storage = Storage()
         self._latency = 0.0
         self._frozen = False
+        self._accepted = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -198,8 +200,12 @@ class IggyStandIn:
                 transport.resume_reading()
 
     def connection_count(self) -> int:
-        """Client connections open now."""
+        """Client connections open now (while frozen, a connection the client closed still counts)."""
         return sum(1 for t in list(self._connections) if not t.is_closing())
+
+    def connections_accepted(self) -> int:
+        """Client connections accepted since start."""
+        return self._accepted
 
     def confirm_without_offsets(self, enabled: bool = True) -> None:
         """Answer every send with ``count = 0`` after storing it: the server's "committed, no
