@@ -25,6 +25,7 @@ process (SIGABRT) after its work is done.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -104,6 +105,7 @@ class PublisherWorker:
         flusher = threading.Thread(target=flush, name="queue-flush", daemon=True)
         flusher.start()
         flusher.join(FLUSH_SECONDS)
+        atexit._run_exitfuncs()  # what exit handlers there are (a profiler's dump) run before teardown would
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -136,6 +138,14 @@ class PublisherWorker:
             pending = loop.run_in_executor(reader, self._next_event)  # read ahead while sending
             await self._deliver(sink, event)
 
+    async def _sleep(self, seconds: float) -> None:
+        """The back-off, beating meanwhile: waiting out an Iggy outage is not being wedged."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.beat()
+            await asyncio.sleep(min(left, 1.0))
+        self.beat()
+
     def _next_event(self):
         try:
             return get_event(self.batch_queue, timeout=0.5)
@@ -165,8 +175,7 @@ class PublisherWorker:
                 sink.disconnect()
                 if self.watch.orphaned():
                     raise SystemExit(ORPHANED_EXIT_CODE) from None
-                self.beat()
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
         now = time.time()
         self.metrics.send_seconds.observe(time.monotonic() - started)

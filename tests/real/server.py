@@ -52,6 +52,7 @@ class IggyServerProcess:
         self.binary = binary
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="iggy-data-")
+        os.makedirs(self.data_dir, exist_ok=True)
         self.ports = {name: free_port() for name in ("tcp", "http", "quic", "websocket")}
         self.log_path = log_path or os.path.join(self.data_dir, "server.out")
         self.process: subprocess.Popen | None = None
