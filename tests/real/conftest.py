@@ -171,7 +171,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(1)
+        time.sleep(0.2)
     raise RuntimeError(f"{what} did not answer within {timeout:.0f}s")
 
 
@@ -250,6 +250,9 @@ def _pg_answers(dsn: str) -> bool:
 def real_pg_dsn(request, compose_stack):
     """A database of its own: on the compose PostgreSQL, else on the private test cluster."""
     if compose_stack is None:
+        cluster = request.getfixturevalue("pg_cluster")
+        # under load the private cluster can still be "starting up" when its first test begins
+        _wait_for(lambda: _pg_answers(cluster.dsn()), 120, "the private PostgreSQL cluster")
         yield request.getfixturevalue("pg_dsn")
         return
     _wait_for(lambda: _pg_answers(_compose_dsn()), 120, "PostgreSQL")
