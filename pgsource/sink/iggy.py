@@ -62,7 +62,13 @@ _NOT_FOUND = ("was not found", "not found")
 
 
 class IggySink:
-    """One authenticated SDK client plus the streams and topics already known to exist."""
+    """One authenticated SDK client plus the streams and topics already known to exist.
+
+    The sink counts as its own every connection of this process to the server that did not
+    exist when it connected (the SDK opens and re-opens them out of sight): in the publisher
+    it is the only Iggy client. A client another part of the same process connects later
+    would be shut with the sink's on a timeout or a reconnect.
+    """
 
     def __init__(self, config: IggyConfig, on_wait: Callable[[], None] | None = None) -> None:
         self.config = config
@@ -91,10 +97,12 @@ class IggySink:
         )
         self._foreign = sockets.connections_to(self._port)  # other clients' connections, never touched
         client = iggy.IggyClient(tcp)
+        where = f"Iggy at {self.config.address}"
         try:  # auto-login: connect() logs in (a login_user after it would log out and in again)
-            await self._call(client.connect(), f"connecting to Iggy at {self.config.address}")
+            await self._call(client.connect(), where)
         except SinkRefused as exc:
-            raise SinkRefused(f"Iggy at {self.config.address} refused user {self.config.username!r}: {exc}") from None
+            reason = str(exc).removeprefix(f"{where}: ")
+            raise SinkRefused(f"{where} refused user {self.config.username!r}: {reason}") from None
         self._client = client
         self._known.clear()
 

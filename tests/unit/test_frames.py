@@ -317,7 +317,7 @@ def test_failures_no_retry_can_fix_are_refusals(case):
     with IggyStandIn(accept_wheel_topic_options=case != "refused create options") as server:
         message = asyncio.run(scenario(server))
     assert {
-        "wrong password": "refused user 'iggy': connecting to Iggy at",
+        "wrong password": "refused user 'iggy': Invalid credentials",
         "missing topic": "Iggy topic s/t does not exist and iggy.create_missing is false",
         "missing stream": "Iggy stream 's' does not exist and iggy.create_missing is false",
         "too few partitions": "has 1 partition(s), iggy.partitions asks for 3",
