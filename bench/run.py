@@ -12,6 +12,12 @@ then measures each figure ``--repeat`` times (median reported):
 - latency at a steady change rate (commit time → the stand-in's receive time);
 - peak RSS of all pgsource processes together and their CPU seconds per million rows.
 
+``--iggy HOST:PORT`` measures the same into a real Iggy server instead of the stand-in
+(``--iggy-username``/``--iggy-password``, default iggy/iggy). Its CPU is measured when it
+runs on this machine (the process listening on that port). A server that refuses the
+create-topic options of apache-iggy 0.9.0 gets each run's topic created beforehand,
+without options, and pgsource runs with ``create_missing: false``.
+
 Not a test: nothing here asserts a time.
 """
 
@@ -42,8 +48,43 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 TABLE = "bench_t"
 PROFILE_DIR = ""  # --profile: cProfile every pgsource process, .prof files here
-STANDIN_PID = 0
 PUBLICATION = "bench_pub"
+
+
+class Target:
+    """The Iggy the benchmark writes to: the stand-in it starts, or a real server (--iggy)."""
+
+    def __init__(self, address: str, kind: str, pid: int | None, username: str = "iggy", password: str = "iggy") -> None:
+        self.address = address
+        self.kind = kind  # "stand-in" | "iggy-server"
+        self.pid = pid  # its process on this machine, for CPU; None when unknown
+        self.username = username
+        self.password = password
+        self.precreate = False  # True: the server refuses the wheel's create-topic options
+
+    def cpu_seconds(self) -> float:
+        if self.pid is None:
+            return float("nan")
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return float("nan")
+        return times.user + times.system
+
+
+IGGY: Target | None = None
+
+
+def local_listener_pid(address: str) -> int | None:
+    """The process of this machine listening on ``address``'s port (the real server), if any."""
+    port = int(address.rsplit(":", 1)[1])
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except psutil.Error:
+        return None
+    return None
 
 
 def log(message: str) -> None:
@@ -130,13 +171,43 @@ def measure_copy(dsn: str, statement: str) -> float:
 
 
 class IggyView:
-    """The benchmark's own SDK client: counts what the stand-in acknowledged, reads it back."""
+    """The benchmark's own SDK client: counts what Iggy acknowledged, reads it back."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, target: Target) -> None:
         from pgsource.sink.reader import connect_client
 
         self.loop = asyncio.new_event_loop()
-        self.client = self.loop.run_until_complete(connect_client(address, "iggy", "iggy"))
+        self.client = self.loop.run_until_complete(connect_client(target.address, target.username, target.password))
+
+    def refuses_wheel_topic_options(self) -> bool:
+        """True when the server refuses the create-topic options apache-iggy 0.9.0 sends."""
+
+        async def probe() -> bool:
+            await self.client.create_stream("bench_probe")
+            try:
+                await self.client.create_topic("bench_probe", "probe", 1)
+                return False
+            except RuntimeError as exc:
+                if "unsupported option key" not in str(exc).lower():
+                    raise
+                return True
+            finally:
+                await self.client.delete_stream("bench_probe")
+
+        return self.loop.run_until_complete(probe())
+
+    def precreate(self, stream: str, topic: str, partitions: int = 1) -> None:
+        """The stream and the topic, created without create-topic options."""
+        import struct
+
+        async def create() -> None:
+            if await self.client.get_stream(stream) is not None:  # left by an interrupted run
+                await self.client.delete_stream(stream)
+            await self.client.create_stream(stream)
+            body = bytes((2, len(stream))) + stream.encode() + struct.pack("<I", partitions)
+            await self.client.send_binary_request(302, body + bytes((len(topic),)) + topic.encode())
+
+        self.loop.run_until_complete(create())
 
     def count(self, stream: str, topic: str) -> int:
         from pgsource.sink.reader import topic_message_count
@@ -147,7 +218,7 @@ class IggyView:
             return 0
 
     def drop(self, stream: str) -> None:
-        """Free the stand-in's memory between runs (it keeps every message it was sent)."""
+        """Free Iggy's memory and disk between runs (it keeps every message it was sent)."""
 
         async def delete() -> None:  # the SDK's awaitables need a running loop when created
             await self.client.delete_stream(stream)
@@ -155,7 +226,7 @@ class IggyView:
         try:
             self.loop.run_until_complete(delete())
         except RuntimeError as exc:
-            raise RuntimeError(f"deleting stream {stream} from the stand-in: {exc}") from None
+            raise RuntimeError(f"deleting stream {stream} from Iggy: {exc}") from None
 
     def read_all(self, stream: str, topic: str, total: int) -> list:
         import apache_iggy as iggy
@@ -264,12 +335,17 @@ class ProcessTreeSampler:
 class Service:
     """``python -m workers.cli run --config FILE`` with a config written for one measurement."""
 
-    def __init__(self, workdir: str, source: dict, iggy_address: str, stream: str, workers=1, **extra) -> None:
+    def __init__(self, workdir: str, source: dict, view, stream: str, workers=1, **extra) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.state_dir = os.path.join(workdir, "state")
+        iggy = {"address": IGGY.address, "username": IGGY.username, "password": IGGY.password,
+                "stream": stream, "topic": "{table}"}
+        if IGGY.precreate:
+            view.precreate(stream, TABLE)
+            iggy["create_missing"] = False
         config = {
             "source": source,
-            "iggy": {"address": iggy_address, "stream": stream, "topic": "{table}"},
+            "iggy": iggy,
             "state": {"dir": self.state_dir},
             "workers": workers,
             "supervisor": {"stop_timeout": "10s"},
@@ -319,15 +395,15 @@ class Service:
         for path in glob.glob(os.path.join(self.state_dir, "polling*.json")):
             try:
                 with open(path) as handle:
-                    total += int(json.load(handle).get("rows", 0))
+                    raw = json.load(handle)
+                total += int(raw.get("record", raw).get("rows", 0) or 0)  # typed records keep it under "record"
             except (OSError, ValueError):
                 continue
         return total
 
 
-def standin_cpu_seconds() -> float:
-    times = psutil.Process(STANDIN_PID).cpu_times()
-    return times.user + times.system
+def iggy_cpu_seconds() -> float:
+    return IGGY.cpu_seconds()
 
 
 def wait_until(predicate, service: Service, timeout: float, what: str, interval: float = 0.02) -> float:
@@ -343,7 +419,7 @@ def wait_until(predicate, service: Service, timeout: float, what: str, interval:
 # -- measurements -------------------------------------------------------------------------
 
 
-def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int, run: int, workdir: str) -> dict:
+def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir: str) -> dict:
     stream = f"poll_w{workers}_r{run}"
     table = {"name": TABLE, "chunks": workers} if workers > 1 and args.split == "chunks" else TABLE
     source = {
@@ -353,9 +429,9 @@ def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int,
         "poll_interval": "100ms",
         "batch_size": args.batch_size,
     }
-    service = Service(os.path.join(workdir, stream), source, iggy_address, stream, workers=workers)
+    service = Service(os.path.join(workdir, stream), source, view, stream, workers=workers)
     rows = args.rows
-    standin_cpu = standin_cpu_seconds()
+    iggy_cpu = iggy_cpu_seconds()
     started = time.perf_counter()
     service.start()
     service.sampler.backend_finder = lambda: pgsource_backends(dsn)
@@ -379,7 +455,7 @@ def run_polling(args, dsn: str, view: IggyView, iggy_address: str, workers: int,
         "delivered": delivered,
         "peak_rss_mb": service.sampler.peak_rss / 2**20,
         "cpu_s_per_m_rows": service.sampler.cpu_seconds / rows * 1e6,
-        "standin_cpu_s_per_m_rows": (standin_cpu_seconds() - standin_cpu) / rows * 1e6,
+        "iggy_cpu_s_per_m_rows": (iggy_cpu_seconds() - iggy_cpu) / rows * 1e6,
         "cpu_s_per_m_rows_by_process": by_role,
     }
 
@@ -475,7 +551,7 @@ def drain_peek(dsn: str, slot: str) -> float:
     return time.perf_counter() - started
 
 
-def run_cdc_pgsource(args, dsn, view, iggy_address, slot, expected, workdir, transport) -> dict:
+def run_cdc_pgsource(args, dsn, view, slot, expected, workdir, transport) -> dict:
     stream = f"cdc_{slot}"
     source = {
         "connection_string": dsn,
@@ -486,8 +562,8 @@ def run_cdc_pgsource(args, dsn, view, iggy_address, slot, expected, workdir, tra
         "cdc_transport": transport,
         "batch_size": args.batch_size,
     }
-    service = Service(os.path.join(workdir, stream), source, iggy_address, stream)
-    standin_cpu = standin_cpu_seconds()
+    service = Service(os.path.join(workdir, stream), source, view, stream)
+    iggy_cpu = iggy_cpu_seconds()
     started = time.perf_counter()
     service.start()
     try:
@@ -503,11 +579,11 @@ def run_cdc_pgsource(args, dsn, view, iggy_address, slot, expected, workdir, tra
         "delivered": delivered,
         "peak_rss_mb": service.sampler.peak_rss / 2**20,
         "cpu_s_per_m_rows": service.sampler.cpu_seconds / expected * 1e6,
-        "standin_cpu_s_per_m_rows": (standin_cpu_seconds() - standin_cpu) / expected * 1e6,
+        "iggy_cpu_s_per_m_rows": (iggy_cpu_seconds() - iggy_cpu) / expected * 1e6,
     }
 
 
-def run_cdc_shape(args, dsn, view, iggy_address, transactions: int, workdir: str) -> dict:
+def run_cdc_shape(args, dsn, view, transactions: int, workdir: str) -> dict:
     rows = args.rows
     shape = "one_txn" if transactions == 1 else f"{transactions}_txns"
     transports = args.cdc_transport.split(",")
@@ -545,7 +621,7 @@ def run_cdc_shape(args, dsn, view, iggy_address, transactions: int, workdir: str
         for transport, slots in pgs.items():
             runs = []
             for slot in slots:
-                runs.append(run_cdc_pgsource(args, dsn, view, iggy_address, slot, rows, workdir, transport))
+                runs.append(run_cdc_pgsource(args, dsn, view, slot, rows, workdir, transport))
                 log(f"cdc {shape}: pgsource ({transport}) {runs[-1]['rows_per_s']:,.0f} changes/s,"
                     f" peak RSS {runs[-1]['peak_rss_mb']:.0f} MB")
             out[f"pgsource_{transport}"] = summarize(runs)
@@ -554,7 +630,7 @@ def run_cdc_shape(args, dsn, view, iggy_address, transactions: int, workdir: str
     return out
 
 
-def run_latency(args, dsn, view, iggy_address, workdir: str) -> dict:
+def run_latency(args, dsn, view, workdir: str) -> dict:
     slot = "b_latency"
     stream = "latency"
     create_slots(dsn, [slot])
@@ -567,7 +643,7 @@ def run_latency(args, dsn, view, iggy_address, workdir: str) -> dict:
         "cdc_transport": args.cdc_transport.split(",")[0],
         "batch_size": args.batch_size,
     }
-    service = Service(os.path.join(workdir, stream), source, iggy_address, stream)
+    service = Service(os.path.join(workdir, stream), source, view, stream)
     service.start()
     per_txn = args.latency_txn_rows
     interval = per_txn / args.latency_rate
@@ -641,6 +717,8 @@ def summarize(runs: list[dict]) -> dict:
 def report(results: dict) -> str:
     lines = []
     copy_text = results.get("copy_text", {}).get("rows_per_s", float("nan"))
+    kind = results.get("iggy", {}).get("kind", "stand-in")
+    lines.append(f"into {kind} at {results.get('iggy', {}).get('address', '?')}")
 
     def row(name: str, rate: float, note: str = "") -> None:
         lines.append(f"{name:<44} {rate:>12,.0f}   {note}")
@@ -658,7 +736,8 @@ def report(results: dict) -> str:
         if key != "workers_1":
             note += f", {rate / one:.2f} x 1-worker"
         row(f"pgsource polling {key.replace('_', '=')} ({polling_split(results, key)})", rate,
-            note + f"; RSS {figures['peak_rss_mb_max']:.0f} MB, CPU {figures['cpu_s_per_m_rows']:.1f} s/M rows")
+            note + f"; RSS {figures['peak_rss_mb_max']:.0f} MB, CPU {figures['cpu_s_per_m_rows']:.1f} s/M rows,"
+            f" {kind} {figures.get('iggy_cpu_s_per_m_rows', float('nan')):.1f}")
     for shape, figures in results.get("cdc", {}).items():
         stream = figures["streaming_drain"]["rows_per_s"]
         peek = figures["peek_drain"]["rows_per_s"]
@@ -671,7 +750,8 @@ def report(results: dict) -> str:
                 rate = figures[key]["rows_per_s"]
                 row(f"CDC {shape}: {key.replace('_', ' ')}", rate,
                     f"{rate / stream:.2f} x streaming ({rate / same:.2f} x same settings), {rate / peek:.2f} x peek;"
-                    f" RSS {figures[key]['peak_rss_mb_max']:.0f} MB, CPU {figures[key]['cpu_s_per_m_rows']:.1f} s/M rows")
+                    f" RSS {figures[key]['peak_rss_mb_max']:.0f} MB, CPU {figures[key]['cpu_s_per_m_rows']:.1f} s/M rows,"
+                    f" {kind} {figures[key].get('iggy_cpu_s_per_m_rows', float('nan')):.1f}")
     latency = results.get("latency")
     if latency:
         lines.append(
@@ -709,8 +789,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="copy,polling,cdc,latency", help="comma-separated parts to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--profile", metavar="DIR", help="cProfile every pgsource process (one .prof per process under DIR); skews figures")
+    parser.add_argument("--iggy", metavar="HOST:PORT", help="a real Iggy server instead of the stand-in")
+    parser.add_argument("--iggy-username", default="iggy")
+    parser.add_argument("--iggy-password", default="iggy")
     args = parser.parse_args(argv)
-    global PROFILE_DIR, STANDIN_PID
+    global PROFILE_DIR, IGGY
     if args.profile:
         PROFILE_DIR = os.path.abspath(args.profile)
         os.makedirs(PROFILE_DIR, exist_ok=True)
@@ -729,18 +812,25 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
     }
     postgres = LocalPostgres().start()
-    standin = IggyStandInProcess().start()
-    STANDIN_PID = standin.pid
+    standin = None
+    if args.iggy:
+        IGGY = Target(args.iggy, "iggy-server", local_listener_pid(args.iggy), args.iggy_username, args.iggy_password)
+    else:
+        standin = IggyStandInProcess().start()
+        IGGY = Target(standin.address, "stand-in", standin.pid)
+    results["iggy"] = {"kind": IGGY.kind, "address": IGGY.address, "pid": IGGY.pid}
     try:
         database = postgres.create_database("bench")
         dsn = postgres.dsn(database)
         results["postgres"] = scalar(dsn, "SHOW server_version")
-        log(f"PostgreSQL {results['postgres']} on port {postgres.port}; stand-in at {standin.address} (pid {standin.pid})")
+        log(f"PostgreSQL {results['postgres']} on port {postgres.port}; {IGGY.kind} at {IGGY.address} (pid {IGGY.pid})")
         started = time.perf_counter()
         build_table(dsn, args.rows)
         results["table_mb"] = scalar(dsn, f"SELECT pg_total_relation_size('{TABLE}')") / 2**20
         log(f"table of {args.rows} rows built in {time.perf_counter() - started:.1f}s ({results['table_mb']:.0f} MB)")
-        view = IggyView(standin.address)
+        view = IggyView(IGGY)
+        if IGGY.kind == "iggy-server":
+            IGGY.precreate = results["iggy"]["precreate_topics"] = view.refuses_wheel_topic_options()
 
         if "copy" in parts or "polling" in parts:
             for name, statement in (
@@ -757,12 +847,12 @@ def main(argv: list[str] | None = None) -> int:
             for workers in sorted({1, args.workers}):
                 runs = []
                 for run in range(args.repeat):
-                    runs.append(run_polling(args, dsn, view, standin.address, workers, run, workdir))
+                    runs.append(run_polling(args, dsn, view, workers, run, workdir))
                     figures = runs[-1]
                     cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["cpu_s_per_m_rows_by_process"].items()))
                     log(f"polling workers={workers}: {figures['rows_per_s']:,.0f} rows/s"
                         f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB;"
-                        f" CPU s/M rows: {cpu}, stand-in {figures['standin_cpu_s_per_m_rows']:.2f}")
+                        f" CPU s/M rows: {cpu}, {IGGY.kind} {figures['iggy_cpu_s_per_m_rows']:.2f}")
                     if figures["delivered"] != args.rows:
                         log(f"WARNING: {figures['delivered']} messages delivered for {args.rows} rows")
                 results["polling"][f"workers_{workers}"] = summarize(runs)
@@ -773,13 +863,14 @@ def main(argv: list[str] | None = None) -> int:
             results["cdc"] = {}
             for transactions in (1, 1000):
                 shape = "one_txn" if transactions == 1 else f"{transactions}_txns"
-                results["cdc"][shape] = run_cdc_shape(args, dsn, view, standin.address, transactions, workdir)
+                results["cdc"][shape] = run_cdc_shape(args, dsn, view, transactions, workdir)
         if "latency" in parts:
-            results["latency"] = run_latency(args, dsn, view, standin.address, workdir)
+            results["latency"] = run_latency(args, dsn, view, workdir)
             lat = results["latency"]
             log(f"latency: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
     finally:
-        standin.stop()
+        if standin is not None:
+            standin.stop()
         postgres.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -820,4 +911,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # apache-iggy 0.9.0 may abort the interpreter's teardown (see pgsource/sink/sockets.py)

@@ -44,6 +44,12 @@ class SinkError(PgSourceError):
     exit_code = 5
 
 
+class SinkRefused(SinkError):
+    """Iggy refuses what the configuration asks in a way no retry can fix (wrong password, a
+    missing stream or topic pgsource may not create, too few partitions, a create option the
+    server does not accept): the service stops with exit code 5 instead of retrying for ever."""
+
+
 class StateError(PgSourceError):
     """``state.dir`` cannot be read or written (corrupt file, disk full, read-only), or a commit
     would move progress backward; the service stops and keeps the position it had."""

@@ -4,19 +4,38 @@ It takes batches off the shared queue in order, sends each with the real SDK, an
 when Iggy confirmed the whole batch puts an ``AckEvent`` on the ack queue of the worker
 that made it. A failed send is retried with capped exponential back-off, forever (an
 Iggy outage must neither lose data nor skip it): the batch that failed is sent again
-before anything after it, so per-worker order and acks stay in sequence.
+before anything after it, so per-worker order and acks stay in sequence. Every SDK call
+is bounded (``iggy.send_timeout``), so a server that stops answering ends in a retry,
+not a hang.
+
+A refusal no retry can fix (``SinkRefused``: wrong password, missing topic with
+``create_missing: false``, too few partitions...) is reported to the supervisor as
+``fatal`` and stops the service with exit code 5.
+
+Liveness: the publisher beats its ``Liveness`` (workers/liveness.py) whenever its
+queue reader comes back (at least every 0.5 s) and while it waits on Iggy, so a
+publisher wedged on the queue (a worker killed inside a ``put``) is killed and the
+pipeline restarted by the supervisor, like a silent worker.
+
+The process ends with ``os._exit`` once its queues are flushed: apache-iggy 0.9.0 may
+complete a future from a tokio thread while the interpreter finalizes, which aborts the
+process (SIGABRT) after its work is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pgsource.config.model import Config
-from pgsource.errors import SinkError
+from pgsource.errors import SinkError, SinkRefused
 from pgsource.events import AckEvent, BatchEvent, StopEvent, WorkerStatus
 from pgsource.sink import IggySink
 from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
@@ -26,16 +45,19 @@ log = logging.getLogger("pgsource.publisher")
 
 BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
+ORPHANED_EXIT_CODE = 1
+FLUSH_SECONDS = 5.0
 
 
 class PublisherWorker:
     """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
 
-    def __init__(self, config: Config, batch_queue, ack_queues: dict, status_queue) -> None:
+    def __init__(self, config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None) -> None:
         self.config = config
         self.batch_queue = batch_queue
         self.ack_queues = ack_queues
         self.status_queue = status_queue
+        self.heartbeat = heartbeat  # the publisher's Liveness (workers/liveness.py), or None
 
     def run(self) -> None:
         setup_logging()
@@ -46,31 +68,83 @@ class PublisherWorker:
 
         self.metrics = Metrics.get()
         self.watch = ParentWatch()
+        self.beat()
         put_event(self.status_queue, WorkerStatus("publisher", "ready"))
-        asyncio.run(self._main())
+        code = 1
+        try:
+            code = asyncio.run(self._main())
+        except SinkRefused as exc:
+            log.error("publisher: %s", exc)
+            put_event(self.status_queue, WorkerStatus("publisher", "fatal", exc))
+            code = exc.exit_code
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:
+            log.exception("publisher: unexpected error")
+        finally:
+            self._exit(code)
 
-    async def _main(self) -> None:
-        sink = IggySink(self.config.iggy)
+    def beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+
+    def _exit(self, code: int) -> None:
+        """Flush what this process put on its queues (for at most FLUSH_SECONDS: a queue
+        nobody reads any more must not hold the exit), then leave without finalizing the
+        interpreter."""
+        channels = [*self.ack_queues.values(), self.status_queue]
+
+        def flush() -> None:
+            for channel in channels:
+                try:
+                    channel.close()
+                    channel.join_thread()
+                except (OSError, ValueError, AssertionError):
+                    pass
+
+        flusher = threading.Thread(target=flush, name="queue-flush", daemon=True)
+        flusher.start()
+        flusher.join(FLUSH_SECONDS)
+        atexit._run_exitfuncs()  # what exit handlers there are (a profiler's dump) run before teardown would
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    async def _main(self) -> int:
+        sink = IggySink(self.config.iggy, on_wait=self.beat)
         loop = asyncio.get_running_loop()
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         pending = loop.run_in_executor(reader, self._next_event)
         try:  # connect while the workers start, not when the first batch is already waiting
             await sink.connect()
+        except SinkRefused:
+            raise
         except SinkError as exc:
             log.debug("publisher: %s; connecting again with the first batch", exc)
         while True:
             event = await pending
+            self.beat()
             if event is None:
                 if self.watch.orphaned():
                     log.error("publisher: supervisor is gone, exiting")
-                    return
+                    return ORPHANED_EXIT_CODE
                 pending = loop.run_in_executor(reader, self._next_event)
                 continue
             if isinstance(event, StopEvent):
                 log.info("publisher: stop requested, queue drained")
-                return
+                sink.disconnect()
+                return 0
             pending = loop.run_in_executor(reader, self._next_event)  # read ahead while sending
             await self._deliver(sink, event)
+
+    async def _sleep(self, seconds: float) -> None:
+        """The back-off, beating meanwhile: waiting out an Iggy outage is not being wedged."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.beat()
+            await asyncio.sleep(min(left, 1.0))
+        self.beat()
 
     def _next_event(self):
         try:
@@ -81,6 +155,7 @@ class PublisherWorker:
     async def _deliver(self, sink: IggySink, event: BatchEvent) -> None:
         delay = BACKOFF_START
         failures = 0
+        confirmed: set[int] = set()  # requests of this batch Iggy already confirmed: not re-sent
         while True:
             started = time.monotonic()
             try:
@@ -88,8 +163,10 @@ class PublisherWorker:
                     await sink.connect()
                     if failures:
                         log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
-                await sink.send_frames(event.stream, event.topic, event.parts)
+                await sink.send_frames(event.stream, event.topic, event.parts, confirmed)
                 break
+            except SinkRefused:
+                raise
             except SinkError as exc:
                 failures += 1
                 self.metrics.send_errors.inc()
@@ -97,8 +174,8 @@ class PublisherWorker:
                 log.log(level, "publisher: %s; retrying in %.1fs (attempt %d)", exc, delay, failures)
                 sink.disconnect()
                 if self.watch.orphaned():
-                    raise SystemExit(1) from None
-                await asyncio.sleep(delay)
+                    raise SystemExit(ORPHANED_EXIT_CODE) from None
+                await self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
         now = time.time()
         self.metrics.send_seconds.observe(time.monotonic() - started)
@@ -110,6 +187,6 @@ class PublisherWorker:
             put_event(ack_queue, AckEvent(event.worker, event.seq, len(event), now))
 
 
-def run_publisher(config: Config, batch_queue, ack_queues: dict, status_queue) -> None:
+def run_publisher(config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None) -> None:
     """Process target (module-level so the spawn start method can import it)."""
-    PublisherWorker(config, batch_queue, ack_queues, status_queue).run()
+    PublisherWorker(config, batch_queue, ack_queues, status_queue, heartbeat).run()

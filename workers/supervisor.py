@@ -87,7 +87,7 @@ class Supervisor:
         self._setup_metrics()
         self._install_signal_handlers()
         self._open_channels()
-        self.liveness = {name: Liveness(self.ctx) for name in self.assignment}
+        self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.stop_event = StopFlag(self.ctx)
         try:
             self._start_publisher()
@@ -139,9 +139,10 @@ class Supervisor:
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
 
     def _start_publisher(self) -> None:
+        self.liveness[PUBLISHER].reset()  # silent for heartbeat_timeout: killed, pipeline restarted
         process = self.ctx.Process(
             target=run_publisher,
-            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue),
+            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.liveness[PUBLISHER]),
             name=PUBLISHER,
             daemon=False,
         )

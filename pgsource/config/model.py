@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pgsource.config.duration import parse_duration
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+_NUMERIC_NAME = re.compile(r"\+?[0-9]+")
 
 
 class Mode(str, Enum):
@@ -240,10 +241,38 @@ class IggyConfig(BaseModel):
         unknown = set(re.findall(r"\{([^}]*)\}", value)) - {"table", "schema"}
         if unknown:
             raise ValueError(f"topic template knows {{table}} and {{schema}}, not {', '.join(sorted(unknown))}")
+        if "{" not in value:
+            iggy_name_problem("topic", value, raise_it=True)
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, value: str) -> str:
+        iggy_name_problem("stream", value, raise_it=True)
         return value
 
     def topic_for(self, table: TableConfig) -> str:
         return self.topic.format(table=table.name, schema=table.schema_)
+
+
+def iggy_name_problem(what: str, name: str, raise_it: bool = False) -> str | None:
+    """Why Iggy cannot take ``name`` as a stream or topic name, or None.
+
+    The SDK turns a name that parses as a u32 (digits, optionally after ``+``: ``2024``,
+    ``+5``) into a numeric identifier: a topic named ``2024`` would be looked up as the
+    topic with id 2024, never found, and created again on every start (or another topic
+    written to). Names made only of digits are refused whatever their size. Iggy names
+    have 1 to 255 bytes.
+    """
+    problem = None
+    if not 0 < len(name.encode()) <= 255:
+        problem = f"{what} name {name!r} must have 1 to 255 bytes"
+    elif _NUMERIC_NAME.fullmatch(name):
+        problem = (f"{what} name {name!r} is a number, which the Iggy SDK sends as a numeric id, not as a name;"
+                   f" choose a name with a letter in it")
+    if problem and raise_it:
+        raise ValueError(problem)
+    return problem
 
 
 class StateConfig(BaseModel):
@@ -321,6 +350,18 @@ class Config(BaseModel):
         if isinstance(value, dict) and not value:
             raise ValueError("workers: the mapping is empty")
         return value
+
+    @model_validator(mode="after")
+    def _topic_names(self):
+        """Every topic the template gives a table (or custom_query) is a name Iggy can take."""
+        names = [(t.qualified, self.iggy.topic_for(t)) for t in self.source.tables]
+        if self.source.custom_query:
+            names.append(("custom_query", self.iggy.topic.format(table="custom_query", schema="public")))
+        for table, topic in names:
+            problem = iggy_name_problem("topic", topic)
+            if problem:
+                raise ValueError(f"iggy.topic: for table {table}, {problem}")
+        return self
 
     @model_validator(mode="after")
     def _mapping_covers_tables(self):

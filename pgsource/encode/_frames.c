@@ -158,7 +158,7 @@ done:
 PyDoc_STRVAR(index_frames_doc,
 "index_frames(batch) -> (starts, checksums) | (error code, reason)\n\n"
 "Walk a received batch (256-byte header, then frames): check each frame's length,\n"
-"offset delta and checksum. On success ``starts`` is every frame's offset plus the end,\n"
+"offset delta, reserved bytes and checksum. On success ``starts`` is every frame's offset plus the end,\n"
 "as native uint32 bytes, and ``checksums`` the frames' 8-byte checksums back to back.\n"
 "On a bad frame the first item is an int: 0 format, 1 count, 2 checksum.");
 
@@ -202,6 +202,10 @@ static PyObject *index_frames(PyObject *self, PyObject *arg)
         const unsigned char *frame = batch + pos;
         if (get_u32(frame + 24) != seen) {
             code = 0, reason = "offset_delta must count frames from 0";
+            goto fail;
+        }
+        if (get_u64(frame + 40) != 0) {
+            code = 0, reason = "reserved bytes of a frame must be zero";
             goto fail;
         }
         uint64_t length = (uint64_t)FRAME_HEADER + get_u32(frame + 32) + get_u32(frame + 36);

@@ -35,12 +35,15 @@ except ImportError:  # built without a C compiler: the Python code below does th
 
 __all__ = [
     "SEND_MESSAGES_CODE",
+    "MAX_REQUEST_BYTES",
+    "MAX_REQUEST_FRAMES_BYTES",
     "PartitionFrames",
     "batch_checksum",
     "encode_frames",
     "encode_partition_frames",
     "encode_send_request",
     "encode_user_headers",
+    "split_partition_frames",
 ]
 
 MAX_PAYLOAD = 64_000_000  # bytes; the SDK refuses bigger and empty payloads, so does the server
@@ -48,8 +51,14 @@ MAX_HEADER_FIELD = 255  # bytes of a user header key or value (and at least 1)
 SEND_MESSAGES_CODE = 101  # the command code ``send_binary_request`` maps to the SendMessages operation
 BATCH_HEADER_SIZE = 256
 FRAME_HEADER_SIZE = 48
+# The server closes the connection on a request frame (256-byte header + body) over 64 MiB.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# Frames per SendMessages request: the limit less the request header (256), the metadata
+# (at most 528 with two 255-byte names), the batch header (256), and a margin.
+MAX_REQUEST_FRAMES_BYTES = MAX_REQUEST_BYTES - 64 * 1024
 
 _LOW64 = (1 << 64) - 1
+_FRAME_SIZES = struct.Struct("<II")  # headers_len, payload_len at byte 32 of a frame
 _FRAME_TAIL = struct.Struct("<QQIIIIQ")  # id low, id high, offset_delta, timestamp_delta, headers_len, payload_len, reserved
 _U64 = struct.Struct("<Q")
 _BATCH_FIELDS = struct.Struct("<QQQQQ")  # partition, base_offset, base_timestamp, origin_timestamp, batch_length
@@ -200,3 +209,40 @@ def encode_send_request(stream: str, topic: str, part: PartitionFrames, origin_t
     struct.pack_into("<I", header, 48, part.count)
     _U64.pack_into(header, 40, batch_checksum(header, part.checksums))
     return b"".join((struct.pack("<I", len(meta)), meta, header, part.frames))
+
+
+def split_partition_frames(part: PartitionFrames, max_bytes: int = MAX_REQUEST_FRAMES_BYTES) -> list[PartitionFrames]:
+    """``part`` as requests of at most ``max_bytes`` of frames each, order kept.
+
+    A batch of wide rows can exceed what one request may carry (the server drops the
+    connection, so re-sending the same request would fail for ever). The common case, a
+    part that fits, is returned as it is; otherwise the frames are cut at frame
+    boundaries and each piece is numbered from offset delta 0 again (its frames'
+    checksums recomputed), as the server expects of a batch.
+    """
+    if len(part.frames) <= max_bytes:
+        return [part]
+    frames = memoryview(part.frames)
+    pieces: list[PartitionFrames] = []
+    chunk: list[bytes] = []
+    sums: list[bytes] = []
+    size = pos = 0
+    while pos < len(frames):
+        headers_len, payload_len = _FRAME_SIZES.unpack_from(frames, pos + 32)
+        end = pos + FRAME_HEADER_SIZE + headers_len + payload_len
+        if end - pos > max_bytes:
+            raise ValueError(f"one message of {end - pos} bytes cannot fit in a request of {max_bytes} bytes")
+        if size + end - pos > max_bytes:
+            pieces.append(PartitionFrames(part.partition, len(chunk), b"".join(chunk), b"".join(sums)))
+            chunk, sums, size = [], [], 0
+        frame = bytearray(frames[pos:end])
+        struct.pack_into("<I", frame, 24, len(chunk))  # offset_delta within its piece
+        digest = _U64.pack(xxh3_64_intdigest(memoryview(frame)[8:]))
+        frame[0:8] = digest
+        chunk.append(bytes(frame))
+        sums.append(digest)
+        size += end - pos
+        pos = end
+    if chunk:
+        pieces.append(PartitionFrames(part.partition, len(chunk), b"".join(chunk), b"".join(sums)))
+    return pieces

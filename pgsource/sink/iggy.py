@@ -1,9 +1,22 @@
 """``send_*``: writing batches to Iggy with the real ``apache-iggy`` SDK.
 
-A send returns only when the server confirmed every partition it wrote to; that
-confirmation is what lets offsets, LSNs, deletes and marks move forward. Reconnecting
-is left to the caller (the publisher), which retries with back-off: the SDK is told to
-give up quickly instead of waiting inside its own unbounded retry loop.
+A send returns only when the server confirmed every request it made; that confirmation
+is what lets offsets, LSNs, deletes and marks move forward. Reconnecting is left to the
+caller (the publisher), which retries with back-off: the SDK is told to give up quickly
+instead of waiting inside its own unbounded retry loop.
+
+Every SDK call is bounded by ``iggy.send_timeout``. The SDK has no timeout of its own:
+a request the server never answers (a batch refused at admission gets no reply; a
+frozen server answers nothing) would hang the publisher for ever. When the time is up
+the client's connection is shut down (``pgsource.sink.sockets``), which fails the
+pending request inside the SDK, and the client is dropped; the publisher connects again
+and re-sends.
+
+Failures that no retry can fix raise :class:`~pgsource.errors.SinkRefused` (exit 5):
+a wrong password or missing permission, a missing stream or topic with
+``create_missing: false``, a topic with fewer partitions than ``iggy.partitions``, a
+create option or name the server refuses. Everything else (the server down,
+restarting, slow, a topic deleted under us) is a ``SinkError`` the publisher retries.
 """
 
 from __future__ import annotations
@@ -12,39 +25,84 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import apache_iggy as iggy
 
 from pgsource.config.model import IggyConfig
-from pgsource.encode.frames import SEND_MESSAGES_CODE, PartitionFrames, encode_send_request
-from pgsource.errors import SinkError
+from pgsource.encode.frames import (
+    SEND_MESSAGES_CODE,
+    PartitionFrames,
+    encode_send_request,
+    split_partition_frames,
+)
+from pgsource.errors import SinkError, SinkRefused
+from pgsource.sink import sockets
 
 log = logging.getLogger(__name__)
 
+ABANDON_SECONDS = 15.0  # how long a timed-out request may take to fail once its connections are shut
+SETTLE_SECONDS = 0.2
+WAIT_SLICE = 1.0  # an SDK call is waited for in slices of this, calling ``on_wait`` between them
+
+# SDK error texts (apache-iggy 0.9.0 renders the server's error code) that no retry can fix.
+_PERMANENT = (
+    "invalid credentials",  # 42, or an Eviction frame with reason InvalidCredentials
+    "unauthorized",  # 41: the user lacks the permission
+    "unsupported option key",  # 4041: the server refuses a create option the SDK sends
+    "invalid option value",  # 4042
+    "invalid stream name",  # 1013
+    "invalid topic name",  # 2014
+    "user inactive",
+)
+# ... and texts that mean the stream, topic or partition is gone: retried after looking again
+# (ensure_topic then re-creates it, or refuses when create_missing is false).
+_NOT_FOUND = ("was not found", "not found")
+
 
 class IggySink:
-    """One authenticated SDK client plus the streams and topics already known to exist."""
+    """One authenticated SDK client plus the streams and topics already known to exist.
 
-    def __init__(self, config: IggyConfig) -> None:
+    The sink counts as its own every connection of this process to the server that did not
+    exist when it connected (the SDK opens and re-opens them out of sight): in the publisher
+    it is the only Iggy client. A client another part of the same process connects later
+    would be shut with the sink's on a timeout or a reconnect.
+    """
+
+    def __init__(self, config: IggyConfig, on_wait: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.on_wait = on_wait  # called about every second while an SDK call is pending (the heartbeat)
         self._client: iggy.IggyClient | None = None
+        self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
+        self._port = int(config.address.rsplit(":", 1)[1])
+
+    # -- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect and log in; raises SinkError (with the address) when Iggy does not answer."""
+        """Connect and log in; ``SinkError`` (with the address) when Iggy does not answer,
+        ``SinkRefused`` when it refuses the credentials."""
+        self.disconnect()
+        self._shut_ours()  # what an earlier, abandoned client of this sink may have redialled since
         tcp = iggy.TcpConfig(
             server_address=self.config.address,
             auto_login=iggy.AutoLogin.username_password(self.config.username, self.config.password),
-            reconnection=iggy.TcpReconnectionConfig(max_retries=0, interval=timedelta(milliseconds=200)),
+            # One immediate redial at most (reestablish_after 0): a request pending on a connection
+            # that was shut fails at once instead of after the SDK's 5 s re-establish delay.
+            reconnection=iggy.TcpReconnectionConfig(
+                max_retries=0, interval=timedelta(milliseconds=200), reestablish_after=timedelta(0)
+            ),
             nodelay=True,
         )
+        self._foreign = sockets.connections_to(self._port)  # other clients' connections, never touched
         client = iggy.IggyClient(tcp)
-        try:
-            await asyncio.wait_for(client.connect(), self.config.send_timeout)
-            await asyncio.wait_for(client.login_user(self.config.username, self.config.password), self.config.send_timeout)
-        except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
-            raise SinkError(f"Iggy at {self.config.address}: {_reason(exc)}") from None
+        where = f"Iggy at {self.config.address}"
+        try:  # auto-login: connect() logs in (a login_user after it would log out and in again)
+            await self._call(client.connect(), where)
+        except SinkRefused as exc:
+            reason = str(exc).removeprefix(f"{where}: ")
+            raise SinkRefused(f"{where} refused user {self.config.username!r}: {reason}") from None
         self._client = client
         self._known.clear()
 
@@ -53,55 +111,142 @@ class IggySink:
         return self._client is not None
 
     def disconnect(self) -> None:
-        """Forget the client; the next send connects again."""
+        """Drop the client and shut its connections; the next send connects again."""
+        if self._client is not None:
+            self._shut_ours()
         self._client = None
         self._known.clear()
 
+    def _shut_ours(self) -> int:
+        """Shut every connection to the server that is not another client's (see ``_foreign``)."""
+        if self._foreign is None:  # never connected: nothing here is ours
+            return 0
+        return sockets.shut_down(self._port, sockets.connections_to(self._port) - self._foreign)
+
+    # -- bounded SDK calls ---------------------------------------------------------------
+
+    async def _call(self, awaitable: Awaitable, what: str):
+        """Await one SDK call for at most ``send_timeout``; errors become SinkError/SinkRefused.
+
+        On a timeout the request is not merely cancelled (the SDK would keep it, and its
+        connection, for ever): its connections are shut down until the SDK has failed it.
+        """
+        future = asyncio.ensure_future(awaitable)
+        deadline = time.monotonic() + self.config.send_timeout
+        while not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait({future}, timeout=min(left, WAIT_SLICE))
+            if self.on_wait is not None:
+                self.on_wait()
+        if not future.done():
+            await self._abandon(future)
+            raise SinkError(f"{what}: no answer within {self.config.send_timeout:g}s")
+        try:
+            return future.result()
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise _classify(what, exc) from None
+
+    async def _abandon(self, future: asyncio.Future) -> None:
+        """Make the SDK fail a request the server does not answer, then forget the client.
+
+        Its connection is shut down; the SDK redials at once and re-sends, so every
+        connection to the server that is not another client's is shut again until the
+        request has failed (within a fraction of a second here; bounded by ABANDON_SECONDS).
+        """
+        deadline = time.monotonic() + ABANDON_SECONDS
+        while not future.done() and time.monotonic() < deadline:
+            self._shut_ours()
+            await asyncio.wait({future}, timeout=0.05)
+            if self.on_wait is not None:
+                self.on_wait()
+        await asyncio.sleep(SETTLE_SECONDS)  # the SDK may redial once more as the request fails
+        self._shut_ours()
+        if not future.done():
+            log.warning("an Iggy request is still pending %.0fs after its connection was shut", ABANDON_SECONDS)
+        future.add_done_callback(_retrieve)
+        self._client = None
+        self._known.clear()
+
+    # -- streams and topics ---------------------------------------------------------------
+
     async def ensure_topic(self, stream: str, topic: str) -> None:
-        """Create the stream/topic when missing (``create_missing``), else fail naming it."""
+        """Create the stream/topic when missing (``create_missing``), else refuse naming it."""
         if (stream, topic) in self._known:
             return
         client = self._require()
-        try:
-            if await client.get_stream(stream) is None:
-                if not self.config.create_missing:
-                    raise SinkError(f"Iggy stream {stream!r} does not exist and iggy.create_missing is false")
-                await _tolerate_exists(client.create_stream(stream))
-            details = await client.get_topic(stream, topic)
+        where = f"Iggy topic {stream}/{topic}"
+        if await self._call(client.get_stream(stream), f"{where}: reading stream") is None:
+            if not self.config.create_missing:
+                raise SinkRefused(f"Iggy stream {stream!r} does not exist and iggy.create_missing is false")
+            await self._create(client.create_stream(stream), f"{where}: creating stream {stream!r}")
+        details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
+        if details is None:
+            if not self.config.create_missing:
+                raise SinkRefused(f"{where} does not exist and iggy.create_missing is false")
+            await self._create(client.create_topic(stream, topic, self.config.partitions),
+                               f"{where}: creating it with {self.config.partitions} partition(s)")
+            details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
             if details is None:
-                if not self.config.create_missing:
-                    raise SinkError(f"Iggy topic {stream}/{topic} does not exist and iggy.create_missing is false")
-                await _tolerate_exists(client.create_topic(stream, topic, self.config.partitions))
-                details = await client.get_topic(stream, topic)
-            if details is not None and details.partitions_count < self.config.partitions:
-                raise SinkError(
-                    f"Iggy topic {stream}/{topic} has {details.partitions_count} partitions,"
-                    f" iggy.partitions asks for {self.config.partitions}"
-                )
-        except RuntimeError as exc:
-            raise SinkError(f"Iggy topic {stream}/{topic}: {_reason(exc)}") from None
+                raise SinkError(f"{where}: created, but Iggy does not find it yet")
+        if details.partitions_count < self.config.partitions:
+            raise SinkRefused(
+                f"{where} has {details.partitions_count} partition(s), iggy.partitions asks for"
+                f" {self.config.partitions}: add partitions to the topic or lower iggy.partitions"
+            )
         self._known.add((stream, topic))
 
-    async def send_frames(self, stream: str, topic: str, parts: list[PartitionFrames]) -> int:
-        """Send one encoded batch, one request per partition; returns messages confirmed.
+    async def _create(self, awaitable: Awaitable, what: str) -> None:
+        """Another process may have created it between our look-up and our create."""
+        try:
+            await self._call(awaitable, what)
+        except SinkRefused:
+            raise
+        except SinkError as exc:
+            if "already exists" not in str(exc).lower():
+                raise
 
-        The frames were encoded by the worker (``pgsource.encode.frames``); the SDK's
-        ``send_binary_request`` frames the request, sends it on its connection and returns
-        the server's confirmation, which is checked here.
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send_frames(
+        self, stream: str, topic: str, parts: list[PartitionFrames], confirmed: set[int] | None = None
+    ) -> int:
+        """Send one encoded batch; returns the messages confirmed (all of them, or it raises).
+
+        One request per partition, and more when a partition's frames exceed what one
+        request may carry. ``confirmed`` (kept by the caller across retries of the same
+        batch) collects the requests Iggy already confirmed, which a retry skips.
         """
         client = self._require()
         await self.ensure_topic(stream, topic)
         sent = 0
+        ordinal = 0
         for part in parts:
-            body = encode_send_request(stream, topic, part, time.time_ns() // 1000)
             try:
-                reply = await asyncio.wait_for(client.send_binary_request(SEND_MESSAGES_CODE, body), self.config.send_timeout)
-            except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
-                raise SinkError(f"sending {part.count} messages to {stream}/{topic}: {_reason(exc)}") from None
-            confirmed = decode_send_confirmation(reply)
-            if confirmed != part.partition:
-                raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {confirmed}, not {part.partition}")
-            sent += part.count
+                pieces = split_partition_frames(part)
+            except ValueError as exc:
+                raise SinkRefused(f"sending to {stream}/{topic}: {exc}") from None
+            for piece in pieces:
+                if confirmed is not None and ordinal in confirmed:
+                    sent += piece.count
+                    ordinal += 1
+                    continue
+                body = encode_send_request(stream, topic, piece, time.time_ns() // 1000)
+                what = f"sending {piece.count} messages to {stream}/{topic}"
+                try:
+                    reply = await self._call(client.send_binary_request(SEND_MESSAGES_CODE, body), what)
+                except SinkError as exc:
+                    if _is_not_found(exc):
+                        self._known.discard((stream, topic))  # look again (and re-create) before the retry
+                    raise
+                partition = decode_send_confirmation(reply)
+                if partition is not None and partition != piece.partition:
+                    raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {partition}, not {piece.partition}")
+                if confirmed is not None:
+                    confirmed.add(ordinal)
+                sent += piece.count
+                ordinal += 1
         return sent
 
     def _require(self) -> iggy.IggyClient:
@@ -110,17 +255,15 @@ class IggySink:
         return self._client
 
 
-async def _tolerate_exists(awaitable) -> None:
-    """Another process may have created it between our look-up and our create."""
-    try:
-        await awaitable
-    except RuntimeError as exc:
-        if "already exists" not in str(exc).lower():
-            raise
+def decode_send_confirmation(reply: bytes) -> int | None:
+    """The partition a SendMessages reply confirms, or None for ``count = 0``.
 
-
-def decode_send_confirmation(reply: bytes) -> int:
-    """The partition a SendMessages reply confirms: ``[count u32]`` + ``[stream, topic, partition u32][base_offset u64]``."""
+    The reply is ``[count u32]`` + ``[stream, topic, partition u32][base_offset u64]`` per
+    confirmation. The server answers ``count = 0`` for a batch it committed without
+    offsets to report (a purge racing the send): a success, as the SDK reads it too.
+    """
+    if len(reply) == 4 and reply == b"\x00\x00\x00\x00":
+        return None
     if len(reply) != 4 + _CONFIRMATION.size or int.from_bytes(reply[:4], "little") != 1:
         raise SinkError(f"unexpected SendMessages reply from Iggy ({len(reply)} bytes)")
     return _CONFIRMATION.unpack_from(reply, 4)[2]
@@ -129,7 +272,19 @@ def decode_send_confirmation(reply: bytes) -> int:
 _CONFIRMATION = struct.Struct("<IIIQ")
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return str(exc) or exc.__class__.__name__
+def _classify(what: str, exc: BaseException) -> SinkError:
+    reason = str(exc) or exc.__class__.__name__
+    lowered = reason.lower()
+    if any(text in lowered for text in _PERMANENT):
+        return SinkRefused(f"{what}: {reason}")
+    return SinkError(f"{what}: {reason}")
+
+
+def _is_not_found(exc: SinkError) -> bool:
+    return any(text in str(exc).lower() for text in _NOT_FOUND)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Consume the outcome of an abandoned request (no 'exception never retrieved' noise)."""
+    if not future.cancelled():
+        future.exception()

@@ -76,7 +76,21 @@ def _send_body(batch: bytes, count: int) -> bytes:
     return struct.pack("<I", len(meta)) + meta + batch
 
 
-def test_corrupted_frames_are_rejected_with_checksum_errors(standin):
+def _no_reply(sock: socket.socket, frame: bytes, wait: float = 0.3) -> bool:
+    """True when nothing comes back within ``wait`` (the connection stays open)."""
+    sock.sendall(frame)
+    sock.settimeout(wait)
+    try:
+        sock.recv(1)  # a reply, or b"" for a closed connection: both are an answer
+        return False
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(5)
+
+
+def test_refused_batches_get_no_reply_and_the_connection_goes_on(standin):
+    """As the real server does (tests/standin/transcripts/refused.json): no reply at all."""
     with socket.create_connection(("127.0.0.1", standin.port), timeout=5) as sock:
         session = _login(sock)
         operation, status, reply = _exchange(sock, _request(128, _name("s"), session))
@@ -93,20 +107,28 @@ def test_corrupted_frames_are_rejected_with_checksum_errors(standin):
 
         flipped_payload = bytearray(good)
         flipped_payload[256 + 48] ^= 0xFF  # first byte of the first payload
-        assert _exchange(sock, _request(160, _send_body(bytes(flipped_payload), 2), session))[1] == 4027
-
         bad_batch_sum = bytearray(good)
         bad_batch_sum[40] ^= 0x01
-        assert _exchange(sock, _request(160, _send_body(bytes(bad_batch_sum), 2), session))[1] == 4039
-
-        wrong_count = _send_body(bytes(good), 3)
-        assert _exchange(sock, _request(160, wrong_count, session))[1] == 4009
+        reserved = bytearray(good)
+        reserved[256 + 40] = 1  # the first frame's reserved u64
+        for corrupted, count in ((flipped_payload, 2), (bad_batch_sum, 2), (good, 3), (reserved, 2)):
+            assert _no_reply(sock, _request(160, _send_body(bytes(corrupted), count), session))
+        assert _exchange(sock, _request(2, b"", session, code=1))[1] == 0  # still serving
 
         assert _exchange(sock, _request(77, b"", session))[1] == 3  # unknown operation
         assert _exchange(sock, _request(2, b"", session, code=4242))[1] == 3  # unknown read
 
     assert [m.payload for m in standin.messages("s", "t")] == [b"hello", b"world"]
     assert [m.id for m in standin.messages("s", "t")] == [1000, 1001]
+
+
+def test_a_frame_over_64_mib_closes_the_connection(standin):
+    with socket.create_connection(("127.0.0.1", standin.port), timeout=5) as sock:
+        _login(sock)
+        header = bytearray(_request(160, b""))
+        struct.pack_into("<I", header, 48, 64 * 1024 * 1024 + 1)
+        sock.sendall(bytes(header))
+        assert sock.recv(1) == b""  # closed before the body is even sent
 
 
 def test_requests_before_login_are_refused(standin):

@@ -9,6 +9,7 @@ twin must give exactly the Python encoder's bytes.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from apache_iggy import Consumer, IggyClient, Partitioning, PollingStrategy, SendMessage
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from pgsource.config.model import IggyConfig
 from pgsource.encode import frames
-from pgsource.errors import SinkError, SourceError
+from pgsource.errors import SinkError, SinkRefused, SourceError
 from pgsource.sink import IggySink
 from pgsource.testkit.iggy import IggyStandIn, batches, wire
 
@@ -164,3 +165,207 @@ def test_several_partitions_keep_their_order_and_a_bad_reply_is_an_error():
         from pgsource.sink.iggy import decode_send_confirmation
 
         decode_send_confirmation(b"\x01\x00\x00\x00")
+
+
+# -- the send path against a server that behaves like the real one ---------------------------
+
+
+def _sink_config(address: str, **overrides) -> IggyConfig:
+    return IggyConfig(address=address, stream="s", partitions=overrides.pop("partitions", 1), **overrides)
+
+
+async def _send(sink: IggySink, parts, confirmed=None) -> int:
+    if not sink.connected:
+        await sink.connect()
+    return await sink.send_frames("s", "t", parts, confirmed)
+
+
+def test_a_batch_over_the_request_limit_is_split_and_stored_in_order():
+    """70 messages of 1 MB: one request would exceed 64 MiB, which the server answers by closing
+    the connection (a batch capped by rows only was re-sent for ever). Now: two requests, every
+    message stored once, offsets consecutive, ids kept."""
+    ids = list(range(1, 71))
+    payloads = [bytes([i]) * 1_000_000 for i in ids]
+    parts = frames.encode_partition_frames(ids, [0] * 70, payloads)
+    assert len(parts[0].frames) > frames.MAX_REQUEST_BYTES
+    pieces = frames.split_partition_frames(parts[0])
+    assert len(pieces) == 2 and all(len(p.frames) <= frames.MAX_REQUEST_FRAMES_BYTES for p in pieces)
+
+    with IggyStandIn() as server:
+        sink = IggySink(_sink_config(server.address, send_timeout=30))
+        assert asyncio.run(_send(sink, parts)) == 70
+        stored = server.messages("s", "t")
+    assert [(m.offset, m.id, m.payload[:1]) for m in stored] == [(i - 1, i, bytes([i])) for i in ids]
+
+
+def test_split_pieces_are_valid_batches_numbered_from_zero():
+    ids = list(range(10))
+    parts = frames.encode_partition_frames(ids, [3] * 10, [b"x" * (100 + i) for i in ids], [CDC_HEADERS] * 10)
+    pieces = frames.split_partition_frames(parts[0], max_bytes=1000)
+    assert [p.count for p in pieces] == [4, 4, 2] and {p.partition for p in pieces} == {3}
+    for piece in pieces:
+        body = frames.encode_send_request("s", "t", piece, 1)
+        batch = memoryview(body)[4 + int.from_bytes(body[:4], "little"):]
+        starts, sums = batches.index_frames_python(batch)  # offset deltas 0.., checksums recomputed
+        assert sums == piece.checksums and len(starts) - 1 == piece.count
+    with pytest.raises(ValueError, match="cannot fit"):
+        frames.split_partition_frames(parts[0], max_bytes=100)
+
+
+def test_a_reply_with_count_0_is_a_success():
+    """The server answers count = 0 for a batch committed without offsets to report."""
+    from pgsource.sink.iggy import decode_send_confirmation
+
+    assert decode_send_confirmation(b"\x00\x00\x00\x00") is None
+    parts = frames.encode_partition_frames([1, 2], [0, 0], ["a", "b"])
+    with IggyStandIn() as server:
+        server.confirm_without_offsets()
+        sink = IggySink(_sink_config(server.address))
+        assert asyncio.run(_send(sink, parts)) == 2
+        assert len(server.messages("s", "t")) == 2
+
+
+def _our_connections(port: int) -> int:
+    from pgsource.sink.sockets import connections_to
+
+    return len(connections_to(port))
+
+
+async def _until_no_connection(port: int, timeout: float = 5.0) -> bool:
+    """The SDK may redial once as the abandoned request fails; that connection is shut too."""
+    deadline = time.monotonic() + timeout
+    while _our_connections(port) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return _our_connections(port) == 0
+
+
+def test_a_batch_the_server_refuses_ends_in_the_timeout_and_leaves_no_connection():
+    """No reply to a refused batch: the send times out instead of hanging, the client's
+    connection is shut (the SDK would keep it and the request for ever), and the next
+    connection works."""
+    good = frames.encode_partition_frames([1], [0], ["ok"])
+    bad = [frames.PartitionFrames(0, 1, good[0].frames[:-1] + b"?", good[0].checksums)]
+
+    async def scenario(server):
+        sink = IggySink(_sink_config(server.address, send_timeout=0.5))
+        await sink.connect()
+        assert _our_connections(server.port) == 1
+        with pytest.raises(SinkError, match="no answer within 0.5s") as raised:
+            await sink.send_frames("s", "t", bad)
+        assert not isinstance(raised.value, SinkRefused)  # retried by the publisher
+        assert not sink.connected and await _until_no_connection(server.port)
+        assert await _send(sink, good) == 1
+        assert _our_connections(server.port) == 1
+
+    with IggyStandIn() as server:
+        asyncio.run(scenario(server))
+        assert [m.payload for m in server.messages("s", "t")] == [b"ok"]
+
+
+def test_every_call_is_bounded_when_the_server_freezes():
+    """A frozen server (connects succeed, nothing answers): connect, topic look-ups and sends all
+    end in the timeout; no connection is left behind."""
+    parts = frames.encode_partition_frames([1], [0], ["x"])
+
+    async def scenario(server):
+        sink = IggySink(_sink_config(server.address, send_timeout=0.5))
+        server.freeze()
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="no answer"):
+            await sink.connect()
+        assert time.monotonic() - started < 5
+        assert await _until_no_connection(server.port)
+        server.freeze(False)
+        await sink.connect()
+        server.freeze()
+        with pytest.raises(SinkError, match="reading stream: no answer"):
+            await sink.send_frames("s", "t", parts)  # ensure_topic's get_stream had no timeout before
+        assert await _until_no_connection(server.port)
+        server.freeze(False)
+        assert await _send(sink, parts) == 1
+
+    with IggyStandIn() as server:
+        asyncio.run(scenario(server))
+
+
+@pytest.mark.parametrize("case", ["wrong password", "missing topic", "missing stream", "too few partitions",
+                                  "refused create options"])
+def test_failures_no_retry_can_fix_are_refusals(case):
+    parts = frames.encode_partition_frames([1], [0], ["x"])
+
+    async def scenario(server):
+        admin = IggyClient(server.address)
+        await admin.connect()
+        await admin.login_user("iggy", "iggy")
+        overrides = {}
+        if case == "wrong password":
+            overrides = {"password": "wrong"}
+        elif case in ("missing topic", "too few partitions"):
+            await admin.create_stream("s")
+            if case == "too few partitions":
+                await admin.create_topic("s", "t", 1)
+                overrides = {"partitions": 3}
+            else:
+                overrides = {"create_missing": False}
+        elif case == "missing stream":
+            overrides = {"create_missing": False}
+        sink = IggySink(_sink_config(server.address, **overrides))
+        with pytest.raises(SinkRefused) as raised:
+            await _send(sink, parts)
+        return str(raised.value)
+
+    with IggyStandIn(accept_wheel_topic_options=case != "refused create options") as server:
+        message = asyncio.run(scenario(server))
+    assert {
+        "wrong password": "refused user 'iggy': Invalid credentials",
+        "missing topic": "Iggy topic s/t does not exist and iggy.create_missing is false",
+        "missing stream": "Iggy stream 's' does not exist and iggy.create_missing is false",
+        "too few partitions": "has 1 partition(s), iggy.partitions asks for 3",
+        "refused create options": "creating it with 1 partition(s): Unsupported option key",
+    }[case] in message
+
+
+def test_a_topic_deleted_under_the_sink_is_created_again():
+    """Not found on send is retried after looking again (create_missing: true)."""
+    parts = frames.encode_partition_frames([1], [0], ["x"])
+
+    async def scenario(server):
+        sink = IggySink(_sink_config(server.address))
+        assert await _send(sink, parts) == 1
+        admin = IggyClient(server.address)
+        await admin.connect()
+        await admin.login_user("iggy", "iggy")
+        await admin.delete_topic("s", "t")
+        with pytest.raises(SinkError, match="not found") as raised:
+            await sink.send_frames("s", "t", parts)
+        assert not isinstance(raised.value, SinkRefused)
+        assert await sink.send_frames("s", "t", parts) == 1
+
+    with IggyStandIn() as server:
+        asyncio.run(scenario(server))
+        assert len(server.messages("s", "t")) == 1
+
+
+def test_a_retry_skips_the_requests_already_confirmed():
+    ids = list(range(1, 7))
+    parts = frames.encode_partition_frames(ids, [0, 1, 0, 1, 0, 1], [f"m{i}" for i in ids])
+    confirmed: set[int] = {0}  # the first request (partition 0) was confirmed before a failure
+
+    with IggyStandIn() as server:
+        sink = IggySink(_sink_config(server.address, partitions=2))
+        assert asyncio.run(_send(sink, parts, confirmed)) == 6
+        assert confirmed == {0, 1}
+        assert [m.partition for m in server.messages("s", "t")] == [1, 1, 1]
+
+
+def test_finding_the_connections_opens_no_descriptor():
+    """The look-up runs on every connect and timeout of the publisher: it must not leak (a dup()
+    of each non-socket descriptor once did, quadrupling the process's descriptors per call)."""
+    import os
+
+    from pgsource.sink.sockets import connections_to
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        connections_to(1)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -79,6 +79,8 @@ def index_frames_python(batch: memoryview) -> tuple[array, bytes]:
         delta, _, headers_len, payload_len = unpack_deltas(batch, pos + 24)
         if delta != len(starts):
             raise wire.WireError(wire.ERR_INVALID_FORMAT, "offset_delta must count frames from 0")
+        if unpack_u64(batch, pos + 40)[0]:
+            raise wire.WireError(wire.ERR_INVALID_FORMAT, "reserved bytes of a frame must be zero")
         end = pos + wire.FRAME_HEADER_SIZE + headers_len + payload_len
         if end > total:
             raise wire.WireError(wire.ERR_INVALID_FORMAT, "truncated frame")

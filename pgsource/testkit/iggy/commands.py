@@ -2,7 +2,10 @@
 
 A stand-in for tests and local use, not an Iggy server. Only what the pgsource
 suite drives through the real ``apache-iggy`` SDK is implemented; anything else is
-answered with ``InvalidCommand`` (status 3), never left unanswered.
+answered with ``InvalidCommand`` (status 3). Like the server (golden transcripts in
+``tests/standin/transcripts``), a SendMessages batch refused at admission (a bad frame
+or batch checksum, a message count that does not match, nonzero reserved bytes) gets
+no reply at all, and the connection goes on serving later requests.
 """
 
 from __future__ import annotations
@@ -42,14 +45,39 @@ class Context:
     credentials: Credentials
     host: str
     port: int
+    confirm_without_offsets: bool = False  # fault: answer sends with ``count = 0`` (committed, no offsets)
+    accept_wheel_topic_options: bool = True  # False: refuse them, like the 2026-08-21 snapshot server
 
 
-def handle(ctx: Context, conn: ConnectionState, header: memoryview, body: memoryview) -> bytes:
-    """Answer one request frame (header = its 256 bytes, body = the rest)."""
+class NoReply(Exception):
+    """The request is dropped without an answer (the server's treatment of a refused batch)."""
+
+
+# Create-topic option keys: the server's catalog (core/common/src/types/options) plus the two the
+# apache-iggy 0.9.0 wheel always sends, which the released 0.9.0 server accepts (the 2026-08-21
+# snapshot server refuses them with UnsupportedOptionKey; see tests/real/README.md).
+TOPIC_OPTION_DEFAULTS = {
+    "compression_algorithm": (2, b"none"),
+    "enforce_fsync": (3, b"\x00"),
+    "max_topic_size": (12, (wire.U64_MAX).to_bytes(8, "little")),
+    "message_expiry": (12, (wire.U64_MAX).to_bytes(8, "little")),
+    "messages_required_to_save": (11, (1024).to_bytes(4, "little")),
+    "preallocate_segments": (3, b"\x00"),
+    "segment_size": (12, (1 << 30).to_bytes(8, "little")),
+    "size_of_messages_required_to_save": (12, (1 << 20).to_bytes(8, "little")),
+}
+WHEEL_TOPIC_OPTIONS = frozenset({"durability", "consumer_offset_durability"})
+
+
+def handle(ctx: Context, conn: ConnectionState, header: memoryview, body: memoryview) -> bytes | None:
+    """Answer one request frame (header = its 256 bytes, body = the rest); None: no answer."""
     op = header[wire.REQ_OPERATION_AT]
     try:
         if op == wire.OP_REGISTER:
-            return wire.encode_reply(header, wire.encode_result_ok(_login(ctx, conn, body)))
+            reply = _login(ctx, conn, body)
+            if reply is None:
+                return wire.encode_eviction(header, wire.EVICTION_INVALID_CREDENTIALS)
+            return wire.encode_reply(header, wire.encode_result_ok(reply))
         if op == wire.OP_NON_REPLICATED:
             code = wire.read_u32(header, wire.REQ_CODE_AT)
             if code == wire.CODE_PING:
@@ -66,11 +94,23 @@ def handle(ctx: Context, conn: ConnectionState, header: memoryview, body: memory
         if handler is None:
             raise wire.WireError(wire.ERR_INVALID_COMMAND, f"unknown operation {op}")
         _require_login(conn)
-        return wire.encode_reply(header, handler(ctx, conn, body))
+        operation = wire.OP_CREATE_TOPIC_WITH_ASSIGNMENTS if op == wire.OP_CREATE_TOPIC else None
+        try:
+            return wire.encode_reply(header, handler(ctx, conn, body), operation=operation)
+        except _Rejected as rejected:  # committed, with a rejection in the result section
+            return wire.encode_reply(header, wire.encode_result_rejection(rejected.code), operation=operation)
+    except NoReply:
+        return None
     except wire.WireError as error:
         return _error_reply(header, op, error.code)
     except (IndexError, struct.error, UnicodeDecodeError, ValueError):
         return _error_reply(header, op, wire.ERR_INVALID_FORMAT)
+
+
+class _Rejected(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def unknown_frame_reply(header: memoryview) -> bytes:
@@ -79,8 +119,9 @@ def unknown_frame_reply(header: memoryview) -> bytes:
 
 
 def _error_reply(header: memoryview, op: int, code: int) -> bytes:
-    if op in wire.RESULT_FRAMED and code != wire.ERR_UNAUTHENTICATED:
-        return wire.encode_reply(header, wire.encode_result_rejection(code))
+    if op in wire.RESULT_FRAMED and code not in (wire.ERR_UNAUTHENTICATED, wire.ERR_UNSUPPORTED_OPTION_KEY):
+        operation = wire.OP_CREATE_TOPIC_WITH_ASSIGNMENTS if op == wire.OP_CREATE_TOPIC else None
+        return wire.encode_reply(header, wire.encode_result_rejection(code), operation=operation)
     return wire.encode_reply(header, status=code)
 
 
@@ -89,7 +130,8 @@ def _require_login(conn: ConnectionState) -> None:
         raise wire.WireError(wire.ERR_UNAUTHENTICATED, "log in first")
 
 
-def _login(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
+def _login(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes | None:
+    """The login reply's payload, or None for refused credentials (answered by an Eviction)."""
     protocol = wire.read_u32(body, 0)
     _, pos = wire.decode_name(body, 4)  # sdk name
     _, pos = wire.decode_name(body, pos)  # sdk version
@@ -97,7 +139,8 @@ def _login(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
     length = body[pos]
     password = bytes(body[pos + 1 : pos + 1 + length]).decode("utf-8")
     if username != ctx.credentials.username or password != ctx.credentials.password:
-        raise wire.WireError(wire.ERR_INVALID_CREDENTIALS, "invalid credentials")
+        conn.session = 0
+        return None
     conn.session = next(_sessions)
     return wire.encode_login_reply(0, conn.session, protocol, SERVER_VERSION)
 
@@ -106,7 +149,7 @@ def _login(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
 
 
 def _cluster_metadata(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
-    return wire.encode_cluster_metadata("iggy-standin", "standin-0", ctx.host, ctx.port)
+    return wire.encode_cluster_metadata("single-node", "iggy-node", ctx.host, ctx.port)  # the server's names
 
 
 def _get_stream(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
@@ -207,21 +250,29 @@ def _send(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
     key = body[pos + 2 : pos + 2 + length]
     count = wire.read_u32(body, pos + 2 + length)
     batch = body[4 + meta_len :]
-    starts, checksums = batches.index_and_verify(batch)
+    try:  # refused at admission: the server logs and drops the request, no reply
+        starts, checksums = batches.index_and_verify(batch)
+    except wire.WireError:
+        raise NoReply from None
     if len(starts) - 1 != count:
-        raise wire.WireError(wire.ERR_INVALID_MESSAGES_COUNT, "message count mismatch")
+        raise NoReply
     with ctx.storage.lock:
-        stream, topic = ctx.storage.topic(stream_ident, topic_ident)
-        partitions = len(topic.partitions)
-        if kind == 2:
-            partition_id = wire.read_u32(key, 0)
-        elif kind == 3:
-            partition_id = xxh3_64_intdigest(key) % max(partitions, 1)
-        else:
-            partition_id = conn.balanced % max(partitions, 1)
-            conn.balanced += 1
-        partition = topic.partition(partition_id)
+        try:
+            stream, topic = ctx.storage.topic(stream_ident, topic_ident)
+            partitions = len(topic.partitions)
+            if kind == 2:
+                partition_id = wire.read_u32(key, 0)
+            elif kind == 3:
+                partition_id = xxh3_64_intdigest(key) % max(partitions, 1)
+            else:
+                partition_id = conn.balanced % max(partitions, 1)
+                conn.balanced += 1
+            partition = topic.partition(partition_id)
+        except wire.WireError:  # the server answers every missing target alike
+            raise wire.WireError(wire.ERR_RESOURCE_NOT_FOUND, "resource not found") from None
         base_offset = partition.append(batch, starts, checksums)
+    if ctx.confirm_without_offsets:
+        return wire.encode_confirmations([])
     return wire.encode_confirmations([(stream.id, topic.id, partition_id, base_offset)])
 
 
@@ -243,7 +294,10 @@ def _delete_offset(ctx: Context, conn: ConnectionState, body: memoryview) -> byt
 def _create_stream(ctx: Context, conn: ConnectionState, body: memoryview) -> bytes:
     name, pos = wire.decode_name(body, 0)
     with ctx.storage.lock:
-        stream = ctx.storage.create_stream(name, bytes(body[pos:]))
+        try:
+            stream = ctx.storage.create_stream(name, bytes(body[pos:]))
+        except wire.WireError as error:
+            raise _Rejected(error.code) from None
         return wire.encode_result_ok(stream.encode_header())
 
 
@@ -265,9 +319,60 @@ def _create_topic(ctx: Context, conn: ConnectionState, body: memoryview) -> byte
     stream_ident, pos = wire.decode_identifier(body, 0)
     partitions = wire.read_u32(body, pos)
     name, pos = wire.decode_name(body, pos + 4)
+    options = bytes(body[pos:])
+    keys = _option_keys(options)
+    accepted = TOPIC_OPTION_DEFAULTS.keys() | (WHEEL_TOPIC_OPTIONS if ctx.accept_wheel_topic_options else set())
+    unknown = [k for k in keys if k not in accepted]
+    if unknown:  # refused before consensus, through the reply status
+        raise wire.WireError(wire.ERR_UNSUPPORTED_OPTION_KEY, f"unsupported option key {unknown[0]!r}")
+    derived = b"".join(
+        _typed(2, key.encode()) + _typed(kind, value)
+        for key, (kind, value) in sorted(TOPIC_OPTION_DEFAULTS.items()) if key not in keys
+    )
     with ctx.storage.lock:
-        topic = ctx.storage.create_topic(stream_ident, name, partitions, bytes(body[pos:]))
-        return wire.encode_result_ok(topic.encode_details())
+        try:
+            topic = ctx.storage.create_topic(stream_ident, name, partitions, options, derived)
+        except wire.WireError as error:
+            raise _Rejected(error.code) from None
+        for key, value in _u64_options(options).items():  # retention given at creation shows in the header
+            if key == "message_expiry":
+                topic.message_expiry = value
+            elif key == "max_topic_size":
+                topic.max_size = value
+        return wire.encode_result_ok(topic.encode_details(segments=0))  # no segment yet in the create reply
+
+
+def _option_keys(options: bytes) -> list[str]:
+    """The keys of ``[kind u8][len u32][bytes]`` key/value pairs (keys are strings)."""
+    keys, pos, index = [], 0, 0
+    while pos < len(options):
+        length = wire.read_u32(memoryview(options), pos + 1)
+        if index % 2 == 0:
+            keys.append(options[pos + 5 : pos + 5 + length].decode("utf-8"))
+        pos += 5 + length
+        index += 1
+    return keys
+
+
+def _u64_options(options: bytes) -> dict[str, int]:
+    """Options whose value is a u64 (kind 12), by key."""
+    out, pos, key = {}, 0, None
+    view = memoryview(options)
+    while pos < len(options):
+        kind, length = options[pos], wire.read_u32(view, pos + 1)
+        raw = options[pos + 5 : pos + 5 + length]
+        if key is None:
+            key = raw.decode("utf-8")
+        else:
+            if kind == 12 and length == 8:
+                out[key] = int.from_bytes(raw, "little")
+            key = None
+        pos += 5 + length
+    return out
+
+
+def _typed(kind: int, raw: bytes) -> bytes:
+    return bytes((kind,)) + struct.pack("<I", len(raw)) + raw
 
 
 def _stream_topic(body: memoryview) -> tuple[int | str, int | str, int]:

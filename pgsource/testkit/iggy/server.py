@@ -19,7 +19,6 @@ from .batches import decode_frames
 from .storage import Storage
 
 _READ_CHUNK = 1 << 18
-_MAX_FRAME = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self._transport = transport
         self._owner._connections.add(transport)
+        self._owner._accepted += 1
+        if self._owner._frozen:
+            transport.pause_reading()
 
     def connection_lost(self, exc) -> None:
         self._owner._connections.discard(self._transport)
@@ -70,7 +72,7 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             while end - pos >= wire.HEADER_SIZE:
                 size = struct.unpack_from("<I", view, pos + wire.SIZE_AT)[0]
-                if size < wire.HEADER_SIZE or size > _MAX_FRAME:
+                if size < wire.HEADER_SIZE or size > wire.MAX_FRAME:  # the server drops the connection
                     self._transport.abort()
                     return
                 if end - pos < size:
@@ -91,7 +93,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._buf[:remaining] = self._buf[pos:end]
             self._len = remaining
 
-    def _reply(self, reply: bytes) -> None:
+    def _reply(self, reply: bytes | None) -> None:
+        if reply is None:
+            return  # dropped without an answer, like the server's refused batches
         latency = self._owner._latency
         if latency > 0:
             asyncio.get_running_loop().call_later(latency, self._write_later, reply)
@@ -107,18 +111,25 @@ class IggyStandIn:
     """An in-process Iggy stand-in running its asyncio loop in a daemon thread."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, username: str = "iggy", password: str = "iggy"
+        self, host: str = "127.0.0.1", port: int = 0, username: str = "iggy", password: str = "iggy",
+        accept_wheel_topic_options: bool = True,
     ) -> None:
+        """``accept_wheel_topic_options``: accept the create-topic options apache-iggy 0.9.0 sends
+        (``durability``, ``consumer_offset_durability``), as the released 0.9.0 server does; False
+        refuses them like the 2026-08-21 source snapshot the golden transcripts come from."""
         self._host = host
         self._port = port
         self._credentials = commands.Credentials(username, password)
         self._storage = Storage()
         self._latency = 0.0
+        self._frozen = False
+        self._accepted = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set = set()
         self._context = commands.Context(self._storage, self._credentials, self._advertised_host(), port)
+        self._context.accept_wheel_topic_options = accept_wheel_topic_options
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -171,6 +182,35 @@ class IggyStandIn:
     def set_latency(self, seconds: float) -> None:
         """Delay every reply by ``seconds`` (0 = none)."""
         self._latency = max(float(seconds), 0.0)
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop reading from every connection, new ones included (what a SIGSTOPped server
+        looks like: connects succeed, requests are accepted by the kernel, nothing answers);
+        ``freeze(False)`` reads and answers what piled up."""
+        self._call(self._set_frozen(frozen))
+
+    async def _set_frozen(self, frozen: bool) -> None:
+        self._frozen = frozen
+        for transport in list(self._connections):
+            if transport.is_closing():
+                continue
+            if frozen:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def connection_count(self) -> int:
+        """Client connections open now (while frozen, a connection the client closed still counts)."""
+        return sum(1 for t in list(self._connections) if not t.is_closing())
+
+    def connections_accepted(self) -> int:
+        """Client connections accepted since start."""
+        return self._accepted
+
+    def confirm_without_offsets(self, enabled: bool = True) -> None:
+        """Answer every send with ``count = 0`` after storing it: the server's "committed, no
+        offsets to report" (it does so for a send that commits after a purge of its topic)."""
+        self._context.confirm_without_offsets = enabled
 
     def __enter__(self) -> IggyStandIn:
         return self.start()

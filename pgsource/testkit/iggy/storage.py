@@ -85,6 +85,7 @@ class Topic:
     name: str
     partitions: list[Partition]
     options: bytes = b""
+    derived_options: bytes = b""  # the server's defaults for every option not given
     message_expiry: int = wire.U64_MAX  # never expire
     max_size: int = wire.U64_MAX
     created_at: int = field(default_factory=now_micros)
@@ -107,7 +108,7 @@ class Topic:
         return self.partitions[partition_id]
 
     def encode_header(self) -> bytes:
-        derived = wire.encode_string_pairs({"compression_algorithm": "none"})
+        derived = self.derived_options
         return wire.encode_topic_header(
             self.id,
             self.created_at,
@@ -121,9 +122,9 @@ class Topic:
             derived,
         )
 
-    def encode_details(self) -> bytes:
+    def encode_details(self, segments: int = 1) -> bytes:
         parts = [
-            wire.encode_partition(p.id, p.created_at, 1, p.current_offset, p.size, p.next_offset)
+            wire.encode_partition(p.id, p.created_at, segments, p.current_offset, p.size, p.next_offset)
             for p in self.partitions
         ]
         return self.encode_header() + b"".join(parts)
@@ -157,7 +158,8 @@ class Stream:
         for topic in self.topics.values():
             if topic.name == ident:
                 return topic
-        raise wire.WireError(wire.ERR_TOPIC_NAME_NOT_FOUND, f"topic {ident!r} not found")
+        # the server answers a missing name with the IdNotFound code too
+        raise wire.WireError(wire.ERR_TOPIC_ID_NOT_FOUND, f"topic {ident!r} not found")
 
 
 class Storage:
@@ -177,7 +179,8 @@ class Storage:
         for stream in self.streams.values():
             if stream.name == ident:
                 return stream
-        raise wire.WireError(wire.ERR_STREAM_NAME_NOT_FOUND, f"stream {ident!r} not found")
+        # the server answers a missing name with the IdNotFound code too
+        raise wire.WireError(wire.ERR_STREAM_ID_NOT_FOUND, f"stream {ident!r} not found")
 
     def find_stream(self, ident: int | str) -> Stream | None:
         try:
@@ -196,11 +199,13 @@ class Storage:
     def delete_stream(self, ident: int | str) -> None:
         del self.streams[self.stream(ident).id]
 
-    def create_topic(self, stream_ident: int | str, name: str, partitions: int, options: bytes) -> Topic:
+    def create_topic(
+        self, stream_ident: int | str, name: str, partitions: int, options: bytes, derived_options: bytes = b""
+    ) -> Topic:
         stream = self.stream(stream_ident)
         if any(t.name == name for t in stream.topics.values()):
             raise wire.WireError(wire.ERR_TOPIC_NAME_EXISTS, f"topic {name!r} exists")
-        topic = Topic(stream.next_topic_id, name, [Partition(i) for i in range(partitions)], options)
+        topic = Topic(stream.next_topic_id, name, [Partition(i) for i in range(partitions)], options, derived_options)
         stream.topics[topic.id] = topic
         stream.next_topic_id += 1
         return topic

@@ -31,6 +31,10 @@ REPLY_STATUS_AT = 216
 
 COMMAND_REQUEST = 5
 COMMAND_REPLY = 8
+COMMAND_EVICTION = 13
+EVICTION_REASON_AT = 255
+EVICTION_INVALID_CREDENTIALS = 9
+MAX_FRAME = 64 * 1024 * 1024  # a frame (header included) over this closes the connection
 
 # Operations (byte 176 of a request).
 OP_REGISTER = 1
@@ -41,6 +45,7 @@ OP_UPDATE_STREAM = 129
 OP_DELETE_STREAM = 130
 OP_PURGE_STREAM = 131
 OP_CREATE_TOPIC = 132
+OP_CREATE_TOPIC_WITH_ASSIGNMENTS = 64  # the operation of the server's committed reply to CreateTopic
 OP_UPDATE_TOPIC = 133
 OP_DELETE_TOPIC = 134
 OP_PURGE_TOPIC = 135
@@ -62,6 +67,7 @@ CODE_GET_TOPICS = 301
 
 # Iggy error codes (core/common/src/error/iggy_error.rs).
 ERR_ERROR = 1
+ERR_RESOURCE_NOT_FOUND = 20  # SendMessages to a missing stream, topic or partition
 ERR_INVALID_COMMAND = 3
 ERR_INVALID_FORMAT = 4
 ERR_FEATURE_UNAVAILABLE = 5
@@ -79,6 +85,7 @@ ERR_CONSUMER_OFFSET_NOT_FOUND = 3021
 ERR_INVALID_MESSAGES_COUNT = 4009
 ERR_INVALID_MESSAGE_CHECKSUM = 4027
 ERR_INVALID_BATCH_CHECKSUM = 4039
+ERR_UNSUPPORTED_OPTION_KEY = 4041
 
 # Operations whose reply body starts with a result section.
 RESULT_FRAMED = frozenset(range(128, 150)) | {OP_STORE_CONSUMER_OFFSET, OP_DELETE_CONSUMER_OFFSET}
@@ -117,8 +124,11 @@ class WireError(Exception):
         self.code = code
 
 
-def encode_reply(request_header: bytes | memoryview, body: bytes = b"", status: int = 0) -> bytes:
-    """Build a reply frame answering ``request_header`` (its 256 bytes)."""
+def encode_reply(
+    request_header: bytes | memoryview, body: bytes = b"", status: int = 0, operation: int | None = None
+) -> bytes:
+    """Build a reply frame answering ``request_header`` (its 256 bytes); ``operation``
+    overrides the echoed one (the server answers a committed CreateTopic as 64)."""
     header = bytearray(HEADER_SIZE)
     struct.pack_into("<I", header, SIZE_AT, HEADER_SIZE + len(body))
     header[COMMAND_AT] = COMMAND_REPLY
@@ -127,10 +137,21 @@ def encode_reply(request_header: bytes | memoryview, body: bytes = b"", status: 
     ]
     header[REPLY_CLIENT_AT : REPLY_CLIENT_AT + 16] = request_header[REQ_CLIENT_AT : REQ_CLIENT_AT + 16]
     header[REPLY_REQUEST_AT : REPLY_REQUEST_AT + 8] = request_header[REQ_REQUEST_AT : REQ_REQUEST_AT + 8]
-    header[REPLY_OPERATION_AT] = request_header[REQ_OPERATION_AT]
+    header[REPLY_OPERATION_AT] = request_header[REQ_OPERATION_AT] if operation is None else operation
     struct.pack_into("<I", header, REPLY_STATUS_AT, status)
     if body:
         return bytes(header) + body
+    return bytes(header)
+
+
+def encode_eviction(request_header: bytes | memoryview, reason: int) -> bytes:
+    """An Eviction frame (no body): the server's answer to a login it refuses; the
+    connection stays open and unauthenticated."""
+    header = bytearray(HEADER_SIZE)
+    struct.pack_into("<I", header, SIZE_AT, HEADER_SIZE)
+    header[COMMAND_AT] = COMMAND_EVICTION
+    header[REQ_CLIENT_AT : REQ_CLIENT_AT + 16] = request_header[REQ_CLIENT_AT : REQ_CLIENT_AT + 16]
+    header[EVICTION_REASON_AT] = reason
     return bytes(header)
 
 
