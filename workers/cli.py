@@ -60,7 +60,10 @@ def check(config_path: str) -> None:
         click.echo(f"note: {note}", err=True)
     if not report.ok:
         sys.exit(3)
-    _check_iggy(config)
+    refused = _check_iggy(config)
+    if refused:
+        click.echo(f"problem: {refused}", err=True)
+        exit_after_sdk(5)
     tables = ", ".join(table.qualified for table in config.source.tables) or "custom_query"
     click.echo(f"ok: {config.source.mode.value} mode, {tables}")
     exit_after_sdk(0)
@@ -79,17 +82,22 @@ def exit_after_sdk(code: int) -> None:
     os._exit(code)
 
 
-def _check_iggy(config) -> None:
-    """Iggy being down is not a problem for ``run`` (it waits for it), so only a warning here."""
+def _check_iggy(config) -> str | None:
+    """Iggy being down is not a problem for ``run`` (it waits for it), so only a warning here; a refusal
+    that ``run`` would stop on (a wrong password...) is a problem, returned."""
     import asyncio
 
+    from pgsource.errors import SinkRefused
     from pgsource.sink import IggySink
 
     sink = IggySink(config.iggy.model_copy(update={"send_timeout": 5.0}))
     try:
         asyncio.run(sink.connect())
+    except SinkRefused as exc:
+        return str(exc)
     except PgSourceError as exc:
         click.echo(f"warning: {exc} (pgsource run waits for it)", err=True)
+    return None
 
 
 @main.command("drop-slot")

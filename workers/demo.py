@@ -116,5 +116,6 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
             click.echo("  " + bytes(payload).decode()[:300])
         if standin is not None:
             standin.stop()
-        if code != 0 or count == 0:
-            sys.exit(1)
+        from workers.cli import exit_after_sdk  # this process read Iggy back through the SDK
+
+        exit_after_sdk(1 if code != 0 or count == 0 else 0)
