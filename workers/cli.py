@@ -6,12 +6,12 @@ These names and options are a contract that users script against; keep them.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import click
 
 from pgsource.errors import PgSourceError
+from workers.exits import exit_after_sdk
 from workers.logs import setup_logging
 
 log = logging.getLogger("pgsource")
@@ -67,19 +67,6 @@ def check(config_path: str) -> None:
     tables = ", ".join(table.qualified for table in config.source.tables) or "custom_query"
     click.echo(f"ok: {config.source.mode.value} mode, {tables}")
     exit_after_sdk(0)
-
-
-def exit_after_sdk(code: int) -> None:
-    """Exit without finalizing the interpreter once the Iggy SDK was used.
-
-    apache-iggy 0.9.0 may complete a future from a tokio thread while Python finalizes,
-    which aborts the process (SIGABRT) after the work is done and reported: ``check``
-    printed "ok" and still exited 134 about one time in seven.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def _check_iggy(config) -> str | None:

@@ -20,6 +20,8 @@ import time
 import click
 import yaml
 
+from workers.exits import exit_after_sdk
+
 SAMPLE_TABLE = """
 CREATE TABLE orders (
     id bigserial PRIMARY KEY,
@@ -116,6 +118,4 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
             click.echo("  " + bytes(payload).decode()[:300])
         if standin is not None:
             standin.stop()
-        from workers.cli import exit_after_sdk  # this process read Iggy back through the SDK
-
-        exit_after_sdk(1 if code != 0 or count == 0 else 0)
+        exit_after_sdk(1 if code != 0 or count == 0 else 0)  # this process read Iggy back through the SDK
