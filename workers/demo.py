@@ -53,6 +53,9 @@ def _writer(dsn: str, stop: threading.Event, rate: int) -> None:
     conn.close()
 
 
+STARTUP_WAIT = 120.0  # seconds the first row may take to reach Iggy before the timed run starts anyway
+
+
 async def _read_back(address: str, stream: str, topic: str) -> tuple[int, list[bytes]]:
     from pgsource.sink.reader import read_topic
 
@@ -104,6 +107,12 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
         started = time.monotonic()
         service = subprocess.Popen([sys.executable, "-m", "workers.cli", "run", "--config", path])
         try:
+            # the clock starts with the first row in Iggy: a slow start-up (a loaded host) does not eat the run
+            deadline = time.monotonic() + STARTUP_WAIT
+            while service.poll() is None and time.monotonic() < deadline:
+                if asyncio.run(_read_back(iggy_address, "demo", "orders"))[0]:
+                    break
+                time.sleep(0.5)
             time.sleep(seconds)
         finally:
             stop.set()

@@ -36,8 +36,8 @@ def _log(config) -> str:
 def test_a_batch_of_wide_rows_over_64_mib_is_split_not_resent_for_ever(pg_dsn, iggy, tmp_path):
     """100 rows of ~1 MB in one batch (~100 MB): the server closes the connection on a request
     over 64 MiB, so a batch capped by rows only was re-sent for ever and nothing arrived."""
-    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, blob text)")
-    execute(pg_dsn, "INSERT INTO t SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 100) g")
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY, blob text)")
+    execute(pg_dsn, "INSERT INTO t (blob) SELECT repeat(md5(g::text), 32768) FROM generate_series(1, 100) g")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "batch_size": 100},
                           iggy={"send_timeout": "20s"})
     service = start_service(config)
@@ -53,14 +53,14 @@ def test_a_batch_of_wide_rows_over_64_mib_is_split_not_resent_for_ever(pg_dsn, i
 def test_count_0_replies_are_acknowledgements_not_failures(pg_dsn, iggy, tmp_path):
     """The server answers ``count = 0`` for a committed batch without offsets to report; treated
     as a failure, every batch was re-sent for ever (duplicates, and the offset never moved)."""
-    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
-    execute(pg_dsn, "INSERT INTO t SELECT generate_series(1, 50)")
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO t SELECT FROM generate_series(1, 50)")
     iggy.confirm_without_offsets()
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"], "batch_size": 20})
     service = start_service(config)
     try:
         wait_for(lambda: iggy.message_count("pg", "t") >= 50, 60, message="50 rows")
-        execute(pg_dsn, "INSERT INTO t VALUES (51)")
+        execute(pg_dsn, "INSERT INTO t DEFAULT VALUES")
         wait_for(lambda: iggy.message_count("pg", "t") >= 51, 60, message="a row after the first batches")
         time.sleep(0.5)
     finally:
@@ -72,8 +72,8 @@ def test_a_frozen_iggy_ends_in_timeouts_and_retries_without_piling_up_connection
     """Frozen (connects succeed, nothing answers): every SDK call times out, the publisher shuts
     the connection it gave up on (the SDK keeps it and its request for ever otherwise), retries,
     and delivers everything once Iggy answers again."""
-    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
-    execute(pg_dsn, "INSERT INTO t VALUES (1)")
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO t DEFAULT VALUES")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]},
                           iggy={"send_timeout": "1s"}, supervisor={"heartbeat_timeout": "30s"})
     service = start_service(config)
@@ -82,7 +82,7 @@ def test_a_frozen_iggy_ends_in_timeouts_and_retries_without_piling_up_connection
         publisher = psutil.Process(wait_for(lambda: _publisher_pid(service.pid), 30, message="the publisher"))
         iggy.freeze()
         accepted = iggy.connections_accepted()
-        execute(pg_dsn, "INSERT INTO t SELECT generate_series(2, 30)")
+        execute(pg_dsn, "INSERT INTO t SELECT FROM generate_series(2, 30)")
         wait_for(lambda: iggy.connections_accepted() >= accepted + 4, 90, 0.2, message="several timed-out attempts")
         assert "no answer within 1s" in _log(config)
         established = [c for c in publisher.net_connections(kind="tcp")
@@ -118,8 +118,8 @@ def test_a_wedged_publisher_is_killed_and_the_pipeline_restarted(pg_dsn, iggy, t
 
 
 def _refused(pg_dsn, iggy, tmp_path, **iggy_keys) -> tuple[int, str]:
-    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
-    execute(pg_dsn, "INSERT INTO t VALUES (1)")
+    execute(pg_dsn, "CREATE TABLE t (id serial PRIMARY KEY)")
+    execute(pg_dsn, "INSERT INTO t DEFAULT VALUES")
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]}, iggy=iggy_keys)
     service = start_service(config)
     try:
@@ -176,7 +176,7 @@ def test_a_wrong_password_stops_with_exit_5(pg_dsn, iggy, tmp_path):
 
 def test_a_digits_only_topic_is_refused_in_the_config(pg_dsn, iggy, tmp_path):
     """The SDK would send "2024" as the numeric id 2024: never found, created again, written elsewhere."""
-    execute(pg_dsn, 'CREATE TABLE "2024" (id int PRIMARY KEY)')
+    execute(pg_dsn, 'CREATE TABLE "2024" (id serial PRIMARY KEY)')
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["2024"]})
     service = start_service(config)
     assert service.wait(60) == 2
