@@ -25,6 +25,7 @@ from pgsource.pg.query import (
     Reading,
     build_acknowledged_rows,
     build_custom_query,
+    build_custom_select,
     build_key_bounds,
     build_poll_plan,
     build_rows_by_key,
@@ -62,6 +63,7 @@ class TableReader:
     """Plans, reads and encodes one table for polling."""
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
+    _custom_text: str | None = None  # the wrapped custom_query, composed on first use
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -85,7 +87,7 @@ class TableReader:
             self._json_at = 1
             return
         self._custom = None
-        self.table_name = table.qualified
+        self.table_name = table.message_name  # as messages name it (CDC builds the same from the relation)
         self.topic = config.iggy.topic_for(table)
         info = describe_table(conn, table.schema_, table.name)
         if by_identity and not info.identity:
@@ -233,13 +235,10 @@ class TableReader:
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
     def _custom_sql(self) -> str:
-        """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
-        promised to survive the wrapping, and the last row's value becomes the next offset."""
-        tracking = _quote(self.tracking_column)
-        return (
-            f"SELECT q.{tracking}::text, row_to_json(q)::text"
-            f" FROM ({self._custom}) AS q ORDER BY q.{tracking}"
-        )
+        """The user's query wrapped (``build_custom_select``), composed once."""
+        if self._custom_text is None:
+            self._custom_text = build_custom_select(self._custom, self.tracking_column).as_string(self.conn)
+        return self._custom_text
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -363,5 +362,3 @@ def _key_getter(plan: PollPlan):
     return lambda row: "\x00".join("" if row[p] is None else row[p] for p in positions)
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
