@@ -17,7 +17,16 @@ from psycopg2 import sql
 
 from pgsource.pg import connect as pg
 from pgsource.polling import TableReader
-from tests.support import bodies, execute, query, start_service, stop_service, stored_offset, wait_for, write_config
+from tests.support import (
+    bodies,
+    execute,
+    query,
+    start_service,
+    stop_service,
+    stored_offset,
+    wait_for,
+    write_config,
+)
 
 SCHEMA = 'sch"ema. ü Ünï;code'
 CHUNKED = 'users"; DROP TABLE x; --'  # in SCHEMA
