@@ -97,7 +97,8 @@ def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
     if lacking:
         raise PrerequisiteError(
             f"table {info.qualified}: the PostgreSQL user lacks {', '.join(lacking)};"
-            f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified} TO <user>)"
+            f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified}"
+            f"{', ' + sequence if sequence else ''} TO <user>)"
         )
 
 

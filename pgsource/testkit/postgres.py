@@ -87,7 +87,7 @@ class LocalPostgres:
     password: str | None = None
     tls: bool = False
     cert_users: tuple[str, ...] = ()
-    ca: object = None  # pgsource.testkit.tls.TestCA when tls
+    ca: object = None  # pgsource.testkit.tls.CertificateAuthority when tls
     _executor: object = None
 
     def start(self) -> LocalPostgres:
@@ -123,9 +123,9 @@ class LocalPostgres:
         """A CA and a server certificate for ``tls``; the key readable by the server's user only."""
         if not self.tls:
             return {}
-        from pgsource.testkit.tls import TestCA
+        from pgsource.testkit.tls import CertificateAuthority
 
-        self.ca = TestCA.create(os.path.join(self.base_dir, "tls"))
+        self.ca = CertificateAuthority.create(os.path.join(self.base_dir, "tls"))
         server = self.ca.issue("server", "localhost", server=True)
         if os.geteuid() == 0:
             entry = pwd.getpwnam(_unprivileged_user())
