@@ -38,6 +38,7 @@ class IggySink:
             auto_login=iggy.AutoLogin.username_password(self.config.username, self.config.password),
             reconnection=iggy.TcpReconnectionConfig(max_retries=0, interval=timedelta(milliseconds=200)),
             nodelay=True,
+            **_tls_options(self.config),
         )
         client = iggy.IggyClient(tcp)
         try:
@@ -108,6 +109,18 @@ class IggySink:
         if self._client is None:
             raise SinkError("not connected to Iggy")
         return self._client
+
+
+def _tls_options(config: IggyConfig) -> dict:
+    """``iggy.tls`` as TcpConfig's keywords (none when TLS is off: the SDK's defaults stay)."""
+    tls = config.tls
+    if not tls.enabled:
+        return {}
+    options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
+               "tls_domain": tls.domain or config.address.rpartition(":")[0].strip("[]")}
+    if tls.ca_file:
+        options["tls_ca_file"] = tls.ca_file
+    return options
 
 
 async def _tolerate_exists(awaitable) -> None:
