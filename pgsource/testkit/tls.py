@@ -118,3 +118,78 @@ def _write(path: str, data: bytes, private: bool = False) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+
+
+class TlsProxy:
+    """A TLS front for a plain TCP server (the Iggy stand-in): terminates TLS, forwards the bytes.
+
+    ``TlsProxy(certificate, "127.0.0.1:8090").start()``; ``address`` is where TLS clients connect.
+    """
+
+    def __init__(self, certificate: CertificateFiles, target: str) -> None:
+        self.certificate = certificate
+        self.target = target
+        self.address = ""
+        self.handshakes = 0  # TLS sessions that completed the handshake and reached the target
+        self._loop = None
+        self._thread = None
+        self._server = None
+
+    def start(self) -> TlsProxy:
+        import asyncio
+        import ssl
+        import threading
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certificate.cert, self.certificate.key)
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=context)
+            self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+            ready.set()
+
+        def run() -> None:
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="tls-proxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    async def _relay(self, reader, writer) -> None:
+        import asyncio
+
+        host, _, port = self.target.rpartition(":")
+        try:
+            target_reader, target_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()
+            return
+        self.handshakes += 1
+
+        async def pipe(source, sink) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, target_writer), pipe(target_reader, writer))
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        def close() -> None:
+            self._server.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(close)
+        self._thread.join(10)
+        self._loop = None
