@@ -12,6 +12,7 @@ from operator import itemgetter
 
 from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import envelope_parts, iso_timestamp
+from pgsource.encode.frames import MAX_PAYLOAD
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
@@ -257,6 +258,8 @@ class TableReader:
             payloads = [prefix + row[json_at] + suffix for row in rows]
         else:
             payloads = [row[json_at] for row in rows]
+        if payloads and max(map(len, payloads)) * 4 > MAX_PAYLOAD:  # UTF-8: at most 4 bytes a character
+            self._refuse_oversized(rows, payloads)
         ids = self.message_ids(rows)
         plan = self.plan
         if plan is None:
@@ -279,6 +282,21 @@ class TableReader:
         last = rows[-1]
         offset = PollingOffset(tuple(last[:width]), read_rows + len(rows), self.chunk)
         return EncodedBatch(ids, parts, payloads, offset, identities)
+
+    def _refuse_oversized(self, rows: list[tuple], payloads: list[str]) -> None:
+        """A row whose message Iggy can never take stops the table with its key: never split, never skipped."""
+        for row, payload in zip(rows, payloads):
+            size = len(payload.encode())
+            if size > MAX_PAYLOAD:
+                plan = self.plan
+                columns = plan.key_columns if plan is not None else (self.tracking_column,)
+                positions = [plan.select_columns.index(c) for c in columns] if plan is not None else [0]
+                key = ", ".join(f"{column}={row[p]}" for column, p in zip(columns, positions))
+                raise SourceError(
+                    f"table {self.table_name}, row {key}: its message is {size:,} bytes, Iggy takes at most"
+                    f" {MAX_PAYLOAD:,}; pgsource neither splits nor skips a row: make it smaller (or leave the"
+                    " big column out of the table pgsource reads), then start again"
+                )
 
     def message_ids(self, rows: list[tuple]) -> list[int]:
         """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""
