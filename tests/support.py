@@ -24,6 +24,15 @@ SERVICE_LOGS: list[Path] = []
 CLI_OUTPUTS: list[str] = []
 
 
+def register_service_output(log_path: Path | None = None, text: str | None = None) -> None:
+    """For harnesses that start pgsource their own way (the fault matrix): have this test's output
+    checked for secrets like start_service's and run_cli's (tests/conftest.py)."""
+    if log_path is not None:
+        SERVICE_LOGS.append(Path(log_path))
+    if text is not None:
+        CLI_OUTPUTS.append(text)
+
+
 def service_output() -> str:
     """Everything the current test's services printed so far."""
     texts = list(CLI_OUTPUTS)
