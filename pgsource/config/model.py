@@ -150,6 +150,14 @@ class SourceConfig(BaseModel):
             return [item.upper() if isinstance(item, str) else item for item in value]
         return value
 
+    @field_validator("replication_slot")
+    @classmethod
+    def _slot_name(cls, value: str) -> str:
+        """PostgreSQL's own rule for slot names, said now rather than by the first CREATE_REPLICATION_SLOT."""
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError(f"{value!r}: a replication slot name is 1 to 63 lower-case letters, digits and underscores")
+        return value
+
     @field_validator("custom_query")
     @classmethod
     def _placeholders(cls, value):

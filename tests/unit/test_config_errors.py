@@ -155,6 +155,8 @@ OTHER_CASES = [
      "a.b and \"a.b\" would both be sent to topic 'all' as table_name 'a.b'"),
     ("worker mapping names an unknown table", {"source": {**POLLING, "tables": ["a", "b"]}, "workers": {"w": ["a", "c"]}},
      "workers.w: table 'c' is not in source.tables"),
+    ("slot name", {"source": {**CDC, "replication_slot": 'x"; DROP'}},
+     "source.replication_slot: 'x\"; DROP': a replication slot name is 1 to 63 lower-case letters"),
     ("topic template", {"source": POLLING, "iggy": {"topic": "{tabel}"}}, "topic template knows {table} and {schema}"),
     ("address", {"source": POLLING, "iggy": {"address": "localhost"}}, "iggy.address: 'localhost' is not host:port"),
     ("duplicate key", "source: {connection_string: x, mode: polling, tables: [u]}\nsource: {mode: cdc}\n",
