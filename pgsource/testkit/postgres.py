@@ -140,6 +140,7 @@ class LocalPostgres:
     def _require_authentication(self) -> None:
         """Set the superuser's password, then let TCP in only with it (or a certificate), over TLS if asked."""
         import psycopg2
+        from psycopg2 import sql
 
         conn = psycopg2.connect(self.dsn())
         try:
@@ -147,7 +148,7 @@ class LocalPostgres:
             with conn.cursor() as cur:
                 cur.execute("SET password_encryption = 'scram-sha-256'")
                 if self.password is not None:
-                    cur.execute(f'ALTER ROLE "{self.superuser}" PASSWORD %s', (self.password,))
+                    cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(self.superuser)), (self.password,))
                 cur.execute("SHOW hba_file")
                 hba = cur.fetchone()[0]
                 lines = ["local all all trust", "local replication all trust"]
