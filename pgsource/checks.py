@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 from pgsource.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.config.model import Config
-from pgsource.errors import PgSourceError, PrerequisiteError
+from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
-from pgsource.pg.catalog import describe_table, server_setting
+from pgsource.pg.catalog import describe_table, missing_privileges, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
-from pgsource.pg.query import build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
 from pgsource.polling import check_late_commit_guard
 from pgsource.sharding import check_shard, foreign_captures, unsharded_name
 from pgsource.slots import identity_problem, missing_slot_problem
@@ -30,9 +30,15 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
 
+    config_error: bool = False  # a problem lies in the configuration itself (exit 2, not 3)
+
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return ConfigError.exit_code if self.config_error else PrerequisiteError.exit_code
 
 
 def check_prerequisites(config: Config) -> CheckReport:
@@ -43,6 +49,7 @@ def check_prerequisites(config: Config) -> CheckReport:
         conn = pg.connect(source.connection_string, application_name="pgsource-check")
     except PgSourceError as exc:
         report.problems.append(str(exc))
+        report.config_error = isinstance(exc, ConfigError)
         return report
     try:
         for table in source.tables:
@@ -62,11 +69,13 @@ def check_prerequisites(config: Config) -> CheckReport:
                         payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
                         primary_key_column=source.primary_key_column,
                     )
+                    tracking = None
                     if source.late_commits == "auto":
                         tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
                         if tracking.kind is not TrackingKind.XID8:
                             lag = table.lag if table.lag is not None else source.lag
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
+                    _check_polling_privileges(conn, config, info, tracking)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
         if source.custom_query and not source.cdc:
@@ -80,6 +89,25 @@ def check_prerequisites(config: Config) -> CheckReport:
     finally:
         conn.close()
     return report
+
+
+def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
+    """SELECT (and DELETE or UPDATE of processed_column) on the table, SELECT on the sequence the
+    late-commit horizon reads: found now, not as a worker failing in its first statement."""
+    source = config.source
+    wanted: list[tuple[str | None, str]] = [(None, "SELECT")]
+    if source.delete_after_read:
+        wanted.append((None, "DELETE"))
+    if source.processed_column:
+        wanted.append((source.processed_column, "UPDATE"))
+    sequence = tracking.sequence if tracking is not None and tracking.kind is TrackingKind.SEQUENCE else None
+    lacking = missing_privileges(conn, info.oid, wanted, sequence)
+    if lacking:
+        raise PrerequisiteError(
+            f"table {info.qualified}: the PostgreSQL user lacks {', '.join(lacking)};"
+            f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified}"
+            f"{', ' + sequence if sequence else ''} TO <user>)"
+        )
 
 
 def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
@@ -96,7 +124,7 @@ def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
         with conn.cursor() as cur:
             try:
                 cur.execute("BEGIN READ ONLY")
-                cur.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", params)
+                cur.execute(build_custom_probe(query), params)
                 columns = [d.name for d in cur.description]
                 if tracking not in columns:
                     report.problems.append(

@@ -13,6 +13,7 @@ from operator import itemgetter
 
 from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
+from pgsource.encode.frames import MAX_PAYLOAD
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.pg import connect as pg
@@ -26,6 +27,7 @@ from pgsource.pg.query import (
     Reading,
     build_acknowledged_rows,
     build_custom_query,
+    build_custom_select,
     build_key_bounds,
     build_poll_plan,
     build_rows_by_key,
@@ -63,6 +65,7 @@ class TableReader:
     """Plans, reads and encodes one table for polling."""
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
+    _custom_text: str | None = None  # the wrapped custom_query, composed on first use
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -87,7 +90,7 @@ class TableReader:
             self._json_at = 1
             return
         self._custom = None
-        self.table_name = table.qualified
+        self.table_name = table.message_name  # as messages name it (CDC builds the same from the relation)
         self.topic = config.iggy.topic_for(table)
         info = describe_table(conn, table.schema_, table.name)
         if by_identity and not info.identity:
@@ -243,13 +246,10 @@ class TableReader:
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
     def _custom_sql(self) -> str:
-        """The user's query, wrapped; ordered again outside, since a subquery's ORDER BY is not
-        promised to survive the wrapping, and the last row's value becomes the next offset."""
-        tracking = _quote(self.tracking_column)
-        return (
-            f"SELECT q.{tracking}::text, row_to_json(q)::text"
-            f" FROM ({self._custom}) AS q ORDER BY q.{tracking}"
-        )
+        """The user's query wrapped (``build_custom_select``), composed once."""
+        if self._custom_text is None:
+            self._custom_text = build_custom_select(self._custom, self.tracking_column).as_string(self.conn)
+        return self._custom_text
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -271,6 +271,8 @@ class TableReader:
             payloads = [prefix + row[json_at] + suffix for row in rows]
         else:
             payloads = [row[json_at] for row in rows]
+        if payloads and max(map(len, payloads)) * 4 > MAX_PAYLOAD:  # UTF-8: at most 4 bytes a character
+            self._refuse_oversized(rows, payloads)
         plan = self.plan
         if plan is None:
             width, key_of = 1, itemgetter(0)
@@ -315,6 +317,21 @@ class TableReader:
             else:
                 out.append(value.encode())
         return out
+
+    def _refuse_oversized(self, rows: list[tuple], payloads: list) -> None:
+        """A row whose message Iggy can never take stops the table with its key: never split, never skipped."""
+        for row, payload in zip(rows, payloads):
+            size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
+            if size > MAX_PAYLOAD:
+                plan = self.plan
+                columns = plan.key_columns if plan is not None else (self.tracking_column,)
+                positions = [plan.select_columns.index(c) for c in columns] if plan is not None else [0]
+                key = ", ".join(f"{column}={row[p]}" for column, p in zip(columns, positions))
+                raise SourceError(
+                    f"table {self.table_name}, row {key}: its message is {size:,} bytes, Iggy takes at most"
+                    f" {MAX_PAYLOAD:,}; pgsource neither splits nor skips a row: make it smaller (or leave the"
+                    " big column out of the table pgsource reads), then start again"
+                )
 
     def message_ids(self, rows: list[tuple]) -> list[int]:
         """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""
@@ -398,5 +415,3 @@ def _key_getter(plan: PollPlan):
     return lambda row: "\x00".join("" if row[p] is None else row[p] for p in positions)
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'

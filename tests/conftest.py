@@ -8,12 +8,14 @@ import sys
 import pytest
 
 from pgsource.testkit.postgres import LocalPostgres
+from tests import support
 
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    """A private PostgreSQL 15 cluster (wal_level=logical) for the whole session."""
-    cluster = LocalPostgres().start()
+    """A private PostgreSQL 15 cluster (wal_level=logical) for the whole session; TCP logins need
+    the superuser's password (scram-sha-256), which every ``pg_dsn`` carries."""
+    cluster = LocalPostgres(password=support.TEST_PASSWORD).start()
     try:
         yield cluster
     finally:
@@ -28,6 +30,24 @@ def pg_dsn(pg_cluster):
         yield pg_cluster.dsn(name)
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_service_output():
+    """Fails a test whose services (``support.start_service``, ``support.run_cli``) printed the
+    test cluster's password anywhere: logs, tracebacks, CLI lines. Passwords are redacted."""
+    support.SERVICE_LOGS.clear()
+    support.CLI_OUTPUTS.clear()
+    yield
+    output = support.service_output()
+    secrets = [secret for secret in support.SECRETS_TO_HUNT if secret in output]
+    support.SERVICE_LOGS.clear()
+    support.CLI_OUTPUTS.clear()
+    if secrets:
+        line = next(line for line in output.splitlines() if any(secret in line for secret in secrets))
+        for secret in secrets:
+            line = line.replace(secret, "<the secret>")
+        pytest.fail(f"a service printed a secret ({len(secrets)} of them); first line: {line[:300]}")
 
 
 @pytest.fixture

@@ -14,6 +14,34 @@ import psycopg2
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The password of the test cluster's superuser (TCP needs it: scram-sha-256), so every test DSN
+# carries it; tests/conftest.py fails a test whose service printed it anywhere.
+TEST_PASSWORD = "Pgs-Secret-7f3e9b"
+TEST_IGGY_PASSWORD = "Iggy-Secret-2c8d41"  # for the tests that give the stand-in a password of their own
+SECRETS_TO_HUNT = (TEST_PASSWORD, TEST_IGGY_PASSWORD)
+# What the running test's services wrote: log files and CLI outputs (checked for secrets after it).
+SERVICE_LOGS: list[Path] = []
+CLI_OUTPUTS: list[str] = []
+
+
+def register_service_output(log_path: Path | None = None, text: str | None = None) -> None:
+    """For harnesses that start pgsource their own way (the fault matrix): have this test's output
+    checked for secrets like start_service's and run_cli's (tests/conftest.py)."""
+    if log_path is not None:
+        SERVICE_LOGS.append(Path(log_path))
+    if text is not None:
+        CLI_OUTPUTS.append(text)
+
+
+def service_output() -> str:
+    """Everything the current test's services printed so far."""
+    texts = list(CLI_OUTPUTS)
+    for path in SERVICE_LOGS:
+        try:
+            texts.append(path.read_text(errors="replace"))
+        except FileNotFoundError:
+            pass
+    return "\n".join(texts)
 
 
 def write_config(tmp_path: Path, dsn: str, iggy_address: str, *, source: dict | None = None, **sections) -> Path:
@@ -39,6 +67,7 @@ def start_service(config_path: Path, *args: str, log_path: Path | None = None) -
     """``pgsource run --config FILE`` as a user would start it (its own process group)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PGSOURCE_LOG_LEVEL": "INFO"}
     log_path = log_path or config_path.with_suffix(".log")
+    SERVICE_LOGS.append(log_path)
     out = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the OS
     return subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "run", "--config", str(config_path), *args],
@@ -59,8 +88,10 @@ def kill_service(process: subprocess.Popen) -> None:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=str(REPO), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=str(REPO), env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    CLI_OUTPUTS.append(result.stdout + result.stderr)
+    return result
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):

@@ -90,7 +90,7 @@ class QueueWorker:
 
     def run(self) -> None:
         self.spec.beat()  # the imports of the spawned child are done
-        setup_logging()
+        setup_logging(config=self.spec.config)
         keep_freed_memory()  # batches of hundreds of KB: reuse freed heap instead of page-faulting anew
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
         signal.signal(signal.SIGTERM, self._handle_term)

@@ -6,6 +6,7 @@ These names and options are a contract that users script against; keep them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -21,18 +22,22 @@ def _load(path: str):
     from pgsource.config import load_config
 
     try:
-        return load_config(path)
+        config = load_config(path)
     except PgSourceError as exc:
         click.echo(f"configuration error in {path}:", err=True)
         for line in str(exc).splitlines():
             click.echo(f"  {line}", err=True)
         sys.exit(exc.exit_code)
+    setup_logging(click.get_current_context().find_root().params.get("log_level"), config)
+    return config
 
 
 @click.group()
 @click.option("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR.")
 def main(log_level: str | None) -> None:
     """Stream PostgreSQL rows (polling) or changes (cdc) into Apache Iggy."""
+    if log_level:  # the spawned processes read it from their environment
+        os.environ["PGSOURCE_LOG_LEVEL"] = log_level
     setup_logging(log_level)
 
 
@@ -59,7 +64,7 @@ def check(config_path: str) -> None:
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if not report.ok:
-        sys.exit(3)
+        sys.exit(report.exit_code)
     refused = _check_iggy(config)
     if refused:
         click.echo(f"problem: {refused}", err=True)

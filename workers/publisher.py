@@ -60,7 +60,7 @@ class PublisherWorker:
         self.heartbeat = heartbeat  # the publisher's Liveness (workers/liveness.py), or None
 
     def run(self) -> None:
-        setup_logging()
+        setup_logging(config=self.config)
         keep_freed_memory()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when the StopEvent arrives
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -32,7 +32,7 @@ import multiprocess
 from pgsource.assignment import assign_units
 from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
-from pgsource.errors import CrashLoopError, PgSourceError, PrerequisiteError
+from pgsource.errors import CrashLoopError, PgSourceError
 from pgsource.events import StopEvent, WorkerStatus
 from pgsource.sharding import record_shard
 from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
@@ -72,7 +72,7 @@ class Supervisor:
         if not report.ok:
             for problem in report.problems:
                 log.error("%s", problem)
-            return PrerequisiteError.exit_code
+            return report.exit_code
         # CDC: the table → slot map comes from the configuration and the database (the check read it)
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
         for note in report.notes:

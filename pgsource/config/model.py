@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pgsource.config.duration import parse_duration
+from pgsource.config.names import message_name, parse_table_reference, table_reference
+from pgsource.config.secrets import resolve_iggy_files, resolve_source_files
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _NUMERIC_NAME = re.compile(r"\+?[0-9]+")
@@ -43,7 +45,8 @@ _PAYLOAD_ALIASES = {"raw": "bytea", "jsonb": "json_direct"}
 
 
 class TableConfig(BaseModel):
-    """One table as written in ``tables:``; a plain string there is ``{name: ...}``."""
+    """One table as written in ``tables:``: ``{schema, name, ...}``, or a string ``table`` or
+    ``schema.table`` (a dotted string is always schema.table: ``pgsource/config/names.py``)."""
 
     model_config = _FROZEN
 
@@ -74,14 +77,37 @@ class TableConfig(BaseModel):
     @classmethod
     def _from_string(cls, value):
         if isinstance(value, str):
-            schema, dot, name = value.partition(".")
-            return {"schema": schema, "name": name} if dot else {"name": value}
+            schema, name = parse_table_reference(value)
+            return {"schema": schema, "name": name}
+        return value
+
+    @field_validator("name", "schema_")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        if "\x00" in value:
+            raise ValueError("a PostgreSQL name cannot hold a NUL character")
         return value
 
     @property
     def qualified(self) -> str:
-        """The table as it appears in messages: bare in ``public``, ``schema.name`` elsewhere."""
-        return self.name if self.schema_ == "public" else f"{self.schema_}.{self.name}"
+        """The table's unambiguous reference (state keys, ``workers`` mapping, logs): bare in
+        ``public``, ``schema.name`` elsewhere, a part in double quotes only when it holds a dot or a quote."""
+        return table_reference(self.schema_, self.name)
+
+    @property
+    def message_name(self) -> str:
+        """``table_name`` in messages: PostgreSQL's names unquoted, ``schema.`` outside public."""
+        return message_name(self.schema_, self.name)
+
+
+# Keys only one mode reads; given explicitly in the other mode they are refused (not ignored).
+CDC_ONLY_KEYS = ("publication_name", "replication_slot", "capture_operations", "cdc_backend", "cdc_transport",
+                 "snapshot", "on_missing_slot")
+POLLING_ONLY_KEYS = ("tracking_column", "initial_offset", "custom_query", "delete_after_read", "processed_column",
+                     "allow_non_unique_tracking", "late_commits", "lag")
+TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag")
 
 
 class SourceConfig(BaseModel):
@@ -90,6 +116,9 @@ class SourceConfig(BaseModel):
     model_config = _FROZEN
 
     connection_string: str
+    # Kubernetes secrets: the whole connection string, or its password, from a file (read at start)
+    connection_string_file: str | None = None
+    password_file: str | None = None
     mode: Mode
     tables: list[TableConfig] = Field(default_factory=list)
     poll_interval: float = 1.0
@@ -138,6 +167,11 @@ class SourceConfig(BaseModel):
     def _payload_alias(cls, value):
         return _PAYLOAD_ALIASES.get(value, value) if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, value):
+        return resolve_source_files(value)
+
     @field_validator("poll_interval", "lag", "retry_delay", mode="before")
     @classmethod
     def _duration(cls, value):
@@ -148,6 +182,14 @@ class SourceConfig(BaseModel):
     def _upper(cls, value):
         if isinstance(value, list):
             return [item.upper() if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("replication_slot")
+    @classmethod
+    def _slot_name(cls, value: str) -> str:
+        """PostgreSQL's own rule for slot names, said now rather than by the first CREATE_REPLICATION_SLOT."""
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError(f"{value!r}: a replication slot name is 1 to 63 lower-case letters, digits and underscores")
         return value
 
     @field_validator("custom_query")
@@ -192,11 +234,28 @@ class SourceConfig(BaseModel):
                     f"tables: chunks is a polling option; in cdc mode a table is read from one slot"
                     f" (chunks would give it two and send every change twice): remove chunks for {', '.join(chunked)}"
                 )
+        if self.custom_query and len(self.tables) > 1 and "$table" not in self.custom_query:
+            raise ValueError("custom_query with several tables must name $table (it runs once per table)")
+        self._keys_of_the_other_mode()
         names = [table.qualified for table in self.tables]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"tables: listed more than once: {', '.join(duplicates)}")
         return self
+
+    def _keys_of_the_other_mode(self) -> None:
+        """A key the chosen mode never reads, given explicitly, is a mistake worth saying (not a no-op)."""
+        other, keys = (Mode.CDC, CDC_ONLY_KEYS) if self.mode is Mode.POLLING else (Mode.POLLING, POLLING_ONLY_KEYS)
+        given = [key for key in keys if key in self.model_fields_set and getattr(self, key) is not None]
+        given += [
+            f"tables[{index}].{key}" for index, table in enumerate(self.tables) for key in TABLE_POLLING_ONLY_KEYS
+            if self.mode is Mode.CDC and key in table.model_fields_set and getattr(table, key) is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: only read in mode: {other.value}, but mode is {self.mode.value}; remove"
+                f" {'it' if len(given) == 1 else 'them'} (or change mode)"
+            )
 
     @property
     def cdc(self) -> bool:
@@ -209,18 +268,46 @@ class Partitioning(str, Enum):
     TABLE = "table"
 
 
+class IggyTlsConfig(BaseModel):
+    """``iggy.tls:``: TLS to Iggy's TCP transport, as the SDK's ``TcpConfig`` offers it."""
+
+    model_config = _FROZEN
+
+    enabled: bool = False
+    ca_file: str | None = None  # PEM of the CA that signed the server's certificate (default: the system's roots)
+    domain: str | None = None  # the name the certificate must carry (default: the host of iggy.address)
+    validate_certificate: bool = True  # false accepts any certificate: encryption without authentication
+
+    @model_validator(mode="after")
+    def _ca_readable(self):
+        if self.enabled and self.ca_file is not None:
+            try:
+                with open(self.ca_file, "rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"ca_file: cannot read {self.ca_file}: {exc.strerror or exc}") from None
+        return self
+
+
 class IggyConfig(BaseModel):
     model_config = _FROZEN
 
     address: str = "127.0.0.1:8090"
     username: str = "iggy"
     password: str = "iggy"
+    password_file: str | None = None  # the password from a file (a Kubernetes secret), read at start
     stream: str = "pgsource"
     topic: str = "{table}"
     partitions: int = Field(1, ge=1, le=1000)
     create_missing: bool = True
     partitioning: Partitioning = Partitioning.PRIMARY_KEY
     send_timeout: float = 30.0
+    tls: IggyTlsConfig = IggyTlsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, value):
+        return resolve_iggy_files(value)
 
     @field_validator("address")
     @classmethod
@@ -297,6 +384,20 @@ class MetricsConfig(BaseModel):
     host: str = "0.0.0.0"
 
 
+class LogConfig(BaseModel):
+    """``log:``: one line per record, text or JSON, in every process (README "Logs")."""
+
+    model_config = _FROZEN
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+
 class SupervisorConfig(BaseModel):
     """How hard the supervisor tries before it gives up on a worker."""
 
@@ -341,6 +442,23 @@ class Config(BaseModel):
     metrics: MetricsConfig = MetricsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     shard: ShardConfig | None = None
+    log: LogConfig = LogConfig()
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _canonical_names(cls, value):
+        """Mapping entries by the ``tables`` rule (``public.users`` is ``users``; ``{schema, name}``
+        allowed), as their unambiguous references, which is what units are matched by."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for worker, tables in value.items():
+            if not isinstance(tables, list):
+                out[worker] = tables  # the type check names it
+                continue
+            out[worker] = [TableConfig.model_validate(entry).qualified if isinstance(entry, (str, dict)) else entry
+                           for entry in tables]
+        return out
 
     @field_validator("workers")
     @classmethod
@@ -361,6 +479,21 @@ class Config(BaseModel):
             problem = iggy_name_problem("topic", topic)
             if problem:
                 raise ValueError(f"iggy.topic: for table {table}, {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _messages_tell_tables_apart(self):
+        """Two tables whose messages land in one topic under one ``table_name`` (``a.b`` and
+        ``public."a.b"``) could not be told apart by consumers: refused, naming both."""
+        seen: dict[tuple[str, str], str] = {}
+        for table in self.source.tables:
+            where = (self.iggy.topic_for(table), table.message_name)
+            if where in seen:
+                raise ValueError(
+                    f"source.tables: {seen[where]} and {table.qualified} would both be sent to topic {where[0]!r}"
+                    f" as table_name {where[1]!r}: give them different topics (iggy.topic: \"{{schema}}_{{table}}\")"
+                )
+            seen[where] = table.qualified
         return self
 
     @model_validator(mode="after")

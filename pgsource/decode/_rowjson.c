@@ -348,10 +348,13 @@ write_value(Writer *w, const Column *column, const unsigned char *s, Py_ssize_t 
     case K_NUMBER:
         if (n == 0)
             return 1;
-        if (s[n - 1] > '9') /* NaN, Infinity and -Infinity end in a letter: JSON strings */
+        if (s[n - 1] > '9' || s[n - 1] < '0') /* NaN, Infinity, -Infinity (and never-sent junk): JSON strings */
             return write_quoted(w, s, n);
         return writer_put(w, (const char *)s, n);
     case K_QUOTED:
+        for (Py_ssize_t i = 0; i < n; i++) /* never in date or uuid output: leave such text to the general decoder */
+            if (s[i] < 0x20 || s[i] == '"' || s[i] == '\\')
+                return 1;
         return write_quoted(w, s, n);
     case K_BOOL:
         if (n == 1 && s[0] == 't')

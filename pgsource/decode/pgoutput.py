@@ -200,6 +200,8 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
 
 def _tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
     (count,) = _I16(buf, pos)
+    if count < 0:
+        raise SourceError(f"pgoutput: TupleData with {count} columns")
     pos += 2
     values: list[TupleValue] = []
     append = values.append
@@ -227,26 +229,37 @@ def _tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
     return tuple(values), pos
 
 
-def _begin(buf: bytes) -> Begin:
-    return Begin(*_BEGIN(buf, 1))
+# Each decoder returns the message and where it ended: a message must end where its bytes do
+# (a length or count that disagrees is corruption, reported, never a message read half).
 
 
-def _commit(buf: bytes) -> Commit:
-    return Commit(*_COMMIT(buf, 1))
+def _begin(buf: bytes) -> tuple[Begin, int]:
+    return Begin(*_BEGIN(buf, 1)), 21
 
 
-def _origin(buf: bytes) -> Origin:
+def _commit(buf: bytes) -> tuple[Commit, int]:
+    return Commit(*_COMMIT(buf, 1)), 26
+
+
+def _origin(buf: bytes) -> tuple[Origin, int]:
     (lsn,) = _I64(buf, 1)
-    name, _ = _cstring(buf, 9)
-    return Origin(lsn, name)
+    name, pos = _cstring(buf, 9)
+    return Origin(lsn, name), pos
 
 
-def _relation(buf: bytes) -> Relation:
+_IDENTITIES = frozenset("dnfi")
+
+
+def _relation(buf: bytes) -> tuple[Relation, int]:
     (oid,) = _I32(buf, 1)
     namespace, pos = _cstring(buf, 5)
     name, pos = _cstring(buf, pos)
     identity = chr(buf[pos])
+    if identity not in _IDENTITIES:
+        raise SourceError(f"pgoutput: Relation {oid} has an unknown replica identity {identity!r}")
     (count,) = _I16(buf, pos + 1)
+    if count < 0:
+        raise SourceError(f"pgoutput: Relation {oid} with {count} columns")
     pos += 3
     columns = []
     for _ in range(count):
@@ -255,25 +268,25 @@ def _relation(buf: bytes) -> Relation:
         type_oid, typmod = _COLUMN_TAIL(buf, pos)
         pos += 8
         columns.append(RelationColumn(flags, colname, type_oid, typmod))
-    return Relation(oid, namespace, name, identity, tuple(columns))
+    return Relation(oid, namespace, name, identity, tuple(columns)), pos
 
 
-def _type(buf: bytes) -> Type:
+def _type(buf: bytes) -> tuple[Type, int]:
     (oid,) = _I32(buf, 1)
     namespace, pos = _cstring(buf, 5)
-    name, _ = _cstring(buf, pos)
-    return Type(oid, namespace, name)
+    name, pos = _cstring(buf, pos)
+    return Type(oid, namespace, name), pos
 
 
-def _insert(buf: bytes) -> Insert:
+def _insert(buf: bytes) -> tuple[Insert, int]:
     (oid,) = _I32(buf, 1)
     if buf[5] != 0x4E:  # 'N'
         raise SourceError(f"pgoutput: Insert for relation {oid} lacks its 'N' tuple")
-    new, _ = _tuple(buf, 6)
-    return Insert(oid, new)
+    new, pos = _tuple(buf, 6)
+    return Insert(oid, new), pos
 
 
-def _update(buf: bytes) -> Update:
+def _update(buf: bytes) -> tuple[Update, int]:
     (oid,) = _I32(buf, 1)
     pos = 5
     old_kind = None
@@ -283,32 +296,34 @@ def _update(buf: bytes) -> Update:
         old, pos = _tuple(buf, pos + 1)
     if buf[pos] != 0x4E:
         raise SourceError(f"pgoutput: Update for relation {oid} lacks its 'N' tuple")
-    new, _ = _tuple(buf, pos + 1)
-    return Update(oid, old_kind, old, new)
+    new, pos = _tuple(buf, pos + 1)
+    return Update(oid, old_kind, old, new), pos
 
 
-def _delete(buf: bytes) -> Delete:
+def _delete(buf: bytes) -> tuple[Delete, int]:
     (oid,) = _I32(buf, 1)
     if buf[5] not in (0x4B, 0x4F):
         raise SourceError(f"pgoutput: Delete for relation {oid} lacks its 'K'/'O' tuple")
-    old, _ = _tuple(buf, 6)
-    return Delete(oid, chr(buf[5]), old)
+    old, pos = _tuple(buf, 6)
+    return Delete(oid, chr(buf[5]), old), pos
 
 
-def _truncate(buf: bytes) -> Truncate:
+def _truncate(buf: bytes) -> tuple[Truncate, int]:
     count, options = _TRUNCATE_HEAD(buf, 1)
+    if 6 + 4 * count != len(buf):  # checked before unpacking: a huge count must not build a huge format
+        raise SourceError(f"pgoutput: Truncate of {count} relations in a message of {len(buf)} bytes")
     oids = struct.unpack_from(f"!{count}I", buf, 6)
-    return Truncate(options, oids)
+    return Truncate(options, oids), len(buf)
 
 
-def _message(buf: bytes) -> Message:
+def _message(buf: bytes) -> tuple[Message, int]:
     flags, lsn = _MESSAGE_HEAD(buf, 1)
     prefix, pos = _cstring(buf, 10)
     (length,) = _I32(buf, pos)
     content = bytes(buf[pos + 4 : pos + 4 + length])
     if len(content) != length:
         raise SourceError("pgoutput: Message content runs past the message end")
-    return Message(flags, lsn, prefix, content)
+    return Message(flags, lsn, prefix, content), pos + 4 + length
 
 
 _DECODERS = {
@@ -337,8 +352,12 @@ def decode_message(buf: bytes | bytearray | memoryview) -> PgoutputMessage:
             f"pgoutput: unsupported message type {chr(buf[0])!r} (protocol v1 without streaming expected)"
         )
     try:
-        return decoder(buf)
+        message, end = decoder(buf)
     except SourceError:
         raise
-    except (struct.error, IndexError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
         raise SourceError(f"pgoutput: malformed {chr(buf[0])!r} message ({len(buf)} bytes): {exc}") from None
+    if end != len(buf):
+        raise SourceError(
+            f"pgoutput: malformed {chr(buf[0])!r} message: it ends at byte {end} of {len(buf)} (a length or count is wrong)")
+    return message

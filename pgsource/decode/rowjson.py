@@ -32,6 +32,7 @@ caller's bug: ``ValueError``.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 
@@ -61,10 +62,10 @@ _INLINE = {
     "int": "v",
     t.JSON: "v",
     t.JSONB: "v",
-    t.NUMBER: "v if v[-1] <= '9' else '\"' + v + '\"'",  # NaN, Infinity, -Infinity end in a letter
+    t.NUMBER: "v if '0' <= v[-1] <= '9' else '\"' + v + '\"'",  # NaN, Infinity, -Infinity end in a letter
     t.BOOL: "BOOL[v]",
-    t.DATE: "'\"' + v + '\"'",
-    "uuid": "'\"' + v + '\"'",
+    t.DATE: "Q(v)",  # '"' + v + '"'; text PostgreSQL never sends for them is left to the general decoder
+    "uuid": "Q(v)",
     t.OTHER: "esc(v)",
     t.TIMESTAMPTZ: (
         "'\"' + v[:10] + 'T' + v[11:] + ':00\"' if len(v) > 21 and v[4] == '-' and v[10] == ' '"
@@ -77,6 +78,16 @@ _INLINE = {
 }
 
 _VALUE = {"latin1": "s[a:e]", "utf8": "b[a:e].decode()"}
+
+
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]').search
+
+
+def _plain_quoted(text: str) -> str:
+    """date and uuid text as a JSON string; one that would need escaping is not a plain row (as in C)."""
+    if _NEEDS_ESCAPE(text):
+        raise ValueError("date or uuid text with characters PostgreSQL never prints there")
+    return '"' + text + '"'
 
 
 def _kind(info: TypeInfo) -> str:
@@ -178,6 +189,7 @@ def compile_python(
         "I32": struct.Struct("!I").unpack_from,
         "BOOL": _BOOL,
         "esc": encode_string,
+        "Q": _plain_quoted,
         "TS": _timestamp,
         "TSTZ": _timestamptz,
     }

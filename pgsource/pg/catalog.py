@@ -94,3 +94,23 @@ def server_setting(conn, name: str) -> str:
     with conn.cursor() as cur:
         cur.execute("SELECT current_setting(%s)", (name,))
         return cur.fetchone()[0]
+
+
+def missing_privileges(conn, oid: int, wanted: list[tuple[str | None, str]],
+                       sequence: str | None = None) -> list[str]:
+    """Which of ``wanted`` ((column or None, privilege)) the current user lacks on table ``oid``,
+    plus SELECT on ``sequence`` when given; each as ``PRIVILEGE [(column)]`` text."""
+    lacking = []
+    with conn.cursor() as cur:
+        for column, privilege in wanted:
+            if column is None:
+                cur.execute("SELECT has_table_privilege(%s::oid, %s)", (oid, privilege))
+            else:
+                cur.execute("SELECT has_column_privilege(%s::oid, %s, %s)", (oid, column, privilege))
+            if not cur.fetchone()[0]:
+                lacking.append(privilege if column is None else f"{privilege} ({column})")
+        if sequence is not None:
+            cur.execute("SELECT has_sequence_privilege(%s, 'SELECT')", (sequence,))
+            if not cur.fetchone()[0]:
+                lacking.append(f"SELECT on its sequence {sequence}")
+    return lacking

@@ -9,7 +9,13 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extras
 
-from pgsource.errors import SourceUnavailable
+from pgsource.errors import ConfigError, SourceUnavailable
+
+# libpq's message for a string it cannot parse quotes a piece of it, which may be the password.
+INVALID_DSN = (
+    "source.connection_string: not a connection string libpq can parse (a URI postgresql://user@host:5432/db"
+    " or key=value pairs); libpq's own message is not shown, as it quotes part of the string"
+)
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1"
 # A dead server or network is noticed within ~60 s instead of the kernel's two hours, so a
@@ -30,6 +36,8 @@ def connect(dsn: str, *, application_name: str = "pgsource", autocommit: bool = 
                                       **{**KEEPALIVES, **libpq})
     except psycopg2.OperationalError as exc:
         raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    except psycopg2.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None
     connection.autocommit = True
     try:
         with connection.cursor() as cur:
@@ -54,6 +62,8 @@ def connect_replication(dsn: str, *, application_name: str = "pgsource"):
         )
     except psycopg2.OperationalError as exc:
         raise SourceUnavailable(f"cannot open a replication connection: {str(exc).strip()}") from None
+    except psycopg2.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None
     return connection
 
 

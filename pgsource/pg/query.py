@@ -426,3 +426,20 @@ def build_custom_query(query: str, table: tuple[str, str] | None = None, conn=No
     if re.search(r"\$\d", converted):
         raise ConfigError("source.custom_query: only $1 (last offset) and $2 (batch size) are bound")
     return converted
+
+
+def build_custom_select(query: str, tracking_column: str) -> sql.Composed:
+    """The user's (converted) query wrapped: the tracking value as text, the row's JSON, in tracking order.
+
+    Ordered again outside, since a subquery's ORDER BY is not promised to survive the
+    wrapping, and the last row's value becomes the next offset. The user's text is SQL by
+    definition (never ``.format``-ed: its braces stay braces); the column is an identifier.
+    """
+    tracking = sql.Identifier(tracking_column)
+    return (sql.SQL("SELECT q.{}::text, row_to_json(q)::text FROM (").format(tracking) + sql.SQL(query)
+            + sql.SQL(") AS q ORDER BY q.{}").format(tracking))
+
+
+def build_custom_probe(query: str) -> sql.Composed:
+    """The user's (converted) query, no rows: what ``check`` runs to learn its columns."""
+    return sql.SQL("SELECT * FROM (") + sql.SQL(query) + sql.SQL(") AS q LIMIT 0")

@@ -94,6 +94,7 @@ class IggySink:
                 max_retries=0, interval=timedelta(milliseconds=200), reestablish_after=timedelta(0)
             ),
             nodelay=True,
+            **_tls_options(self.config),
         )
         self._foreign = sockets.connections_to(self._port)  # other clients' connections, never touched
         client = iggy.IggyClient(tcp)
@@ -257,7 +258,6 @@ class IggySink:
 
 def decode_send_confirmation(reply: bytes) -> int | None:
     """The partition a SendMessages reply confirms, or None for ``count = 0``.
-
     The reply is ``[count u32]`` + ``[stream, topic, partition u32][base_offset u64]`` per
     confirmation. The server answers ``count = 0`` for a batch it committed without
     offsets to report (a purge racing the send): a success, as the SDK reads it too.
@@ -270,6 +270,18 @@ def decode_send_confirmation(reply: bytes) -> int | None:
 
 
 _CONFIRMATION = struct.Struct("<IIIQ")
+
+
+def _tls_options(config: IggyConfig) -> dict:
+    """``iggy.tls`` as TcpConfig's keywords (none when TLS is off: the SDK's defaults stay)."""
+    tls = config.tls
+    if not tls.enabled:
+        return {}
+    options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
+               "tls_domain": tls.domain or config.address.rpartition(":")[0].strip("[]")}
+    if tls.ca_file:
+        options["tls_ca_file"] = tls.ca_file
+    return options
 
 
 def _classify(what: str, exc: BaseException) -> SinkError:

@@ -69,12 +69,25 @@ def _unprivileged_user() -> str:
 
 @dataclass
 class LocalPostgres:
-    """One private PostgreSQL cluster; ``start()`` it, ``dsn()`` to reach it, ``stop()`` it."""
+    """One private PostgreSQL cluster; ``start()`` it, ``dsn()`` to reach it, ``stop()`` it.
+
+    ``password``: TCP connections must authenticate with SCRAM (``scram-sha-256`` in
+    pg_hba.conf), as the superuser with this password, which ``dsn()`` then carries (the
+    test suite's cluster does this, so that a password leaked into a log can be found).
+    ``tls``: the server gets a certificate signed by a throw-away CA (``self.ca``), and
+    accepts TCP connections only over TLS (``hostssl``; plain ``host`` lines reject): by
+    password (SCRAM), or by client certificate (``cert``) for the roles in ``cert_users``.
+    ``dsn()`` then asks for ``sslmode=verify-full`` against that CA.
+    """
 
     port: int = field(default_factory=free_port)
     settings: dict[str, str] = field(default_factory=dict)
     superuser: str = "postgres"
     base_dir: str = ""
+    password: str | None = None
+    tls: bool = False
+    cert_users: tuple[str, ...] = ()
+    ca: object = None  # pgsource.testkit.tls.CertificateAuthority when tls
     _executor: object = None
 
     def start(self) -> LocalPostgres:
@@ -85,7 +98,7 @@ class LocalPostgres:
         pg_ctl = find_pg_ctl()
         if os.geteuid() == 0:
             pg_ctl = self._drop_privileges(pg_ctl)
-        merged = {**SERVER_SETTINGS, **self.settings}
+        merged = {**SERVER_SETTINGS, **self._tls_settings(), **self.settings}
         options = " ".join(f"-c {key}={value}" for key, value in merged.items())
         self._executor = PostgreSQLExecutor(
             executable=pg_ctl,
@@ -102,6 +115,8 @@ class LocalPostgres:
         )
         self._executor.start()
         self._wait_until_accepting()
+        if self.password is not None or self.tls:
+            self._require_authentication()
         return self
 
     def stop_server(self, mode: str = "fast") -> None:
@@ -122,6 +137,67 @@ class LocalPostgres:
         """Start the server stopped by ``stop_server`` on its data; returns once it accepts connections."""
         self._executor.start()
         self._wait_until_accepting()
+    def _tls_settings(self) -> dict[str, str]:
+        """A CA and a server certificate for ``tls``; the key readable by the server's user only."""
+        if not self.tls:
+            return {}
+        from pgsource.testkit.tls import CertificateAuthority
+
+        self.ca = CertificateAuthority.create(os.path.join(self.base_dir, "tls"))
+        server = self.ca.issue("server", "localhost", server=True)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(_unprivileged_user())
+            for path in (self.ca.directory, server.key, server.cert, self.ca.cert):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        return {"ssl": "on", "ssl_cert_file": server.cert, "ssl_key_file": server.key, "ssl_ca_file": self.ca.cert}
+
+    def client_certificate(self, user: str):
+        """A client certificate for ``user`` (its common name), signed by the cluster's CA."""
+        return self.ca.issue(f"client-{user}", user)
+
+    def _require_authentication(self) -> None:
+        """Set the superuser's password, then let TCP in only with it (or a certificate), over TLS if asked."""
+        import psycopg2
+        from psycopg2 import sql
+
+        conn = psycopg2.connect(self.dsn())
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SET password_encryption = 'scram-sha-256'")
+                if self.password is not None:
+                    cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(self.superuser)), (self.password,))
+                cur.execute("SHOW hba_file")
+                hba = cur.fetchone()[0]
+                lines = ["local all all trust", "local replication all trust"]
+                host = "hostssl" if self.tls else "host"
+                for database in ("all", "replication"):
+                    for user in self.cert_users:
+                        lines.append(f"hostssl {database} {user} 127.0.0.1/32 cert")
+                    lines.append(f"{host} {database} all 127.0.0.1/32 scram-sha-256")
+                    lines.append(f"host {database} all 0.0.0.0/0 reject")
+                with open(hba, "w") as out:  # the server's file, replaced in place (owner kept)
+                    out.write("\n".join(lines) + "\n")
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+        self._wait_for_authentication()
+
+    def _wait_for_authentication(self, seconds: float = 30.0) -> None:
+        """The postmaster reloads pg_hba.conf asynchronously: wait until a password-less login is refused."""
+        import time
+
+        import psycopg2
+
+        bare = f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                psycopg2.connect(bare, connect_timeout=5, sslmode="disable", passfile=os.path.join(self.base_dir, "no-passfile")).close()
+            except psycopg2.OperationalError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("pg_hba.conf was not reloaded")
 
     def _wait_until_accepting(self, seconds: float = 60.0) -> None:
         """pg_ctl -w returns once the postmaster answers; a loaded host may still say "starting up"."""
@@ -166,9 +242,21 @@ class LocalPostgres:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq URI for ``dbname`` on this cluster, as the superuser."""
-        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None, **params) -> str:
+        """A libpq URI for ``dbname`` on this cluster, as the superuser (with its password) or ``user``.
+
+        ``params`` are added as URI parameters (``sslcert=...``); with ``tls``, ``sslmode=verify-full``
+        and ``sslrootcert`` (the cluster's CA) come first.
+        """
+        from urllib.parse import quote, urlencode
+
+        if user is None:
+            user, password = self.superuser, self.password if password is None else password
+        secret = f":{quote(password, safe='')}" if password is not None else ""
+        query = {"sslmode": "verify-full", "sslrootcert": self.ca.cert} if self.tls else {}
+        query.update(params)
+        tail = f"?{urlencode(query)}" if query else ""
+        return f"postgresql://{quote(user, safe='')}{secret}@127.0.0.1:{self.port}/{quote(dbname, safe='')}{tail}"
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database and return its name (a fresh one per test)."""

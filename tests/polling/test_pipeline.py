@@ -290,7 +290,7 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     service = start_service(config)
     assert service.wait(120) == 4
     log = config.with_suffix(".log").read_text()
-    assert "table docs: message id 0x" in log and "Iggy accepts 1 to 64,000,000" in log
+    assert "table docs, row id=4: its message is 64,000," in log and "Iggy takes at most 64,000,000" in log
     assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
     assert stored_offset(tmp_path, "polling/docs").cursor == ("3",)
 
