@@ -4,7 +4,7 @@ A stand-in for tests and local use, not an Iggy server: it speaks enough of the
 Iggy 0.9 binary protocol for the real ``apache-iggy==0.9.0`` SDK to log in, manage
 streams and topics, send, poll and keep consumer offsets, and it keeps everything
 in memory. Tests also use it to inject faults: refused connections, dropped
-connections, added latency, restarts.
+connections, added latency, frozen replies, restarts.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._len = remaining
 
     def _reply(self, reply: bytes) -> None:
+        if self._owner._held is not None:  # frozen: answered when thawed, in order
+            self._owner._held.append((self, reply))
+            return
         latency = self._owner._latency
         if latency > 0:
             asyncio.get_running_loop().call_later(latency, self._write_later, reply)
@@ -114,6 +117,7 @@ class IggyStandIn:
         self._credentials = commands.Credentials(username, password)
         self._storage = Storage()
         self._latency = 0.0
+        self._held: list | None = None  # replies held back while frozen (None: not frozen)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -171,6 +175,21 @@ class IggyStandIn:
     def set_latency(self, seconds: float) -> None:
         """Delay every reply by ``seconds`` (0 = none)."""
         self._latency = max(float(seconds), 0.0)
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop answering (requests are read and applied, replies held) or answer again:
+        thawing sends every held reply, in order. Connections stay open."""
+        self._call(self._freeze(frozen))
+
+    async def _freeze(self, frozen: bool) -> None:
+        if frozen:
+            if self._held is None:
+                self._held = []
+            return
+        held, self._held = self._held or [], None
+        for connection, reply in held:
+            if connection._transport is not None and not connection._transport.is_closing():
+                connection._transport.write(reply)
 
     def __enter__(self) -> IggyStandIn:
         return self.start()
