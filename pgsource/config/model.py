@@ -216,6 +216,19 @@ class MetricsConfig(BaseModel):
     host: str = "0.0.0.0"
 
 
+class ReadinessConfig(BaseModel):
+    """When ``/readyz`` says "stuck": work waits and nothing moved for ``stall_after``."""
+
+    model_config = _FROZEN
+
+    stall_after: float = Field(60.0, gt=0)
+
+    @field_validator("stall_after", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value)
+
+
 class SupervisorConfig(BaseModel):
     """How hard the supervisor tries before it gives up on a worker."""
 
@@ -244,6 +257,7 @@ class Config(BaseModel):
     workers: int | dict[str, list[str]] = 1
     metrics: MetricsConfig = MetricsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    readiness: ReadinessConfig = ReadinessConfig()
 
     @field_validator("workers")
     @classmethod
