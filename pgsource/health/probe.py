@@ -7,8 +7,11 @@ metrics scrape may ask at once). A failure closes the connection and raises
 
 - polling: is there a row after the committed offset of one of the worker's tables
   (read from ``state.dir``, as a restart would)?
-- cdc: the worker's slot in ``pg_replication_slots`` against ``pg_current_wal_lsn()``;
-  when its confirmed position last moved (tracked across ``refresh`` calls).
+- cdc: the worker's slot in ``pg_replication_slots`` against ``pg_current_wal_lsn()``,
+  tracked across ``refresh`` calls: when its confirmed position last moved, and where the
+  server's flushed WAL stood then (a walsender sends only flushed WAL). Work waits when WAL was written *after* that (the slot did not
+  follow it); the few bytes an idle server leaves after the confirmed position (a
+  running-xacts record the walsender has not pinged about yet) are not work.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class SourceProbe:
         self._conn = None
         self._readers: dict[str, object] = {}
         self._store = FileStateStore(config.state.dir)
-        self._confirmed: dict[str, tuple[int, float]] = {}  # slot -> (confirmed lsn, when it last changed)
+        self._confirmed: dict[str, tuple[int, float, int]] = {}  # slot -> (confirmed lsn, when it moved, WAL end then)
         self._stats: dict[str, SlotStats] = {}
 
     # -- questions -------------------------------------------------------------------------
@@ -60,9 +63,11 @@ class SourceProbe:
             stats = self._stats.get(slot)
             if stats is None:
                 return f"slot {slot} does not exist"
-            if stats.unconfirmed_bytes:
-                return (f"slot {slot}: {stats.unconfirmed_bytes} bytes of WAL after its confirmed position"
-                        f" {format_lsn(stats.confirmed_lsn)}")
+            moved = self._confirmed.get(slot)
+            wal_then = moved[2] if moved else stats.confirmed_lsn
+            if stats.flush_lsn > stats.confirmed_lsn and stats.flush_lsn > wal_then:
+                return (f"slot {slot}: {stats.flush_lsn - wal_then} bytes of WAL written since its confirmed"
+                        f" position stopped at {format_lsn(stats.confirmed_lsn)}")
             return None
         with self._lock:
             for unit in self.assignment[worker]:
@@ -79,7 +84,7 @@ class SourceProbe:
         for slot, found in stats.items():
             previous = self._confirmed.get(slot)
             if previous is None or previous[0] != found.confirmed_lsn:
-                self._confirmed[slot] = (found.confirmed_lsn, now)
+                self._confirmed[slot] = (found.confirmed_lsn, now, found.flush_lsn)
         self._stats = stats
         return stats
 

@@ -165,6 +165,7 @@ class SlotStats:
     restart_lsn: int
     current_lsn: int
     safe_wal_size: int | None
+    flush_lsn: int = 0  # pg_current_wal_flush_lsn(): the end of what a walsender can send
 
     @property
     def retained_bytes(self) -> int:
@@ -186,12 +187,14 @@ def slot_stats(conn, slots: list[str]) -> dict[str, SlotStats]:
             "SELECT slot_name, active_pid, wal_status, coalesce(confirmed_flush_lsn, '0/0')::text,"
             " coalesce(restart_lsn, '0/0')::text,"
             " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,"
-            " safe_wal_size FROM pg_replication_slots WHERE slot_name = ANY(%s)",
+            " safe_wal_size,"
+            " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END)::text"
+            " FROM pg_replication_slots WHERE slot_name = ANY(%s)",
             (slots,),
         )
         rows = cur.fetchall()
     return {
         name: SlotStats(name, pid, status, parse_lsn(confirmed), parse_lsn(restart), parse_lsn(current),
-                        int(safe) if safe is not None else None)
-        for name, pid, status, confirmed, restart, current, safe in rows
+                        int(safe) if safe is not None else None, parse_lsn(flush))
+        for name, pid, status, confirmed, restart, current, safe, flush in rows
     }
