@@ -206,7 +206,7 @@ class PollWorker(QueueWorker):
                 if read.rows:
                     read_any = True
                     self._queue_read(unit, read)
-                elif read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
+                elif unit.reader.exact and read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
                     unit.read_after = read.after
                     unit.progress.mark(read.after)
                     self._commit(unit)
