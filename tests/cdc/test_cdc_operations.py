@@ -84,3 +84,31 @@ def test_readyz_goes_503_while_changes_wait_and_iggy_does_not_answer(pg_dsn, igg
     finally:
         iggy.freeze(False)
         assert stop_service(service) == 0
+
+
+def test_status_and_verify_compare_the_slot(pg_dsn, iggy, tmp_path):
+    from tests.support import run_cli
+
+    execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text)")
+    port, service = _service(tmp_path, pg_dsn, iggy)
+    config = tmp_path / "pgsource.yaml"
+    try:
+        _wait_until_capturing(pg_dsn, "replication")
+        execute(pg_dsn, "INSERT INTO users VALUES (1, 'a'), (2, 'b')")
+        wait_for(lambda: len(bodies(iggy, "users")) == 2, 30, message="2 changes")
+    finally:
+        assert stop_service(service) == 0
+    status = run_cli("status", "--config", str(config), "--json")
+    assert status.returncode == 0, status.stderr
+    slot = json.loads(status.stdout)["slots"][0]
+    confirmed, restart, current, wal_status = _slot(pg_dsn)
+    assert slot["slot"] == "iggy_slot" and slot["exists"] and slot["wal_status"] == wal_status
+    assert slot["confirmed_lsn"] == query(pg_dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0]
+    assert slot["retained_wal_bytes"] >= 0 and slot["bytes_behind"] >= 0
+    newest = max(m.id >> 64 for m in iggy.messages("pg", "users"))
+    ok = run_cli("verify", "--config", str(config))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"newest commit in Iggy {newest >> 32:X}/{newest & 0xFFFFFFFF:X}" in ok.stdout
+    assert run_cli("drop-slot", "--config", str(config)).returncode == 0
+    gone = run_cli("verify", "--config", str(config))
+    assert gone.returncode == 10 and "slot iggy_slot (worker-0) does not exist" in gone.stderr
