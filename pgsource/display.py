@@ -23,42 +23,26 @@ from pgsource.state import FileStateStore, PollingOffset
 REFRESH = 0.5
 
 
-def _rows_per_second():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RowsPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} rows/s" if speed else "", style="progress.data.speed")
-
-    return RowsPerSecond()
-
-
 class BulkLoadDisplay:
     def __init__(self, config: Config, units: list[WorkUnit], estimates: dict[str, int | None]) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
         self.store = FileStateStore(config.state.dir)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            _rows_per_second(), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}", style="progress.data.speed"),
+            TextColumn("{task.fields[eta]}", style="progress.remaining"),
             console=Console(stderr=True), refresh_per_second=2,
         )
         self.tasks = {}
+        self._since: dict[str, tuple[float, int]] = {}  # key -> (when, rows) at the start: the rate's base
         for unit in units:
             estimate = estimates.get(unit.table.qualified)
             total = None if estimate is None else max(1, estimate // unit.chunks)
             label = unit.table.qualified if unit.chunks == 1 else f"{unit.table.qualified} chunk {unit.chunk + 1}/{unit.chunks}"
-            self.tasks[unit.key] = self.progress.add_task(label, total=total)
+            self.tasks[unit.key] = self.progress.add_task(label, total=total, rate="", eta="")
+            self._since[unit.key] = (time.monotonic(), self._rows(unit.key) or 0)
         self._refreshed = 0.0
         self.progress.start()
 
@@ -75,17 +59,26 @@ class BulkLoadDisplay:
             return
         self._refreshed = now
         for key, task in self.tasks.items():
-            try:
-                stored = self.store.load(key, PollingOffset)
-            except PgSourceError:
-                continue  # the service itself reports a bad state file
-            if stored is None:
+            rows = self._rows(key)
+            if rows is None:
                 continue
-            current = self.progress.tasks[task]
-            total = current.total
-            if total is not None and stored.rows > total:
-                total = stored.rows  # the table grew past its estimate
-            self.progress.update(task, completed=stored.rows, total=total)
+            total = self.progress.tasks[task].total
+            if total is not None and rows > total:
+                total = rows  # the table grew past its estimate
+            began, base = self._since[key]
+            rate = (rows - base) / max(now - began, 1e-3)
+            eta = ""
+            if total is not None and rate > 0:
+                left = max(0, total - rows) / rate
+                eta = "done" if rows >= total else f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+            self.progress.update(task, completed=rows, total=total, rate=f"{rate:,.0f} rows/s" if rows > base else "", eta=eta)
+
+    def _rows(self, key: str) -> int | None:
+        try:
+            stored = self.store.load(key, PollingOffset)
+        except PgSourceError:
+            return None  # the service itself reports a bad state file
+        return None if stored is None else stored.rows
 
     def close(self) -> None:
         self.refresh()
