@@ -108,7 +108,8 @@ class Supervisor:
             self._start_publisher()
             for name in self.assignment:
                 self._start_worker(name)
-            self._health.start()
+            if self._metrics_server is not None:  # nobody can ask otherwise: no judging, no queries
+                self._health.start()
             while not self._stopping:
                 self._tick = time.monotonic()
                 if self._display is not None:
