@@ -122,7 +122,8 @@ def _worker_process(supervisor_pid: int, dsn: str) -> int:
     def find():
         for child in psutil.Process(supervisor_pid).children():
             try:
-                if any(c.raddr and c.raddr.port == pg_port for c in child.net_connections(kind="tcp")):
+                connections = getattr(child, "net_connections", None) or child.connections  # psutil < 6
+                if any(c.raddr and c.raddr.port == pg_port for c in connections(kind="tcp")):
                     return child.pid
             except psutil.NoSuchProcess:
                 continue
