@@ -57,6 +57,22 @@ class StateError(PgSourceError):
     exit_code = 7
 
 
+class StateLockedError(StateError):
+    """``state.dir`` is locked by a running pgsource (``reset`` refuses; a second ``run`` refuses)."""
+
+    exit_code = 9
+
+
+class ProbeError(PgSourceError):
+    """PostgreSQL could not be asked for readiness or a scrape (refused, timed out); the service runs on."""
+
+
+class VerificationError(PgSourceError):
+    """``pgsource verify`` found messages missing from Iggy (or a slot ahead of what Iggy acknowledged)."""
+
+    exit_code = 10
+
+
 class CrashLoopError(PgSourceError):
     """A worker kept dying right after start; the supervisor gave up instead of looping."""
 

@@ -1,4 +1,7 @@
-"""The ``pgsource`` command: ``run``, ``check``, ``demo`` and ``drop-slot``.
+"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset`` and ``verify``.
+
+The admin commands' logic is in ``pgsource/admin/``; here they are parsed, confirmed
+(only when stdin is a terminal; ``--yes`` skips the question) and printed.
 
 These names and options are a contract that users script against; keep them.
 """
@@ -95,7 +98,8 @@ def _check_iggy(config) -> str | None:
 @main.command("drop-slot")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
 @click.option("--keep-publication", is_flag=True, help="Drop only the replication slot(s).")
-def drop_slot(config_path: str, keep_publication: bool) -> None:
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (it is asked only on a terminal).")
+def drop_slot(config_path: str, keep_publication: bool, yes: bool) -> None:
     """Decommission CDC: drop the replication slot(s) and publication(s) this config uses.
 
     The slots are those that capture the configured tables (read from the publications, as
@@ -121,6 +125,9 @@ def drop_slot(config_path: str, keep_publication: bool) -> None:
             click.echo(f"note: {exc}", err=True)
             pairs = set()
         pairs |= {(ch.slot, ch.publication) for ch in configured_channels(config)}
+        slot_list = ", ".join(slot for slot, _ in sorted(pairs))
+        _confirm(f"Drop replication slot(s) {slot_list}{'' if keep_publication else ' and their publication(s)'}?"
+                 " Changes not yet delivered are lost with them.", yes)
         store = FileStateStore(config.state.dir)
         for slot, publication in sorted(pairs):
             state = rep.slot_state(conn, slot)
@@ -135,6 +142,105 @@ def drop_slot(config_path: str, keep_publication: bool) -> None:
                 click.echo(f"publication {publication}: dropped")
     finally:
         conn.close()
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask only when a person is there (stdin is a terminal); scripts are never blocked by a question."""
+    if yes or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False):
+        click.echo("aborted", err=True)
+        sys.exit(1)
+
+
+def _fail(exc: PgSourceError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def status(config_path: str, as_json: bool) -> None:
+    """Per table the committed offset and rows behind; per CDC slot its state and retained WAL."""
+    config = _load(config_path)
+    import json
+
+    from pgsource.admin.status import collect_status
+
+    try:
+        found = collect_status(config)
+    except PgSourceError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(found.to_json(), indent=2))
+        return
+    click.echo(f"mode {found.mode}; {'running: ' + found.running if found.running else 'not running'}")
+    for table in found.tables:
+        offset = ", ".join(table.offset) if table.offset else ("the start" if table.offset == [] else "nothing committed")
+        behind = "unknown" if table.rows_behind is None else str(table.rows_behind)
+        click.echo(f"{table.key}: offset {offset}; {table.rows_sent} row(s) sent; {behind} row(s) behind"
+                   + (f" ({table.note})" if table.note else ""))
+    for slot in found.slots:
+        if not slot.exists:
+            click.echo(f"{slot.worker}: slot {slot.slot} does not exist")
+            continue
+        click.echo(f"{slot.worker}: slot {slot.slot} {'active (pid ' + str(slot.active_pid) + ')' if slot.active_pid else 'inactive'},"
+                   f" wal_status {slot.wal_status}, confirmed {slot.confirmed_lsn}, {slot.bytes_behind} byte(s) behind,"
+                   f" {slot.retained_wal_bytes} byte(s) of WAL retained")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", required=True, help="A table of source.tables (or custom_query).")
+@click.option("--to", "to", default=None, help="Read the rows after this tracking value on the next run.")
+@click.option("--to-start", is_flag=True, help="Start over where a first start would (initial_offset, else the first row).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (it is asked only on a terminal).")
+def reset(config_path: str, table_name: str, to: str | None, to_start: bool, yes: bool) -> None:
+    """Move a polling table's stored offset on purpose (the service must be stopped)."""
+    config = _load(config_path)
+    from pgsource.admin.reset import apply_reset, check_not_running, plan_reset
+
+    if (to is None) == (not to_start):
+        click.echo("error: give exactly one of --to VALUE and --to-start", err=True)
+        sys.exit(2)
+    try:
+        check_not_running(config)
+        moves = plan_reset(config, table_name, to)
+        for move in moves:
+            click.echo(f"will move {move.describe()}")
+        _confirm("Move these offsets? Rows after them are sent again (or skipped, when moving forward).", yes)
+        apply_reset(config, moves)
+    except PgSourceError as exc:
+        _fail(exc)
+    click.echo(f"reset {table_name}: {len(moves)} offset(s) moved")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", default=None, help="A table of source.tables (polling: required).")
+@click.option("--after", "after", default=None, help="Polling: check only rows after this tracking value (expired messages).")
+def verify(config_path: str, table_name: str | None, after: str | None) -> None:
+    """Reconcile: every row up to the committed offset is in Iggy (exit 10 naming what is missing)."""
+    config = _load(config_path)
+    from pgsource.admin.verify import verify as run_verify
+
+    if table_name is None and not config.source.cdc:
+        click.echo("error: --table is required in polling mode", err=True)
+        sys.exit(2)
+    try:
+        report = run_verify(config, table_name, after)
+    except PgSourceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        exit_after_sdk(exc.exit_code)
+    for line in report.lines:
+        click.echo(line)
+    for line in report.missing:
+        click.echo(line, err=True)
+    from pgsource.errors import VerificationError
+
+    click.echo("ok: nothing missing" if report.ok else "FAILED: messages missing from Iggy", err=not report.ok)
+    exit_after_sdk(0 if report.ok else VerificationError.exit_code)
 
 
 def _register_demo() -> None:

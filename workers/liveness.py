@@ -9,6 +9,12 @@
   again" can be told from "it failed again after doing work".
 
 The label of a statement that raised is kept: after a worker died, it says where.
+
+For readiness (``workers/health.py``) it also shows whether work flows: when Iggy last
+acknowledged one of the worker's batches (written by the publisher), when a read last
+found nothing more to read, and since when its oldest batch waits for an acknowledgement.
+``PublisherLiveness`` is the publisher's side: connected to Iggy or not, the batch it is
+sending and since when.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class Liveness:
         self._pids = ctx.Array("i", MAX_BACKENDS, lock=False)
         self._progress = ctx.Value("L", 0, lock=False)
         self._running = ctx.Value("b", 0, lock=False)  # the worker's own code runs (its imports are done)
+        # readiness: monotonic times, 0.0 = never / nothing
+        self._acked_at = ctx.Value("d", 0.0, lock=False)  # written by the publisher: Iggy acknowledged a batch
+        self._caught_up_at = ctx.Value("d", 0.0, lock=False)  # a read found nothing more to read
+        self._waiting_since = ctx.Value("d", 0.0, lock=False)  # the oldest unacknowledged batch was queued
 
     # -- the worker's side -------------------------------------------------------------------
 
@@ -61,6 +71,20 @@ class Liveness:
     def progressed(self) -> None:
         self._progress.value += 1
 
+    def caught_up(self) -> None:
+        """A read found nothing more to read: the worker has nothing to do right now."""
+        self._caught_up_at.value = time.monotonic()
+
+    def waiting(self, since: float | None) -> None:
+        """The oldest batch not acknowledged yet was queued at ``since`` (monotonic); None = none waits."""
+        self._waiting_since.value = since or 0.0
+
+    # -- the publisher's side ----------------------------------------------------------------
+
+    def acknowledged(self) -> None:
+        """Iggy acknowledged a batch of this worker (the publisher calls it)."""
+        self._acked_at.value = time.monotonic()
+
     # -- the supervisor's side ---------------------------------------------------------------
 
     def reset(self) -> None:
@@ -70,6 +94,7 @@ class Liveness:
         self._since.value = 0.0
         self._label.value = b""
         self.backends([])
+        self._waiting_since.value = 0.0  # a new generation has nothing in flight yet
 
     def silent_for(self) -> float:
         return time.monotonic() - self._beat.value
@@ -97,3 +122,71 @@ class Liveness:
     @property
     def progress(self) -> int:
         return self._progress.value
+
+    @property
+    def acked_at(self) -> float:
+        return self._acked_at.value
+
+    @property
+    def caught_up_at(self) -> float:
+        return self._caught_up_at.value
+
+    @property
+    def waiting_since(self) -> float:
+        return self._waiting_since.value
+
+
+class PublisherLiveness:
+    """The publisher's side, for readiness: connected to Iggy, and the send in progress."""
+
+    def __init__(self, ctx) -> None:
+        self._beat = ctx.Value("d", 0.0, lock=False)
+        self._connected = ctx.Value("b", 0, lock=False)
+        self._sending_since = ctx.Value("d", 0.0, lock=False)  # monotonic; 0.0 = not sending
+        self._worker = ctx.Array("c", LABEL_BYTES, lock=False)  # whose batch is being sent
+        self._error = ctx.Array("c", LABEL_BYTES, lock=False)  # the last send or connect error
+
+    # -- the publisher's side ----------------------------------------------------------------
+
+    def beat(self) -> None:
+        self._beat.value = time.monotonic()
+
+    def connected(self, connected: bool, error: str = "") -> None:
+        self._connected.value = 1 if connected else 0
+        if error or connected:
+            self._error.value = error.encode("utf-8", "replace")[: LABEL_BYTES - 1]
+
+    def sending(self, worker: str | None) -> None:
+        """A send of ``worker``'s batch starts (None: it was acknowledged, nothing is being sent)."""
+        if worker is None:
+            self._sending_since.value = 0.0
+        else:
+            self._worker.value = worker.encode("utf-8", "replace")[: LABEL_BYTES - 1]
+            self._sending_since.value = time.monotonic()
+        self.beat()
+
+    # -- the supervisor's side ---------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._beat.value = time.monotonic()
+        self._connected.value = 0
+        self._sending_since.value = 0.0
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self._beat.value
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._connected.value)
+
+    @property
+    def sending_since(self) -> float:
+        return self._sending_since.value
+
+    @property
+    def sending_worker(self) -> str:
+        return self._worker.value.decode("utf-8", "replace")
+
+    @property
+    def error(self) -> str:
+        return self._error.value.decode("utf-8", "replace")

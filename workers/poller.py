@@ -24,6 +24,7 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class PollWorker(QueueWorker):
         self._queued: dict[int, _Queued] = {}
         self._holds = itertools.count()
         self._finished = False
+        self._health = _HealthHooks()
 
     def boot(self) -> None:
         config = self.spec.config
@@ -181,6 +183,7 @@ class PollWorker(QueueWorker):
                 log.error("%s: supervisor is gone, exiting", self.spec.name)
                 return
             self._drain_acks(timeout=0)
+            self._report_health()
             now = time.monotonic()
             read_any = False
             for unit in units:
@@ -195,6 +198,7 @@ class PollWorker(QueueWorker):
                 read = self._read(unit)
                 if len(read.rows) < source.batch_size:
                     unit.next_poll = time.monotonic() + source.poll_interval
+                    self._caught_up()
                 elif self._reader is not None:  # a full batch: more may follow, start reading them now
                     self._observe_if_stale(unit)  # before that read's snapshot
                     unit.ahead_horizon = unit.horizon
@@ -202,7 +206,7 @@ class PollWorker(QueueWorker):
                 if read.rows:
                     read_any = True
                     self._queue_read(unit, read)
-                elif read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
+                elif unit.reader.exact and read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
                     unit.read_after = read.after
                     unit.progress.mark(read.after)
                     self._commit(unit)
@@ -249,6 +253,7 @@ class PollWorker(QueueWorker):
         if horizon.holder and horizon.held_since:
             age = max(0.0, time.time() - tracking_key(horizon.held_since, hz.TIMESTAMPTZ_OID) / 1e6)
         self.metrics.horizon_age.labels(unit.reader.table_name, self.spec.name).set(age)
+        self._report_holder_pid(unit)
         if horizon.holder and (age >= HELD_LOG_AFTER or not horizon.held_since) and horizon.holder != unit.held_by:
             log.warning(
                 "%s: %s: the committed offset is held at %s by %s%s, still in progress; later rows are sent,"
@@ -370,7 +375,7 @@ class PollWorker(QueueWorker):
         unit.rows += len(rows)
         self.metrics.rows_read.labels(reader.table_name, self.spec.name).inc(len(rows))
         self.metrics.batches_queued.labels(self.spec.name).inc()
-        self.metrics.in_flight.labels(self.spec.name).set(len(self._queued))
+        self._in_flight_changed()
         return self._seq
 
     # -- acknowledgements --------------------------------------------------------------------
@@ -385,9 +390,10 @@ class PollWorker(QueueWorker):
                 return
             wait = 0
             queued = self._queued.pop(ack.seq, None)
+            self._after_ack(queued)
             if queued is not None:
                 self._acknowledged(queued)
-        self.metrics.in_flight.labels(self.spec.name).set(len(self._queued))
+        self._in_flight_changed()
 
     def _acknowledged(self, queued: _Queued) -> None:
         """Iggy has the batch: run its deletes/marks on exactly the versions sent, then let it count.
@@ -425,6 +431,83 @@ class PollWorker(QueueWorker):
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._queued))
         self._finished = True
         self.offsets.close()
+
+
+    # -- what readiness and the metrics see (workers/health.py, pgsource/metrics) ----------------
+
+    def _caught_up(self) -> None:
+        """A read found nothing more to read: progress, as far as readiness is concerned."""
+        if self.spec.liveness is not None:
+            self.spec.liveness.caught_up()
+
+    def _in_flight_changed(self) -> None:
+        """The batches-in-flight gauge, and since when the oldest unacknowledged batch has waited."""
+        self.metrics.in_flight.labels(self.spec.name).set(len(self._queued))
+        oldest = next(iter(self._queued), None)  # acks come in seq order: the first key is the oldest
+        health = self._health
+        if oldest != health.oldest_seq:
+            health.oldest_seq, health.oldest_since = oldest, time.monotonic()
+        if self.spec.liveness is not None:
+            self.spec.liveness.waiting(health.oldest_since if oldest is not None else None)
+
+    def _after_ack(self, queued: _Queued | None) -> None:
+        """Iggy has a batch: the newest acknowledged tracking value (offset age), and who waits now."""
+        if queued is not None and queued.hi:
+            epoch = _tracking_epoch(queued.unit.reader, queued.hi[0])
+            if epoch is not None:
+                key = queued.unit.key
+                self._health.newest_acked[key] = max(epoch, self._health.newest_acked.get(key, epoch))
+        self._in_flight_changed()
+
+    def _report_health(self) -> None:
+        """Once a second: now minus the newest acknowledged tracking value, per table with a time column."""
+        now = time.monotonic()
+        if now - self._health.reported_at < 1.0:
+            return
+        self._health.reported_at = now
+        wall = time.time()
+        for unit in self.units:
+            newest = self._health.newest_acked.get(unit.key)
+            if newest is not None:
+                self.metrics.offset_age.labels(unit.reader.table_name, self.spec.name).set(max(0.0, wall - newest))
+
+    def _report_holder_pid(self, unit: _Unit) -> None:
+        match = re.match(r"pid (\d+)", unit.horizon.holder or "")
+        self.metrics.horizon_holder.labels(unit.reader.table_name, self.spec.name).set(int(match[1]) if match else 0)
+
+
+@dataclass
+class _HealthHooks:
+    oldest_seq: int | None = None  # the oldest batch not acknowledged yet
+    oldest_since: float = 0.0  # since when it has been the oldest (monotonic)
+    newest_acked: dict = field(default_factory=dict)  # unit key -> epoch seconds of the newest acknowledged tracking value
+    reported_at: float = 0.0
+
+
+def _tracking_epoch(reader: TableReader, text: str) -> float | None:
+    """Epoch seconds of a time tracking value (timestamptz, timestamp in the writers' TimeZone, date); else None."""
+    tracking = reader.tracking
+    if tracking is None or tracking.kind is not TrackingKind.TIME:
+        return None
+    try:
+        key = tracking_key(text, tracking.type_oid)
+    except ValueError:
+        return None
+    if key in (float("inf"), float("-inf")):
+        return None
+    if tracking.type_oid == hz.DATE_OID:
+        return key * 86400.0
+    seconds = key / 1e6
+    if tracking.type_oid == hz.TIMESTAMP_OID:  # local time of the writers' zone: shift to UTC
+        from datetime import datetime, timezone
+        from zoneinfo import ZoneInfo
+
+        try:
+            local = datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=ZoneInfo(reader.time_zone))
+            seconds -= local.utcoffset().total_seconds()
+        except (ValueError, OverflowError, KeyError):
+            return None
+    return seconds
 
 
 def _cores() -> int:

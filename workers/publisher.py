@@ -47,17 +47,21 @@ BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
 ORPHANED_EXIT_CODE = 1
 FLUSH_SECONDS = 5.0
+RECONNECT_IDLE = 1.0  # seconds between connection attempts while disconnected with nothing to send
 
 
 class PublisherWorker:
     """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
 
-    def __init__(self, config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None) -> None:
+    def __init__(self, config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None, shown=None,
+                 liveness=None) -> None:
         self.config = config
         self.batch_queue = batch_queue
         self.ack_queues = ack_queues
         self.status_queue = status_queue
         self.heartbeat = heartbeat  # the publisher's Liveness (workers/liveness.py), or None
+        self.shown = shown  # PublisherLiveness: connected, the send in progress (readiness)
+        self.liveness = liveness or {}  # worker -> Liveness: when Iggy last acknowledged its batch
 
     def run(self) -> None:
         setup_logging(config=self.config)
@@ -67,6 +71,7 @@ class PublisherWorker:
         from pgsource.metrics import Metrics
 
         self.metrics = Metrics.get()
+        self._last_attempt = 0.0
         self.watch = ParentWatch()
         self.beat()
         put_event(self.status_queue, WorkerStatus("publisher", "ready"))
@@ -87,6 +92,8 @@ class PublisherWorker:
     def beat(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.beat()
+        if self.shown is not None:
+            self.shown.beat()
 
     def _exit(self, code: int) -> None:
         """Flush what this process put on its queues (for at most FLUSH_SECONDS: a queue
@@ -117,7 +124,7 @@ class PublisherWorker:
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
         pending = loop.run_in_executor(reader, self._next_event)
         try:  # connect while the workers start, not when the first batch is already waiting
-            await sink.connect()
+            await self._connect(sink)
         except SinkRefused:
             raise
         except SinkError as exc:
@@ -130,6 +137,7 @@ class PublisherWorker:
                     log.error("publisher: supervisor is gone, exiting")
                     return ORPHANED_EXIT_CODE
                 pending = loop.run_in_executor(reader, self._next_event)
+                await self._reconnect_when_idle(sink)
                 continue
             if isinstance(event, StopEvent):
                 log.info("publisher: stop requested, queue drained")
@@ -146,6 +154,51 @@ class PublisherWorker:
             await asyncio.sleep(min(left, 1.0))
         self.beat()
 
+    # -- what readiness and the metrics see (workers/health.py) --------------------------------
+
+    async def _connect(self, sink: IggySink) -> None:
+        try:
+            await sink.connect()
+        except SinkError as exc:
+            self._connected(False, str(exc))
+            raise
+        self._connected(True)
+
+    async def _reconnect_when_idle(self, sink: IggySink) -> None:
+        """With nothing to send, still find out (every RECONNECT_IDLE s) whether Iggy is back:
+        readiness says "not connected to Iggy" until the publisher is."""
+        if sink.connected or time.monotonic() - self._last_attempt < RECONNECT_IDLE:
+            return
+        self._last_attempt = time.monotonic()
+        try:
+            await self._connect(sink)
+            log.info("publisher: connected to Iggy at %s", self.config.iggy.address)
+        except SinkError as exc:
+            log.debug("publisher: %s", exc)
+
+    def _connected(self, connected: bool, error: str = "") -> None:
+        self._last_attempt = time.monotonic()
+        if self.shown is not None:
+            self.shown.connected(connected, error)
+
+    def _sending(self, worker: str | None) -> None:
+        if self.shown is not None:
+            self.shown.sending(worker)
+
+    def _acknowledged(self, event: BatchEvent, now: float) -> None:
+        self._sending(None)
+        size = sum(len(part.frames) for part in event.parts)
+        self.metrics.bytes_sent.labels(event.table).inc(size)
+        self.metrics.batch_messages.labels(event.worker).observe(len(event))
+        self.metrics.batch_bytes.labels(event.worker).observe(size)
+        if event.created:
+            self.metrics.ack_seconds.labels(event.worker).observe(max(0.0, now - event.created))
+        if event.commit_time:
+            self.metrics.commit_to_ack.labels(event.worker).observe(max(0.0, now - event.commit_time))
+        liveness = self.liveness.get(event.worker)
+        if liveness is not None:
+            liveness.acknowledged()
+
     def _next_event(self):
         try:
             return get_event(self.batch_queue, timeout=0.5)
@@ -156,11 +209,16 @@ class PublisherWorker:
         delay = BACKOFF_START
         failures = 0
         confirmed: set[int] = set()  # requests of this batch Iggy already confirmed: not re-sent
+        reason = ""
+        self._sending(event.worker)
         while True:
             started = time.monotonic()
+            connecting = not sink.connected
             try:
-                if not sink.connected:
-                    await sink.connect()
+                if failures:
+                    self.metrics.send_retries.labels(reason).inc()
+                if connecting:
+                    await self._connect(sink)
                     if failures:
                         log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
                 await sink.send_frames(event.stream, event.topic, event.parts, confirmed)
@@ -169,10 +227,12 @@ class PublisherWorker:
                 raise
             except SinkError as exc:
                 failures += 1
-                self.metrics.send_errors.inc()
+                reason = _failure_reason(exc, connecting)
+                self.metrics.send_errors.labels(reason).inc()
                 level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
                 log.log(level, "publisher: %s; retrying in %.1fs (attempt %d)", exc, delay, failures)
                 sink.disconnect()
+                self._connected(False, str(exc))
                 if self.watch.orphaned():
                     raise SystemExit(ORPHANED_EXIT_CODE) from None
                 await self._sleep(delay)
@@ -182,11 +242,20 @@ class PublisherWorker:
         self.metrics.messages_sent.labels(event.table).inc(len(event))
         if event.commit_time:
             self.metrics.lag_seconds.labels(event.worker).set(now - event.commit_time)
+        self._acknowledged(event, now)
         ack_queue = self.ack_queues.get(event.worker)
         if ack_queue is not None:
             put_event(ack_queue, AckEvent(event.worker, event.seq, len(event), now))
 
 
-def run_publisher(config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None) -> None:
+def _failure_reason(exc: SinkError, connecting: bool) -> str:
+    """A small fixed set of reasons (a label value): connect, timeout, send."""
+    if connecting:
+        return "connect"
+    return "timeout" if "timed out" in str(exc) else "send"
+
+
+def run_publisher(config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None, shown=None,
+                  liveness=None) -> None:
     """Process target (module-level so the spawn start method can import it)."""
-    PublisherWorker(config, batch_queue, ack_queues, status_queue, heartbeat).run()
+    PublisherWorker(config, batch_queue, ack_queues, status_queue, heartbeat, shown, liveness).run()

@@ -35,9 +35,11 @@ from pgsource.config.model import Config
 from pgsource.errors import CrashLoopError, PgSourceError
 from pgsource.events import StopEvent, WorkerStatus
 from pgsource.sharding import record_shard
+from pgsource.state.lock import StateLock
 from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
 from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
-from workers.liveness import Liveness
+from workers.health import HealthMonitor
+from workers.liveness import Liveness, PublisherLiveness
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
 from workers.watchdog import Watchdog
@@ -63,11 +65,30 @@ class Supervisor:
         self._metrics_server = None
         self._metrics_dir: str | None = None
         self.watchdog = Watchdog(config)
+        # health, readiness and the state.dir lock (workers/health.py, pgsource/state/lock.py)
+        self._tick = time.monotonic()  # the main loop's last turn (/healthz)
+        self._connected: set[str] = set()  # children that reported "ready" since their last start
+        self._started_at: dict[str, float] = {}
+        self._causes: dict[str, str] = {}  # child -> why it died (the restarts metric's cause)
+        self._health: HealthMonitor | None = None
+        self._lock = StateLock(config.state.dir)
+        self._display = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until a signal or a fatal error; the process exit code."""
+        try:
+            self._lock.acquire()
+        except PgSourceError as exc:
+            log.error("%s", exc)
+            return exc.exit_code
+        try:
+            return self._run_locked()
+        finally:
+            self._lock.release()
+
+    def _run_locked(self) -> int:
         report = check_prerequisites(self.config)
         if not report.ok:
             for problem in report.problems:
@@ -84,16 +105,24 @@ class Supervisor:
         for name, units in self.assignment.items():
             log.info("%s: %s", name, ", ".join(u.key if not u.slot else f"{u.table.qualified} (slot {u.slot})"
                                                for u in units) or "custom_query")
+        self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
+        self.publisher_liveness = PublisherLiveness(self.ctx)
+        self._health = HealthMonitor(self)
         self._setup_metrics()
         self._install_signal_handlers()
         self._open_channels()
-        self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.stop_event = StopFlag(self.ctx)
+        self._display = self._bulk_load_display(report)
         try:
             self._start_publisher()
             for name in self.assignment:
                 self._start_worker(name)
+            if self._metrics_server is not None:  # nobody can ask otherwise: no judging, no queries
+                self._health.start()
             while not self._stopping:
+                self._tick = time.monotonic()
+                if self._display is not None:
+                    self._display.refresh()
                 self._handle_signals()
                 self._read_statuses(timeout=0.2)
                 self._reap_and_restart()
@@ -115,8 +144,20 @@ class Supervisor:
         if self.config.metrics.port is not None:
             from pgsource.metrics import serve_metrics
 
-            self._metrics_server = serve_metrics(self.config.metrics.host, self.config.metrics.port)
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self._metrics_server.server_port)
+            self._metrics_server = serve_metrics(self.config.metrics.host, self.config.metrics.port,
+                                                 health=self._health, collectors=self._health.collectors())
+            log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", self.config.metrics.host,
+                     self._metrics_server.server_port)
+
+    def _bulk_load_display(self, report):
+        """Rows done out of the estimate per table and chunk, when stderr is a terminal (polling)."""
+        import sys
+
+        if self.config.source.cdc or not sys.stderr.isatty() or os.environ.get("PGSOURCE_PROGRESS") == "0":
+            return None
+        from pgsource.display import BulkLoadDisplay
+
+        return BulkLoadDisplay.start(self.config, self.assignment)
 
     def _install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -140,9 +181,13 @@ class Supervisor:
 
     def _start_publisher(self) -> None:
         self.liveness[PUBLISHER].reset()  # silent for heartbeat_timeout: killed, pipeline restarted
+        self.publisher_liveness.reset()
+        self._connected.discard(PUBLISHER)
+        workers = {name: lv for name, lv in self.liveness.items() if name != PUBLISHER}
         process = self.ctx.Process(
             target=run_publisher,
-            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.liveness[PUBLISHER]),
+            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.liveness[PUBLISHER],
+                  self.publisher_liveness, workers),
             name=PUBLISHER,
             daemon=False,
         )
@@ -153,6 +198,8 @@ class Supervisor:
         generation = self._generation.get(name, -1) + 1
         self._generation[name] = generation
         self.liveness[name].reset()
+        self._started_at[name] = time.monotonic()
+        self._connected.discard(name)
         spec = WorkerSpec(name, generation, self.config, self.assignment[name], len(self.assignment), self.liveness[name])
         target = self._worker_target()
         process = self.ctx.Process(
@@ -178,6 +225,7 @@ class Supervisor:
             return
         if status.state == "ready":
             self._unavailable.pop(status.worker, None)
+            self._connected.add(status.worker)
         if status.state == "fatal":
             error = status.error or PgSourceError(f"{status.worker} failed")
             raise error if isinstance(error, PgSourceError) else PgSourceError(f"{status.worker}: {error}")
@@ -204,6 +252,8 @@ class Supervisor:
             if name in self.liveness:
                 self.watchdog.after_death(name, self.liveness[name], process.exitcode)
             now = time.monotonic()
+            self._connected.discard(name)
+            self._causes.setdefault(name, _death_cause(process.exitcode))
             if process.exitcode == UNAVAILABLE_EXIT_CODE:
                 waits = self._unavailable.get(name, 0)
                 self._unavailable[name] = waits + 1
@@ -228,13 +278,14 @@ class Supervisor:
     def _kill_if_silent(self, name: str, process) -> None:
         liveness = self.liveness.get(name)
         if liveness is not None and self.watchdog.should_kill(name, liveness):
+            self._causes[name] = "silent"
             process.kill()
             process.join(5)
 
     def _restart(self, name: str) -> None:
         from pgsource.metrics import Metrics
 
-        Metrics.get().restarts.labels(name).inc()
+        Metrics.get().restarts.labels(name, self._causes.pop(name, "crashed")).inc()
         if name == PUBLISHER or name in self._killed:
             why = "the publisher died" if name == PUBLISHER else f"{name} was killed (its queues cannot be trusted)"
             log.warning("%s: restarting the publisher and every worker on fresh queues", why)
@@ -287,8 +338,21 @@ class Supervisor:
                 publisher.kill()
                 publisher.join(5)
         self.watchdog.close()
+        if self._health is not None:
+            self._health.stop()
+        if self._display is not None:
+            self._display.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         log.info("stopped")
+
+
+def _death_cause(exit_code: int | None) -> str:
+    """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
+    if exit_code == UNAVAILABLE_EXIT_CODE:
+        return "postgresql_unavailable"
+    if exit_code is not None and exit_code < 0:
+        return "signal"
+    return "error"

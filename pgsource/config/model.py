@@ -396,6 +396,17 @@ class LogConfig(BaseModel):
     @classmethod
     def _upper(cls, value):
         return value.upper() if isinstance(value, str) else value
+class ReadinessConfig(BaseModel):
+    """When ``/readyz`` says "stuck": work waits and nothing moved for ``stall_after``."""
+
+    model_config = _FROZEN
+
+    stall_after: float = Field(60.0, gt=0)
+
+    @field_validator("stall_after", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value)
 
 
 class SupervisorConfig(BaseModel):
@@ -459,6 +470,7 @@ class Config(BaseModel):
             out[worker] = [TableConfig.model_validate(entry).qualified if isinstance(entry, (str, dict)) else entry
                            for entry in tables]
         return out
+    readiness: ReadinessConfig = ReadinessConfig()
 
     @field_validator("workers")
     @classmethod

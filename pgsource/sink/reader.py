@@ -1,4 +1,4 @@
-"""Reading a topic back with the real SDK (the demo's and the benchmarks' view of Iggy)."""
+"""Reading a topic back with the real SDK (the demo's, the benchmarks' and `pgsource verify`'s view of Iggy)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,30 @@ async def read_topic(address: str, username: str, password: str, stream: str, to
         polling_strategy=iggy.PollingStrategy.First(), count=samples, auto_commit=False, partition_id=0,
     )
     return count, [message.payload() for message in polled]
+
+
+async def read_message_ids(address: str, username: str, password: str, stream: str, topic: str,
+                           page: int = 1000) -> list[tuple[int, int]] | None:
+    """(partition, message id) of every message a topic still holds, read back through the SDK
+    partition by partition (None when the stream or topic does not exist). For ``pgsource verify``."""
+    client = await connect_client(address, username, password)
+    try:
+        details = await client.get_topic(stream, topic)
+    except RuntimeError:
+        return None
+    if details is None:
+        return None
+    out: list[tuple[int, int]] = []
+    consumer = iggy.Consumer.Single("pgsource-verify")
+    for partition in details.partitions:
+        offset = 0
+        while True:
+            polled = await client.poll_messages(
+                stream, topic, consumer=consumer, polling_strategy=iggy.PollingStrategy.Offset(offset),
+                count=page, auto_commit=False, partition_id=partition.id,
+            )
+            if not polled:
+                break
+            out.extend((partition.id, message.id()) for message in polled)
+            offset = polled[-1].offset() + 1
+    return out

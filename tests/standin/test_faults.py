@@ -109,3 +109,22 @@ def test_latency_delays_every_reply(standin):
     fast, slow = run(scenario())
     assert fast < 0.1
     assert slow >= 0.6
+
+
+def test_a_frozen_server_holds_its_replies_until_thawed(standin):
+    """``freeze``: the request is applied but not answered; thawing answers it, in order."""
+    import asyncio
+
+    async def scenario():
+        client = await _setup(standin.address)
+        standin.freeze()
+        send = asyncio.ensure_future(client.send_messages("s", "t", 0, [SendMessage(b"frozen")]))
+        done, _ = await asyncio.wait([send], timeout=1.0)
+        answered_while_frozen = bool(done)
+        standin.freeze(False)
+        await asyncio.wait_for(send, 5)
+        return answered_while_frozen, await client.get_topic("s", "t")
+
+    answered_while_frozen, topic = run(scenario())
+    assert not answered_while_frozen
+    assert topic.messages_count == 2

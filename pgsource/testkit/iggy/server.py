@@ -4,7 +4,7 @@ A stand-in for tests and local use, not an Iggy server: it speaks enough of the
 Iggy 0.9 binary protocol for the real ``apache-iggy==0.9.0`` SDK to log in, manage
 streams and topics, send, poll and keep consumer offsets, and it keeps everything
 in memory. Tests also use it to inject faults: refused connections, dropped
-connections, added latency, restarts.
+connections, added latency, frozen replies, restarts.
 """
 
 from __future__ import annotations
