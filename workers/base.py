@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
-from pgsource.errors import PgSourceError, SourceUnavailable
+from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
 from pgsource.events import WorkerStatus
 from pgsource.pg import connect as pg
 from workers.channel import ParentWatch, keep_freed_memory, put_event
@@ -117,6 +117,9 @@ class QueueWorker:
     def _exit(self, exc: BaseException, when: str) -> None:
         """Leave the process the way the module docstring says this kind of failure must."""
         name = self.spec.name
+        if isinstance(exc, TableChanged):
+            log.warning("%s: %s; the supervisor will restart this worker", name, exc)
+            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
         if isinstance(exc, (SourceUnavailable, pg.OperationalError, pg.InterfaceError)):
             log.warning("%s: PostgreSQL unavailable %s (%s); the supervisor will restart this worker",
                         name, when, str(exc).strip())
