@@ -45,7 +45,7 @@ def begin(run: Run, writers: int = 5, **source) -> None:
 def settle(run: Run) -> None:
     """After the fault: a message acknowledged after it, and a moment more of load."""
     run.wait_recovered()
-    time.sleep(1.0)  # the load goes on a little past the recovery
+    time.sleep(0.5)  # the load goes on a little past the recovery
 
 
 # -- 1-3: processes killed -----------------------------------------------------------------------
