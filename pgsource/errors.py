@@ -32,6 +32,11 @@ class SourceUnavailable(PgSourceError):
     """PostgreSQL cannot be reached right now; a worker exits and is restarted with back-off."""
 
 
+class TableChanged(SourceUnavailable):
+    """A table's columns changed (ALTER TABLE) under a read that names them one by one; the read is
+    dropped unsent and the worker restarts, planning the table again from its committed offset."""
+
+
 class SourceError(PgSourceError):
     """Reading from PostgreSQL failed in a way retrying will not fix (bad row, bad query)."""
 

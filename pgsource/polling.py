@@ -15,7 +15,7 @@ from pgsource.config.model import Config, Partitioning, TableConfig
 from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
 from pgsource.encode.frames import MAX_PAYLOAD
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
-from pgsource.errors import PrerequisiteError, SourceError
+from pgsource.errors import PrerequisiteError, SourceError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.catalog import describe_table
@@ -32,8 +32,10 @@ from pgsource.pg.query import (
     build_poll_plan,
     build_rows_by_key,
     build_select_batch,
+    build_table_definition,
     cursor_params,
     snapshot_params,
+    table_definition,
 )
 from pgsource.pg.retry import is_transient, with_retries
 from pgsource.pg.types import load_column_types
@@ -66,6 +68,8 @@ class TableReader:
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
     _custom_text: str | None = None  # the wrapped custom_query, composed on first use
+    _definition: tuple[int, str] | None = None  # (oid, columns) of the table as planned; None: custom_query
+    _named_columns = False  # the plan names the columns one by one (not row_to_json(t))
 
     def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
         source = config.source
@@ -113,6 +117,11 @@ class TableReader:
             primary_key_column=None if by_identity else source.primary_key_column,
         )
         self.tracking_column = self.plan.tracking_column
+        # The table's columns as planned. A plan that names them one by one would miss a column added
+        # later: its reads check them after every statement. Any plan checks them when a statement
+        # fails (a column renamed or dropped), so that a change is followed, not taken for bad input.
+        self._definition = (info.oid, table_definition(info))
+        self._named_columns = not self.plan.whole_row
         self._json_at = len(self.plan.select_columns)
         self._bounds = (False, False)
         self._chunk_params: dict[str, object] = {}
@@ -227,14 +236,21 @@ class TableReader:
             text = self._sql[reading] = build_select_batch(self.plan, reading).as_string(self.conn)
         return text
 
-    def _execute(self, statement: str, params, what: str = "reading a batch") -> list[tuple]:
+    def _execute(self, statement: str, params, what: str = "reading a batch", rows_json: bool = True) -> list[tuple]:
         """Run one statement; a transient failure is retried (``source.max_retries``), any other is a
-        ``SourceError`` naming the table and the statement; a lost connection is raised as it is."""
+        ``SourceError`` naming the table and the statement; a lost connection is raised as it is.
+
+        ``rows_json``: the rows carry their JSON; with a plan that names the columns, the table's
+        columns are read again after the statement, and ``TableChanged`` raised if they changed
+        (the rows may have been built without a column added meanwhile)."""
 
         def run() -> list[tuple]:
             with self.conn.cursor() as cur:
                 cur.execute(statement, params)
-                return cur.fetchall()
+                rows = cur.fetchall()
+                if rows and rows_json and self._named_columns:
+                    self._check_definition()
+                return rows
 
         source = self.config.source
         try:
@@ -242,8 +258,29 @@ class TableReader:
         except pg.DatabaseError as exc:
             if isinstance(exc, (pg.OperationalError, pg.InterfaceError)) and not is_transient(exc):
                 raise
+            if not is_transient(exc):
+                try:
+                    self._check_definition()
+                except (pg.OperationalError, pg.InterfaceError):
+                    raise
+                except pg.DatabaseError:  # cannot be asked (an aborted transaction): the error stands
+                    pass
             tries = f" after {source.max_retries} retries" if is_transient(exc) else ""
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
+
+    def _check_definition(self) -> None:
+        """``TableChanged`` when the table's columns are no longer those the plan was made for."""
+        if self._definition is None:
+            return
+        oid, planned = self._definition
+        with self.conn.cursor() as cur:
+            cur.execute(build_table_definition(), (oid,))
+            now = cur.fetchone()[0]
+        if now != planned:
+            raise TableChanged(
+                f"table {self.table_name}: its columns changed while running ({planned or 'none'} ->"
+                f" {now or 'none'}: name and type oid); reading it again with its new columns"
+            )
 
     def _custom_sql(self) -> str:
         """The user's query wrapped (``build_custom_select``), composed once."""
@@ -368,7 +405,8 @@ class TableReader:
         columns = list(zip(*identities))
         params = {f"k{i}": list(values) for i, values in enumerate(columns[:-1])}
         params["versions"] = list(columns[-1])
-        acted = {tuple(row) for row in self._execute(self._ack_query, params, f"{self._ack_action} of acknowledged rows")}
+        acted = {tuple(row) for row in self._execute(self._ack_query, params, f"{self._ack_action} of acknowledged rows",
+                                                     rows_json=False)}
         return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
-from pgsource.errors import PgSourceError, SourceUnavailable
+from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
 from pgsource.events import WorkerStatus
 from pgsource.pg import connect as pg
 from workers.channel import ParentWatch, keep_freed_memory, put_event
@@ -33,6 +34,7 @@ log = logging.getLogger("pgsource.worker")
 
 GENERATION_STRIDE = 1 << 40  # seq numbers of a restarted worker never collide with old acks
 UNAVAILABLE_EXIT_CODE = 75  # EX_TEMPFAIL: PostgreSQL unreachable; restarted with back-off, never a crash loop
+PARENT_CHECK_EVERY = 0.5  # seconds between looks at whether the supervisor still exists
 
 
 @dataclass
@@ -75,6 +77,8 @@ class QueueWorker:
         self.status_queue = status_queue
         self.stop_event = stop_event
         self._stopping = False
+        self.orphaned = False  # the supervisor died: nothing we send can be acknowledged any more
+        self._parent_checked = 0.0
         self._seq = spec.generation * GENERATION_STRIDE
 
     def boot(self) -> None:
@@ -113,6 +117,9 @@ class QueueWorker:
     def _exit(self, exc: BaseException, when: str) -> None:
         """Leave the process the way the module docstring says this kind of failure must."""
         name = self.spec.name
+        if isinstance(exc, TableChanged):
+            log.warning("%s: %s; the supervisor will restart this worker", name, exc)
+            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
         if isinstance(exc, (SourceUnavailable, pg.OperationalError, pg.InterfaceError)):
             log.warning("%s: PostgreSQL unavailable %s (%s); the supervisor will restart this worker",
                         name, when, str(exc).strip())
@@ -125,6 +132,13 @@ class QueueWorker:
         self._stopping = True
 
     def _should_stop(self) -> bool:
-        """Asked in every wait loop, so it doubles as the heartbeat."""
+        """Asked in every wait loop, so it doubles as the heartbeat; a worker whose supervisor died
+        (kill -9) stops too, instead of holding its slot and connections as an orphan."""
         self.spec.beat()
-        return self._stopping or self.stop_event.is_set()
+        now = time.monotonic()
+        if not self.orphaned and now - self._parent_checked >= PARENT_CHECK_EVERY:
+            self._parent_checked = now
+            if self.watch.orphaned():
+                log.error("%s: supervisor is gone, exiting", self.spec.name)
+                self.orphaned = True
+        return self._stopping or self.orphaned or self.stop_event.is_set()

@@ -520,6 +520,8 @@ class CdcWorker(QueueWorker):
                                created=time.time(), commit_time=batch.commit_time)
             self.progress.sent(self._seq)
             while not put_event(self.batch_queue, event, self._waiting):
+                if self.orphaned:  # no publisher will take it: the next start re-reads it
+                    raise SystemExit(1)
                 self._collect_acks(block=False)
             self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
         end = batch.last_commit_end

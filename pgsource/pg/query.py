@@ -47,6 +47,13 @@ class PollPlan:
         return self.cursor_columns[0]
 
     @property
+    def whole_row(self) -> bool:
+        """``data`` is ``row_to_json(t)``, which follows the table's columns as they are now; otherwise
+        the columns are named one by one as they were when the plan was made."""
+        return self.payload is None and self.all_columns and all(
+            column == key and value is None for column, key, value in self.json_columns)
+
+    @property
     def key_columns(self) -> tuple[str, ...]:
         """What identifies a row for its message id and partition."""
         return self.identity or self.cursor_columns
@@ -243,8 +250,7 @@ def _row_json(plan: PollPlan) -> sql.Composable:
         column, payload_format = plan.payload
         ident = sql.SQL("t.") + sql.Identifier(column)
         return ident if payload_format == "bytea" else ident + sql.SQL("::text")
-    plain = plan.all_columns and all(column == key and value is None for column, key, value in plan.json_columns)
-    if plain:
+    if plan.whole_row:
         return sql.SQL("row_to_json(t)::text")
     parts = []
     for column, key, value in plan.json_columns:
@@ -311,6 +317,20 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
     return sql.SQL("SELECT {}, {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
         selected, _row_json(plan), snapshot, table, sql.SQL(" AND ").join(conditions), order
     )
+
+
+def build_table_definition() -> sql.SQL:
+    """The columns of a table (``%s``: its oid) as ``name oid,name oid...`` in column order; a read
+    that names the columns one by one compares it with ``table_definition`` of its plan's columns."""
+    return sql.SQL(
+        "SELECT coalesce(string_agg(a.attname || ' ' || a.atttypid::text, ',' ORDER BY a.attnum), '')"
+        " FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+    )
+
+
+def table_definition(info: TableInfo) -> str:
+    """What ``build_table_definition`` returns for the table described by ``info``."""
+    return ",".join(f"{column.name} {column.type_oid}" for column in info.columns)
 
 
 def _row_filter(plan: PollPlan) -> sql.Composable:

@@ -4,13 +4,12 @@ were already read, and commit after them (sequence ids, ``now()`` timestamps, xi
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 
 import psycopg2
 import pytest
 
+from tests.faults.writers import Writers
 from tests.support import (
     bodies,
     execute,
@@ -67,79 +66,6 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
     assert len(received) == 121  # sent once: the re-read sends only what its first read could not see
 
 
-class _Writers:
-    """Writers that commit out of order: random delays, savepoints (some rolled back), rollbacks,
-    and prepared (2PC) transactions committed later from another session."""
-
-    def __init__(self, dsn: str, writers: int = 6, transactions: int = 12, seed: int = 7) -> None:
-        self.dsn = dsn
-        self.committed: set[int] = set()
-        self.lock = threading.Lock()
-        self.errors: list[BaseException] = []
-        self.threads = [
-            threading.Thread(target=self._run, args=(index, transactions, random.Random(seed + index)), daemon=True)
-            for index in range(writers)
-        ]
-
-    def start(self) -> _Writers:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join(120)
-        assert not self.errors, self.errors
-
-    def _insert(self, cur, writer: int, rows: int) -> list[int]:
-        cur.execute("INSERT INTO t (writer) SELECT %s FROM generate_series(1, %s) RETURNING id", (writer, rows))
-        return [row[0] for row in cur.fetchall()]
-
-    def _run(self, writer: int, transactions: int, rng: random.Random) -> None:
-        try:
-            conn = psycopg2.connect(self.dsn)
-            cur = conn.cursor()
-            for n in range(transactions):
-                time.sleep(rng.uniform(0, 0.15))
-                ids = self._insert(cur, writer, rng.randint(1, 3))
-                time.sleep(rng.uniform(0, 0.4))  # others commit later rows meanwhile
-                if rng.random() < 0.3:  # a savepoint: its rows belong to the top transaction
-                    cur.execute("SAVEPOINT s")
-                    inner = self._insert(cur, writer, 2)
-                    if rng.random() < 0.5:
-                        cur.execute("ROLLBACK TO SAVEPOINT s")
-                    else:
-                        cur.execute("RELEASE SAVEPOINT s")
-                        ids += inner
-                    time.sleep(rng.uniform(0, 0.2))
-                if writer == 0 and n % 4 == 1:  # 2PC: prepared, then committed from another session later
-                    gid = f"late-{writer}-{n}"
-                    cur.execute("PREPARE TRANSACTION %s", (gid,))
-                    conn.commit()  # ends the client-side transaction block (the xact is now prepared)
-                    threading.Timer(rng.uniform(0.3, 1.0), self._commit_prepared, args=(gid, ids)).start()
-                    continue
-                if rng.random() < 0.15:
-                    conn.rollback()
-                    continue
-                conn.commit()
-                with self.lock:
-                    self.committed.update(ids)
-            conn.close()
-        except BaseException as exc:  # noqa: BLE001 - reported by join()
-            self.errors.append(exc)
-
-    def _commit_prepared(self, gid: str, ids: list[int]) -> None:
-        try:
-            conn = psycopg2.connect(self.dsn)
-            conn.autocommit = True
-            conn.cursor().execute("COMMIT PREPARED %s", (gid,))
-            conn.close()
-            with self.lock:
-                self.committed.update(ids)
-        except BaseException as exc:  # noqa: BLE001
-            self.errors.append(exc)
-
-
 @pytest.mark.parametrize(
     ("tracking", "column"),
     [
@@ -156,9 +82,8 @@ def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tr
                           source={"tables": ["t"], "tracking_column": tracking, "batch_size": 5, "poll_interval": "50ms"})
     service = start_service(config)
     try:
-        writers = _Writers(pg_dsn).start()
-        writers.join()
-        time.sleep(1.5)  # the last prepared transactions commit from their timers
+        writers = Writers(pg_dsn, writers=6, transactions=12, seed=7).start()
+        writers.join()  # the prepared transactions too, committed later from other sessions
         assert not query(pg_dsn, "SELECT gid FROM pg_prepared_xacts")
         expected = writers.committed
         try:

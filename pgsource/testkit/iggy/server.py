@@ -244,6 +244,16 @@ class IggyStandIn:
                 return 0
             return self._storage.topic(stream, topic)[1].messages_count
 
+    def last_stored_at(self, stream: str, topic: str) -> int:
+        """When the newest batch of a topic was stored (server time, µs since the epoch; 0 when none),
+        without decoding any message."""
+        with self._storage.lock:
+            stream_found = self._storage.find_stream(stream)
+            if stream_found is None or topic not in [t.name for t in stream_found.topics.values()]:
+                return 0
+            partitions = self._storage.topic(stream, topic)[1].partitions
+            return max((p.base_timestamps[-1] for p in partitions if p.base_timestamps), default=0)
+
     def messages(self, stream: str, topic: str, partition: int | None = None) -> list[StoredMessage]:
         """Every stored message, by partition then offset (one partition when given)."""
         storage = self._storage

@@ -1,0 +1,12 @@
+"""Prints the fault matrix's table at the end of the session (tests/faults/test_matrix.py)."""
+
+from __future__ import annotations
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.faults.test_matrix import REPORT
+
+    if REPORT.get("table"):
+        terminalreporter.section("fault matrix")
+        terminalreporter.write_line(REPORT["table"])
+        terminalreporter.write_line(REPORT["summary"])

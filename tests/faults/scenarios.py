@@ -1,0 +1,384 @@
+"""The fault matrix's scenarios (issue 12): each injects one fault into a running pipeline.
+
+A scenario gets a ``Run`` (``tests/faults/harness.py``) with its service, database and stand-in,
+drives the load, injects the fault, ends it (``run.end_fault()``: recovery_s counts from there)
+and leaves the checks to ``Run.finish``. Outages last a few seconds (the issue's 30 s, sized for
+CI); the sleeps below are the length of a fault or of a load phase, never a wait for something to
+happen (those wait on a condition).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from tests.faults.harness import MODES, Run, wait
+
+OUTAGE = 3.0  # seconds an outage lasts (the issue's "30 s", sized for CI)
+ORPHAN_GRACE = 15.0  # seconds the children of a killed supervisor may take to notice and exit
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    inject: Callable[[Run], None]
+    modes: tuple[str, ...] = MODES
+    own_cluster: bool = False  # PostgreSQL itself is restarted: not on the shared cluster
+    weight: int = 1  # rough cost, to spread the heavy ones over the pool
+
+
+def begin(run: Run, writers: int = 5, **source) -> None:
+    """The service running, the slot capturing, writers committing out of order, messages arriving."""
+    run.start(**source)
+    run.wait_capturing()
+    run.start_writers(writers)
+    run.wait_messages(20, what="first messages")
+
+
+def settle(run: Run) -> None:
+    """After the fault: a message acknowledged after it, and a moment more of load."""
+    run.wait_recovered()
+    time.sleep(0.5)  # the load goes on a little past the recovery
+
+
+# -- 1-3: processes killed -----------------------------------------------------------------------
+
+
+def kill_worker(run: Run) -> None:
+    begin(run)
+    run.iggy.set_latency(0.1)  # acks lag: the worker has batches in flight when it dies
+    time.sleep(0.7)
+    victim = run.worker_pid()
+    os.kill(victim, signal.SIGKILL)
+    run.iggy.set_latency(0)
+    run.end_fault()
+    wait(lambda: run.worker_pid() != victim, 60, "a new worker")
+    settle(run)
+
+
+def kill_publisher(run: Run) -> None:
+    begin(run)
+    run.iggy.set_latency(0.2)  # a send in flight when it dies
+    time.sleep(0.7)
+    victim = run.publisher_pid()
+    os.kill(victim, signal.SIGKILL)
+    run.iggy.set_latency(0)
+    run.end_fault()
+    wait(lambda: run.publisher_pid() != victim, 60, "a new publisher")
+    settle(run)
+
+
+def kill_supervisor(run: Run) -> None:
+    """No child outlives its supervisor holding the slot or a lock; a restart resumes."""
+    begin(run)
+    children = run.children()
+    pids = {child.pid for child in children}
+    run.service.kill()  # SIGKILL the supervisor alone
+    run.service.wait(10)
+
+    def gone() -> bool:
+        return not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    try:
+        wait(gone, ORPHAN_GRACE, "the children of the killed supervisor to exit")
+    except AssertionError:
+        left = [f"{c.pid} {' '.join(c.cmdline()[-2:])}" for c in children if c.is_running()]
+        run.problem(f"orphans of the killed supervisor still run after {ORPHAN_GRACE:.0f}s: {left}")
+        for child in children:
+            if child.is_running():
+                child.kill()
+    backends = run.query("SELECT pid, application_name, state FROM pg_stat_activity"
+                         " WHERE application_name LIKE 'pgsource-%%' AND datname = current_database()")
+    if backends:
+        run.problem(f"backends of the killed service are still connected: {backends}")
+    if run.cdc:
+        active = run.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active", (run.slot,))
+        if active:
+            run.problem(f"the slot is still held (active_pid {active[0][0]}) after the service died")
+    locks = run.query("SELECT pid, locktype, mode FROM pg_locks WHERE pid = ANY(%s)", (list(pids),))
+    if locks:
+        run.problem(f"locks held by the dead service's processes: {locks}")
+    run.start()
+    run.end_fault()
+    run.wait_capturing()
+    settle(run)
+
+
+# -- 4-6: Iggy -----------------------------------------------------------------------------------
+
+
+def iggy_restart(run: Run) -> None:
+    begin(run)
+    run.iggy.restart(keep_data=True)
+    run.end_fault()
+    settle(run)
+
+
+def iggy_unreachable(run: Run) -> None:
+    begin(run)
+    run.iggy.refuse_connections(True)
+    run.iggy.drop_connections()
+    time.sleep(OUTAGE)
+    run.iggy.refuse_connections(False)
+    run.end_fault()
+    settle(run)
+
+
+def iggy_frozen(run: Run) -> None:
+    """Connections are accepted, nothing is answered: every call ends in send_timeout and a retry."""
+    begin(run)
+    run.iggy.freeze(True)
+    time.sleep(OUTAGE)
+    run.iggy.freeze(False)
+    run.end_fault()
+    settle(run)
+
+
+# -- 7-8: PostgreSQL -----------------------------------------------------------------------------
+
+
+def pg_restart(mode: str) -> Callable[[Run], None]:
+    def inject(run: Run) -> None:
+        begin(run)
+        # PostgreSQL 15 writes a logical slot's confirmed_flush_lsn to disk only when the slot is
+        # dirty for another reason (its restart_lsn or catalog_xmin moved), even at a shutdown
+        # checkpoint (fixed in 17): after any restart the slot may resume a little earlier, and
+        # pgsource re-sends those changes with their ids. pgsource's own record must not go back.
+        run.allowed_backward.append(("slot confirmed_flush_lsn", time.time(), time.time() + 3600))
+        run.cluster.stop_server(mode)
+        time.sleep(OUTAGE)
+        run.cluster.start_server()
+        run.end_fault()
+        settle(run)
+
+    return inject
+
+
+def terminate_backend(run: Run) -> None:
+    """pg_terminate_backend of the worker's backend while it runs a statement (a read, a peek)."""
+    begin(run)
+
+    def terminated() -> bool:
+        return bool(run.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE application_name = 'pgsource-worker-0' AND state = 'active'"))
+
+    wait(terminated, 30, "the worker's backend running a statement", interval=0.002)
+    run.end_fault()
+    settle(run)
+
+
+def terminate_walsender(run: Run) -> None:
+    begin(run)
+    ended = run.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE application_name = 'pgsource-worker-0-wal' AND backend_type = 'walsender'")
+    if not ended:
+        run.problem("no walsender of the worker to terminate")
+    run.end_fault()
+    settle(run)
+
+
+# -- 9: state.dir ------------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+def _umount(path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def _broken_state_dir(run: Run, break_it: Callable[[], None], repair: Callable[[], None]) -> None:
+    """At commit time the state.dir fails: the service stops with exit 7 naming the file, the stored
+    position stays what it was, and a restart once it is repaired loses nothing."""
+    begin(run)
+    before = dict(run.sampler.series)
+    break_it()
+    broken_at = time.time()
+    try:
+        run.wait_exit(7, 60)
+    finally:
+        repair()
+    log = run.log()
+    if "cannot write state file" not in log:
+        run.problem("the log does not say which state file could not be written")
+    run.sampler.sample()
+    for name, values in run.sampler.series.items():
+        kept = [v for t, v in values if t <= broken_at]
+        if name.startswith("state") and before.get(name) and kept and values[-1][1] < kept[-1]:
+            run.problem(f"{name} lost its position: {kept[-1]} -> {values[-1][1]}")
+    run.start()
+    run.end_fault()
+    run.wait_capturing()
+    settle(run)
+
+
+def state_dir_full(run: Run) -> None:
+    run.state_dir.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(run.state_dir))
+    run.cleanups.append(lambda: _umount(run.state_dir))
+    filler = run.state_dir / "filler"
+
+    def fill() -> None:
+        with open(filler, "wb", buffering=0) as out:
+            try:
+                while True:
+                    out.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+
+    _broken_state_dir(run, fill, lambda: filler.unlink())
+
+
+def state_dir_read_only(run: Run) -> None:
+    source = run.dir / "state-source"
+    source.mkdir()
+    run.state_dir.mkdir()
+    _mount("--bind", str(source), str(run.state_dir))
+    run.cleanups.append(lambda: _umount(run.state_dir))
+    _broken_state_dir(run, lambda: _mount("-o", "remount,bind,ro", str(run.state_dir)),
+                      lambda: _mount("-o", "remount,bind,rw", str(run.state_dir)))
+
+
+# -- 10: SIGTERM -------------------------------------------------------------------------------
+
+
+def _terminate_mid_way(run: Run, total: int) -> None:
+    """SIGTERM while part of the ``total`` rows is acknowledged: a graceful stop within the grace
+    period (exit 0), then a restart delivers the rest."""
+    base = run.count()
+    wait(lambda: run.count() > base + 100 or run.died(), 120, "the large batch under way", interval=0.01)
+    if run.count() >= base + total:
+        run.problem("the large batch was delivered before SIGTERM could interrupt it")
+    run.iggy.set_latency(0)
+    run.stop(0)
+    run.start(batch_size=100)
+    run.end_fault()
+    run.wait_capturing()
+    settle(run)
+
+
+def sigterm_large_batch(run: Run) -> None:
+    """A batch of 10,000 rows (polling: a bulk of new rows; CDC: one 40,000-row transaction)."""
+    run.start(batch_size=10_000)
+    run.wait_capturing()
+    run.start_writers(3)
+    run.wait_messages(5, what="first messages")
+    run.iggy.set_latency(0.5)  # each large send takes a while to be acknowledged
+    run.execute("INSERT INTO t (writer) SELECT 99 FROM generate_series(1, 40000)")
+    _terminate_mid_way(run, 40_000)
+
+
+def sigterm_initial_snapshot(run: Run) -> None:
+    """CDC: SIGTERM while the initial snapshot is sent (the next start sends it again, then streams);
+    polling: while the first read of a filled table is sent."""
+    run.execute("INSERT INTO t (writer) SELECT 98 FROM generate_series(1, 30000)")
+    run.iggy.set_latency(0.05)
+    run.start(snapshot="initial", batch_size=1000) if run.cdc else run.start(batch_size=1000)
+    run.start_writers(3)
+    _terminate_mid_way(run, 30_000)
+
+
+# -- 11: DDL -------------------------------------------------------------------------------------
+
+DDL_STEPS = (
+    ("add", "ALTER TABLE t ADD COLUMN added text DEFAULT 'a'"),
+    ("rename", "ALTER TABLE t RENAME COLUMN note TO remark"),
+    ("type", "ALTER TABLE t ALTER COLUMN amount TYPE text"),
+    ("drop", "ALTER TABLE t DROP COLUMN gone"),
+)
+
+
+def _shape_after(step: str) -> dict:
+    """What a row written after ``step`` (and every step before it) carries."""
+    shape = {"note": "n", "amount": 7, "gone": "g", "blob": "AQ=="}
+    for name, _ in DDL_STEPS:
+        if name == "add":
+            shape["added"] = "a"
+        elif name == "rename":
+            shape["remark"] = shape.pop("note")
+        elif name == "type":
+            shape["amount"] = "7"
+        elif name == "drop":
+            del shape["gone"]
+        if name == step:
+            return shape
+    return shape
+
+
+def ddl_while_running(run: Run) -> None:
+    """A column added, renamed, its type changed, one dropped, while writers write: rows written
+    after each change arrive with it, and no value is dropped (a bytea column makes polling name its
+    columns instead of ``row_to_json(t)``)."""
+    run.execute("ALTER TABLE t ADD COLUMN blob bytea DEFAULT '\\x01'")
+    begin(run)
+    marks = []
+    for step, statement in DDL_STEPS:
+        run.execute(statement)
+        after = run.query("SELECT last_value FROM t_id_seq")[0][0]  # ids taken later: rows written after it
+        marks.append((step, after))
+        run.end_fault()
+        wait(lambda a=after: any(m["data"]["id"] > a for m in run.bodies()[-50:]) or run.died(), 60,
+             f"a row written after {step}", interval=0.2)
+        run.check_alive()
+
+    def check(body: dict) -> str | None:
+        """A row whose id was taken after step k's mark was written after step k (maybe after later
+        steps too: a mark is read once its step committed): it has one of those shapes, all values."""
+        data = body["data"] or {}
+        for index in range(len(marks) - 1, -1, -1):
+            step, after = marks[index]
+            if data.get("id", 0) > after:
+                shapes = [_shape_after(later) for later, _ in marks[index:]]
+                got = {k: v for k, v in data.items() if k not in ("id", "writer", "v")}
+                if got not in shapes:
+                    return f"row {data.get('id')} written after {step}: {got}; expected one of {shapes}"
+                return None
+        return None
+
+    run.body_checks.append(check)
+    settle(run)
+
+
+# -- 12: a 200,000-row transaction ---------------------------------------------------------------
+
+
+def big_transaction_killed(run: Run) -> None:
+    begin(run, batch_size=1000)
+    base = run.count()
+    run.execute("INSERT INTO t (writer) SELECT 97 FROM generate_series(1, 200000)")
+    wait(lambda: run.count() > base + 20_000 or run.died(), 120, "the transaction's rows under way", interval=0.01)
+    if run.count() >= base + 200_000:
+        run.problem("the transaction was delivered before kill -9 could interrupt it")
+    run.kill()
+    run.start(batch_size=1000)
+    run.end_fault()
+    run.wait_capturing()
+    settle(run)
+
+
+SCENARIOS = (
+    Scenario("1 kill -9 worker", kill_worker),
+    Scenario("2 kill -9 publisher", kill_publisher),
+    Scenario("3 kill -9 supervisor", kill_supervisor),
+    Scenario("4 Iggy restart", iggy_restart),
+    Scenario("5 Iggy unreachable", iggy_unreachable),
+    Scenario("6 Iggy frozen", iggy_frozen),
+    Scenario("7 PostgreSQL restart fast", pg_restart("fast"), own_cluster=True, weight=2),
+    Scenario("7 PostgreSQL restart immediate", pg_restart("immediate"), own_cluster=True, weight=2),
+    Scenario("8 terminate backend", terminate_backend, modes=("polling", "cdc-sql")),
+    Scenario("8 terminate walsender", terminate_walsender, modes=("cdc-replication",)),
+    Scenario("9 state.dir full", state_dir_full),
+    Scenario("9 state.dir read-only", state_dir_read_only),
+    Scenario("10 SIGTERM large batch", sigterm_large_batch, weight=2),
+    Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=2),
+    Scenario("11 DDL while running", ddl_while_running),
+    Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=3),
+)
