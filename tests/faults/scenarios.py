@@ -188,7 +188,8 @@ def terminate_walsender(run: Run) -> None:
 
 
 def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"mount {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}"
 
 
 def _umount(path) -> None:
@@ -238,13 +239,33 @@ def state_dir_full(run: Run) -> None:
 
 
 def state_dir_read_only(run: Run) -> None:
-    source = run.dir / "state-source"
-    source.mkdir()
+    """A read-only bind mount of the state.dir stacked onto it while the service runs.
+
+    Not ``remount,ro`` of a mount the service uses: the kernel refuses that (EBUSY) while a file
+    on it is open for writing, and the service holds ``.pgsource.lock`` open. The stacked mount
+    has no writers; every path under the state.dir resolves through it from then on."""
     run.state_dir.mkdir()
-    _mount("--bind", str(source), str(run.state_dir))
-    run.cleanups.append(lambda: _umount(run.state_dir))
-    _broken_state_dir(run, lambda: _mount("-o", "remount,bind,ro", str(run.state_dir)),
-                      lambda: _mount("-o", "remount,bind,rw", str(run.state_dir)))
+    mounted = []
+
+    def break_it() -> None:
+        _mount("--bind", str(run.state_dir), str(run.state_dir))
+        mounted.append(run.state_dir)
+        run.cleanups.append(lambda: mounted and _umount(run.state_dir))
+        _mount("-o", "remount,bind,ro", str(run.state_dir))
+        probe = run.state_dir / ".probe"
+        try:
+            probe.write_text("x")
+        except OSError as exc:
+            assert exc.errno == errno.EROFS, exc
+        else:
+            raise AssertionError("the state.dir is still writable after the read-only mount")
+
+    def repair() -> None:
+        if mounted:
+            subprocess.run(["umount", str(run.state_dir)], check=True, capture_output=True, timeout=30)
+            mounted.clear()
+
+    _broken_state_dir(run, break_it, repair)
 
 
 # -- 10: SIGTERM -------------------------------------------------------------------------------
