@@ -31,7 +31,7 @@ class Scenario:
     inject: Callable[[Run], None]
     modes: tuple[str, ...] = MODES
     own_cluster: bool = False  # PostgreSQL itself is restarted: not on the shared cluster
-    weight: int = 1  # rough cost, to spread the heavy ones over the pool
+    weight: int = 1  # rough cost (tens of seconds): the pool starts the heaviest runs first
 
 
 def begin(run: Run, writers: int = 5, **source) -> None:
@@ -417,10 +417,10 @@ SCENARIOS = (
     Scenario("7 PostgreSQL restart immediate", pg_restart("immediate"), own_cluster=True, weight=2),
     Scenario("8 terminate backend", terminate_backend, modes=("polling", "cdc-sql")),
     Scenario("8 terminate walsender", terminate_walsender, modes=("cdc-replication",)),
-    Scenario("9 state.dir full", state_dir_full),
-    Scenario("9 state.dir read-only", state_dir_read_only),
-    Scenario("10 SIGTERM large batch", sigterm_large_batch, weight=2),
-    Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=2),
+    Scenario("9 state.dir full", state_dir_full, weight=2),
+    Scenario("9 state.dir read-only", state_dir_read_only, weight=2),
+    Scenario("10 SIGTERM large batch", sigterm_large_batch, weight=3),
+    Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=3),
     Scenario("11 DDL while running", ddl_while_running),
-    Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=3),
+    Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=6),
 )
