@@ -38,6 +38,7 @@ from pgsource.pg.query import (
     table_definition,
 )
 from pgsource.pg.retry import is_transient, with_retries
+from pgsource.pg.statements import fetch_all, fetch_one, fetch_value
 from pgsource.pg.types import load_column_types
 from pgsource.state import PollingOffset
 
@@ -156,9 +157,7 @@ class TableReader:
     def key_bounds(self) -> tuple[int, int] | None:
         """(min, max) of the chunk column now; None for an empty table."""
         self.chunk_column()
-        with self.conn.cursor() as cur:
-            cur.execute(build_key_bounds(self.plan))
-            low, high = cur.fetchone()
+        low, high = fetch_one(self.conn, build_key_bounds(self.plan))
         return None if low is None else (int(low), int(high))
 
     def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
@@ -245,12 +244,10 @@ class TableReader:
         (the rows may have been built without a column added meanwhile)."""
 
         def run() -> list[tuple]:
-            with self.conn.cursor() as cur:
-                cur.execute(statement, params)
-                rows = cur.fetchall()
-                if rows and rows_json and self._named_columns:
-                    self._check_definition()
-                return rows
+            rows = fetch_all(self.conn, statement, params)
+            if rows and rows_json and self._named_columns:
+                self._check_definition()
+            return rows
 
         source = self.config.source
         try:
@@ -273,9 +270,7 @@ class TableReader:
         if self._definition is None:
             return
         oid, planned = self._definition
-        with self.conn.cursor() as cur:
-            cur.execute(build_table_definition(), (oid,))
-            now = cur.fetchone()[0]
+        now = fetch_value(self.conn, build_table_definition(), (oid,))
         if now != planned:
             raise TableChanged(
                 f"table {self.table_name}: its columns changed while running ({planned or 'none'} ->"

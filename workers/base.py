@@ -26,6 +26,7 @@ from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
 from pgsource.events import WorkerStatus
 from pgsource.pg import connect as pg
+from pgsource.pg.statements import backend_pid
 from workers.channel import ParentWatch, keep_freed_memory, put_event
 from workers.liveness import Liveness
 from workers.logs import setup_logging
@@ -66,7 +67,7 @@ class WorkerSpec:
         """Tell the supervisor which PostgreSQL backends are ours (to check, or end when orphaned)."""
         if self.liveness is not None:
             for connection in connections:
-                self.liveness.add_backend(connection.get_backend_pid())
+                self.liveness.add_backend(backend_pid(connection))
 
 
 class QueueWorker:

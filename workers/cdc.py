@@ -32,9 +32,7 @@ interrupted one is done again at the next start.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import struct
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
@@ -45,7 +43,9 @@ from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table
+from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
+from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog
 from pgsource.progress import ProgressTracker
 from pgsource.slots import identity_problem, missing_slot_problem, slot_was_used
@@ -57,9 +57,6 @@ from workers.snapshot import send_snapshot
 log = logging.getLogger("pgsource.cdc")
 
 COPY_CHUNK = 1 << 20  # bytes of the peek's COPY output handed over at a time
-COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_ROW = struct.Struct("!hi").unpack_from  # field count, data length
-_I32 = struct.Struct("!i").unpack_from
 PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
 # The streaming transport drains the socket faster than the walsender fills it, so "send what
@@ -336,15 +333,14 @@ class CdcWorker(QueueWorker):
         if snapshot_name is not None:
             rep.import_snapshot(reader, snapshot_name)
         else:
-            with reader.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            rep.begin_repeatable_read(reader)
         return reader
 
     def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
         """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
         try:
             read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop)
-            reader.commit()
+            commit(reader)
         finally:
             reader.close()
         self._wait_acks(deadline=None)
@@ -385,52 +381,69 @@ class CdcWorker(QueueWorker):
     def _peek(self, upto: int, limit: int) -> int:
         """Queue every change of one peek; wait for all acks. Returns the rows (messages) read.
 
-        The peek is read as ``COPY (...) TO STDOUT (FORMAT binary)``: psycopg2 hands the
-        stream to a ``BufferedWriter`` whose raw sink (``_PeekFrames``) gets ~1 MB chunks;
-        each chunk is split into messages by the COPY framing and fed without a per-row
-        Python object from psycopg2 (and without bytea's hex text). Memory stays bounded:
-        one chunk, the unfinished message at its end, one batch.
+        The peek is read as a binary COPY in chunks (``pgsource/pg/peek.py``): memory stays
+        bounded by one chunk, the unfinished message at its end, and one batch.
         """
         query, params = rep.build_peek(self.slot, self.publication, upto, limit)
-        frames = _PeekFrames(self)
-        self.conn.autocommit = False
+        statement = build_peek_copy(self.conn, query, params)
+        self._peek_batch = ChangeBatch()
+        self._peek_fed = self._peek_skip = 0
+        rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
+        set_autocommit(self.conn, False)
         try:
-            with self.conn.cursor() as cur:
-                statement = b"COPY (" + cur.mogrify(query, params) + b") TO STDOUT WITH (FORMAT binary)"
             while True:
-                sink = io.BufferedWriter(frames, buffer_size=COPY_CHUNK)
                 try:
                     self._copying = True
-                    with self.conn.cursor() as cur, self.spec.statement(f"peeking slot {self.slot}"):
-                        cur.copy_expert(statement, sink)
-                    sink.flush()
+                    with self.spec.statement(f"peeking slot {self.slot}"):
+                        copy_out(self.conn, statement, rows, COPY_CHUNK)
                     break
                 except _TypesNeeded as need:
                     # A Relation with a type unknown since boot (a column added meanwhile): end
                     # the COPY, load the types, and peek again, skipping what was fed already
                     # (the same peek of the unadvanced slot gives the same messages).
                     self._copying = False
-                    self.conn.rollback()
+                    rollback(self.conn)
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
-                    frames = frames.resumed()
+                    self._peek_skip, self._peek_fed = self._peek_fed, 0
+                    rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
-                    sink.close()  # after a failure its buffered rest goes to aborted frames: dropped
-            self.conn.commit()
+            commit(self.conn)
         except pg.DatabaseError as exc:
-            self.conn.rollback()
+            rollback(self.conn)
             if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                 raise
             raise PgSourceError(f"{self.spec.name}: reading slot {self.slot} failed: {str(exc).strip()}") from None
         except BaseException:
-            self.conn.rollback()
+            rollback(self.conn)
             raise
         finally:
-            self.conn.autocommit = True
-        frames.finish()
-        self._send(frames.batch)
+            set_autocommit(self.conn, True)
+        rows.finish()
+        self._send(self._peek_batch)
         self._wait_acks(deadline=None)
-        return frames.rows
+        return rows.rows
+
+    def _feed_peek(self, buf: bytes, text: str | None, spans: list) -> None:
+        """One chunk of the peek's messages into batches; a full batch goes to the queue at once."""
+        feed = self.encoder.feed_buffer
+        batch = self._peek_batch
+        batch_size = self.spec.config.source.batch_size
+        fed = 0
+        try:
+            for start, end in spans:
+                if self._peek_skip:  # fed by the interrupted COPY of this same peek
+                    self._peek_skip -= 1
+                    continue
+                feed(buf, text, start, end, batch)
+                fed += 1
+                if batch.count >= batch_size:
+                    self._send(batch)
+                    batch = self._peek_batch = ChangeBatch()
+        finally:
+            self._peek_fed += fed
+        self.spec.beat()
+        self._collect_acks(block=False)
 
     # -- the streaming transport -----------------------------------------------------------
 
@@ -566,96 +579,6 @@ class _TypesNeeded(Exception):
     def __init__(self, oids: list[int]) -> None:
         super().__init__(oids)
         self.oids = oids
-
-
-class _PeekFrames(io.RawIOBase):
-    """The raw sink of the peek's binary COPY: splits chunks into pgoutput messages and feeds them.
-
-    Binary COPY: an 11-byte signature, int32 flags, int32 header extension length and the
-    extension; then per row int16 field count (1 here), int32 length, the ``data`` bytes;
-    finally int16 -1.
-    """
-
-    def __init__(self, worker: CdcWorker) -> None:
-        super().__init__()
-        self.worker = worker
-        self.batch = ChangeBatch()
-        self.rows = 0
-        self._tail = b""
-        self._header = True
-        self._done = False
-        self._skip = 0  # messages already fed by an interrupted COPY of the same peek
-        self._failed = False  # after an exception, nothing more is fed (the writer's last flush)
-
-    def resumed(self) -> _PeekFrames:
-        """For the same peek read again from its start: skips the messages fed so far."""
-        again = _PeekFrames(self.worker)
-        again.batch, again._skip = self.batch, self.rows
-        return again
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        if self._failed:
-            return len(chunk)
-        try:
-            return self._write(chunk)
-        except BaseException:
-            self._failed = True
-            raise
-
-    def _write(self, chunk) -> int:
-        size = len(chunk)
-        worker = self.worker
-        buf = self._tail + chunk if self._tail else bytes(chunk)
-        pos = 0
-        if self._header:
-            if len(buf) < 19:
-                self._tail = buf
-                return size
-            if buf[:11] != COPY_SIGNATURE:
-                raise PgSourceError(f"{worker.spec.name}: the peek's COPY output has no binary COPY signature")
-            pos = 19 + _I32(buf, 15)[0]  # skip the header extension
-            self._header = False
-        # One str for the chunk, for the pure-Python row functions: a value is a slice of it.
-        s = buf.decode("latin-1") if worker.encoder.needs_text else None
-        feed = worker.encoder.feed_buffer
-        batch = self.batch
-        batch_size = worker.spec.config.source.batch_size
-        total = len(buf)
-        while pos + 2 <= total:
-            if buf[pos] == 0xFF and buf[pos + 1] == 0xFF:  # the trailer: field count -1
-                self._done = True
-                pos = total
-                break
-            if pos + 6 > total:
-                break
-            fields, length = _COPY_ROW(buf, pos)
-            if fields != 1:
-                raise PgSourceError(f"{worker.spec.name}: unexpected binary COPY row of {fields} fields")
-            start = pos + 6
-            end = start + length
-            if end > total:
-                break
-            pos = end
-            if self._skip:
-                self._skip -= 1
-                self.rows += 1
-                continue
-            feed(buf, s, start, end, batch)
-            self.rows += 1
-            if batch.count >= batch_size:
-                worker._send(batch)
-                batch = self.batch = ChangeBatch()
-        self._tail = buf[pos:]
-        worker.spec.beat()
-        worker._collect_acks(block=False)
-        return size
-
-    def finish(self) -> None:
-        if self._tail or not self._done:
-            raise PgSourceError(f"{self.worker.spec.name}: the peek's COPY output ended in the middle of a row")
 
 
 def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:

@@ -90,6 +90,13 @@ def _display(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
+def can_replicate(conn) -> bool:
+    """The current role may open replication connections (REPLICATION, or a superuser)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        return bool(cur.fetchone()[0])
+
+
 def server_setting(conn, name: str) -> str:
     with conn.cursor() as cur:
         cur.execute("SELECT current_setting(%s)", (name,))
@@ -112,5 +119,5 @@ def missing_privileges(conn, oid: int, wanted: list[tuple[str | None, str]],
         if sequence is not None:
             cur.execute("SELECT has_sequence_privilege(%s, 'SELECT')", (sequence,))
             if not cur.fetchone()[0]:
-                lacking.append(f"SELECT on its sequence {sequence}")
+                lacking.append("SELECT on its sequence " + sequence)
     return lacking

@@ -35,6 +35,13 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+def existing_slots(conn) -> set[str]:
+    """The names of every replication slot on the server (of any database)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT slot_name FROM pg_replication_slots")
+        return {row[0] for row in cur.fetchall()}
+
+
 def slot_state(conn, slot: str) -> SlotState | None:
     with conn.cursor() as cur:
         cur.execute(
@@ -118,6 +125,13 @@ def create_slot_exporting(replication_conn, slot: str) -> tuple[int, str]:
         cur.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(sql.Identifier(slot)))
         _, consistent_point, snapshot_name, _ = cur.fetchone()
     return parse_lsn(consistent_point), snapshot_name
+
+
+def begin_repeatable_read(conn) -> None:
+    """Begin a REPEATABLE READ transaction on ``conn`` (autocommit off): one snapshot for every read."""
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
 def import_snapshot(conn, snapshot_name: str) -> None:

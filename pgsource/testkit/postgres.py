@@ -264,13 +264,14 @@ class LocalPostgres:
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database and return its name (a fresh one per test)."""
         import psycopg2
+        from psycopg2 import sql
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         conn = psycopg2.connect(self.dsn())
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         finally:
             conn.close()
         return name
@@ -278,6 +279,7 @@ class LocalPostgres:
     def drop_database(self, name: str) -> None:
         """Drop a database, ending its sessions and dropping its replication slots first."""
         import psycopg2
+        from psycopg2 import sql
 
         conn = psycopg2.connect(self.dsn())
         try:
@@ -293,7 +295,7 @@ class LocalPostgres:
                     " WHERE database = %s AND NOT active",
                     (name,),
                 )
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         finally:
             conn.close()
 
