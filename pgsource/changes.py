@@ -32,10 +32,11 @@ from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.envelope import compact_json, encode_string
+from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
+from pgsource.lsn import format_lsn
 
 
 @dataclass
@@ -136,7 +137,7 @@ class ChangeEncoder:
             self._position = 0
             self._timestamp = po.pg_timestamp_to_iso(message.commit_ts)
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
-            self._lsn_text = po.format_lsn(message.final_lsn)
+            self._lsn_text = format_lsn(message.final_lsn)
             self._xid_text = str(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
@@ -194,11 +195,7 @@ class ChangeEncoder:
         parts = self._parts.get((oid, operation))
         if parts is None:
             if self.include_metadata:
-                prefix = (
-                    '{"table_name":' + encode_string(state.table_name) + ',"operation_type":"' + operation
-                    + '","timestamp":"' + self._timestamp + '","data":'
-                ).encode()
-                suffix = b',"old_data":null}'
+                prefix, suffix = (part.encode() for part in envelope_parts(state.table_name, operation, self._timestamp))
             else:
                 prefix = suffix = b""
             headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
@@ -282,7 +279,7 @@ class ChangeEncoder:
         if self.include_metadata:
             data = "null" if data is None else data
             if old_data is not None:
-                suffix = (',"old_data":' + old_data + "}").encode()
+                suffix = envelope_suffix(old_data).encode()
             payload = prefix + data.encode() + suffix
         else:
             payload = (data if data is not None else (old_data or "null")).encode()

@@ -39,6 +39,7 @@ from pgsource.changes import ChangeBatch, ChangeEncoder
 from pgsource.encode.frames import encode_partition_frames
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.events import BatchEvent
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
@@ -217,12 +218,12 @@ class CdcWorker(QueueWorker):
             reader = self._snapshot_reader(snapshot_name)
         finally:
             replication.close()  # the snapshot was imported (or creating it failed)
-        log.info("%s: initial snapshot of %s at %s", self.spec.name, ", ".join(tables), rep.format_lsn(lsn))
+        log.info("%s: initial snapshot of %s at %s", self.spec.name, ", ".join(tables), format_lsn(lsn))
         if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
             return None
         record = dataclasses.replace(record, phase=SnapshotPhase.DONE)
         self.store.commit(self.key, record)
-        log.info("%s: initial snapshot acknowledged, streaming from %s", self.spec.name, rep.format_lsn(lsn))
+        log.info("%s: initial snapshot acknowledged, streaming from %s", self.spec.name, format_lsn(lsn))
         return record
 
     def _redo_initial_snapshot(self, stored: SlotProgress, publication: pubs.Publication | None) -> SlotProgress | None:
@@ -277,7 +278,7 @@ class CdcWorker(QueueWorker):
             record = dataclasses.replace(record, joins=tuple(joins.values()))
             self.store.commit(self.key, record)
             log.info("%s: %s joined slot %s at %s", self.spec.name, ", ".join(t.qualified for t in cut_now),
-                     self.slot, rep.format_lsn(cut.lsn))
+                     self.slot, format_lsn(cut.lsn))
         if snapshot:
             # The tables cut now are read in the cut's snapshot; those cut by an interrupted
             # attempt, in a new one (their stream then replays the changes since their cut).

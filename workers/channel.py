@@ -86,10 +86,6 @@ class ParentWatch:
         return os.getppid() != self.parent
 
 
-def monotonic() -> float:
-    return time.monotonic()
-
-
 class StopFlag:
     """A lock-free stop request shared by every process.
 

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 
 from pgsource.admin.common import cdc_slots, committed_at, connection, units_of
 from pgsource.config.model import Config
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, rows_after, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
 from pgsource.state.lock import holder
 

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pgsource.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, SinkError
+from pgsource.lsn import format_lsn
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, count_rows_upto, iter_rows_upto, normalize_value, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
 
 SHOWN = 20  # missing ids listed one per line; the rest are counted

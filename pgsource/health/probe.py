@@ -22,10 +22,10 @@ import time
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, ProbeError
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, SlotStats, bounded, rows_after, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset
 
 STATEMENT_TIMEOUT = 2.0

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
+from pgsource.lsn import parse_lsn
 from pgsource.pg.query import PollPlan
-from pgsource.pg.replication import parse_lsn
 
 
 def bounded(conn, seconds: float) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from pgsource.errors import PrerequisiteError
+from pgsource.lsn import format_lsn, parse_lsn
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,6 @@ class SlotState:
     active_pid: int | None
     wal_status: str | None
     confirmed_flush_lsn: int
-
-
-def parse_lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def existing_slots(conn) -> set[str]:
