@@ -199,7 +199,7 @@ class IggySink:
             if details is None:
                 raise SinkError(f"{where}: created, but Iggy does not find it yet")
         elif (stream, topic) not in self._told:
-            differences = topic_settings_differences(details, settings)
+            differences = _settings_differences(details, settings)
             if differences:
                 self._told.add((stream, topic))
                 log.info("%s exists and is not altered: its %s (iggy.topic_settings applies to topics pgsource"
@@ -313,7 +313,7 @@ def _topic_options(settings: TopicSettingsConfig) -> dict:
     }
 
 
-def topic_settings_differences(details, settings: TopicSettingsConfig) -> list[str]:
+def _settings_differences(details, settings: TopicSettingsConfig) -> list[str]:
     """How an existing topic differs from ``iggy.topic_settings`` (a server_default setting never does)."""
     out = []
     expiry = details.message_expiry
