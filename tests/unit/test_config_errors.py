@@ -70,7 +70,7 @@ def _wrong_value(name: str, annotation) -> object:
         return "perhaps"
     if int in args or float in args:
         return "many" if str not in args else [1]
-    if typing.get_origin(annotation) is list:
+    if any(typing.get_origin(a) is list for a in (annotation, *args)):  # list[str], list[str] | None
         return 5
     return [1]  # str
 
