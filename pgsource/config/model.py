@@ -13,9 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pgsource.config.duration import parse_duration
+from pgsource.config.duration import format_duration, parse_duration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
 from pgsource.config.secrets import resolve_iggy_files, resolve_source_files
+from pgsource.config.size import parse_size
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _NUMERIC_NAME = re.compile(r"\+?[0-9]+")
@@ -289,6 +290,53 @@ class IggyTlsConfig(BaseModel):
         return self
 
 
+_U64_MAX = 2**64 - 1  # with 0, reserved on the wire (server default, never/unlimited)
+
+
+class TopicSettingsConfig(BaseModel):
+    """``iggy.topic_settings:``: what a topic pgsource creates is given (an existing topic is never altered).
+
+    ``server_default`` sends nothing, so the server's own configuration decides.
+    """
+
+    model_config = _FROZEN
+
+    message_expiry: float | Literal["never", "server_default"] = "server_default"  # seconds, or a word
+    max_size: int | Literal["unlimited", "server_default"] = "server_default"  # bytes, or a word
+    compression: Literal["none", "gzip"] = "none"
+
+    @field_validator("message_expiry", mode="before")
+    @classmethod
+    def _expiry(cls, value):
+        if isinstance(value, bool):  # worded as the boolean check in load.py says it: one line, not two
+            raise ValueError(f"{str(value).lower()} is a boolean, not a number")
+        if value in ("never", "server_default"):
+            return value
+        seconds = parse_duration(value, days=True)
+        if not 0 < round(seconds * 1_000_000) < _U64_MAX:
+            raise ValueError(f"{value!r}: give at least 1 microsecond and less than 2^64-1 of them"
+                             f" (or never / server_default)")
+        return seconds
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, value):
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is a boolean, not a number")
+        if value in ("unlimited", "server_default"):
+            return value
+        size = parse_size(value)
+        if not 0 < size < _U64_MAX:
+            raise ValueError(f"{value!r}: give more than 0 and less than 2^64-1 bytes (or unlimited / server_default)")
+        return size
+
+    def describe(self) -> str:
+        """The settings as one would write them, for the create log line and errors."""
+        expiry = self.message_expiry if isinstance(self.message_expiry, str) else format_duration(self.message_expiry)
+        size = self.max_size if isinstance(self.max_size, str) else f"{self.max_size} bytes"
+        return f"message_expiry {expiry}, max_size {size}, compression {self.compression}"
+
+
 class IggyConfig(BaseModel):
     model_config = _FROZEN
 
@@ -303,6 +351,7 @@ class IggyConfig(BaseModel):
     partitioning: Partitioning = Partitioning.PRIMARY_KEY
     send_timeout: float = 30.0
     tls: IggyTlsConfig = IggyTlsConfig()
+    topic_settings: TopicSettingsConfig = TopicSettingsConfig()  # for the topics create_missing creates
 
     @model_validator(mode="before")
     @classmethod
