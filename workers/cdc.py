@@ -304,6 +304,7 @@ class CdcWorker(QueueWorker):
             writers = pubs.current_writers(self.conn, tables)
             said = 0.0
             while writers:
+                self.notify()
                 if self._should_stop():
                     raise SystemExit(0)
                 if time.monotonic() - said > 10:
@@ -320,6 +321,7 @@ class CdcWorker(QueueWorker):
             except pubs.LockBusy as exc:
                 log.warning("%s: adding %s to %s waits for its lock (%s)", self.spec.name,
                             ", ".join(t.qualified for t in tables), self.publication, exc)
+                self.notify()
                 if self._should_stop():
                     raise SystemExit(0) from None
 
@@ -340,7 +342,7 @@ class CdcWorker(QueueWorker):
     def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
         """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
         try:
-            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop)
+            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._waiting)
             commit(reader)
         finally:
             reader.close()
@@ -357,6 +359,7 @@ class CdcWorker(QueueWorker):
         source = self.spec.config.source
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
+            self.notify()
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit)
             if self.progress.in_flight:
@@ -443,7 +446,7 @@ class CdcWorker(QueueWorker):
                     batch = self._peek_batch = ChangeBatch()
         finally:
             self._peek_fed += fed
-        self.spec.beat()
+        self.notify()
         self._collect_acks(block=False)
 
     # -- the streaming transport -----------------------------------------------------------
@@ -466,6 +469,7 @@ class CdcWorker(QueueWorker):
         batch_started = 0.0  # when the partial batch got its first change
         try:
             while not self._should_stop():
+                self.notify()
                 message = read()
                 if message is not None:
                     batch = self._batch
@@ -546,7 +550,7 @@ class CdcWorker(QueueWorker):
     def _waiting(self) -> bool:
         """put_event's check while the queue is full: keep confirming, and say whether to stop."""
         self._tick()
-        return self._should_stop()
+        return super()._waiting()
 
     def _collect_acks(self, block: bool, timeout: float = 0.2) -> None:
         while self.progress.in_flight:
@@ -567,7 +571,7 @@ class CdcWorker(QueueWorker):
                 return
             if self.watch.orphaned():
                 raise SystemExit(1)
-            self.spec.beat()
+            self.notify()
             self._collect_acks(block=True)
             self._tick()
 

@@ -178,7 +178,7 @@ class PollWorker(QueueWorker):
         source = self.spec.config.source
         max_in_flight = source.max_in_flight_batches
         while not self._should_stop():
-            self.spec.beat()
+            self.notify()
             if watch.orphaned():
                 log.error("%s: supervisor is gone, exiting", self.spec.name)
                 return
@@ -369,7 +369,7 @@ class PollWorker(QueueWorker):
             count=len(encoded.ids),
             created=time.time(),
         )
-        if not put_event(self.batch_queue, event, self._should_stop):
+        if not put_event(self.batch_queue, event, self._waiting):
             return None  # stopping while the queue is full: this batch was never sent, nothing to commit
         self._queued[self._seq] = _Queued(unit, encoded.identities, hi, then)
         unit.rows += len(rows)

@@ -32,11 +32,11 @@ import multiprocess
 from pgsource.assignment import assign_units
 from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
-from pgsource.errors import CrashLoopError, PgSourceError
-from pgsource.events import StopEvent, WorkerStatus
+from pgsource.errors import CrashLoopError, PgSourceError, SourceUnavailable
+from pgsource.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
 from pgsource.sharding import record_shard
 from pgsource.state.lock import StateLock
-from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
+from workers.base import WorkerSpec
 from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
 from workers.health import HealthMonitor
 from workers.liveness import Liveness, PublisherLiveness
@@ -46,7 +46,6 @@ from workers.watchdog import Watchdog
 
 log = logging.getLogger("pgsource.supervisor")
 
-PUBLISHER = "publisher"
 
 
 class Supervisor:
@@ -223,10 +222,10 @@ class Supervisor:
             status: WorkerStatus = get_event(self.status_queue, timeout=timeout)
         except Empty:
             return
-        if status.state == "ready":
+        if status.state is WorkerState.READY:
             self._unavailable.pop(status.worker, None)
             self._connected.add(status.worker)
-        if status.state == "fatal":
+        if status.state is WorkerState.FATAL:
             error = status.error or PgSourceError(f"{status.worker} failed")
             raise error if isinstance(error, PgSourceError) else PgSourceError(f"{status.worker}: {error}")
 
@@ -254,7 +253,7 @@ class Supervisor:
             now = time.monotonic()
             self._connected.discard(name)
             self._causes.setdefault(name, _death_cause(process.exitcode))
-            if process.exitcode == UNAVAILABLE_EXIT_CODE:
+            if process.exitcode == SourceUnavailable.exit_code:
                 waits = self._unavailable.get(name, 0)
                 self._unavailable[name] = waits + 1
                 self._restart_at[name] = now + min(self.config.supervisor.restart_backoff * 2**waits, 30.0)
@@ -351,7 +350,7 @@ class Supervisor:
 
 def _death_cause(exit_code: int | None) -> str:
     """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
-    if exit_code == UNAVAILABLE_EXIT_CODE:
+    if exit_code == SourceUnavailable.exit_code:
         return "postgresql_unavailable"
     if exit_code is not None and exit_code < 0:
         return "signal"

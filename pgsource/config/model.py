@@ -17,6 +17,7 @@ from pgsource.config.duration import format_duration, parse_duration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
 from pgsource.config.secrets import resolve_iggy_files, resolve_source_files
 from pgsource.config.size import parse_size
+from pgsource.events import PUBLISHER
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _NUMERIC_NAME = re.compile(r"\+?[0-9]+")
@@ -528,6 +529,9 @@ class Config(BaseModel):
             raise ValueError("workers: a number from 1 to 256, or a mapping of worker name to tables")
         if isinstance(value, dict) and not value:
             raise ValueError("workers: the mapping is empty")
+        if isinstance(value, dict) and PUBLISHER in value:
+            raise ValueError(f"workers: {PUBLISHER!r} is the publisher process's name (in metrics, logs and"
+                             " statuses); give this worker another name")
         return value
 
     @model_validator(mode="after")
