@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pgsource.config.duration import format_duration, parse_duration
+from pgsource.config.duration import Duration, OptionalDuration, format_duration, parse_duration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
 from pgsource.config.secrets import resolve_iggy_files, resolve_source_files
 from pgsource.config.size import parse_size
@@ -56,7 +56,7 @@ class TableConfig(BaseModel):
     schema_: str = Field("public", alias="schema")
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
-    lag: float | None = None  # overrides source.lag for this table
+    lag: OptionalDuration = None  # overrides source.lag for this table
     shard: int | None = Field(None, ge=0)  # pins the table to this shard (else a hash of its name picks one)
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
@@ -70,10 +70,6 @@ class TableConfig(BaseModel):
             raise ValueError("columns: list at least one column (or leave it out for all)")
         return self
 
-    @field_validator("lag", mode="before")
-    @classmethod
-    def _lag(cls, value):
-        return None if value is None else parse_duration(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -123,7 +119,7 @@ class SourceConfig(BaseModel):
     password_file: str | None = None
     mode: Mode
     tables: list[TableConfig] = Field(default_factory=list)
-    poll_interval: float = 1.0
+    poll_interval: Duration = 1.0
     batch_size: int = Field(1000, ge=1, le=1_000_000)
     tracking_column: str = "id"
     initial_offset: str | int | float | None = None
@@ -152,12 +148,12 @@ class SourceConfig(BaseModel):
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (README "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
-    lag: float = 0.0  # seal a read range only this long after it was read (values no horizon protects)
+    lag: Duration = 0.0  # seal a read range only this long after it was read (values no horizon protects)
     # A statement failing for a reason that may pass (deadlock, lock timeout, cancel) is retried
     # this often, after retry_delay, then twice that...; a worker dying in the same statement
     # more often than this in a row stops the service (exit 8). Connection outages retry forever.
     max_retries: int = Field(3, ge=0, le=100)
-    retry_delay: float = 1.0
+    retry_delay: Duration = 1.0
     # The Rust connector's remaining keys (README "Payload passthrough" and the key table)
     payload_column: str | None = None  # this column's value is the whole message (outbox), no envelope
     payload_format: PayloadFormat = PayloadFormat.BYTEA
@@ -174,10 +170,6 @@ class SourceConfig(BaseModel):
     def _secret_files(cls, value):
         return resolve_source_files(value)
 
-    @field_validator("poll_interval", "lag", "retry_delay", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
     @field_validator("capture_operations", mode="before")
     @classmethod
@@ -350,7 +342,7 @@ class IggyConfig(BaseModel):
     partitions: int = Field(1, ge=1, le=1000)
     create_missing: bool = True
     partitioning: Partitioning = Partitioning.PRIMARY_KEY
-    send_timeout: float = 30.0
+    send_timeout: Duration = 30.0
     tls: IggyTlsConfig = IggyTlsConfig()
     topic_settings: TopicSettingsConfig = TopicSettingsConfig()  # for the topics create_missing creates
 
@@ -367,10 +359,6 @@ class IggyConfig(BaseModel):
             raise ValueError(f"{value!r} is not host:port")
         return value
 
-    @field_validator("send_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
     @field_validator("topic")
     @classmethod
@@ -419,12 +407,8 @@ class StateConfig(BaseModel):
     # Polling offsets are written (fsync'd) at most this often; always after Iggy's ack, and
     # always on a graceful stop. A crash re-sends at most what was acked in one interval
     # (same ids). 0 = after every acknowledged batch. (Kafka Connect and Debezium: 60 s.)
-    commit_interval: float = Field(0.1, ge=0)
+    commit_interval: Duration = Field(0.1, ge=0)
 
-    @field_validator("commit_interval", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
 
 class MetricsConfig(BaseModel):
@@ -451,12 +435,8 @@ class ReadinessConfig(BaseModel):
 
     model_config = _FROZEN
 
-    stall_after: float = Field(60.0, gt=0)
+    stall_after: Duration = Field(60.0, gt=0)
 
-    @field_validator("stall_after", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
 
 class SupervisorConfig(BaseModel):
@@ -464,16 +444,12 @@ class SupervisorConfig(BaseModel):
 
     model_config = _FROZEN
 
-    restart_backoff: float = 1.0
+    restart_backoff: Duration = 1.0
     max_restarts: int = Field(5, ge=0)
-    restart_window: float = 60.0
-    stop_timeout: float = 15.0
-    heartbeat_timeout: float = 120.0  # a worker silent this long is killed and restarted
+    restart_window: Duration = 60.0
+    stop_timeout: Duration = 15.0
+    heartbeat_timeout: Duration = 120.0  # a worker silent this long is killed and restarted
 
-    @field_validator("restart_backoff", "restart_window", "stop_timeout", "heartbeat_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
 
 class ShardConfig(BaseModel):
