@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
+from pgsource.config.names import message_name
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
@@ -168,7 +169,7 @@ class ChangeEncoder:
             partition_positions = key_positions
         else:
             partition_positions = [names.index(k) for k in catalog_key if k in names]
-        qualified = relation.name if schema == "public" else f"{schema}.{relation.name}"
+        qualified = message_name(schema, relation.name)
         topic = self.config.iggy.topic_for(table) if table is not None else ""
         state = _RelationState(
             relation, qualified, topic, decoders, key_positions,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pgsource.config.names import message_name
 from pgsource.errors import PrerequisiteError
 
 BYTEA_OID = 17
@@ -47,7 +48,7 @@ class TableInfo:
 
     @property
     def qualified(self) -> str:
-        return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+        return message_name(self.schema, self.name)
 
 
 def describe_table(conn, schema: str, name: str) -> TableInfo:
@@ -61,7 +62,7 @@ def describe_table(conn, schema: str, name: str) -> TableInfo:
         )
         found = cur.fetchone()
         if found is None:
-            raise PrerequisiteError(f"table {_display(schema, name)} does not exist (or is not visible to this user)")
+            raise PrerequisiteError(f"table {message_name(schema, name)} does not exist (or is not visible to this user)")
         oid, rows, pages, replident = found
         cur.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,"
@@ -84,10 +85,6 @@ def describe_table(conn, schema: str, name: str) -> TableInfo:
     unique_sets = tuple(tuple(cols) for _, cols, not_null in keys if not_null)
     identity = unique_sets[0] if unique_sets else ()
     return TableInfo(oid, schema, name, columns, identity, unique_sets, int(rows), int(pages), replident)
-
-
-def _display(schema: str, name: str) -> str:
-    return name if schema == "public" else f"{schema}.{name}"
 
 
 def can_replicate(conn) -> bool:
