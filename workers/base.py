@@ -27,9 +27,11 @@ from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
 from pgsource.events import WorkerState, WorkerStatus
 from pgsource.pg import connect as pg
 from pgsource.pg.statements import backend_pid
-from workers.channel import ParentWatch, keep_freed_memory, put_event
+from workers.channel import put_event
 from workers.liveness import Liveness
 from workers.logs import setup_logging
+from workers.parent import ParentWatch
+from workers.tuning import keep_freed_memory
 
 log = logging.getLogger("pgsource.worker")
 

@@ -43,7 +43,8 @@ from pgsource.progress import ProgressTracker
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec
-from workers.channel import Empty, ParentWatch, get_event, put_event
+from workers.channel import Empty, get_event, put_event
+from workers.parent import ParentWatch
 
 log = logging.getLogger("pgsource.poller")
 

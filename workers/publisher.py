@@ -38,8 +38,10 @@ from pgsource.config.model import Config
 from pgsource.errors import SinkError, SinkRefused
 from pgsource.events import PUBLISHER, AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
+from workers.channel import Empty, get_event, put_event
 from workers.logs import setup_logging
+from workers.parent import ParentWatch
+from workers.tuning import keep_freed_memory
 
 log = logging.getLogger("pgsource.publisher")
 

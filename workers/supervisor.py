@@ -37,11 +37,13 @@ from pgsource.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
 from pgsource.sharding import record_shard
 from pgsource.state.lock import StateLock
 from workers.base import WorkerSpec
-from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
+from workers.channel import Empty, get_event, put_event
 from workers.health import HealthMonitor
 from workers.liveness import Liveness, PublisherLiveness
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
+from workers.stop import StopFlag
+from workers.tuning import widen_pipe
 from workers.watchdog import Watchdog
 
 log = logging.getLogger("pgsource.supervisor")
