@@ -115,3 +115,13 @@ def test_pg_stands_on_nothing_above_it():
                 if not node.module.startswith(allowed):
                     offenders.append(f"{_where(path, node)} {node.module}")
     assert offenders == [], "\n".join(offenders)
+
+
+def test_the_readme_layout_names_files_that_exist():
+    """The hop tables of README "Layout" point a newcomer at files: each one must be there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout\n"):text.index("## Tests\n")]
+    paths = set(re.findall(r"`((?:pgsource|workers)/[A-Za-z0-9_./]+)`", layout))
+    assert len(paths) > 25
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert missing == [], missing
