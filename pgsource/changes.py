@@ -33,6 +33,7 @@ from pgsource.config.names import message_name
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
+from pgsource.encode.batch import MessageBatch, new_message_batch
 from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.names import output_names
@@ -60,13 +61,14 @@ class _RelationState:
 class ChangeBatch:
     """Messages encoded from one slice of the change stream."""
 
-    topic_messages: dict[str, tuple[list[int], list[int], list[bytes], list[dict]]] = field(default_factory=dict)
+    topic_messages: dict[str, MessageBatch] = field(default_factory=dict)  # payloads are bytes here
     count: int = 0
     last_commit_end: int | None = None  # end LSN of the last transaction fully contained
     commit_time: float = 0.0
 
     def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
-        ids, parts, payloads, header_list = self.topic_messages.setdefault(topic, ([], [], [], []))
+        ids, parts, payloads, header_list = self.topic_messages.get(topic) or self.topic_messages.setdefault(
+            topic, new_message_batch())
         ids.append(message_id)
         parts.append(partition)
         payloads.append(payload)
@@ -251,7 +253,7 @@ class ChangeEncoder:
         if not self._captured_ops[operation] or self._commit_lsn < state.start_lsn:
             return _SKIP
         prefix, suffix, headers = self._envelope(oid, state, operation)
-        lists = out.topic_messages.setdefault(state.topic, ([], [], [], []))
+        lists = out.topic_messages.get(state.topic) or out.topic_messages.setdefault(state.topic, new_message_batch())
         return (state.row, prefix, suffix, state.partition, headers, *lists)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:

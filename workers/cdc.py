@@ -36,9 +36,8 @@ import logging
 import time
 
 from pgsource.changes import ChangeBatch, ChangeEncoder
-from pgsource.encode.frames import encode_partition_frames
+from pgsource.encode.batch import encode_batch_event
 from pgsource.errors import PgSourceError, PrerequisiteError
-from pgsource.events import BatchEvent
 from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
@@ -529,19 +528,18 @@ class CdcWorker(QueueWorker):
     def _send(self, batch: ChangeBatch) -> None:
         """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
         stream = self.spec.config.iggy.stream
-        for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
-            if not ids:
+        for topic, messages in batch.topic_messages.items():
+            if not messages.ids:
                 continue
             self._seq += 1
-            frames = encode_partition_frames(ids, parts, payloads, headers, where=f"topic {topic}")
-            event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
-                               created=time.time(), commit_time=batch.commit_time)
+            event = encode_batch_event(messages, worker=self.spec.name, seq=self._seq, stream=stream, topic=topic,
+                                       table=topic, where=f"topic {topic}", commit_time=batch.commit_time)
             self.progress.sent(self._seq)
             while not put_event(self.batch_queue, event, self._waiting):
                 if self.orphaned:  # no publisher will take it: the next start re-reads it
                     raise SystemExit(1)
                 self._collect_acks(block=False)
-            self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
+            self.metrics.rows_read.labels(topic, self.spec.name).inc(len(messages.ids))
         end = batch.last_commit_end
         if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)

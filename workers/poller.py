@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from pgsource.assignment import WorkUnit
-from pgsource.encode.frames import encode_partition_frames
-from pgsource.events import AckEvent, BatchEvent
+from pgsource.encode.batch import encode_batch_event
+from pgsource.events import AckEvent
 from pgsource.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
@@ -284,7 +284,7 @@ class PollWorker(QueueWorker):
                 rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
             if rows:
                 late.after = unit.reader.offset_after(rows).cursor
-                new = [row for row, message_id in zip(rows, unit.reader.message_ids(rows)) if message_id not in r.sent]
+                new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
                 if new:
                     late.outstanding += 1
                     self._queue_rows(unit, new, r.hi, lambda late=late: self._late_batch_done(unit, late))
@@ -356,20 +356,13 @@ class PollWorker(QueueWorker):
         ``keep_ids``: the batch opens an unsealed range, whose re-read must know what it sent.
         """
         reader = unit.reader
-        encoded = reader.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
+        encoded = reader.encoder.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
         if keep_ids:
-            unit.unsealed[-1].sent = SentIds(encoded.ids)
+            unit.unsealed[-1].sent = SentIds(encoded.messages.ids)
         self._seq += 1
-        event = BatchEvent(
-            worker=self.spec.name,
-            seq=self._seq,
-            stream=self.spec.config.iggy.stream,
-            topic=reader.topic,
-            table=reader.table_name,
-            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads, where=f"table {reader.table_name}"),
-            count=len(encoded.ids),
-            created=time.time(),
-        )
+        event = encode_batch_event(encoded.messages, worker=self.spec.name, seq=self._seq,
+                                   stream=self.spec.config.iggy.stream, topic=reader.topic, table=reader.table_name,
+                                   where=f"table {reader.table_name}")
         if not put_event(self.batch_queue, event, self._waiting):
             return None  # stopping while the queue is full: this batch was never sent, nothing to commit
         self._queued[self._seq] = _Queued(unit, encoded.identities, hi, then)

@@ -1,7 +1,7 @@
 """``pgsource verify``: reconciliation — did every row up to the committed offset reach Iggy?
 
 Polling: the ids of the rows PostgreSQL holds up to each committed offset of the table
-(computed exactly as the worker computes them: ``TableReader.message_ids``) against the
+(computed exactly as the worker computes them: ``RowEncoder.message_ids``) against the
 ids the topic holds, read back through the SDK. Missing ids fail the check (exit 10),
 duplicates are reported (at-least-once: a re-send after a crash repeats an id), ids of
 other rows (other tables in a shared topic, earlier versions, rows after the offset)
@@ -104,7 +104,7 @@ def _verify_polling(config: Config, table_name: str, after: str | None) -> Verif
             only_unmarked = False if source.processed_column else None
             for rows in iter_rows_upto(conn, plan, bounds, exact=exact, processed=only_unmarked, after=start):
                 width = len(plan.cursor_columns)
-                for row, message_id in zip(rows, reader.message_ids(rows)):
+                for row, message_id in zip(rows, reader.encoder.message_ids(rows)):
                     expected[message_id] = ", ".join("" if v is None else v for v in row[:width])
             if source.processed_column:
                 processed += count_rows_upto(conn, plan, bounds, exact=exact, processed=True)

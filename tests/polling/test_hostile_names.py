@@ -176,9 +176,9 @@ def test_snapshot_reader_of_hostile_names(hostile_db):
         reader = TableReader(conn, config, config.source.tables[0], by_identity=True)
         offset, names = None, []
         while rows := reader.fetch_batch(offset):
-            encoded = reader.encode_batch(rows, False, len(names))
-            names += [json.loads(p)[NAME] for p in encoded.payloads]
-            offset = encoded.last_offset
+            encoded = reader.encoder.encode_batch(rows, False, len(names))
+            names += [json.loads(p)[NAME] for p in encoded.messages.payloads]
+            offset = reader.offset_after(rows, len(names))
     finally:
         conn.close()
     assert sorted(names) == _expected(40)
