@@ -178,7 +178,7 @@ def test_snapshot_reader_of_hostile_names(hostile_db):
         while rows := reader.fetch_batch(offset):
             encoded = reader.encoder.encode_batch(rows, False, len(names))
             names += [json.loads(p)[NAME] for p in encoded.messages.payloads]
-            offset = reader.offset_after(rows, len(names))
+            offset = reader.offset_after(rows, len(names) - len(rows))
     finally:
         conn.close()
     assert sorted(names) == _expected(40)
