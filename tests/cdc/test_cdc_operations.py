@@ -65,7 +65,7 @@ def test_readyz_goes_503_while_changes_wait_and_iggy_does_not_answer(pg_dsn, igg
         execute(pg_dsn, "INSERT INTO users VALUES (1, 'a')")
         wait_for(lambda: len(bodies(iggy, "users")) == 1, 30, message="the first change")
         wait_for(lambda: get(port, "/readyz")[0] == 200, 15, message="ready")
-        time.sleep(stall_after + 1)  # an idle slot is not a stall
+        time.sleep(stall_after + 1)  # the scenario: idle for longer than stall_after, and an idle slot is not a stall
         assert get(port, "/readyz")[0] == 200, get(port, "/readyz")[1]
         iggy.freeze()
         frozen_at = time.monotonic()
