@@ -70,8 +70,8 @@ def _wrong_value(name: str, annotation) -> object:
         return "perhaps"
     if int in args or float in args:
         return "many" if str not in args else [1]
-    if typing.get_origin(annotation) is list:
-        return 5
+    if typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in args):
+        return 5  # list[str] | None too: [1] would be named as its item (columns[0])
     return [1]  # str
 
 
