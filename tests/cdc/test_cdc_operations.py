@@ -72,14 +72,15 @@ def test_readyz_goes_503_while_changes_wait_and_iggy_does_not_answer(pg_dsn, igg
         execute(pg_dsn, "INSERT INTO users VALUES (2, 'b')")
         status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/readyz")),
                                 stall_after + 10, interval=0.1, message="/readyz 503")
-        assert time.monotonic() - frozen_at <= stall_after + 2.5
+        took = time.monotonic() - frozen_at  # from the freeze, before the change was written
+        assert stall_after <= took <= stall_after + 2, f"503 after {took:.2f}s"  # not at once: after stall_after
         reasons = json.dumps(json.loads(body)["stuck"])
         assert "unacknowledged" in reasons or "bytes of WAL written since" in reasons, reasons
         wait_for(lambda: "a batch of worker-0 unacknowledged" in get(port, "/readyz")[1], 10, message="the send named")
         iggy.freeze(False)
         thawed_at = time.monotonic()
         wait_for(lambda: get(port, "/readyz")[0] == 200, 10, interval=0.1, message="ready again")
-        assert time.monotonic() - thawed_at <= 5
+        assert time.monotonic() - thawed_at <= 5, f"200 only after {time.monotonic() - thawed_at:.2f}s"
         wait_for(lambda: {b["data"]["id"] for b in bodies(iggy, "users")} == {1, 2}, 30, message="both changes")
     finally:
         iggy.freeze(False)
