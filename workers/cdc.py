@@ -37,7 +37,7 @@ import logging
 import struct
 import time
 
-from pgsource.changes import ChangeBatch, ChangeEncoder
+from pgsource.changes import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.encode.frames import encode_partition_frames
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.events import BatchEvent
@@ -80,6 +80,7 @@ class CdcWorker(QueueWorker):
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self._remembered_at = time.monotonic()
+        self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class CdcWorker(QueueWorker):
     def _start_progress(self, lsn: int) -> None:
         self.progress = ProgressTracker(lsn, order=int)
         self._recorded_lsn = self._confirmed_lsn = lsn
+        self.metrics.confirmed_lsn.labels(self.spec.name).set(lsn)
 
     def _create_slot(self, snapshot: bool, generation: int) -> SlotProgress | None:
         """A new slot; with ``snapshot`` the tables' rows at its consistent point go out first."""
@@ -343,7 +345,8 @@ class CdcWorker(QueueWorker):
     def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
         """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
         try:
-            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop)
+            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop,
+                                 worker=self.spec.name)
             reader.commit()
         finally:
             reader.close()
@@ -380,6 +383,7 @@ class CdcWorker(QueueWorker):
                 rep.confirm_slot(self.conn, self.slot, target)
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _peek(self, upto: int, limit: int) -> int:
@@ -494,6 +498,7 @@ class CdcWorker(QueueWorker):
         if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _remember(self, force: bool = False) -> None:
@@ -511,19 +516,25 @@ class CdcWorker(QueueWorker):
     def _send(self, batch: ChangeBatch) -> None:
         """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
         stream = self.spec.config.iggy.stream
+        # a batch cut from a transaction larger than batch_size holds no Commit: its transaction's time
+        commit_time = batch.commit_time or (self.encoder.transaction_commit_time if self.encoder else 0.0)
         for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
             if not ids:
                 continue
             self._seq += 1
             frames = encode_partition_frames(ids, parts, payloads, headers, where=f"topic {topic}")
-            event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
-                               created=time.time(), commit_time=batch.commit_time)
+            tables = tables_of(payloads, headers)  # the metrics' table label: the table, not the topic
+            event = BatchEvent(self.spec.name, self._seq, stream, topic, next(iter(tables)), frames, len(ids),
+                               created=time.time(), commit_time=commit_time, tables=tables if len(tables) > 1 else None)
             self.progress.sent(self._seq)
             while not put_event(self.batch_queue, event, self._waiting):
                 if self.orphaned:  # no publisher will take it: the next start re-reads it
                     raise SystemExit(1)
                 self._collect_acks(block=False)
-            self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
+            for table, (count, _) in tables.items():
+                self.metrics.rows_read.labels(table, self.spec.name).inc(count)
+            self.metrics.batches_queued.labels(self.spec.name).inc()
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
         end = batch.last_commit_end
         if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)
@@ -541,6 +552,7 @@ class CdcWorker(QueueWorker):
             except Empty:
                 return
             self.progress.acked(ack.seq)
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
             block = False
 
     def _wait_acks(self, deadline: float | None) -> None:
