@@ -76,6 +76,26 @@ class ChangeBatch:
         self.count += 1
 
 
+def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per table (the messages' ``table`` header, as ``table_name`` names it) of one topic's
+    messages: (messages, frame bytes). Header dicts are shared per transaction, table and
+    operation, so the common case (one table) costs one pass at C speed; several tables in
+    one topic are counted message by message."""
+    shared = dict(zip(map(id, headers), headers))
+    names = {header["table"] for header in shared.values()}
+    if len(names) == 1:
+        return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
+    from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
+
+    sizes = {key: FRAME_HEADER_SIZE + len(encode_user_headers(header)) for key, header in shared.items()}
+    out: dict[str, list[int]] = {name: [0, 0] for name in names}
+    for payload, header in zip(payloads, headers):
+        entry = out[header["table"]]
+        entry[0] += 1
+        entry[1] += sizes[id(header)] + len(payload)
+    return {name: (count, size) for name, (count, size) in out.items()}
+
+
 class ChangeEncoder:
     """Stateful: feed it every decoded message of the stream, in order.
 
@@ -125,6 +145,13 @@ class ChangeEncoder:
     def in_transaction(self) -> bool:
         """Between a Begin and its Commit: confirming any position now could cut the transaction."""
         return self._begin is not None
+
+    @property
+    def transaction_commit_time(self) -> float:
+        """The commit time (epoch seconds) of the transaction being read, 0.0 between transactions:
+        pgoutput sends a transaction once it committed, so its Begin carries the commit time, and
+        the batches of a transaction larger than a batch carry it before its Commit is read."""
+        return self._commit_seconds if self._begin is not None else 0.0
 
     def feed(self, message, out: ChangeBatch) -> None:
         kind = type(message)

@@ -25,6 +25,9 @@ class BatchEvent:
     count: int  # messages in all parts
     created: float = 0.0  # time.time() when the worker built it (latency metrics)
     commit_time: float = 0.0  # for CDC: the transaction's commit time (epoch seconds)
+    # CDC, a topic several tables share: per table (the ``table`` label) its messages and frame
+    # bytes in this batch; None when the batch holds one table's messages (``table``)
+    tables: dict[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return self.count

@@ -120,6 +120,14 @@ def stored_offset(tmp_path: Path, key: str):
     return FileStateStore(str(tmp_path / "state")).load(key, PollingOffset)
 
 
+def committed_through(tmp_path: Path, key: str, last: str) -> bool:
+    """The service committed the offset of the row whose last cursor value is ``last`` (its key,
+    or the tracking value when it is the whole cursor): it caught up through that row, so
+    anything it would send twice has been sent by now."""
+    offset = stored_offset(tmp_path, key)
+    return offset is not None and bool(offset.cursor) and offset.cursor[-1] == last
+
+
 def execute(dsn: str, statement: str, params=None) -> None:
     conn = psycopg2.connect(dsn)
     try:

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 
-from pgsource.changes import ChangeBatch, ChangeEncoder
+from pgsource.changes import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.encode.batch import encode_batch_event
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.lsn import format_lsn
@@ -77,6 +77,7 @@ class CdcWorker(QueueWorker):
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self._remembered_at = time.monotonic()
+        self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -191,6 +192,7 @@ class CdcWorker(QueueWorker):
     def _start_progress(self, lsn: int) -> None:
         self.progress = ProgressTracker(lsn, order=int)
         self._recorded_lsn = self._confirmed_lsn = lsn
+        self.metrics.confirmed_lsn.labels(self.spec.name).set(lsn)
 
     def _create_slot(self, snapshot: bool, generation: int) -> SlotProgress | None:
         """A new slot; with ``snapshot`` the tables' rows at its consistent point go out first."""
@@ -341,7 +343,8 @@ class CdcWorker(QueueWorker):
     def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
         """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
         try:
-            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._waiting)
+            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._waiting,
+                                 worker=self.spec.name)
             commit(reader)
         finally:
             reader.close()
@@ -379,6 +382,7 @@ class CdcWorker(QueueWorker):
                 rep.confirm_slot(self.conn, self.slot, target)
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _peek(self, upto: int, limit: int) -> int:
@@ -511,6 +515,7 @@ class CdcWorker(QueueWorker):
         if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _remember(self, force: bool = False) -> None:
@@ -528,18 +533,25 @@ class CdcWorker(QueueWorker):
     def _send(self, batch: ChangeBatch) -> None:
         """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
         stream = self.spec.config.iggy.stream
+        # a batch cut from a transaction larger than batch_size holds no Commit: its transaction's time
+        commit_time = batch.commit_time or (self.encoder.transaction_commit_time if self.encoder else 0.0)
         for topic, messages in batch.topic_messages.items():
             if not messages.ids:
                 continue
             self._seq += 1
+            tables = tables_of(messages.payloads, messages.headers)  # the metrics' table label: the table, not the topic
             event = encode_batch_event(messages, worker=self.spec.name, seq=self._seq, stream=stream, topic=topic,
-                                       table=topic, where=f"topic {topic}", commit_time=batch.commit_time)
+                                       table=next(iter(tables)), where=f"topic {topic}", commit_time=commit_time,
+                                       tables=tables if len(tables) > 1 else None)
             self.progress.sent(self._seq)
             while not put_event(self.batch_queue, event, self._waiting):
                 if self.orphaned:  # no publisher will take it: the next start re-reads it
                     raise SystemExit(1)
                 self._collect_acks(block=False)
-            self.metrics.rows_read.labels(topic, self.spec.name).inc(len(messages.ids))
+            for table, (count, _) in tables.items():
+                self.metrics.rows_read.labels(table, self.spec.name).inc(count)
+            self.metrics.batches_queued.labels(self.spec.name).inc()
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
         end = batch.last_commit_end
         if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)
@@ -557,6 +569,7 @@ class CdcWorker(QueueWorker):
             except Empty:
                 return
             self.progress.acked(ack.seq)
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
             block = False
 
     def _wait_acks(self, deadline: float | None) -> None:

@@ -190,7 +190,11 @@ class PublisherWorker:
     def _acknowledged(self, event: BatchEvent, now: float) -> None:
         self._sending(None)
         size = sum(len(part.frames) for part in event.parts)
-        self.metrics.bytes_sent.labels(event.table).inc(size)
+        if event.tables is None:
+            self.metrics.bytes_sent.labels(event.table).inc(size)
+        else:  # CDC, a topic several tables share
+            for table, (_, frame_bytes) in event.tables.items():
+                self.metrics.bytes_sent.labels(table).inc(frame_bytes)
         self.metrics.batch_messages.labels(event.worker).observe(len(event))
         self.metrics.batch_bytes.labels(event.worker).observe(size)
         if event.created:
@@ -241,7 +245,11 @@ class PublisherWorker:
                 delay = min(delay * 2, BACKOFF_MAX)
         now = time.time()
         self.metrics.send_seconds.observe(time.monotonic() - started)
-        self.metrics.messages_sent.labels(event.table).inc(len(event))
+        if event.tables is None:
+            self.metrics.messages_sent.labels(event.table).inc(len(event))
+        else:
+            for table, (messages, _) in event.tables.items():
+                self.metrics.messages_sent.labels(table).inc(messages)
         if event.commit_time:
             self.metrics.lag_seconds.labels(event.worker).set(now - event.commit_time)
         self._acknowledged(event, now)

@@ -32,7 +32,7 @@ import multiprocess
 from pgsource.assignment import WorkUnit, assign_units
 from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
-from pgsource.errors import CrashLoopError, PgSourceError, SourceUnavailable
+from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
 from pgsource.sharding import record_shard
 from pgsource.state.lock import StateLock
@@ -42,6 +42,7 @@ from workers.health import HealthMonitor
 from workers.liveness import Liveness, PublisherLiveness
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
+from workers.restarts import RestartPolicy
 from workers.stop import StopFlag
 from workers.tuning import widen_pipe
 from workers.watchdog import Watchdog
@@ -62,9 +63,8 @@ class Supervisor:
         self._exit_code = 0
         self._processes: dict[str, object] = {}
         self._generation: dict[str, int] = {}
-        self._restarts: dict[str, deque[float]] = {}
         self._restart_at: dict[str, float] = {}
-        self._unavailable: dict[str, int] = {}  # consecutive "PostgreSQL unavailable" exits
+        self.restarts = RestartPolicy.from_config(config)  # back-off, crash loop (workers/restarts.py)
         self._killed: set[str] = set()  # workers that died by a signal: their queues cannot be trusted
         self._metrics_server = None
         self._metrics_dir: str | None = None
@@ -276,7 +276,7 @@ class Supervisor:
         except Empty:
             return False
         if status.state is WorkerState.READY:
-            self._unavailable.pop(status.worker, None)
+            self.restarts.ready(status.worker)
             self._connected.add(status.worker)
         if status.state is WorkerState.FATAL:
             error = status.error or PgSourceError(f"{status.worker} failed")
@@ -307,26 +307,11 @@ class Supervisor:
             now = time.monotonic()
             self._connected.discard(name)
             self._causes.setdefault(name, _death_cause(process.exitcode))
-            if process.exitcode == SourceUnavailable.exit_code:
-                waits = self._unavailable.get(name, 0)
-                self._unavailable[name] = waits + 1
-                self._restart_at[name] = now + min(self.config.supervisor.restart_backoff * 2**waits, 30.0)
-                continue
-            self._unavailable.pop(name, None)
-            log.warning("%s exited with code %s", name, process.exitcode)
-            if process.exitcode is not None and process.exitcode < 0:
-                self._killed.add(name)
-            history = self._restarts.setdefault(name, deque())
-            history.append(now)
-            while history and history[0] < now - self.config.supervisor.restart_window:
-                history.popleft()
-            if len(history) > self.config.supervisor.max_restarts:
-                raise CrashLoopError(
-                    f"{name} died {len(history)} times within {self.config.supervisor.restart_window:.0f}s"
-                    f" (last exit code {process.exitcode}); giving up"
-                )
-            backoff = self.config.supervisor.restart_backoff * (2 ** (len(history) - 1))
-            self._restart_at[name] = now + min(backoff, 30.0)
+            if process.exitcode != SourceUnavailable.exit_code:  # an outage is waited out, not logged as a crash
+                log.warning("%s exited with code %s", name, process.exitcode)
+                if process.exitcode is not None and process.exitcode < 0:
+                    self._killed.add(name)
+            self._restart_at[name] = self.restarts.died(name, process.exitcode, now)
 
     def _kill_if_silent(self, name: str, process) -> None:
         liveness = self.liveness.get(name)

@@ -31,9 +31,11 @@ def new_message_batch() -> MessageBatch:
 
 
 def encode_batch_event(messages: MessageBatch, *, worker: str, seq: int, stream: str, topic: str, table: str,
-                       where: str, commit_time: float = 0.0) -> BatchEvent:
+                       where: str, commit_time: float = 0.0,
+                       tables: dict[str, tuple[int, int]] | None = None) -> BatchEvent:
     """The publisher's event for ``messages``; a message Iggy would refuse is a ``SourceError``
-    naming ``where`` (the table or topic) and its id."""
+    naming ``where`` (the table or topic) and its id. ``tables``: per table of a shared topic,
+    its (messages, frame bytes), for the metrics."""
     parts = encode_partition_frames(messages.ids, messages.partitions, messages.payloads, messages.headers, where=where)
     return BatchEvent(worker, seq, stream, topic, table, parts, len(messages.ids), created=time.time(),
-                      commit_time=commit_time)
+                      commit_time=commit_time, tables=tables)

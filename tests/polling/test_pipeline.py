@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from tests.support import (
     bodies,
+    committed_through,
     execute,
     kill_service,
     query,
+    service_output,
     start_service,
     stop_service,
     stored_offset,
@@ -60,7 +61,7 @@ def test_ties_at_batch_boundaries_are_neither_lost_nor_duplicated(pg_dsn, iggy, 
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "events")) >= 700, 60, message="700 rows")
-        time.sleep(0.5)
+        wait_for(lambda: committed_through(tmp_path, "polling/events", "700"), 30, message="the offset of the last row")
     finally:
         assert stop_service(service) == 0
     received = _ids(bodies(iggy, "events"))
@@ -143,14 +144,16 @@ def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "t")) >= len(expected), 30, message="rows after the initial offset")
-        time.sleep(0.5)
+        # the cursor is (k, id): the last row in k order is the last expected id
+        wait_for(lambda: committed_through(tmp_path, "polling/t", str(expected[-1])), 30, message="the last row's offset")
     finally:
         assert stop_service(service) == 0
     assert sorted(_ids(bodies(iggy, "t"))) == expected
 
 
-def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, batch_size: int, topic: str, expected: int) -> list[dict]:
-    """Run the service on ``custom_query`` until ``expected`` messages arrived (and a little longer)."""
+def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, batch_size: int, topic: str, expected: int,
+                      last: int) -> list[dict]:
+    """Run the service on ``custom_query`` until ``expected`` messages arrived and the offset of ``last`` is committed."""
     config = write_config(
         tmp_path, pg_dsn, iggy.address,
         source={"custom_query": query, "initial_offset": initial_offset, "batch_size": batch_size},
@@ -159,7 +162,7 @@ def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, b
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, topic)) >= expected, 30, message=f"{expected} rows")
-        time.sleep(0.5)  # anything extra would show up now
+        wait_for(lambda: committed_through(tmp_path, "polling/custom_query", str(last)), 30, message="the last row's offset")
     finally:
         assert stop_service(service) == 0
     return bodies(iggy, topic)
@@ -169,7 +172,7 @@ def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text, active bool)")
     execute(pg_dsn, "INSERT INTO users SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, 50) g")
     received = _run_custom_query(pg_dsn, iggy, tmp_path, "SELECT id, name FROM users WHERE active AND id > $1 ORDER BY id LIMIT $2",
-                                 initial_offset=10, batch_size=7, topic="active_users", expected=20)
+                                 initial_offset=10, batch_size=7, topic="active_users", expected=20, last=50)
     assert _ids(received) == list(range(12, 51, 2))
     assert received[0]["data"] == {"id": 12, "name": "u12"}
 
@@ -180,7 +183,7 @@ def test_custom_query_rows_are_ordered_by_the_tracking_column_whatever_order_it_
     execute(pg_dsn, "CREATE TABLE ev (id int PRIMARY KEY, v text)")
     execute(pg_dsn, "INSERT INTO ev SELECT g, 'v' || g FROM generate_series(1, 40) g")
     query = "SELECT * FROM (SELECT id, v FROM ev WHERE id > $1 ORDER BY id LIMIT $2) s ORDER BY id DESC"
-    received = _run_custom_query(pg_dsn, iggy, tmp_path, query, initial_offset=0, batch_size=6, topic="ev", expected=40)
+    received = _run_custom_query(pg_dsn, iggy, tmp_path, query, initial_offset=0, batch_size=6, topic="ev", expected=40, last=40)
     assert _ids(received) == list(range(1, 41))
 
 
@@ -224,7 +227,8 @@ def test_delete_and_mark_happen_only_after_iggy_acknowledged(pg_dsn, iggy, tmp_p
     iggy.refuse_connections(True)
     service = start_service(config)
     try:
-        time.sleep(3)  # the worker has read batches; Iggy refused them all
+        # the worker read a batch and the publisher's first send of it was refused
+        wait_for(lambda: "(attempt 1)" in service_output(), 30, message="a refused send")
         assert query(pg_dsn, "SELECT count(*) FROM outbox WHERE NOT processed")[0][0] == 30
         iggy.refuse_connections(False)
         wait_for(lambda: len(bodies(iggy, "outbox")) >= 30, 60, message="the outbox after Iggy came back")
@@ -247,7 +251,8 @@ def test_iggy_going_away_mid_run_loses_nothing(pg_dsn, iggy, tmp_path):
         iggy.refuse_connections(True)
         iggy.drop_connections()
         execute(pg_dsn, "INSERT INTO ticks (at) SELECT now() FROM generate_series(1, 100)")
-        time.sleep(2)
+        # the outage lasts until the publisher ran into it with a batch of the rows written meanwhile
+        wait_for(lambda: "(attempt 1)" in service_output(), 30, message="a send refused during the outage")
         iggy.refuse_connections(False)
         wait_for(lambda: len({m.id for m in iggy.messages("pg", "ticks")}) >= 200, 60, message="rows written during the outage")
     finally:
