@@ -33,7 +33,7 @@ from pgsource.pg.query import (
     table_definition,
 )
 from pgsource.pg.retry import is_transient, with_retries
-from pgsource.pg.statements import fetch_all, fetch_one, fetch_value
+from pgsource.pg.statements import fetch_all, fetch_one, fetch_value, render
 from pgsource.pg.types import load_column_types
 from pgsource.rows import RowEncoder
 from pgsource.state import PollingOffset
@@ -124,8 +124,8 @@ class TableReader:
         self.encoder = RowEncoder(config, self.table_name, self.plan, self.tracking_column, self._json_at,
                                   acts_on_rows=self._ack_action is not None)
         if self._ack_action:
-            self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
-            self._by_key_query = build_rows_by_key(self.plan).as_string(conn)
+            self._ack_query = render(build_acknowledged_rows(self.plan, self._ack_action), conn)
+            self._by_key_query = render(build_rows_by_key(self.plan), conn)
 
     @property
     def exact(self) -> bool:
@@ -221,7 +221,7 @@ class TableReader:
     def _query(self, reading: Reading) -> str:
         text = self._sql.get(reading)
         if text is None:
-            text = self._sql[reading] = build_select_batch(self.plan, reading).as_string(self.conn)
+            text = self._sql[reading] = render(build_select_batch(self.plan, reading), self.conn)
         return text
 
     def _execute(self, statement: str, params, what: str = "reading a batch", rows_json: bool = True) -> list[tuple]:
@@ -269,7 +269,7 @@ class TableReader:
     def _custom_sql(self) -> str:
         """The user's query wrapped (``build_custom_select``), composed once."""
         if self._custom_text is None:
-            self._custom_text = build_custom_select(self._custom, self.tracking_column).as_string(self.conn)
+            self._custom_text = render(build_custom_select(self._custom, self.tracking_column), self.conn)
         return self._custom_text
 
     # -- after the acknowledgement ---------------------------------------------------------

@@ -129,11 +129,13 @@ def committed_through(tmp_path: Path, key: str, last: str) -> bool:
 
 
 def execute(dsn: str, statement: str, params=None) -> None:
+    """Run one statement (composed ones with a ``%`` in a name are escaped as pgsource escapes them)."""
+    from pgsource.pg.statements import run
+
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
+        run(conn, statement, params)
     finally:
         conn.close()
 

@@ -17,6 +17,7 @@ from psycopg2 import sql
 
 from pgsource.lsn import parse_lsn
 from pgsource.pg.query import PollPlan
+from pgsource.pg.statements import render
 
 
 def bounded(conn, seconds: float) -> None:
@@ -87,7 +88,7 @@ def rows_after(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False, cou
     """1/0 (exists) or the number of rows after ``bounds``."""
     statement, params = build_rows_after(plan, bounds, exact=exact, count=count)
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(render(statement, conn), params)
         return int(cur.fetchone()[0])
 
 
@@ -113,7 +114,7 @@ def iter_rows_upto(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False,
         statement, params = build_rows_upto(plan, bounds, exact=exact, processed=processed, page_width=len(start),
                                             from_cursor=start)
         with conn.cursor() as cur:
-            cur.execute(statement, params | {"limit": page})
+            cur.execute(render(statement, conn), params | {"limit": page})
             rows = cur.fetchall()
         if rows:
             yield rows
@@ -127,7 +128,7 @@ def count_rows_upto(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False
     statement = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
         sql.Identifier(plan.schema, plan.table), sql.SQL(" AND ").join(conditions))
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(render(statement, conn), params)
         return int(cur.fetchone()[0])
 
 

@@ -439,7 +439,7 @@ def build_custom_query(query: str, table: tuple[str, str] | None = None, conn=No
         if name == "table":
             if table is None:
                 raise ConfigError("source.custom_query: $table needs the table it runs for (list it in tables)")
-            return sql.Identifier(*table).as_string(conn)
+            return sql.Identifier(*table).as_string(conn).replace("%", "%%")  # the query is run with bound values
         return f"%({_BOUND[name]})s"
 
     converted = _PLACEHOLDER.sub(placeholder, escaped)

@@ -16,21 +16,38 @@ Statement = str | bytes | sql.Composable
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 
+def render(statement: Statement, conn) -> str | bytes:
+    """``statement`` as the text psycopg2 formats with bound parameters: a ``%`` inside a quoted
+    name or literal (a table ``"growth 50%"``) doubled, or psycopg2 would take it for a
+    placeholder. SQL text and placeholders are kept as they are."""
+    if isinstance(statement, sql.Composed):
+        return "".join(render(part, conn) for part in statement.seq)
+    if isinstance(statement, (sql.Identifier, sql.Literal)):
+        return statement.as_string(conn).replace("%", "%%")
+    if isinstance(statement, sql.Composable):
+        return statement.as_string(conn)
+    return statement
+
+
+def _bound(conn, statement: Statement, params: Params) -> Statement:
+    return render(statement, conn) if params is not None and isinstance(statement, sql.Composable) else statement
+
+
 def run(conn, statement: Statement, params: Params = None) -> None:
     """Execute, discarding any result (DDL, SET, DML whose count nobody needs)."""
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(_bound(conn, statement, params), params)
 
 
 def fetch_all(conn, statement: Statement, params: Params = None) -> list[tuple]:
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(_bound(conn, statement, params), params)
         return cur.fetchall()
 
 
 def fetch_one(conn, statement: Statement, params: Params = None) -> tuple | None:
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(_bound(conn, statement, params), params)
         return cur.fetchone()
 
 
@@ -46,7 +63,7 @@ def result_columns(conn, statement: Statement, params: Params = None) -> list[st
     with conn.cursor() as cur:
         cur.execute("BEGIN READ ONLY")
         try:
-            cur.execute(statement, params)
+            cur.execute(_bound(conn, statement, params), params)
             return [column.name for column in cur.description]
         finally:
             cur.execute("ROLLBACK")

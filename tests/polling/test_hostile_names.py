@@ -33,7 +33,7 @@ CHUNKED = 'users"; DROP TABLE x; --'  # in SCHEMA
 DELETED = "Robert'); DROP TABLE x;--"  # public
 MARKED = "select"  # public: an SQL keyword
 ID = 'id"; DROP TABLE x; --'
-NAME = "na.me é 'quoted' \"too\""
+NAME = "na.me é 'quoted' \"too\" 50% %(limit)s"
 DONE = 'done"; UPDATE x SET v = 0; --'
 HOSTILE_VALUES = ["'); DROP TABLE x; --", "%(limit)s %s", "{} {0} $1 $2", 'back\\slash "q"', "ü😀\t\n"]
 
