@@ -28,7 +28,7 @@ from pgsource.pg.query import (
     build_rows_by_key,
     build_select_batch,
     build_table_definition,
-    cursor_params,
+    position_params,
     snapshot_params,
     table_definition,
 )
@@ -135,7 +135,7 @@ class TableReader:
     def chunk_column(self) -> str:
         """The column a bulk load can be split on; raises naming the table when there is none."""
         plan = self.plan
-        if plan is None or len(plan.cursor_columns) != 1 or plan.cursor_types[0] not in INTEGER_TYPES:
+        if plan is None or len(plan.position_columns) != 1 or plan.position_types[0] not in INTEGER_TYPES:
             raise PrerequisiteError(
                 f"table {self.table_name}: chunks need a unique NOT NULL integer tracking_column"
                 " (e.g. a serial primary key); remove `chunks` for this table"
@@ -158,27 +158,27 @@ class TableReader:
     # -- reading ---------------------------------------------------------------------------
 
     def fetch_batch(self, offset: PollingOffset | None) -> list[tuple]:
-        """Rows after ``offset``, at most batch_size, in cursor order."""
+        """Rows after ``offset``, at most batch_size, in position order."""
         return self.read_batch(offset).rows
 
     def read_batch(self, offset: PollingOffset | None) -> ReadBatch:
         """The batch after ``offset``, the snapshot it was read in (late commits, xid8) and the next offset."""
         if self._custom is not None:
             now = datetime.now(timezone.utc)
-            params = {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size,
+            params = {"offset": offset.position[0] if offset else None, "limit": self.batch_size,
                       "now": now, "now_unix": int(now.timestamp())}
             rows = self._execute(self._custom_sql(), params)
             return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
-        cursor = offset.cursor if offset else ()
-        params: dict[str, object] = {**cursor_params("o", cursor), **self._chunk_params, "limit": self.batch_size}
+        position = offset.position if offset else ()
+        params: dict[str, object] = {**position_params("o", position), **self._chunk_params, "limit": self.batch_size}
         if self.exact:
             tick = offset.tick if offset else None
             params |= {"after": offset.snapshot if offset else None, "tick": tick}
-            reading = self._reading(len(cursor), exact=2 if tick else 1, snapshot=True)
+            reading = self._reading(len(position), exact=2 if tick else 1, snapshot=True)
             rows = self._execute(self._query(reading), params)
             tick = tick or (rows[0][-1] if rows else None)
             return ReadBatch(rows, tick, self._exact_after(offset, rows, tick))
-        reading = self._reading(len(cursor), snapshot=self.late_commits)
+        reading = self._reading(len(position), snapshot=self.late_commits)
         rows = self._execute(self._query(reading), params)
         return ReadBatch(rows, rows[0][-1] if rows and self.late_commits else None, self.offset_after(rows) if rows else offset)
 
@@ -190,20 +190,20 @@ class TableReader:
         ``after`` continues a range larger than one batch.
         """
         start = after if after is not None else (lo or ())
-        params = {**cursor_params("o", start), **cursor_params("u", hi), **self._chunk_params,
+        params = {**position_params("o", start), **position_params("u", hi), **self._chunk_params,
                   **snapshot_params(snapshot), "limit": self.batch_size}
         return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params, "re-reading late rows")
 
     def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
         """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
         columns = list(zip(*keys))
-        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **cursor_params("u", hi)}
+        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
         return self._execute(self._by_key_query, params, "reading rows updated since they were sent")
 
     def offset_after(self, rows: list[tuple], rows_before: int = 0) -> PollingOffset:
-        """Where the read after ``rows`` starts (the cursor values of the last row); ``rows_before``:
+        """Where the read after ``rows`` starts (the position values of the last row); ``rows_before``:
         the rows read before them from this offset's start."""
-        width = 1 if self.plan is None else len(self.plan.cursor_columns)
+        width = 1 if self.plan is None else len(self.plan.position_columns)
         return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk)
 
     def _exact_after(self, offset: PollingOffset | None, rows: list[tuple], tick: str | None) -> PollingOffset | None:
@@ -211,7 +211,7 @@ class TableReader:
         rows_before = offset.rows if offset else 0
         if len(rows) < self.batch_size:
             return PollingOffset((), rows_before + len(rows), self.chunk, snapshot=tick) if tick else offset
-        width = len(self.plan.cursor_columns)
+        width = len(self.plan.position_columns)
         return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk,
                              snapshot=offset.snapshot if offset else None, tick=tick)
 

@@ -87,7 +87,7 @@ class RowEncoder:
         for row, message_id in zip(rows, ids):
             value = row[json_at]
             if value is None or len(value) == 0:
-                width = len(self.plan.cursor_columns)
+                width = len(self.plan.position_columns)
                 raise SourceError(
                     f"table {self.table_name}: row {', '.join(map(str, row[:width]))} (message id {message_id:#x}) has"
                     f" {'a NULL' if value is None else 'an empty'} payload_column {self.plan.payload[0]!r};"
@@ -117,7 +117,7 @@ class RowEncoder:
                 )
 
     def message_ids(self, rows: list[tuple]) -> list[int]:
-        """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""
+        """Each row's deterministic id: XXH3-128 of the table and its position values (+ xmin when versioned)."""
         table_name = self.table_name
         plan = self.plan
         if plan is None:
@@ -126,7 +126,7 @@ class RowEncoder:
                 if row[0] is None:
                     raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[json_at][:200]}")
             return [polling_message_id(table_name, (row[0], row[json_at])) for row in rows]
-        width = len(plan.cursor_columns)
+        width = len(plan.position_columns)
         if plan.versioned:
             positions = [*range(width), plan.select_columns.index(XMIN)]
             return [polling_message_id(table_name, tuple(row[p] for p in positions)) for row in rows]
@@ -136,7 +136,7 @@ class RowEncoder:
 
 
 def _key_getter(plan: PollPlan):
-    """row → the text that picks its partition (its identity, else its cursor values)."""
+    """row → the text that picks its partition (its identity, else its position values)."""
     positions = [plan.select_columns.index(c) for c in plan.key_columns]
     if len(positions) == 1:
         return itemgetter(positions[0])

@@ -348,7 +348,7 @@ class CdcWorker(QueueWorker):
             commit(reader)
         finally:
             reader.close()
-        self._wait_acks(deadline=None)
+        self._wait_for_acks(deadline=None)
         done = read and self.progress.in_flight == 0
         if not done:
             log.warning("%s: stopped before every snapshot message of %s was acknowledged", self.spec.name,
@@ -428,7 +428,7 @@ class CdcWorker(QueueWorker):
             set_autocommit(self.conn, True)
         rows.finish()
         self._send(self._peek_batch)
-        self._wait_acks(deadline=None)
+        self._wait_for_acks(deadline=None)
         return rows.rows
 
     def _feed_peek(self, buf: bytes, text: str | None, spans: list) -> None:
@@ -450,7 +450,7 @@ class CdcWorker(QueueWorker):
         finally:
             self._peek_fed += fed
         self.notify()
-        self._collect_acks(block=False)
+        self._take_acks(block=False)
 
     # -- the streaming transport -----------------------------------------------------------
 
@@ -487,7 +487,7 @@ class CdcWorker(QueueWorker):
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
                 if linger <= 0:
                     self._flush_batch()  # the socket is drained and the batch waited long enough
-                self._collect_acks(block=False)
+                self._take_acks(block=False)
                 batch = self._batch
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
                     wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
@@ -497,7 +497,7 @@ class CdcWorker(QueueWorker):
                 self._feedback()
                 stream.wait(min(0.005, linger) if linger > 0 else 0.005)
             self._flush_batch()
-            self._wait_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
+            self._wait_for_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
             self._feedback(force=True)
             self._remember(force=True)
         finally:
@@ -547,7 +547,7 @@ class CdcWorker(QueueWorker):
             while not put_event(self.batch_queue, event, self._waiting):
                 if self.orphaned:  # no publisher will take it: the next start re-reads it
                     raise SystemExit(1)
-                self._collect_acks(block=False)
+                self._take_acks(block=False)
             for table, (count, _) in tables.items():
                 self.metrics.rows_read.labels(table, self.spec.name).inc(count)
             self.metrics.batches_queued.labels(self.spec.name).inc()
@@ -562,7 +562,7 @@ class CdcWorker(QueueWorker):
         self._tick()
         return super()._waiting()
 
-    def _collect_acks(self, block: bool, timeout: float = 0.2) -> None:
+    def _take_acks(self, block: bool, timeout: float = 0.2) -> None:
         while self.progress.in_flight:
             try:
                 ack = get_event(self.ack_queue, timeout=timeout if block else 0.000_001)
@@ -572,7 +572,7 @@ class CdcWorker(QueueWorker):
             self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
             block = False
 
-    def _wait_acks(self, deadline: float | None) -> None:
+    def _wait_for_acks(self, deadline: float | None) -> None:
         """Until every queued batch is acknowledged; once stopping, at most ``stop_timeout`` more."""
         stop_timeout = self.spec.config.supervisor.stop_timeout
         while self.progress.in_flight:
@@ -583,7 +583,7 @@ class CdcWorker(QueueWorker):
             if self.watch.orphaned():
                 raise SystemExit(1)
             self.notify()
-            self._collect_acks(block=True)
+            self._take_acks(block=True)
             self._tick()
 
 

@@ -79,7 +79,7 @@ class _Queued:
 
     unit: _Unit
     identities: list | None  # (key..., xmin) per row, for delete/mark
-    hi: tuple  # the cursor of its last row (rows updated meanwhile are read again up to it)
+    hi: tuple  # the position of its last row (rows updated meanwhile are read again up to it)
     then: Callable[[], None]  # called once it is acknowledged and its deletes/marks are done
 
 
@@ -137,7 +137,7 @@ class PollWorker(QueueWorker):
         start = stored
         if start is None and source.initial_offset is not None:
             start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
-        log.info("%s: %s from %s", self.spec.name, reader.table_name, start.cursor if start else "the start")
+        log.info("%s: %s from %s", self.spec.name, reader.table_name, start.position if start else "the start")
         state = _Unit(key, reader, start, ProgressTracker(start), rows=start.rows if start else 0, committed=stored)
         if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
             state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone)
@@ -183,7 +183,7 @@ class PollWorker(QueueWorker):
             if watch.orphaned():
                 log.error("%s: supervisor is gone, exiting", self.spec.name)
                 return
-            self._drain_acks(timeout=0)
+            self._take_acks(timeout=0)
             self._report_health()
             now = time.monotonic()
             read_any = False
@@ -214,11 +214,11 @@ class PollWorker(QueueWorker):
             if not read_any:
                 pause = max(0.0, min(min(u.next_poll for u in units) - time.monotonic(), 0.5))
                 if self._queued:
-                    self._drain_acks(timeout=pause)
+                    self._take_acks(timeout=pause)
                 else:
                     self.stop_event.wait(pause)
             elif len(self._queued) >= max_in_flight:
-                self._drain_acks(timeout=0.5)
+                self._take_acks(timeout=0.5)
         self._finish()
 
     def _read(self, unit: _Unit) -> ReadBatch:
@@ -259,7 +259,7 @@ class PollWorker(QueueWorker):
             log.warning(
                 "%s: %s: the committed offset is held at %s by %s%s, still in progress; later rows are sent,"
                 " and re-read once it ends", self.spec.name, unit.reader.table_name,
-                unit.committed.cursor if unit.committed else "the start", horizon.holder,
+                unit.committed.position if unit.committed else "the start", horizon.holder,
                 f" since {horizon.held_since}" if horizon.held_since else "",
             )
             unit.held_by = horizon.holder
@@ -283,7 +283,7 @@ class PollWorker(QueueWorker):
             with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
                 rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
             if rows:
-                late.after = unit.reader.offset_after(rows).cursor
+                late.after = unit.reader.offset_after(rows).position
                 new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
                 if new:
                     late.outstanding += 1
@@ -310,11 +310,11 @@ class PollWorker(QueueWorker):
     def _queue_read(self, unit: _Unit, read: ReadBatch) -> None:
         """A batch from the read frontier: queued, its range held if it may still get late rows."""
         reader = unit.reader
-        lo = unit.read_after.cursor if unit.read_after is not None and unit.read_after.cursor else None
+        lo = unit.read_after.position if unit.read_after is not None and unit.read_after.position else None
         encoded_after = replace(read.after, rows=unit.rows + len(read.rows))
         hold = None
         if reader.late_commits:
-            hi = encoded_after.cursor
+            hi = encoded_after.position
             horizon = read.horizon
             hi_key = tracking_key(hi[0], reader.tracking.type_oid) if unit.horizon_tracker is not None else 0
             at_once = unit.horizon_tracker is not None and reader.lag <= 0 and horizon is not None and hi_key < horizon.key
@@ -323,12 +323,12 @@ class PollWorker(QueueWorker):
                 hold = ("sealed", next(self._holds))
                 unit.progress.sent(hold)
                 unit.unsealed.append(ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([])))
-        seq = self._queue_rows(unit, read.rows, encoded_after.cursor, None, keep_ids=hold is not None)
+        seq = self._queue_rows(unit, read.rows, encoded_after.position, None, keep_ids=hold is not None)
         if seq is None:
             return
         if self.spec.config.source.verbose_logging:
             log.info("%s: %s: %d row(s) after %s, up to %s (batch %d%s)", self.spec.name, reader.table_name,
-                     len(read.rows), lo or "the start", encoded_after.cursor, seq,
+                     len(read.rows), lo or "the start", encoded_after.position, seq,
                      ", held until transactions in progress end" if hold is not None else "")
         unit.progress.sent(seq, encoded_after)
         queued = self._queued[seq]
@@ -374,7 +374,7 @@ class PollWorker(QueueWorker):
 
     # -- acknowledgements --------------------------------------------------------------------
 
-    def _drain_acks(self, timeout: float) -> None:
+    def _take_acks(self, timeout: float) -> None:
         """Handle every ack that arrived; wait up to ``timeout`` for the first one."""
         wait = timeout
         while self._queued:
@@ -393,7 +393,7 @@ class PollWorker(QueueWorker):
         """Iggy has the batch: run its deletes/marks on exactly the versions sent, then let it count.
 
         A row updated between the read and the ack is a newer version, which was not sent:
-        it is left alone, read again (up to the batch's last cursor) and published; the
+        it is left alone, read again (up to the batch's last position) and published; the
         batch counts only once those are acknowledged and acted on too.
         """
         unit = queued.unit
@@ -420,7 +420,7 @@ class PollWorker(QueueWorker):
         """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""
         deadline = time.monotonic() + self.spec.config.supervisor.stop_timeout
         while self._queued and time.monotonic() < deadline:
-            self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            self._take_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
         if self._queued:
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._queued))
         self._finished = True

@@ -116,8 +116,7 @@ class Supervisor:
             log.info("shard %d of %d: %s", self.config.shard.index, self.config.shard.count,
                      ", ".join(t.qualified for t in self.config.source.tables) or "no tables")
         for name, units in self.assignment.items():
-            log.info("%s: %s", name, ", ".join(u.key if not u.slot else f"{u.table.qualified} (slot {u.slot})"
-                                               for u in units) or "custom_query")
+            log.info("%s: %s", name, ", ".join(u.describe() for u in units) or "custom_query")
         self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.publisher_liveness = PublisherLiveness(self.ctx)
         self._health = HealthMonitor(self)

@@ -197,12 +197,12 @@ def test_schema_dot_table_and_a_dotted_name_stay_apart(pg_dsn, iggy, tmp_path):
         wait_for(lambda: len(bodies(iggy, "a.b")) >= 3 and len(bodies(iggy, "public.a.b")) >= 5, 60, message="both")
         wait_for(lambda: stored_offset(tmp_path, "polling/a.b") is not None
                  and stored_offset(tmp_path, 'polling/"a.b"') is not None
-                 and stored_offset(tmp_path, 'polling/"a.b"').cursor == ("5",), 30, message="both offsets")
+                 and stored_offset(tmp_path, 'polling/"a.b"').position == ("5",), 30, message="both offsets")
     finally:
         assert stop_service(service) == 0
     assert {m["data"]["v"] for m in bodies(iggy, "a.b")} == {"schema a"}
     assert {m["data"]["v"] for m in bodies(iggy, "public.a.b")} == {"dotted"}
-    assert stored_offset(tmp_path, "polling/a.b").cursor == ("3",)
-    assert stored_offset(tmp_path, 'polling/"a.b"').cursor == ("5",)
+    assert stored_offset(tmp_path, "polling/a.b").position == ("3",)
+    assert stored_offset(tmp_path, 'polling/"a.b"').position == ("5",)
     log = (tmp_path / "pgsource.log").read_text()
     assert "w1: polling/a.b" in log and 'w2: polling/"a.b"' in log
