@@ -9,6 +9,7 @@ queue and the publisher cost almost nothing per message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from pgsource.encode.frames import PartitionFrames
 
@@ -47,11 +48,19 @@ class StopEvent:
     reason: str = "stop"
 
 
+PUBLISHER = "publisher"  # the publisher process's name: in statuses, liveness, metrics and logs
+
+
+class WorkerState(str, Enum):
+    READY = "ready"  # booted: connected, planned, about to serve
+    FATAL = "fatal"  # failed for good (the error says why); the service stops with its exit code
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
-    """A child's word to the supervisor: it is alive, it failed for good, or it finished."""
+    """A child's word to the supervisor: it is ready, or it failed for good."""
 
     worker: str
-    state: str  # "ready" | "fatal" | "done"
+    state: WorkerState
     error: BaseException | None = None
     detail: dict = field(default_factory=dict)

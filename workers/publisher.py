@@ -36,10 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pgsource.config.model import Config
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.events import AckEvent, BatchEvent, StopEvent, WorkerStatus
+from pgsource.events import PUBLISHER, AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
+from workers.channel import Empty, get_event, put_event
 from workers.logs import setup_logging
+from workers.parent import ParentWatch
+from workers.tuning import keep_freed_memory
 
 log = logging.getLogger("pgsource.publisher")
 
@@ -74,13 +76,13 @@ class PublisherWorker:
         self._last_attempt = 0.0
         self.watch = ParentWatch()
         self.beat()
-        put_event(self.status_queue, WorkerStatus("publisher", "ready"))
+        put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.READY))
         code = 1
         try:
             code = asyncio.run(self._main())
         except SinkRefused as exc:
             log.error("publisher: %s", exc)
-            put_event(self.status_queue, WorkerStatus("publisher", "fatal", exc))
+            put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.FATAL, exc))
             code = exc.exit_code
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1

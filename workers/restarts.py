@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from pgsource.errors import CrashLoopError
-from workers.base import UNAVAILABLE_EXIT_CODE
+from pgsource.errors import CrashLoopError, SourceUnavailable
 
 MAX_BACKOFF = 30.0
 
@@ -38,7 +37,7 @@ class RestartPolicy:
 
     def died(self, name: str, exit_code: int | None, now: float) -> float:
         """When (monotonic time) to restart ``name``, dead at ``now``; CrashLoopError when it keeps dying."""
-        if exit_code == UNAVAILABLE_EXIT_CODE:
+        if exit_code == SourceUnavailable.exit_code:
             waits = self._unavailable.get(name, 0)
             self._unavailable[name] = waits + 1
             return now + min(self.backoff * 2**waits, MAX_BACKOFF)

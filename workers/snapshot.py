@@ -63,13 +63,13 @@ def _send_table(reader: TableReader, config: Config, generation: int,
         batch_rows = reader.fetch_batch(offset)
         if not batch_rows:
             return True
-        encoded = reader.encode_batch(batch_rows, include_metadata, rows)
+        encoded = reader.encoder.encode_batch(batch_rows, include_metadata, rows)
         batch = ChangeBatch()
-        for row, partition, payload in zip(batch_rows, encoded.partitions, encoded.payloads):
+        for row, partition, payload in zip(batch_rows, encoded.messages.partitions, encoded.messages.payloads):
             message_id = snapshot_message_id(reader.table_name, generation, row[-1])
             batch.add(reader.topic, message_id, partition, payload.encode(), headers)  # CDC batches carry bytes
         send(batch)
         counted(len(batch_rows))
-        offset = encoded.last_offset
+        offset = reader.offset_after(batch_rows, rows)
         rows = offset.rows
     return False

@@ -25,10 +25,10 @@ import time
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, ProbeError
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, SlotStats, bounded, rows_after, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset
 
 STATEMENT_TIMEOUT = 2.0
@@ -118,11 +118,11 @@ class SourceProbe:
         if stored is None:
             bounds = Bounds((str(initial),) if initial is not None else ())
         else:
-            bounds = Bounds(stored.cursor, stored.chunk, stored.snapshot)
+            bounds = Bounds(stored.position, stored.chunk, stored.snapshot)
         reader = self._ask(lambda conn: self._reader(conn, unit))
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
         if self._ask(lambda conn: rows_after(conn, reader.plan, bounds, exact=exact)):
-            where = f"offset {', '.join(stored.cursor)}" if stored is not None and stored.cursor else "the start"
+            where = f"offset {', '.join(stored.position)}" if stored is not None and stored.position else "the start"
             return f"table {reader.table_name}: rows wait after {where}"
         return None
 

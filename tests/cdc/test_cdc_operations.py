@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from pgsource.pg.replication import parse_lsn
+from pgsource.lsn import parse_lsn
 from pgsource.testkit.postgres import free_port
 from tests.cdc.test_cdc import _wait_until_capturing
 from tests.polling.test_health import get

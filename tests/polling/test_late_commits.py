@@ -66,7 +66,7 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
             seen = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
             wait_for(lambda seen=seen: _polled_since(pg_dsn, seen), 30, message="a poll after B's rows arrived")
         committed = stored_offset(tmp_path, "polling/t")
-        assert committed is None or committed.cursor[0] < str(a_id) or tracking == "updated_at"
+        assert committed is None or committed.position[0] < str(a_id) or tracking == "updated_at"
         a_conn.commit()
         a_conn.close()
         wait_for(lambda: "A" in [m["data"]["note"] for m in bodies(iggy, "t")], 30, message="A's late row")
@@ -170,7 +170,7 @@ def test_kill_9_while_a_transaction_is_open_keeps_the_offset_behind_it(pg_dsn, i
     kill_service(service)
     committed = stored_offset(tmp_path, "polling/t")
     if tracking == "id":
-        assert committed is None or int(committed.cursor[0]) < a_id  # never past the open transaction's id
+        assert committed is None or int(committed.position[0]) < a_id  # never past the open transaction's id
     first = {m.id: json.loads(m.payload)["data"] for m in iggy.messages("pg", "t")}
     a_conn.commit()
     a_conn.close()

@@ -94,7 +94,7 @@ def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, i
     assert sorted(row for rows in by_id.values() for row in rows) == list(range(1, 40001))
     duplicates = len(stored) - len(by_id)
     assert duplicates <= 8 * 200 + 200  # at most the unacknowledged batches (max_in_flight × batch_size)
-    assert stored_offset(tmp_path, "polling/big").cursor == ("40000",)
+    assert stored_offset(tmp_path, "polling/big").position == ("40000",)
 
 
 def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_kill_9(pg_dsn, iggy, tmp_path):
@@ -109,7 +109,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     service = start_service(config)
     wait_for(lambda: len(bodies(iggy, "big")) >= 3000 and state.exists(), 60, message="a first part and a commit")
     kill_service(service)
-    committed = int(stored_offset(tmp_path, "polling/big").cursor[0])
+    committed = int(stored_offset(tmp_path, "polling/big").position[0])
     first = _ids(bodies(iggy, "big"))
     assert committed < max(first)  # the one commit (the first ack) lags what Iggy holds
     iggy.set_latency(0)
@@ -121,7 +121,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     received = _ids(bodies(iggy, "big"))
     assert sorted(set(received)) == list(range(1, 20001))
     assert received[len(first):] == list(range(committed + 1, 20001))  # the restart resumes right after the commit
-    assert stored_offset(tmp_path, "polling/big").cursor == ("20000",)  # graceful stop: committed despite the 1h
+    assert stored_offset(tmp_path, "polling/big").position == ("20000",)  # graceful stop: committed despite the 1h
 
 
 @pytest.mark.parametrize(
@@ -297,7 +297,7 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     log = config.with_suffix(".log").read_text()
     assert "table docs, row id=4: its message is 64,000," in log and "Iggy takes at most 64,000,000" in log
     assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
-    assert stored_offset(tmp_path, "polling/docs").cursor == ("3",)
+    assert stored_offset(tmp_path, "polling/docs").position == ("3",)
 
 
 @pytest.mark.parametrize("tracking", ["id", "updated_at"])

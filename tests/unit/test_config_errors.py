@@ -175,6 +175,8 @@ OTHER_CASES = [
           ("compression", "zstd", "Input should be 'none' or 'gzip'"),
       )],
     ("address", {"source": POLLING, "iggy": {"address": "localhost"}}, "iggy.address: 'localhost' is not host:port"),
+    ("a worker named publisher", {"source": POLLING, "workers": {"publisher": ["users"]}},
+     "workers: 'publisher' is the publisher process's name"),
     ("duplicate key", "source: {connection_string: x, mode: polling, tables: [u]}\nsource: {mode: cdc}\n",
      "line 2: key 'source' is given twice in the same mapping"),
     ("not YAML", "source: {mode: [polling}\n", "not valid YAML/JSON"),

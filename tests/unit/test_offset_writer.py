@@ -32,10 +32,10 @@ def test_close_writes_the_newest_offset_of_every_table_at_once(tmp_path):
     for value in range(2, 50):
         writer.submit("polling/users", PollingOffset((str(value),)))
     writer.submit("polling/orders", PollingOffset(("7",)))
-    assert _stored(tmp_path, "polling/users").cursor == ("1",)  # held back by the interval
+    assert _stored(tmp_path, "polling/users").position == ("1",)  # held back by the interval
     writer.close()
-    assert _stored(tmp_path, "polling/users").cursor == ("49",)
-    assert _stored(tmp_path, "polling/orders").cursor == ("7",)
+    assert _stored(tmp_path, "polling/users").position == ("49",)
+    assert _stored(tmp_path, "polling/orders").position == ("7",)
 
 
 def test_offsets_submitted_within_the_interval_replace_each_other(tmp_path):
@@ -47,7 +47,7 @@ def test_offsets_submitted_within_the_interval_replace_each_other(tmp_path):
     def recording_commit(key, record, **kwargs):
         writing.set()
         gate.wait(10)  # the first commit is slow: everything below is submitted while it is written
-        commits.append((key, record.cursor))
+        commits.append((key, record.position))
         real_commit(key, record, **kwargs)
 
     store.commit = recording_commit
@@ -59,7 +59,7 @@ def test_offsets_submitted_within_the_interval_replace_each_other(tmp_path):
     gate.set()
     writer.close()
     assert commits == [("polling/users", ("1",)), ("polling/users", ("99",))]  # two fsyncs, not 99
-    assert _stored(tmp_path, "polling/users").cursor == ("99",)
+    assert _stored(tmp_path, "polling/users").position == ("99",)
 
 
 def test_a_failed_commit_stops_the_worker_on_its_next_submit_and_keeps_the_last_good_offset(tmp_path):
@@ -71,7 +71,7 @@ def test_a_failed_commit_stops_the_worker_on_its_next_submit_and_keeps_the_last_
         wait_for(lambda: writer.submit("polling/users", PollingOffset(("400",))), timeout=10, interval=0.01)
     with pytest.raises(StateError, match="backward"):
         writer.close()
-    assert _stored(tmp_path, "polling/users").cursor == ("500",)
+    assert _stored(tmp_path, "polling/users").position == ("500",)
 
 
 def test_a_failure_seen_only_at_close_is_raised_by_close(tmp_path):

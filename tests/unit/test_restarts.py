@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgsource.config import parse_config
-from pgsource.errors import CrashLoopError
-from workers.base import UNAVAILABLE_EXIT_CODE
+from pgsource.errors import CrashLoopError, SourceUnavailable
 from workers.restarts import MAX_BACKOFF, RestartPolicy
 
 
@@ -57,7 +56,7 @@ def test_max_restarts_zero_gives_up_at_the_first_crash():
 def test_an_outage_is_waited_out_with_back_off_and_never_counted_as_a_crash():
     policy = RestartPolicy(backoff=1, max_restarts=1, window=60)
     # a long outage: far more exits than max_restarts, never a crash loop
-    delays = _delays(policy, "worker-0", UNAVAILABLE_EXIT_CODE, [float(t) for t in range(20)])
+    delays = _delays(policy, "worker-0", SourceUnavailable.exit_code, [float(t) for t in range(20)])
     assert delays[:6] == [1, 2, 4, 8, 16, MAX_BACKOFF]
     assert set(delays[5:]) == {MAX_BACKOFF}
     # the crashes around it are counted on their own: the first is allowed, the second is the loop
@@ -68,11 +67,11 @@ def test_an_outage_is_waited_out_with_back_off_and_never_counted_as_a_crash():
 
 def test_the_outage_back_off_starts_over_once_the_worker_connected_or_crashed():
     policy = RestartPolicy(backoff=1, max_restarts=5, window=60)
-    assert _delays(policy, "worker-0", UNAVAILABLE_EXIT_CODE, [0, 1, 2]) == [1, 2, 4]
+    assert _delays(policy, "worker-0", SourceUnavailable.exit_code, [0, 1, 2]) == [1, 2, 4]
     policy.ready("worker-0")  # it reached PostgreSQL again
-    assert _delays(policy, "worker-0", UNAVAILABLE_EXIT_CODE, [10, 11]) == [1, 2]
+    assert _delays(policy, "worker-0", SourceUnavailable.exit_code, [10, 11]) == [1, 2]
     policy.died("worker-0", 1, 12)  # a crash ends the run of outages too
-    assert _delays(policy, "worker-0", UNAVAILABLE_EXIT_CODE, [13]) == [1]
+    assert _delays(policy, "worker-0", SourceUnavailable.exit_code, [13]) == [1]
 
 
 def test_crash_back_off_is_capped():

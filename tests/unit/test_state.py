@@ -107,7 +107,7 @@ def test_a_temp_file_left_by_a_crash_before_the_rename_is_ignored(tmp_path):
     (tmp_path / ".tmp-abc123").write_text('{"format": 2, "key": "polling/us')  # killed mid-write
     restarted = FileStateStore(str(tmp_path))
     assert restarted.keys() == ["polling/users"]
-    assert restarted.load("polling/users", PollingOffset).cursor == ("10",)
+    assert restarted.load("polling/users", PollingOffset).position == ("10",)
 
 
 def test_a_commit_replaces_the_file_in_one_step(tmp_path, monkeypatch):
@@ -118,7 +118,7 @@ def test_a_commit_replaces_the_file_in_one_step(tmp_path, monkeypatch):
     real_replace = os.replace
 
     def observing_replace(src, dst):
-        seen.append(FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).cursor)  # just before
+        seen.append(FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).position)  # just before
         with open(src) as handle:
             seen.append(tuple(json.load(handle)["record"]["cursor"]))  # the complete new file, fsync'd
         real_replace(src, dst)
@@ -126,7 +126,7 @@ def test_a_commit_replaces_the_file_in_one_step(tmp_path, monkeypatch):
     monkeypatch.setattr("pgsource.state.store.os.replace", observing_replace)
     store.commit("polling/users", PollingOffset(("20",)))
     assert seen == [("10",), ("20",)]
-    assert FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).cursor == ("20",)
+    assert FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).position == ("20",)
 
 
 def test_an_unwritable_state_dir_is_a_state_error(tmp_path):
@@ -170,7 +170,7 @@ def test_keys_with_unsafe_characters_get_files_of_their_own(tmp_path):
                for key in keys)
     restarted = FileStateStore(str(tmp_path))
     assert sorted(restarted.keys()) == sorted(keys)
-    assert [restarted.load(key, PollingOffset).cursor for key in keys] == [("0",), ("1",), ("2",), ("3",)]
+    assert [restarted.load(key, PollingOffset).position for key in keys] == [("0",), ("1",), ("2",), ("3",)]
 
 
 def test_a_deleted_key_starts_over(tmp_path):
@@ -180,4 +180,4 @@ def test_a_deleted_key_starts_over(tmp_path):
     store.delete("polling/users")  # twice is harmless
     assert FileStateStore(str(tmp_path)).load("polling/users", PollingOffset) is None
     store.commit("polling/users", PollingOffset(("1",)))  # no memory of the deleted position
-    assert FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).cursor == ("1",)
+    assert FileStateStore(str(tmp_path)).load("polling/users", PollingOffset).position == ("1",)
