@@ -2,7 +2,7 @@
 
 No database, no queue: one transaction of ``bench_t``-like Inserts (the table of
 ``bench.run``) is framed as the SQL transport's binary COPY would hand it over, and fed
-message by message into batches of 1,000, as ``workers.cdc._PeekFrames`` does (the COPY
+message by message into batches of 1,000, as ``workers.cdc.CdcWorker._feed_peek`` does (the COPY
 framing loop itself is not timed). Prints µs/change, best of ``--repeat``.
 
 Run: ``python -m bench.cdc_decode [--changes 200000] [--repeat 5]``

@@ -22,14 +22,13 @@ import argparse
 import asyncio
 import os
 import statistics
-import struct
 import sys
 import time
 import uuid
 
 import apache_iggy as iggy
 
-from bench.run import local_listener_pid
+from bench.iggy_target import create_topic_without_options, local_listener_pid, process_cpu_seconds
 from pgsource.config.model import IggyConfig
 from pgsource.encode.frames import encode_partition_frames
 from pgsource.sink import IggySink
@@ -37,20 +36,9 @@ from pgsource.sink import IggySink
 HEADERS = {"table": "public.orders", "operation": "UPDATE", "lsn": "16/B374D848", "xid": "771"}
 
 
-def _server_cpu(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
 async def _topic(client: iggy.IggyClient, stream: str) -> None:
     await client.create_stream(stream)
-    raw = stream.encode()
-    body = bytes((2, len(raw))) + raw + struct.pack("<I", 1) + b"\x01t"
-    await client.send_binary_request(302, body)  # no create options: older servers refuse the wheel's
+    await create_topic_without_options(client, stream, "t")  # older servers refuse the wheel's options
 
 
 async def _measure(args, pid: int | None) -> dict:
@@ -73,7 +61,7 @@ async def _measure(args, pid: int | None) -> dict:
         for path in ("sdk", "pgsource"):
             stream = f"sendpath-{path}-{round_}-{uuid.uuid4().hex[:6]}"
             await _topic(admin, stream)
-            server0 = _server_cpu(pid)
+            server0 = process_cpu_seconds(pid)
             encode_cpu = 0.0
             wall0, cpu0 = time.perf_counter(), time.process_time()
             for number in range(batches):
@@ -96,7 +84,7 @@ async def _measure(args, pid: int | None) -> dict:
                 "messages_per_s": count / wall,
                 "client_cpu_us": (cpu - encode_cpu) / count * 1e6,
                 "encode_cpu_us": encode_cpu / count * 1e6,
-                "server_cpu_us": (_server_cpu(pid) - server0) / count * 1e6,
+                "server_cpu_us": (process_cpu_seconds(pid) - server0) / count * 1e6,
             })
             await admin.delete_stream(stream)
             print(f"round {round_} {path:8}: {count / wall:>10,.0f} msgs/s, client {results[path][-1]['client_cpu_us']:.2f}"

@@ -45,8 +45,13 @@ class WorkUnit:
 
     @property
     def key(self) -> str:
+        """The polling offset's state key (CDC keeps one record per slot: ``cdc/<slot>``)."""
         base = f"polling/{self.table.qualified}"
         return base if self.chunks == 1 else f"{base}#{self.chunk}of{self.chunks}"
+
+    def describe(self) -> str:
+        """How logs name the unit: its offset's key in polling, the table and its slot in CDC."""
+        return f"{self.table.qualified} (slot {self.slot})" if self.slot else self.key
 
 
 def assign_units(config: Config, sizes: dict[str, int] | None = None) -> dict[str, list[WorkUnit]]:

@@ -29,13 +29,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pgsource.config.model import Config, Operation, Partitioning
+from pgsource.config.names import message_name
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.envelope import compact_json, encode_string
+from pgsource.encode.batch import MessageBatch, new_message_batch
+from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
+from pgsource.lsn import format_lsn
 
 
 @dataclass
@@ -58,18 +61,39 @@ class _RelationState:
 class ChangeBatch:
     """Messages encoded from one slice of the change stream."""
 
-    topic_messages: dict[str, tuple[list[int], list[int], list[bytes], list[dict]]] = field(default_factory=dict)
+    topic_messages: dict[str, MessageBatch] = field(default_factory=dict)  # payloads are bytes here
     count: int = 0
     last_commit_end: int | None = None  # end LSN of the last transaction fully contained
     commit_time: float = 0.0
 
     def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
-        ids, parts, payloads, header_list = self.topic_messages.setdefault(topic, ([], [], [], []))
+        ids, parts, payloads, header_list = self.topic_messages.get(topic) or self.topic_messages.setdefault(
+            topic, new_message_batch())
         ids.append(message_id)
         parts.append(partition)
         payloads.append(payload)
         header_list.append(headers)
         self.count += 1
+
+
+def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per table (the messages' ``table`` header, as ``table_name`` names it) of one topic's
+    messages: (messages, frame bytes). Header dicts are shared per transaction, table and
+    operation, so the common case (one table) costs one pass at C speed; several tables in
+    one topic are counted message by message."""
+    shared = dict(zip(map(id, headers), headers))
+    names = {header["table"] for header in shared.values()}
+    if len(names) == 1:
+        return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
+    from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
+
+    sizes = {key: FRAME_HEADER_SIZE + len(encode_user_headers(header)) for key, header in shared.items()}
+    out: dict[str, list[int]] = {name: [0, 0] for name in names}
+    for payload, header in zip(payloads, headers):
+        entry = out[header["table"]]
+        entry[0] += 1
+        entry[1] += sizes[id(header)] + len(payload)
+    return {name: (count, size) for name, (count, size) in out.items()}
 
 
 class ChangeEncoder:
@@ -122,6 +146,13 @@ class ChangeEncoder:
         """Between a Begin and its Commit: confirming any position now could cut the transaction."""
         return self._begin is not None
 
+    @property
+    def transaction_commit_time(self) -> float:
+        """The commit time (epoch seconds) of the transaction being read, 0.0 between transactions:
+        pgoutput sends a transaction once it committed, so its Begin carries the commit time, and
+        the batches of a transaction larger than a batch carry it before its Commit is read."""
+        return self._commit_seconds if self._begin is not None else 0.0
+
     def feed(self, message, out: ChangeBatch) -> None:
         kind = type(message)
         if kind is po.Insert:
@@ -136,7 +167,7 @@ class ChangeEncoder:
             self._position = 0
             self._timestamp = po.pg_timestamp_to_iso(message.commit_ts)
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
-            self._lsn_text = po.format_lsn(message.final_lsn)
+            self._lsn_text = format_lsn(message.final_lsn)
             self._xid_text = str(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
@@ -167,7 +198,7 @@ class ChangeEncoder:
             partition_positions = key_positions
         else:
             partition_positions = [names.index(k) for k in catalog_key if k in names]
-        qualified = relation.name if schema == "public" else f"{schema}.{relation.name}"
+        qualified = message_name(schema, relation.name)
         topic = self.config.iggy.topic_for(table) if table is not None else ""
         state = _RelationState(
             relation, qualified, topic, decoders, key_positions,
@@ -194,11 +225,7 @@ class ChangeEncoder:
         parts = self._parts.get((oid, operation))
         if parts is None:
             if self.include_metadata:
-                prefix = (
-                    '{"table_name":' + encode_string(state.table_name) + ',"operation_type":"' + operation
-                    + '","timestamp":"' + self._timestamp + '","data":'
-                ).encode()
-                suffix = b',"old_data":null}'
+                prefix, suffix = (part.encode() for part in envelope_parts(state.table_name, operation, self._timestamp))
             else:
                 prefix = suffix = b""
             headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
@@ -253,7 +280,7 @@ class ChangeEncoder:
         if not self._captured_ops[operation] or self._commit_lsn < state.start_lsn:
             return _SKIP
         prefix, suffix, headers = self._envelope(oid, state, operation)
-        lists = out.topic_messages.setdefault(state.topic, ([], [], [], []))
+        lists = out.topic_messages.get(state.topic) or out.topic_messages.setdefault(state.topic, new_message_batch())
         return (state.row, prefix, suffix, state.partition, headers, *lists)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
@@ -282,7 +309,7 @@ class ChangeEncoder:
         if self.include_metadata:
             data = "null" if data is None else data
             if old_data is not None:
-                suffix = (',"old_data":' + old_data + "}").encode()
+                suffix = envelope_suffix(old_data).encode()
             payload = prefix + data.encode() + suffix
         else:
             payload = (data if data is not None else (old_data or "null")).encode()

@@ -14,9 +14,10 @@ from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
-from pgsource.pg.catalog import describe_table, missing_privileges, server_setting
+from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.statements import result_columns
 from pgsource.polling import check_late_commit_guard
 from pgsource.sharding import check_shard, foreign_captures, unsharded_name
 from pgsource.slots import identity_problem, missing_slot_problem
@@ -121,19 +122,15 @@ def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
         where = f"source.custom_query (for table {table.qualified})" if table is not None else "source.custom_query"
         tracking = (table.tracking_column if table is not None else None) or source.tracking_column
         query = build_custom_query(source.custom_query or "", (table.schema_, table.name) if table else None, conn)
-        with conn.cursor() as cur:
-            try:
-                cur.execute("BEGIN READ ONLY")
-                cur.execute(build_custom_probe(query), params)
-                columns = [d.name for d in cur.description]
-                if tracking not in columns:
-                    report.problems.append(
-                        f"{where}: its result has no tracking_column {tracking!r} (columns: {', '.join(columns)})"
-                    )
-            except pg.DatabaseError as exc:
-                report.problems.append(f"{where}: {str(exc).strip()}")
-            finally:
-                cur.execute("ROLLBACK")
+        try:
+            columns = result_columns(conn, build_custom_probe(query), params)
+        except pg.DatabaseError as exc:
+            report.problems.append(f"{where}: {str(exc).strip()}")
+            continue
+        if tracking not in columns:
+            report.problems.append(
+                f"{where}: its result has no tracking_column {tracking!r} (columns: {', '.join(columns)})"
+            )
 
 
 def cdc_table_problems(conn, config: Config) -> list[str]:
@@ -166,12 +163,9 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
             f"PostgreSQL wal_level is {level!r}; CDC needs 'logical':"
             " ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
         )
-    with conn.cursor() as cur:
-        cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
-        if not cur.fetchone()[0]:
-            report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
-        cur.execute("SELECT slot_name FROM pg_replication_slots")
-        slots = {row[0] for row in cur.fetchall()}
+    if not can_replicate(conn):
+        report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+    slots = rep.existing_slots(conn)
     relations = pubs.describe_relations(conn, source.tables)
     report.problems += cdc_table_problems(conn, config)
     _check_capturable(relations, report)

@@ -29,7 +29,10 @@ class PrerequisiteError(PgSourceError):
 
 
 class SourceUnavailable(PgSourceError):
-    """PostgreSQL cannot be reached right now; a worker exits and is restarted with back-off."""
+    """PostgreSQL cannot be reached right now; a worker exits with 75 (EX_TEMPFAIL) and is restarted
+    with back-off for as long as the outage lasts, never counted as a crash loop."""
+
+    exit_code = 75
 
 
 class TableChanged(SourceUnavailable):

@@ -9,6 +9,7 @@ queue and the publisher cost almost nothing per message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from pgsource.encode.frames import PartitionFrames
 
@@ -24,6 +25,9 @@ class BatchEvent:
     count: int  # messages in all parts
     created: float = 0.0  # time.time() when the worker built it (latency metrics)
     commit_time: float = 0.0  # for CDC: the transaction's commit time (epoch seconds)
+    # CDC, a topic several tables share: per table (the ``table`` label) its messages and frame
+    # bytes in this batch; None when the batch holds one table's messages (``table``)
+    tables: dict[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -44,11 +48,19 @@ class StopEvent:
     reason: str = "stop"
 
 
+PUBLISHER = "publisher"  # the publisher process's name: in statuses, liveness, metrics and logs
+
+
+class WorkerState(str, Enum):
+    READY = "ready"  # booted: connected, planned, about to serve
+    FATAL = "fatal"  # failed for good (the error says why); the service stops with its exit code
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
-    """A child's word to the supervisor: it is alive, it failed for good, or it finished."""
+    """A child's word to the supervisor: it is ready, or it failed for good."""
 
     worker: str
-    state: str  # "ready" | "fatal" | "done"
+    state: WorkerState
     error: BaseException | None = None
     detail: dict = field(default_factory=dict)

@@ -245,8 +245,8 @@ class ReadRange:
     """One batch's share of the tracking column, as read: what a re-read needs once it is sealed."""
 
     hold: object  # the progress-tracker key that keeps the committed offset behind this range
-    lo: tuple[str, ...] | None  # the cursor the batch was read after (exclusive); None = the start
-    hi: tuple[str, ...]  # the cursor of its last row (inclusive)
+    lo: tuple[str, ...] | None  # the position the batch was read after (exclusive); None = the start
+    hi: tuple[str, ...]  # the position of its last row (inclusive)
     hi_key: float | int
     snapshot: str  # pg_current_snapshot() of the batch's read
     read_at: float  # monotonic seconds

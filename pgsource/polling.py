@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from operator import itemgetter
 
-from pgsource.config.model import Config, Partitioning, TableConfig
-from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
-from pgsource.encode.frames import MAX_PAYLOAD
-from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
+from pgsource.config.model import Config, TableConfig
 from pgsource.errors import PrerequisiteError, SourceError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
@@ -22,7 +18,6 @@ from pgsource.pg.catalog import describe_table
 from pgsource.pg.horizon import TrackingInfo, TrackingKind, describe_tracking
 from pgsource.pg.query import (
     INTEGER_TYPES,
-    XMIN,
     PollPlan,
     Reading,
     build_acknowledged_rows,
@@ -33,24 +28,15 @@ from pgsource.pg.query import (
     build_rows_by_key,
     build_select_batch,
     build_table_definition,
-    cursor_params,
+    position_params,
     snapshot_params,
     table_definition,
 )
 from pgsource.pg.retry import is_transient, with_retries
+from pgsource.pg.statements import fetch_all, fetch_one, fetch_value, render
 from pgsource.pg.types import load_column_types
+from pgsource.rows import RowEncoder
 from pgsource.state import PollingOffset
-
-
-@dataclass
-class EncodedBatch:
-    """A batch ready for the queue, plus what the worker needs once it is acknowledged."""
-
-    ids: list[int]
-    partitions: list[int]
-    payloads: list[str]
-    last_offset: PollingOffset
-    identities: list[tuple] | None  # (key values..., xmin) per row, for delete/mark after the ack
 
 
 @dataclass
@@ -64,7 +50,7 @@ class ReadBatch:
 
 
 class TableReader:
-    """Plans, reads and encodes one table for polling."""
+    """Plans and reads one table for polling; its ``encoder`` (``pgsource/rows.py``) makes the messages."""
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
     _custom_text: str | None = None  # the wrapped custom_query, composed on first use
@@ -92,6 +78,7 @@ class TableReader:
             self.tracking_column = (table.tracking_column if table is not None else None) or source.tracking_column
             self._custom = build_custom_query(source.custom_query, (table.schema_, table.name) if table else None, conn)
             self._json_at = 1
+            self.encoder = RowEncoder(config, self.table_name, None, self.tracking_column, 1, acts_on_rows=False)
             return
         self._custom = None
         self.table_name = table.message_name  # as messages name it (CDC builds the same from the relation)
@@ -134,9 +121,11 @@ class TableReader:
                 self.time_zone = check_late_commit_guard(conn, config, self.table_name, self.tracking, self.lag)
             if self.tracking.kind is TrackingKind.XID8 and source.initial_offset is not None:
                 raise PrerequisiteError(f"table {self.table_name}: initial_offset does not apply to an xid8 tracking_column")
+        self.encoder = RowEncoder(config, self.table_name, self.plan, self.tracking_column, self._json_at,
+                                  acts_on_rows=self._ack_action is not None)
         if self._ack_action:
-            self._ack_query = build_acknowledged_rows(self.plan, self._ack_action).as_string(conn)
-            self._by_key_query = build_rows_by_key(self.plan).as_string(conn)
+            self._ack_query = render(build_acknowledged_rows(self.plan, self._ack_action), conn)
+            self._by_key_query = render(build_rows_by_key(self.plan), conn)
 
     @property
     def exact(self) -> bool:
@@ -146,7 +135,7 @@ class TableReader:
     def chunk_column(self) -> str:
         """The column a bulk load can be split on; raises naming the table when there is none."""
         plan = self.plan
-        if plan is None or len(plan.cursor_columns) != 1 or plan.cursor_types[0] not in INTEGER_TYPES:
+        if plan is None or len(plan.position_columns) != 1 or plan.position_types[0] not in INTEGER_TYPES:
             raise PrerequisiteError(
                 f"table {self.table_name}: chunks need a unique NOT NULL integer tracking_column"
                 " (e.g. a serial primary key); remove `chunks` for this table"
@@ -156,9 +145,7 @@ class TableReader:
     def key_bounds(self) -> tuple[int, int] | None:
         """(min, max) of the chunk column now; None for an empty table."""
         self.chunk_column()
-        with self.conn.cursor() as cur:
-            cur.execute(build_key_bounds(self.plan))
-            low, high = cur.fetchone()
+        low, high = fetch_one(self.conn, build_key_bounds(self.plan))
         return None if low is None else (int(low), int(high))
 
     def restrict_to_chunk(self, lo: int | None, hi: int | None) -> None:
@@ -171,27 +158,27 @@ class TableReader:
     # -- reading ---------------------------------------------------------------------------
 
     def fetch_batch(self, offset: PollingOffset | None) -> list[tuple]:
-        """Rows after ``offset``, at most batch_size, in cursor order."""
+        """Rows after ``offset``, at most batch_size, in position order."""
         return self.read_batch(offset).rows
 
     def read_batch(self, offset: PollingOffset | None) -> ReadBatch:
         """The batch after ``offset``, the snapshot it was read in (late commits, xid8) and the next offset."""
         if self._custom is not None:
             now = datetime.now(timezone.utc)
-            params = {"offset": offset.cursor[0] if offset else None, "limit": self.batch_size,
+            params = {"offset": offset.position[0] if offset else None, "limit": self.batch_size,
                       "now": now, "now_unix": int(now.timestamp())}
             rows = self._execute(self._custom_sql(), params)
             return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
-        cursor = offset.cursor if offset else ()
-        params: dict[str, object] = {**cursor_params("o", cursor), **self._chunk_params, "limit": self.batch_size}
+        position = offset.position if offset else ()
+        params: dict[str, object] = {**position_params("o", position), **self._chunk_params, "limit": self.batch_size}
         if self.exact:
             tick = offset.tick if offset else None
             params |= {"after": offset.snapshot if offset else None, "tick": tick}
-            reading = self._reading(len(cursor), exact=2 if tick else 1, snapshot=True)
+            reading = self._reading(len(position), exact=2 if tick else 1, snapshot=True)
             rows = self._execute(self._query(reading), params)
             tick = tick or (rows[0][-1] if rows else None)
             return ReadBatch(rows, tick, self._exact_after(offset, rows, tick))
-        reading = self._reading(len(cursor), snapshot=self.late_commits)
+        reading = self._reading(len(position), snapshot=self.late_commits)
         rows = self._execute(self._query(reading), params)
         return ReadBatch(rows, rows[0][-1] if rows and self.late_commits else None, self.offset_after(rows) if rows else offset)
 
@@ -203,27 +190,28 @@ class TableReader:
         ``after`` continues a range larger than one batch.
         """
         start = after if after is not None else (lo or ())
-        params = {**cursor_params("o", start), **cursor_params("u", hi), **self._chunk_params,
+        params = {**position_params("o", start), **position_params("u", hi), **self._chunk_params,
                   **snapshot_params(snapshot), "limit": self.batch_size}
         return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params, "re-reading late rows")
 
     def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
         """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
         columns = list(zip(*keys))
-        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **cursor_params("u", hi)}
+        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
         return self._execute(self._by_key_query, params, "reading rows updated since they were sent")
 
-    def offset_after(self, rows: list[tuple]) -> PollingOffset:
-        """Where the read after ``rows`` starts (the cursor values of the last row)."""
-        width = 1 if self.plan is None else len(self.plan.cursor_columns)
-        return PollingOffset(tuple(rows[-1][:width]), chunk=self.chunk)
+    def offset_after(self, rows: list[tuple], rows_before: int = 0) -> PollingOffset:
+        """Where the read after ``rows`` starts (the position values of the last row); ``rows_before``:
+        the rows read before them from this offset's start."""
+        width = 1 if self.plan is None else len(self.plan.position_columns)
+        return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk)
 
     def _exact_after(self, offset: PollingOffset | None, rows: list[tuple], tick: str | None) -> PollingOffset | None:
         """xid8: inside a tick, after the last row; a short batch ends the tick (the next cuts after it)."""
         rows_before = offset.rows if offset else 0
         if len(rows) < self.batch_size:
             return PollingOffset((), rows_before + len(rows), self.chunk, snapshot=tick) if tick else offset
-        width = len(self.plan.cursor_columns)
+        width = len(self.plan.position_columns)
         return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk,
                              snapshot=offset.snapshot if offset else None, tick=tick)
 
@@ -233,7 +221,7 @@ class TableReader:
     def _query(self, reading: Reading) -> str:
         text = self._sql.get(reading)
         if text is None:
-            text = self._sql[reading] = build_select_batch(self.plan, reading).as_string(self.conn)
+            text = self._sql[reading] = render(build_select_batch(self.plan, reading), self.conn)
         return text
 
     def _execute(self, statement: str, params, what: str = "reading a batch", rows_json: bool = True) -> list[tuple]:
@@ -245,12 +233,10 @@ class TableReader:
         (the rows may have been built without a column added meanwhile)."""
 
         def run() -> list[tuple]:
-            with self.conn.cursor() as cur:
-                cur.execute(statement, params)
-                rows = cur.fetchall()
-                if rows and rows_json and self._named_columns:
-                    self._check_definition()
-                return rows
+            rows = fetch_all(self.conn, statement, params)
+            if rows and rows_json and self._named_columns:
+                self._check_definition()
+            return rows
 
         source = self.config.source
         try:
@@ -273,9 +259,7 @@ class TableReader:
         if self._definition is None:
             return
         oid, planned = self._definition
-        with self.conn.cursor() as cur:
-            cur.execute(build_table_definition(), (oid,))
-            now = cur.fetchone()[0]
+        now = fetch_value(self.conn, build_table_definition(), (oid,))
         if now != planned:
             raise TableChanged(
                 f"table {self.table_name}: its columns changed while running ({planned or 'none'} ->"
@@ -285,108 +269,8 @@ class TableReader:
     def _custom_sql(self) -> str:
         """The user's query wrapped (``build_custom_select``), composed once."""
         if self._custom_text is None:
-            self._custom_text = build_custom_select(self._custom, self.tracking_column).as_string(self.conn)
+            self._custom_text = render(build_custom_select(self._custom, self.tracking_column), self.conn)
         return self._custom_text
-
-    # -- encoding --------------------------------------------------------------------------
-
-    def encode_batch(self, rows: list[tuple], include_metadata: bool, read_rows: int) -> EncodedBatch:
-        """Messages for ``rows``: envelope, deterministic id, partition; and the offset after them.
-
-        The id covers the row's ``xmin`` too where delete/mark act on versions: a row read
-        again after an update is a new message there.
-        """
-        table_name = self.table_name
-        partitions = self.partitions
-        json_at = self._json_at
-        count = len(rows)
-        ids = self.message_ids(rows)
-        if self.plan is not None and self.plan.payload is not None:
-            payloads = self._payloads(rows, ids)
-        elif include_metadata:
-            prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
-            payloads = [prefix + row[json_at] + suffix for row in rows]
-        else:
-            payloads = [row[json_at] for row in rows]
-        if payloads and max(map(len, payloads)) * 4 > MAX_PAYLOAD:  # UTF-8: at most 4 bytes a character
-            self._refuse_oversized(rows, payloads)
-        plan = self.plan
-        if plan is None:
-            width, key_of = 1, itemgetter(0)
-        else:
-            width = len(plan.cursor_columns)
-            key_of = _key_getter(plan)
-        if self.partitioning is Partitioning.TABLE:
-            parts = [key_partition(table_name, partitions)] * count
-        elif self.partitioning is Partitioning.BALANCED:
-            parts = [(read_rows + index) % partitions for index in range(count)]
-        elif partitions == 1:
-            parts = [0] * count
-        else:
-            parts = [key_partition(key_of(row), partitions) for row in rows]
-        identities = None
-        if plan is not None and self._ack_action:
-            positions = [plan.select_columns.index(c) for c in (*plan.identity, XMIN)]
-            identities = [tuple(row[p] for p in positions) for row in rows]
-        last = rows[-1]
-        offset = PollingOffset(tuple(last[:width]), read_rows + len(rows), self.chunk)
-        return EncodedBatch(ids, parts, payloads, offset, identities)
-
-    def _payloads(self, rows: list[tuple], ids: list[int]) -> list[bytes]:
-        """``payload_column``: the column's value is the message (bytes as they are, text as UTF-8,
-        JSON compact); a NULL or empty one can never be sent and stops with the row named."""
-        json_at = self._json_at
-        payload_format = self.plan.payload[1]
-        out = []
-        for row, message_id in zip(rows, ids):
-            value = row[json_at]
-            if value is None or len(value) == 0:
-                width = len(self.plan.cursor_columns)
-                raise SourceError(
-                    f"table {self.table_name}: row {', '.join(map(str, row[:width]))} (message id {message_id:#x}) has"
-                    f" {'a NULL' if value is None else 'an empty'} payload_column {self.plan.payload[0]!r};"
-                    " Iggy takes no empty message"
-                )
-            if payload_format == "bytea":
-                out.append(bytes(value))
-            elif payload_format == "json_direct":
-                out.append(compact_json(value).encode())
-            else:
-                out.append(value.encode())
-        return out
-
-    def _refuse_oversized(self, rows: list[tuple], payloads: list) -> None:
-        """A row whose message Iggy can never take stops the table with its key: never split, never skipped."""
-        for row, payload in zip(rows, payloads):
-            size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
-            if size > MAX_PAYLOAD:
-                plan = self.plan
-                columns = plan.key_columns if plan is not None else (self.tracking_column,)
-                positions = [plan.select_columns.index(c) for c in columns] if plan is not None else [0]
-                key = ", ".join(f"{column}={row[p]}" for column, p in zip(columns, positions))
-                raise SourceError(
-                    f"table {self.table_name}, row {key}: its message is {size:,} bytes, Iggy takes at most"
-                    f" {MAX_PAYLOAD:,}; pgsource neither splits nor skips a row: make it smaller (or leave the"
-                    " big column out of the table pgsource reads), then start again"
-                )
-
-    def message_ids(self, rows: list[tuple]) -> list[int]:
-        """Each row's deterministic id: XXH3-128 of the table and its cursor values (+ xmin when versioned)."""
-        table_name = self.table_name
-        plan = self.plan
-        if plan is None:
-            json_at = self._json_at
-            for row in rows:
-                if row[0] is None:
-                    raise SourceError(f"custom_query: a row has NULL in tracking_column {self.tracking_column!r}: {row[json_at][:200]}")
-            return [polling_message_id(table_name, (row[0], row[json_at])) for row in rows]
-        width = len(plan.cursor_columns)
-        if plan.versioned:
-            positions = [*range(width), plan.select_columns.index(XMIN)]
-            return [polling_message_id(table_name, tuple(row[p] for p in positions)) for row in rows]
-        if width == 1:  # the tracking column is never NULL here (the query excludes it)
-            return polling_message_ids(table_name, [row[0] for row in rows])
-        return [polling_message_id(table_name, row[:width]) for row in rows]
 
     # -- after the acknowledgement ---------------------------------------------------------
 
@@ -443,13 +327,3 @@ def check_late_commit_guard(conn, config: Config, table_name: str, tracking: Tra
             ) from None
         return zone
     return "UTC"
-
-
-def _key_getter(plan: PollPlan):
-    """row → the text that picks its partition (its identity, else its cursor values)."""
-    positions = [plan.select_columns.index(c) for c in plan.key_columns]
-    if len(positions) == 1:
-        return itemgetter(positions[0])
-    return lambda row: "\x00".join("" if row[p] is None else row[p] for p in positions)
-
-

@@ -25,7 +25,7 @@ SHARD_SUFFIX = "_shard"
 def shard_of(table: TableConfig, count: int) -> int:
     if table.shard is not None:
         return table.shard
-    return key_partition(f"{table.schema_}.{table.name}", count)
+    return key_partition(f"{table.schema_}.{table.name}", count)  # the shard's hash input: never change it
 
 
 def apply_shard(config: Config) -> Config:

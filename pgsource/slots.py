@@ -11,7 +11,8 @@ tables). Creating the slot on the very first start is not a gap.
 
 from __future__ import annotations
 
-from pgsource.pg.replication import SystemIdentity, format_lsn
+from pgsource.lsn import format_lsn
+from pgsource.pg.replication import SystemIdentity
 from pgsource.state import SlotProgress
 
 

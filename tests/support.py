@@ -120,12 +120,22 @@ def stored_offset(tmp_path: Path, key: str):
     return FileStateStore(str(tmp_path / "state")).load(key, PollingOffset)
 
 
+def committed_through(tmp_path: Path, key: str, last: str) -> bool:
+    """The service committed the offset of the row whose last cursor value is ``last`` (its key,
+    or the tracking value when it is the whole cursor): it caught up through that row, so
+    anything it would send twice has been sent by now."""
+    offset = stored_offset(tmp_path, key)
+    return offset is not None and bool(offset.position) and offset.position[-1] == last
+
+
 def execute(dsn: str, statement: str, params=None) -> None:
+    """Run one statement (composed ones with a ``%`` in a name are escaped as pgsource escapes them)."""
+    from pgsource.pg.statements import run
+
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
+        run(conn, statement, params)
     finally:
         conn.close()
 

@@ -24,16 +24,18 @@ from dataclasses import dataclass
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
-from pgsource.events import WorkerStatus
+from pgsource.events import WorkerState, WorkerStatus
 from pgsource.pg import connect as pg
-from workers.channel import ParentWatch, keep_freed_memory, put_event
+from pgsource.pg.statements import backend_pid
+from workers.channel import put_event
 from workers.liveness import Liveness
 from workers.logs import setup_logging
+from workers.parent import ParentWatch
+from workers.tuning import keep_freed_memory
 
 log = logging.getLogger("pgsource.worker")
 
 GENERATION_STRIDE = 1 << 40  # seq numbers of a restarted worker never collide with old acks
-UNAVAILABLE_EXIT_CODE = 75  # EX_TEMPFAIL: PostgreSQL unreachable; restarted with back-off, never a crash loop
 PARENT_CHECK_EVERY = 0.5  # seconds between looks at whether the supervisor still exists
 
 
@@ -66,7 +68,7 @@ class WorkerSpec:
         """Tell the supervisor which PostgreSQL backends are ours (to check, or end when orphaned)."""
         if self.liveness is not None:
             for connection in connections:
-                self.liveness.add_backend(connection.get_backend_pid())
+                self.liveness.add_backend(backend_pid(connection))
 
 
 class QueueWorker:
@@ -93,7 +95,7 @@ class QueueWorker:
         """Release connections (always called after ``boot`` succeeded)."""
 
     def run(self) -> None:
-        self.spec.beat()  # the imports of the spawned child are done
+        self.notify()  # the imports of the spawned child are done
         setup_logging(config=self.spec.config)
         keep_freed_memory()  # batches of hundreds of KB: reuse freed heap instead of page-faulting anew
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
@@ -106,7 +108,7 @@ class QueueWorker:
             self.boot()
         except (PgSourceError, pg.OperationalError, pg.InterfaceError) as exc:
             self._exit(exc, "while starting")
-        put_event(self.status_queue, WorkerStatus(self.spec.name, "ready"))
+        put_event(self.status_queue, WorkerStatus(self.spec.name, WorkerState.READY))
         try:
             self.serve()
         except (PgSourceError, pg.OperationalError, pg.InterfaceError) as exc:
@@ -119,22 +121,31 @@ class QueueWorker:
         name = self.spec.name
         if isinstance(exc, TableChanged):
             log.warning("%s: %s; the supervisor will restart this worker", name, exc)
-            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
+            raise SystemExit(SourceUnavailable.exit_code) from None
         if isinstance(exc, (SourceUnavailable, pg.OperationalError, pg.InterfaceError)):
             log.warning("%s: PostgreSQL unavailable %s (%s); the supervisor will restart this worker",
                         name, when, str(exc).strip())
-            raise SystemExit(UNAVAILABLE_EXIT_CODE) from None
+            raise SystemExit(SourceUnavailable.exit_code) from None
         log.error("%s", exc)
-        put_event(self.status_queue, WorkerStatus(name, "fatal", exc))
+        put_event(self.status_queue, WorkerStatus(name, WorkerState.FATAL, exc))
         raise SystemExit(exc.exit_code) from None
 
     def _handle_term(self, signum, frame) -> None:
         self._stopping = True
 
-    def _should_stop(self) -> bool:
-        """Asked in every wait loop, so it doubles as the heartbeat; a worker whose supervisor died
-        (kill -9) stops too, instead of holding its slot and connections as an orphan."""
+    def notify(self) -> None:
+        """Prove liveness to the supervisor, as gunicorn's workers ``notify()`` their arbiter: every
+        loop that turns or waits calls it (a silent worker is killed and replaced)."""
         self.spec.beat()
+
+    def _waiting(self) -> bool:
+        """``put_event``'s question while the batch queue is full: alive, and should it give up?"""
+        self.notify()
+        return self._should_stop()
+
+    def _should_stop(self) -> bool:
+        """Stop asked (SIGTERM, the shared stop flag), or the supervisor died (kill -9): a worker
+        then stops instead of holding its slot and connections as an orphan."""
         now = time.monotonic()
         if not self.orphaned and now - self._parent_checked >= PARENT_CHECK_EVERY:
             self._parent_checked = now

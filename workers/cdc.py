@@ -22,7 +22,7 @@ Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
 Never ``pg_logical_slot_get_changes``: it consumes changes before they are delivered.
 
-Boot prepares the slot (``_prepare_slot``): a missing slot is created only on the first
+Boot prepares the slot (``_prepare_slot``, ``workers/cdc_slot.py``): a missing slot is created only on the first
 start (``pgsource/slots.py``); the initial snapshot and the snapshots of tables that join
 an existing slot (``pgsource/pg/publications.py``, ``workers/snapshot.py``) must be
 acknowledged completely before the slot's record says so and streaming begins; an
@@ -32,34 +32,28 @@ interrupted one is done again at the next start.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import struct
 import time
 
-from pgsource.changes import ChangeBatch, ChangeEncoder
-from pgsource.encode.frames import encode_partition_frames
+from pgsource.changes import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.encode.batch import encode_batch_event
 from pgsource.errors import PgSourceError, PrerequisiteError
-from pgsource.events import BatchEvent
 from pgsource.pg import connect as pg
-from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table
+from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
+from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog
 from pgsource.progress import ProgressTracker
-from pgsource.slots import identity_problem, missing_slot_problem, slot_was_used
-from pgsource.state import FileStateStore, SlotProgress, SnapshotPhase, TableJoin
+from pgsource.state import FileStateStore
 from workers.base import QueueWorker, WorkerSpec
+from workers.cdc_slot import SlotPreparation
 from workers.channel import Empty, get_event, put_event
-from workers.snapshot import send_snapshot
 
 log = logging.getLogger("pgsource.cdc")
 
 COPY_CHUNK = 1 << 20  # bytes of the peek's COPY output handed over at a time
-COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_ROW = struct.Struct("!hi").unpack_from  # field count, data length
-_I32 = struct.Struct("!i").unpack_from
 PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
 # The streaming transport drains the socket faster than the walsender fills it, so "send what
@@ -69,7 +63,7 @@ LINGER = 0.005
 REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
-class CdcWorker(QueueWorker):
+class CdcWorker(SlotPreparation, QueueWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
@@ -80,6 +74,7 @@ class CdcWorker(QueueWorker):
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self._remembered_at = time.monotonic()
+        self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -131,235 +126,13 @@ class CdcWorker(QueueWorker):
     def close(self) -> None:
         self.conn.close()
 
-    # -- the slot --------------------------------------------------------------------------
-
-    def _prepare_slot(self) -> SlotProgress | None:
-        """The slot ready to stream from, and its record; None when a snapshot is left unfinished."""
-        source = self.spec.config.source
-        stored = self.store.load(self.key, SlotProgress)
-        where = f"state {self.store.path(self.key)}"
-        publication = pubs.load_publications(self.conn, source.publication_name).get(self.publication)
-        self._check_publication(publication)
-        state = rep.slot_state(self.conn, self.slot)
-        if state is None:
-            forced = False
-            problem = missing_slot_problem(self.slot, stored, where)
-            if problem is not None:
-                if source.on_missing_slot != "snapshot":
-                    raise PrerequisiteError(problem)
-                log.warning("%s: replication slot %s is missing; on_missing_slot: snapshot accepts the gap:"
-                            " a new slot and a snapshot of %s", self.spec.name, self.slot,
-                            ", ".join(t.qualified for t in self.tables))
-                forced = True
-            # The publication first: pgoutput reads it in the catalog as of each change decoded.
-            if publication is None:
-                pubs.create_publication(self.conn, self.publication, self.tables)
-            else:
-                pubs.add_tables(self.conn, self.publication, [t for t in self.tables if not publication.holds(t)])
-            keep = stored is not None and not stored.streamed and not forced  # an unfinished first attempt
-            return self._create_slot(forced or source.snapshot == "initial", stored.generation if keep else 0)
-        problem = identity_problem(self.slot, stored, self.identity, where)
-        if problem is not None:
-            raise PrerequisiteError(problem)
-        state = rep.wait_until_free(self.conn, state)
-        rep.check_slot(self.conn, state)
-        self._start_progress(state.confirmed_flush_lsn)
-        if stored is not None and not stored.streamed:
-            return self._redo_initial_snapshot(stored, publication)
-        record = stored if slot_was_used(stored) else SlotProgress(self.slot, SnapshotPhase.NONE, lsn=state.confirmed_flush_lsn)
-        captured = [
-            t.qualified for t in self.tables
-            if publication is not None and publication.holds(t) and (not record.tables or t.qualified in record.tables)
-        ]
-        joining = [t for t in self.tables if t.qualified not in captured]
-        if joining:
-            record = self._join(record, joining, publication)
-            if record is None:
-                return None
-        record = dataclasses.replace(
-            record, lsn=max(record.lsn, state.confirmed_flush_lsn), system_identifier=self.identity.system_identifier,
-            timeline=self.identity.timeline, tables=tuple(sorted(set(captured) | {t.qualified for t in joining})),
-        )
-        self.store.commit(self.key, record)
-        return record
-
-    def _check_publication(self, publication: pubs.Publication | None) -> None:
-        if publication is None or publication.via_root:
-            return
-        relations = pubs.describe_relations(self.conn, self.tables)
-        partitioned = [name for name, rel in relations.items() if rel is not None and rel.partitioned]
-        if partitioned:
-            raise PrerequisiteError(pubs.via_root_problem(self.publication, partitioned))
-
-    def _start_progress(self, lsn: int) -> None:
-        self.progress = ProgressTracker(lsn, order=int)
-        self._recorded_lsn = self._confirmed_lsn = lsn
-
-    def _create_slot(self, snapshot: bool, generation: int) -> SlotProgress | None:
-        """A new slot; with ``snapshot`` the tables' rows at its consistent point go out first."""
-        identity = {"system_identifier": self.identity.system_identifier, "timeline": self.identity.timeline}
-        tables = tuple(sorted(t.qualified for t in self.tables))
-        if not snapshot:
-            lsn = rep.create_slot(self.conn, self.slot)
-            self._start_progress(lsn)
-            record = SlotProgress(self.slot, SnapshotPhase.NONE, lsn=lsn, consistent_lsn=lsn, tables=tables, **identity)
-            self.store.commit(self.key, record, force=True)  # a new slot: its history starts here
-            return record
-        # Recorded before the slot exists: from here on an interruption makes the next start go on.
-        self.store.commit(self.key, SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS, generation=generation,
-                                                 tables=tables, **identity), force=True)
-        source = self.spec.config.source
-        replication = pg.connect_replication(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot")
-        try:
-            lsn, snapshot_name = rep.create_slot_exporting(replication, self.slot)
-            generation = generation or lsn
-            record = SlotProgress(self.slot, SnapshotPhase.IN_PROGRESS, lsn=lsn, consistent_lsn=lsn, tables=tables,
-                                  generation=generation, **identity)
-            self.store.commit(self.key, record, force=True)
-            self._start_progress(lsn)
-            reader = self._snapshot_reader(snapshot_name)
-        finally:
-            replication.close()  # the snapshot was imported (or creating it failed)
-        log.info("%s: initial snapshot of %s at %s", self.spec.name, ", ".join(tables), rep.format_lsn(lsn))
-        if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
-            return None
-        record = dataclasses.replace(record, phase=SnapshotPhase.DONE)
-        self.store.commit(self.key, record)
-        log.info("%s: initial snapshot acknowledged, streaming from %s", self.spec.name, rep.format_lsn(lsn))
-        return record
-
-    def _redo_initial_snapshot(self, stored: SlotProgress, publication: pubs.Publication | None) -> SlotProgress | None:
-        """Nothing was streamed from the slot: it still stands at its consistent point. Read the
-        rows again now, then stream from that point (see ``workers/snapshot.py``, a redo).
-
-        A table configured since the first attempt joins the publication first, under the cut's
-        lock: a transaction that wrote it before it joined has committed before the new snapshot."""
-        log.warning("%s: the initial snapshot of slot %s was not acknowledged completely; sending it again",
-                    self.spec.name, self.slot)
-        missing = [t for t in self.tables if publication is None or not publication.holds(t)]
-        if missing:
-            if publication is None:
-                pubs.create_publication(self.conn, self.publication, [])
-            self._cut(missing, missing, snapshot=False)
-        generation = stored.generation or stored.consistent_lsn or self._recorded_lsn
-        reader = self._snapshot_reader(None)
-        tables = [t.qualified for t in self.tables]
-        if not self._snapshot(reader, self.tables, dict.fromkeys(tables, generation)):
-            return None
-        record = dataclasses.replace(stored, phase=SnapshotPhase.DONE, generation=generation, tables=tuple(sorted(tables)),
-                                     system_identifier=self.identity.system_identifier, timeline=self.identity.timeline)
-        self.store.commit(self.key, record)
-        return record
-
-    def _join(self, record: SlotProgress, tables: list, publication: pubs.Publication | None) -> SlotProgress | None:
-        """Tables that join the streaming slot: a cut, then (``snapshot: initial``) their rows at it.
-
-        The join is recorded before the publication changes, so that a table is never taken as
-        captured while its rows before the cut were not all acknowledged. A join interrupted
-        after its cut keeps that cut (``with snapshot: never`` it is simply done); its rows are
-        read again in a new snapshot, the stream then replays its changes since the cut.
-        """
-        snapshot = self.spec.config.source.snapshot == "initial"
-        names = [t.qualified for t in tables]
-        joins = {join.table: join for join in record.joins}
-        for name in names:
-            if name not in joins or joins[name].done:  # a table that left and comes back joins anew
-                joins[name] = TableJoin(name, 0, 0)
-        record = dataclasses.replace(record, joins=tuple(joins.values()))
-        self.store.commit(self.key, record)
-        cut_now = [t for t in tables if joins[t.qualified].start_lsn == 0]
-        reader = None
-        if cut_now:
-            add = [t for t in cut_now if publication is None or not publication.holds(t)]
-            if publication is None:  # the slot outlived its publication
-                pubs.create_publication(self.conn, self.publication, [])
-            cut, reader = self._cut(cut_now, add, snapshot)
-            for t in cut_now:
-                old = joins[t.qualified]
-                joins[t.qualified] = TableJoin(t.qualified, cut.lsn, old.generation or cut.lsn)
-            record = dataclasses.replace(record, joins=tuple(joins.values()))
-            self.store.commit(self.key, record)
-            log.info("%s: %s joined slot %s at %s", self.spec.name, ", ".join(t.qualified for t in cut_now),
-                     self.slot, rep.format_lsn(cut.lsn))
-        if snapshot:
-            # The tables cut now are read in the cut's snapshot; those cut by an interrupted
-            # attempt, in a new one (their stream then replays the changes since their cut).
-            earlier = [t for t in tables if t not in cut_now]
-            generations = {name: joins[name].generation for name in names}
-            if cut_now and not self._snapshot(reader, cut_now, generations):
-                return None
-            if earlier and not self._snapshot(self._snapshot_reader(None), earlier, generations):
-                return None
-        for name in names:
-            joins[name] = dataclasses.replace(joins[name], done=True)
-        record = dataclasses.replace(record, joins=tuple(joins.values()))
-        self.store.commit(self.key, record)
-        return record
-
-    def _cut(self, tables: list, add: list, snapshot: bool):
-        """``table_cut`` once its lock can be had; returns the cut and a reader in its snapshot (or None).
-
-        Before asking for the lock it waits, without queueing, for the transactions writing the
-        tables now (a long one would otherwise hold every new writer behind the cut's lock)."""
-        reader = self._open_reader() if snapshot else None  # opened before the lock: writers wait less
-        while True:
-            writers = pubs.current_writers(self.conn, tables)
-            said = 0.0
-            while writers:
-                if self._should_stop():
-                    raise SystemExit(0)
-                if time.monotonic() - said > 10:
-                    said = time.monotonic()
-                    log.info("%s: %s joins %s once %d transaction(s) writing it end", self.spec.name,
-                             ", ".join(t.qualified for t in tables), self.publication, len(writers))
-                self.stop_event.wait(0.2)
-                writers &= pubs.current_writers(self.conn, tables)
-            try:
-                with pubs.table_cut(self.conn, self.publication, tables, add, export=snapshot) as cut:
-                    if reader is not None:
-                        rep.import_snapshot(reader, cut.snapshot)
-                return cut, reader
-            except pubs.LockBusy as exc:
-                log.warning("%s: adding %s to %s waits for its lock (%s)", self.spec.name,
-                            ", ".join(t.qualified for t in tables), self.publication, exc)
-                if self._should_stop():
-                    raise SystemExit(0) from None
-
-    def _open_reader(self):
-        source = self.spec.config.source
-        return pg.connect(source.connection_string, application_name=f"pgsource-{self.spec.name}-snapshot", autocommit=False)
-
-    def _snapshot_reader(self, snapshot_name: str | None):
-        """A connection in a REPEATABLE READ transaction: in an exported snapshot, or in its own."""
-        reader = self._open_reader()
-        self.spec.backends(reader)
-        if snapshot_name is not None:
-            rep.import_snapshot(reader, snapshot_name)
-        else:
-            with reader.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        return reader
-
-    def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
-        """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
-        try:
-            read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._should_stop)
-            reader.commit()
-        finally:
-            reader.close()
-        self._wait_acks(deadline=None)
-        done = read and self.progress.in_flight == 0
-        if not done:
-            log.warning("%s: stopped before every snapshot message of %s was acknowledged", self.spec.name,
-                        ", ".join(t.qualified for t in tables))
-        return done
-
     # -- the SQL transport -----------------------------------------------------------------
 
     def _stream_sql(self) -> None:
         source = self.spec.config.source
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
+            self.notify()
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit)
             if self.progress.in_flight:
@@ -380,57 +153,75 @@ class CdcWorker(QueueWorker):
                 rep.confirm_slot(self.conn, self.slot, target)
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _peek(self, upto: int, limit: int) -> int:
         """Queue every change of one peek; wait for all acks. Returns the rows (messages) read.
 
-        The peek is read as ``COPY (...) TO STDOUT (FORMAT binary)``: psycopg2 hands the
-        stream to a ``BufferedWriter`` whose raw sink (``_PeekFrames``) gets ~1 MB chunks;
-        each chunk is split into messages by the COPY framing and fed without a per-row
-        Python object from psycopg2 (and without bytea's hex text). Memory stays bounded:
-        one chunk, the unfinished message at its end, one batch.
+        The peek is read as a binary COPY in chunks (``pgsource/pg/peek.py``): memory stays
+        bounded by one chunk, the unfinished message at its end, and one batch.
         """
         query, params = rep.build_peek(self.slot, self.publication, upto, limit)
-        frames = _PeekFrames(self)
-        self.conn.autocommit = False
+        statement = build_peek_copy(self.conn, query, params)
+        self._peek_batch = ChangeBatch()
+        self._peek_fed = self._peek_skip = 0
+        rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
+        set_autocommit(self.conn, False)
         try:
-            with self.conn.cursor() as cur:
-                statement = b"COPY (" + cur.mogrify(query, params) + b") TO STDOUT WITH (FORMAT binary)"
             while True:
-                sink = io.BufferedWriter(frames, buffer_size=COPY_CHUNK)
                 try:
                     self._copying = True
-                    with self.conn.cursor() as cur, self.spec.statement(f"peeking slot {self.slot}"):
-                        cur.copy_expert(statement, sink)
-                    sink.flush()
+                    with self.spec.statement(f"peeking slot {self.slot}"):
+                        copy_out(self.conn, statement, rows, COPY_CHUNK)
                     break
                 except _TypesNeeded as need:
                     # A Relation with a type unknown since boot (a column added meanwhile): end
                     # the COPY, load the types, and peek again, skipping what was fed already
                     # (the same peek of the unadvanced slot gives the same messages).
                     self._copying = False
-                    self.conn.rollback()
+                    rollback(self.conn)
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
-                    frames = frames.resumed()
+                    self._peek_skip, self._peek_fed = self._peek_fed, 0
+                    rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
-                    sink.close()  # after a failure its buffered rest goes to aborted frames: dropped
-            self.conn.commit()
+            commit(self.conn)
         except pg.DatabaseError as exc:
-            self.conn.rollback()
+            rollback(self.conn)
             if isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
                 raise
             raise PgSourceError(f"{self.spec.name}: reading slot {self.slot} failed: {str(exc).strip()}") from None
         except BaseException:
-            self.conn.rollback()
+            rollback(self.conn)
             raise
         finally:
-            self.conn.autocommit = True
-        frames.finish()
-        self._send(frames.batch)
-        self._wait_acks(deadline=None)
-        return frames.rows
+            set_autocommit(self.conn, True)
+        rows.finish()
+        self._send(self._peek_batch)
+        self._wait_for_acks(deadline=None)
+        return rows.rows
+
+    def _feed_peek(self, buf: bytes, text: str | None, spans: list) -> None:
+        """One chunk of the peek's messages into batches; a full batch goes to the queue at once."""
+        feed = self.encoder.feed_buffer
+        batch = self._peek_batch
+        batch_size = self.spec.config.source.batch_size
+        fed = 0
+        try:
+            for start, end in spans:
+                if self._peek_skip:  # fed by the interrupted COPY of this same peek
+                    self._peek_skip -= 1
+                    continue
+                feed(buf, text, start, end, batch)
+                fed += 1
+                if batch.count >= batch_size:
+                    self._send(batch)
+                    batch = self._peek_batch = ChangeBatch()
+        finally:
+            self._peek_fed += fed
+        self.notify()
+        self._take_acks(block=False)
 
     # -- the streaming transport -----------------------------------------------------------
 
@@ -452,6 +243,7 @@ class CdcWorker(QueueWorker):
         batch_started = 0.0  # when the partial batch got its first change
         try:
             while not self._should_stop():
+                self.notify()
                 message = read()
                 if message is not None:
                     batch = self._batch
@@ -466,7 +258,7 @@ class CdcWorker(QueueWorker):
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
                 if linger <= 0:
                     self._flush_batch()  # the socket is drained and the batch waited long enough
-                self._collect_acks(block=False)
+                self._take_acks(block=False)
                 batch = self._batch
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
                     wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
@@ -476,7 +268,7 @@ class CdcWorker(QueueWorker):
                 self._feedback()
                 stream.wait(min(0.005, linger) if linger > 0 else 0.005)
             self._flush_batch()
-            self._wait_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
+            self._wait_for_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
             self._feedback(force=True)
             self._remember(force=True)
         finally:
@@ -494,6 +286,7 @@ class CdcWorker(QueueWorker):
         if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
+            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
         self._remember()
 
     def _remember(self, force: bool = False) -> None:
@@ -511,19 +304,25 @@ class CdcWorker(QueueWorker):
     def _send(self, batch: ChangeBatch) -> None:
         """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
         stream = self.spec.config.iggy.stream
-        for topic, (ids, parts, payloads, headers) in batch.topic_messages.items():
-            if not ids:
+        # a batch cut from a transaction larger than batch_size holds no Commit: its transaction's time
+        commit_time = batch.commit_time or (self.encoder.transaction_commit_time if self.encoder else 0.0)
+        for topic, messages in batch.topic_messages.items():
+            if not messages.ids:
                 continue
             self._seq += 1
-            frames = encode_partition_frames(ids, parts, payloads, headers, where=f"topic {topic}")
-            event = BatchEvent(self.spec.name, self._seq, stream, topic, topic, frames, len(ids),
-                               created=time.time(), commit_time=batch.commit_time)
+            tables = tables_of(messages.payloads, messages.headers)  # the metrics' table label: the table, not the topic
+            event = encode_batch_event(messages, worker=self.spec.name, seq=self._seq, stream=stream, topic=topic,
+                                       table=next(iter(tables)), where=f"topic {topic}", commit_time=commit_time,
+                                       tables=tables if len(tables) > 1 else None)
             self.progress.sent(self._seq)
             while not put_event(self.batch_queue, event, self._waiting):
                 if self.orphaned:  # no publisher will take it: the next start re-reads it
                     raise SystemExit(1)
-                self._collect_acks(block=False)
-            self.metrics.rows_read.labels(topic, self.spec.name).inc(len(ids))
+                self._take_acks(block=False)
+            for table, (count, _) in tables.items():
+                self.metrics.rows_read.labels(table, self.spec.name).inc(count)
+            self.metrics.batches_queued.labels(self.spec.name).inc()
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
         end = batch.last_commit_end
         if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)
@@ -532,18 +331,19 @@ class CdcWorker(QueueWorker):
     def _waiting(self) -> bool:
         """put_event's check while the queue is full: keep confirming, and say whether to stop."""
         self._tick()
-        return self._should_stop()
+        return super()._waiting()
 
-    def _collect_acks(self, block: bool, timeout: float = 0.2) -> None:
+    def _take_acks(self, block: bool, timeout: float = 0.2) -> None:
         while self.progress.in_flight:
             try:
                 ack = get_event(self.ack_queue, timeout=timeout if block else 0.000_001)
             except Empty:
                 return
             self.progress.acked(ack.seq)
+            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
             block = False
 
-    def _wait_acks(self, deadline: float | None) -> None:
+    def _wait_for_acks(self, deadline: float | None) -> None:
         """Until every queued batch is acknowledged; once stopping, at most ``stop_timeout`` more."""
         stop_timeout = self.spec.config.supervisor.stop_timeout
         while self.progress.in_flight:
@@ -553,8 +353,8 @@ class CdcWorker(QueueWorker):
                 return
             if self.watch.orphaned():
                 raise SystemExit(1)
-            self.spec.beat()
-            self._collect_acks(block=True)
+            self.notify()
+            self._take_acks(block=True)
             self._tick()
 
 
@@ -566,96 +366,6 @@ class _TypesNeeded(Exception):
     def __init__(self, oids: list[int]) -> None:
         super().__init__(oids)
         self.oids = oids
-
-
-class _PeekFrames(io.RawIOBase):
-    """The raw sink of the peek's binary COPY: splits chunks into pgoutput messages and feeds them.
-
-    Binary COPY: an 11-byte signature, int32 flags, int32 header extension length and the
-    extension; then per row int16 field count (1 here), int32 length, the ``data`` bytes;
-    finally int16 -1.
-    """
-
-    def __init__(self, worker: CdcWorker) -> None:
-        super().__init__()
-        self.worker = worker
-        self.batch = ChangeBatch()
-        self.rows = 0
-        self._tail = b""
-        self._header = True
-        self._done = False
-        self._skip = 0  # messages already fed by an interrupted COPY of the same peek
-        self._failed = False  # after an exception, nothing more is fed (the writer's last flush)
-
-    def resumed(self) -> _PeekFrames:
-        """For the same peek read again from its start: skips the messages fed so far."""
-        again = _PeekFrames(self.worker)
-        again.batch, again._skip = self.batch, self.rows
-        return again
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        if self._failed:
-            return len(chunk)
-        try:
-            return self._write(chunk)
-        except BaseException:
-            self._failed = True
-            raise
-
-    def _write(self, chunk) -> int:
-        size = len(chunk)
-        worker = self.worker
-        buf = self._tail + chunk if self._tail else bytes(chunk)
-        pos = 0
-        if self._header:
-            if len(buf) < 19:
-                self._tail = buf
-                return size
-            if buf[:11] != COPY_SIGNATURE:
-                raise PgSourceError(f"{worker.spec.name}: the peek's COPY output has no binary COPY signature")
-            pos = 19 + _I32(buf, 15)[0]  # skip the header extension
-            self._header = False
-        # One str for the chunk, for the pure-Python row functions: a value is a slice of it.
-        s = buf.decode("latin-1") if worker.encoder.needs_text else None
-        feed = worker.encoder.feed_buffer
-        batch = self.batch
-        batch_size = worker.spec.config.source.batch_size
-        total = len(buf)
-        while pos + 2 <= total:
-            if buf[pos] == 0xFF and buf[pos + 1] == 0xFF:  # the trailer: field count -1
-                self._done = True
-                pos = total
-                break
-            if pos + 6 > total:
-                break
-            fields, length = _COPY_ROW(buf, pos)
-            if fields != 1:
-                raise PgSourceError(f"{worker.spec.name}: unexpected binary COPY row of {fields} fields")
-            start = pos + 6
-            end = start + length
-            if end > total:
-                break
-            pos = end
-            if self._skip:
-                self._skip -= 1
-                self.rows += 1
-                continue
-            feed(buf, s, start, end, batch)
-            self.rows += 1
-            if batch.count >= batch_size:
-                worker._send(batch)
-                batch = self.batch = ChangeBatch()
-        self._tail = buf[pos:]
-        worker.spec.beat()
-        worker._collect_acks(block=False)
-        return size
-
-    def finish(self) -> None:
-        if self._tail or not self._done:
-            raise PgSourceError(f"{self.worker.spec.name}: the peek's COPY output ended in the middle of a row")
 
 
 def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:

@@ -115,9 +115,7 @@ def drop_slot(config_path: str, keep_publication: bool, yes: bool) -> None:
 
     conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot")
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT slot_name FROM pg_replication_slots")
-            slots = {row[0] for row in cur.fetchall()}
+        slots = rep.existing_slots(conn)
         try:
             plan = plan_cdc(config, pubs.load_publications(conn, config.source.publication_name), slots)
             pairs = {(units[0].slot, units[0].publication) for units in plan.assignment.values()}

@@ -43,13 +43,12 @@ FROM generate_series(1, %s) g"""
 
 def _writer(dsn: str, stop: threading.Event, rate: int) -> None:
     """Ongoing writes while pgsource runs: ``rate`` rows a second in small transactions."""
-    import psycopg2
+    from pgsource.pg import connect as pg
+    from pgsource.pg.statements import run
 
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        while not stop.wait(0.1):
-            cur.execute(SAMPLE_ROWS, (max(1, rate // 10),))
+    conn = pg.connect(dsn, application_name="pgsource-demo-writer")
+    while not stop.wait(0.1):
+        run(conn, SAMPLE_ROWS, (max(1, rate // 10),))
     conn.close()
 
 
@@ -77,13 +76,12 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
     with LocalPostgres() as pg, tempfile.TemporaryDirectory(prefix="pgsource-demo-") as work:
         dbname = pg.create_database("demo")
         dsn = pg.dsn(dbname)
-        import psycopg2
+        from pgsource.pg import connect as pgc
+        from pgsource.pg.statements import run
 
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(SAMPLE_TABLE)
-            cur.execute(SAMPLE_ROWS, (rows,))
+        conn = pgc.connect(dsn, application_name="pgsource-demo-setup")
+        run(conn, SAMPLE_TABLE)
+        run(conn, SAMPLE_ROWS, (rows,))
         conn.close()
         standin = None
         if iggy_address is None:

@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from pgsource.assignment import WorkUnit
-from pgsource.encode.frames import encode_partition_frames
-from pgsource.events import AckEvent, BatchEvent
+from pgsource.encode.batch import encode_batch_event
+from pgsource.events import AckEvent
 from pgsource.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
@@ -43,7 +43,8 @@ from pgsource.progress import ProgressTracker
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec
-from workers.channel import Empty, ParentWatch, get_event, put_event
+from workers.channel import Empty, get_event, put_event
+from workers.parent import ParentWatch
 
 log = logging.getLogger("pgsource.poller")
 
@@ -78,7 +79,7 @@ class _Queued:
 
     unit: _Unit
     identities: list | None  # (key..., xmin) per row, for delete/mark
-    hi: tuple  # the cursor of its last row (rows updated meanwhile are read again up to it)
+    hi: tuple  # the position of its last row (rows updated meanwhile are read again up to it)
     then: Callable[[], None]  # called once it is acknowledged and its deletes/marks are done
 
 
@@ -136,7 +137,7 @@ class PollWorker(QueueWorker):
         start = stored
         if start is None and source.initial_offset is not None:
             start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
-        log.info("%s: %s from %s", self.spec.name, reader.table_name, start.cursor if start else "the start")
+        log.info("%s: %s from %s", self.spec.name, reader.table_name, start.position if start else "the start")
         state = _Unit(key, reader, start, ProgressTracker(start), rows=start.rows if start else 0, committed=stored)
         if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
             state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone)
@@ -178,11 +179,11 @@ class PollWorker(QueueWorker):
         source = self.spec.config.source
         max_in_flight = source.max_in_flight_batches
         while not self._should_stop():
-            self.spec.beat()
+            self.notify()
             if watch.orphaned():
                 log.error("%s: supervisor is gone, exiting", self.spec.name)
                 return
-            self._drain_acks(timeout=0)
+            self._take_acks(timeout=0)
             self._report_health()
             now = time.monotonic()
             read_any = False
@@ -213,11 +214,11 @@ class PollWorker(QueueWorker):
             if not read_any:
                 pause = max(0.0, min(min(u.next_poll for u in units) - time.monotonic(), 0.5))
                 if self._queued:
-                    self._drain_acks(timeout=pause)
+                    self._take_acks(timeout=pause)
                 else:
                     self.stop_event.wait(pause)
             elif len(self._queued) >= max_in_flight:
-                self._drain_acks(timeout=0.5)
+                self._take_acks(timeout=0.5)
         self._finish()
 
     def _read(self, unit: _Unit) -> ReadBatch:
@@ -258,7 +259,7 @@ class PollWorker(QueueWorker):
             log.warning(
                 "%s: %s: the committed offset is held at %s by %s%s, still in progress; later rows are sent,"
                 " and re-read once it ends", self.spec.name, unit.reader.table_name,
-                unit.committed.cursor if unit.committed else "the start", horizon.holder,
+                unit.committed.position if unit.committed else "the start", horizon.holder,
                 f" since {horizon.held_since}" if horizon.held_since else "",
             )
             unit.held_by = horizon.holder
@@ -282,8 +283,8 @@ class PollWorker(QueueWorker):
             with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
                 rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
             if rows:
-                late.after = unit.reader.offset_after(rows).cursor
-                new = [row for row, message_id in zip(rows, unit.reader.message_ids(rows)) if message_id not in r.sent]
+                late.after = unit.reader.offset_after(rows).position
+                new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
                 if new:
                     late.outstanding += 1
                     self._queue_rows(unit, new, r.hi, lambda late=late: self._late_batch_done(unit, late))
@@ -309,11 +310,11 @@ class PollWorker(QueueWorker):
     def _queue_read(self, unit: _Unit, read: ReadBatch) -> None:
         """A batch from the read frontier: queued, its range held if it may still get late rows."""
         reader = unit.reader
-        lo = unit.read_after.cursor if unit.read_after is not None and unit.read_after.cursor else None
+        lo = unit.read_after.position if unit.read_after is not None and unit.read_after.position else None
         encoded_after = replace(read.after, rows=unit.rows + len(read.rows))
         hold = None
         if reader.late_commits:
-            hi = encoded_after.cursor
+            hi = encoded_after.position
             horizon = read.horizon
             hi_key = tracking_key(hi[0], reader.tracking.type_oid) if unit.horizon_tracker is not None else 0
             at_once = unit.horizon_tracker is not None and reader.lag <= 0 and horizon is not None and hi_key < horizon.key
@@ -322,12 +323,12 @@ class PollWorker(QueueWorker):
                 hold = ("sealed", next(self._holds))
                 unit.progress.sent(hold)
                 unit.unsealed.append(ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([])))
-        seq = self._queue_rows(unit, read.rows, encoded_after.cursor, None, keep_ids=hold is not None)
+        seq = self._queue_rows(unit, read.rows, encoded_after.position, None, keep_ids=hold is not None)
         if seq is None:
             return
         if self.spec.config.source.verbose_logging:
             log.info("%s: %s: %d row(s) after %s, up to %s (batch %d%s)", self.spec.name, reader.table_name,
-                     len(read.rows), lo or "the start", encoded_after.cursor, seq,
+                     len(read.rows), lo or "the start", encoded_after.position, seq,
                      ", held until transactions in progress end" if hold is not None else "")
         unit.progress.sent(seq, encoded_after)
         queued = self._queued[seq]
@@ -355,21 +356,14 @@ class PollWorker(QueueWorker):
         ``keep_ids``: the batch opens an unsealed range, whose re-read must know what it sent.
         """
         reader = unit.reader
-        encoded = reader.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
+        encoded = reader.encoder.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
         if keep_ids:
-            unit.unsealed[-1].sent = SentIds(encoded.ids)
+            unit.unsealed[-1].sent = SentIds(encoded.messages.ids)
         self._seq += 1
-        event = BatchEvent(
-            worker=self.spec.name,
-            seq=self._seq,
-            stream=self.spec.config.iggy.stream,
-            topic=reader.topic,
-            table=reader.table_name,
-            parts=encode_partition_frames(encoded.ids, encoded.partitions, encoded.payloads, where=f"table {reader.table_name}"),
-            count=len(encoded.ids),
-            created=time.time(),
-        )
-        if not put_event(self.batch_queue, event, self._should_stop):
+        event = encode_batch_event(encoded.messages, worker=self.spec.name, seq=self._seq,
+                                   stream=self.spec.config.iggy.stream, topic=reader.topic, table=reader.table_name,
+                                   where=f"table {reader.table_name}")
+        if not put_event(self.batch_queue, event, self._waiting):
             return None  # stopping while the queue is full: this batch was never sent, nothing to commit
         self._queued[self._seq] = _Queued(unit, encoded.identities, hi, then)
         unit.rows += len(rows)
@@ -380,7 +374,7 @@ class PollWorker(QueueWorker):
 
     # -- acknowledgements --------------------------------------------------------------------
 
-    def _drain_acks(self, timeout: float) -> None:
+    def _take_acks(self, timeout: float) -> None:
         """Handle every ack that arrived; wait up to ``timeout`` for the first one."""
         wait = timeout
         while self._queued:
@@ -399,7 +393,7 @@ class PollWorker(QueueWorker):
         """Iggy has the batch: run its deletes/marks on exactly the versions sent, then let it count.
 
         A row updated between the read and the ack is a newer version, which was not sent:
-        it is left alone, read again (up to the batch's last cursor) and published; the
+        it is left alone, read again (up to the batch's last position) and published; the
         batch counts only once those are acknowledged and acted on too.
         """
         unit = queued.unit
@@ -426,7 +420,7 @@ class PollWorker(QueueWorker):
         """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""
         deadline = time.monotonic() + self.spec.config.supervisor.stop_timeout
         while self._queued and time.monotonic() < deadline:
-            self._drain_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            self._take_acks(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
         if self._queued:
             log.warning("%s: %d batch(es) not acknowledged before the deadline; they will be re-sent", self.spec.name, len(self._queued))
         self._finished = True

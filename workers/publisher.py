@@ -36,10 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pgsource.config.model import Config
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.events import AckEvent, BatchEvent, StopEvent, WorkerStatus
+from pgsource.events import PUBLISHER, AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, ParentWatch, get_event, keep_freed_memory, put_event
+from workers.channel import Empty, get_event, put_event
 from workers.logs import setup_logging
+from workers.parent import ParentWatch
+from workers.tuning import keep_freed_memory
 
 log = logging.getLogger("pgsource.publisher")
 
@@ -74,13 +76,13 @@ class PublisherWorker:
         self._last_attempt = 0.0
         self.watch = ParentWatch()
         self.beat()
-        put_event(self.status_queue, WorkerStatus("publisher", "ready"))
+        put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.READY))
         code = 1
         try:
             code = asyncio.run(self._main())
         except SinkRefused as exc:
             log.error("publisher: %s", exc)
-            put_event(self.status_queue, WorkerStatus("publisher", "fatal", exc))
+            put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.FATAL, exc))
             code = exc.exit_code
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -188,7 +190,11 @@ class PublisherWorker:
     def _acknowledged(self, event: BatchEvent, now: float) -> None:
         self._sending(None)
         size = sum(len(part.frames) for part in event.parts)
-        self.metrics.bytes_sent.labels(event.table).inc(size)
+        if event.tables is None:
+            self.metrics.bytes_sent.labels(event.table).inc(size)
+        else:  # CDC, a topic several tables share
+            for table, (_, frame_bytes) in event.tables.items():
+                self.metrics.bytes_sent.labels(table).inc(frame_bytes)
         self.metrics.batch_messages.labels(event.worker).observe(len(event))
         self.metrics.batch_bytes.labels(event.worker).observe(size)
         if event.created:
@@ -239,7 +245,11 @@ class PublisherWorker:
                 delay = min(delay * 2, BACKOFF_MAX)
         now = time.time()
         self.metrics.send_seconds.observe(time.monotonic() - started)
-        self.metrics.messages_sent.labels(event.table).inc(len(event))
+        if event.tables is None:
+            self.metrics.messages_sent.labels(event.table).inc(len(event))
+        else:
+            for table, (messages, _) in event.tables.items():
+                self.metrics.messages_sent.labels(table).inc(messages)
         if event.commit_time:
             self.metrics.lag_seconds.labels(event.worker).set(now - event.commit_time)
         self._acknowledged(event, now)

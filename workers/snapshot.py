@@ -27,22 +27,34 @@ from collections.abc import Callable
 from pgsource.changes import ChangeBatch
 from pgsource.config.model import Config, TableConfig
 from pgsource.encode.ids import snapshot_message_id
+from pgsource.pg.positions import estimated_rows
 from pgsource.polling import TableReader
 
 
 def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],
-                  send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool]) -> bool:
+                  send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool], worker: str = "") -> bool:
     """Read every row of ``tables`` on ``conn`` (already in its snapshot) and ``send`` them in
-    batches; False when asked to stop before the last row was read."""
+    batches; False when asked to stop before the last row was read.
+
+    Progress per table: ``pgsource_cdc_snapshot_estimated_rows`` (the planner's estimate, set
+    when the table's snapshot starts) and ``pgsource_cdc_snapshot_rows_read_total``."""
+    from pgsource.metrics import Metrics
+
+    metrics = Metrics.get()
     readers = [TableReader(conn, config, table, by_identity=True) for table in tables]
     for table, reader in zip(tables, readers):
-        if not _send_table(reader, config, generations[table.qualified], send, should_stop):
+        estimate = estimated_rows(conn, table.schema_, table.name)
+        if estimate is not None:
+            metrics.snapshot_estimate.labels(reader.table_name, worker).set(estimate)
+        rows = metrics.snapshot_rows.labels(reader.table_name, worker)
+        if not _send_table(reader, config, generations[table.qualified], send, should_stop, rows.inc):
             return False
     return True
 
 
 def _send_table(reader: TableReader, config: Config, generation: int,
-                send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool]) -> bool:
+                send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool],
+                counted: Callable[[int], None]) -> bool:
     include_metadata = config.source.include_metadata
     headers = {"table": reader.table_name, "operation": "SELECT"}  # one dict: encoded once per batch
     offset = None
@@ -51,12 +63,13 @@ def _send_table(reader: TableReader, config: Config, generation: int,
         batch_rows = reader.fetch_batch(offset)
         if not batch_rows:
             return True
-        encoded = reader.encode_batch(batch_rows, include_metadata, rows)
+        encoded = reader.encoder.encode_batch(batch_rows, include_metadata, rows)
         batch = ChangeBatch()
-        for row, partition, payload in zip(batch_rows, encoded.partitions, encoded.payloads):
+        for row, partition, payload in zip(batch_rows, encoded.messages.partitions, encoded.messages.payloads):
             message_id = snapshot_message_id(reader.table_name, generation, row[-1])
             batch.add(reader.topic, message_id, partition, payload.encode(), headers)  # CDC batches carry bytes
         send(batch)
-        offset = encoded.last_offset
+        counted(len(batch_rows))
+        offset = reader.offset_after(batch_rows, rows)
         rows = offset.rows
     return False

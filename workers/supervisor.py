@@ -29,24 +29,29 @@ from collections import deque
 
 import multiprocess
 
-from pgsource.assignment import assign_units
+from pgsource.assignment import WorkUnit, assign_units
 from pgsource.checks import check_prerequisites
 from pgsource.config.model import Config
-from pgsource.errors import CrashLoopError, PgSourceError
-from pgsource.events import StopEvent, WorkerStatus
+from pgsource.errors import PgSourceError, SourceUnavailable
+from pgsource.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
 from pgsource.sharding import record_shard
 from pgsource.state.lock import StateLock
-from workers.base import UNAVAILABLE_EXIT_CODE, WorkerSpec
-from workers.channel import Empty, StopFlag, get_event, put_event, widen_pipe
+from workers.base import WorkerSpec
+from workers.channel import Empty, get_event, put_event
 from workers.health import HealthMonitor
 from workers.liveness import Liveness, PublisherLiveness
 from workers.poller import run_poll_worker
 from workers.publisher import run_publisher
+from workers.restarts import RestartPolicy
+from workers.stop import StopFlag
+from workers.tuning import widen_pipe
 from workers.watchdog import Watchdog
+
+IDLE_TURN = 1.0  # seconds the loop sleeps at most with nothing happening
+DISPLAY_TURN = 0.2  # ... while the bulk-load progress is drawn
 
 log = logging.getLogger("pgsource.supervisor")
 
-PUBLISHER = "publisher"
 
 
 class Supervisor:
@@ -58,9 +63,8 @@ class Supervisor:
         self._exit_code = 0
         self._processes: dict[str, object] = {}
         self._generation: dict[str, int] = {}
-        self._restarts: dict[str, deque[float]] = {}
         self._restart_at: dict[str, float] = {}
-        self._unavailable: dict[str, int] = {}  # consecutive "PostgreSQL unavailable" exits
+        self.restarts = RestartPolicy.from_config(config)  # back-off, crash loop (workers/restarts.py)
         self._killed: set[str] = set()  # workers that died by a signal: their queues cannot be trusted
         self._metrics_server = None
         self._metrics_dir: str | None = None
@@ -73,6 +77,15 @@ class Supervisor:
         self._health: HealthMonitor | None = None
         self._lock = StateLock(config.state.dir)
         self._display = None
+        # set in run(): the plan, the shared memory, the queues, the stop flag
+        self.assignment: dict[str, list[WorkUnit]] = {}
+        self.liveness: dict[str, Liveness] = {}
+        self.publisher_liveness: PublisherLiveness | None = None
+        self.stop_event: StopFlag | None = None
+        self.batch_queue = None
+        self.status_queue = None
+        self.ack_queues: dict[str, object] = {}
+        self._wakeup: tuple[int, int] | None = None  # the signal pipe (read end, write end)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,8 +116,7 @@ class Supervisor:
             log.info("shard %d of %d: %s", self.config.shard.index, self.config.shard.count,
                      ", ".join(t.qualified for t in self.config.source.tables) or "no tables")
         for name, units in self.assignment.items():
-            log.info("%s: %s", name, ", ".join(u.key if not u.slot else f"{u.table.qualified} (slot {u.slot})"
-                                               for u in units) or "custom_query")
+            log.info("%s: %s", name, ", ".join(u.describe() for u in units) or "custom_query")
         self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.publisher_liveness = PublisherLiveness(self.ctx)
         self._health = HealthMonitor(self)
@@ -124,7 +136,11 @@ class Supervisor:
                 if self._display is not None:
                     self._display.refresh()
                 self._handle_signals()
-                self._read_statuses(timeout=0.2)
+                if self._stopping:
+                    break
+                self._sleep(self._sleep_timeout())
+                while self._read_statuses(timeout=0):
+                    pass
                 self._reap_and_restart()
         except PgSourceError as exc:
             log.error("%s", exc)
@@ -160,8 +176,42 @@ class Supervisor:
         return BulkLoadDisplay.start(self.config, self.assignment)
 
     def _install_signal_handlers(self) -> None:
+        """Signals are queued and a byte is written to the signal pipe, which wakes ``_sleep`` (as
+        gunicorn's arbiter sleeps on its pipe): a SIGTERM is handled at once, not at the next poll."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        try:
+            signal.set_wakeup_fd(write)
+            self._wakeup = (read, write)
+        except ValueError:  # not the main thread (an embedding): the sleep's timeout bounds the delay
+            os.close(read)
+            os.close(write)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, frame: self._signals.append(signum))
+
+    def _sleep_timeout(self) -> float:
+        """Until the next restart is due, at most IDLE_TURN (the watchdog and /healthz need turns)."""
+        timeout = DISPLAY_TURN if self._display is not None else IDLE_TURN
+        if self._restart_at:
+            timeout = min(timeout, max(0.0, min(self._restart_at.values()) - time.monotonic()))
+        return timeout
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a status arrives, a running child dies, a signal comes, or ``timeout``."""
+        from multiprocess.connection import wait
+
+        waitables: list = [self.status_queue._reader]
+        waitables += [p.sentinel for name, p in self._processes.items() if name not in self._restart_at and p.exitcode is None]
+        if self._wakeup is not None:
+            waitables.append(self._wakeup[0])
+        ready = wait(waitables, timeout)
+        if self._wakeup is not None and self._wakeup[0] in ready:
+            try:
+                while os.read(self._wakeup[0], 512):
+                    pass
+            except BlockingIOError:
+                pass
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -218,17 +268,19 @@ class Supervisor:
             return run_cdc_worker
         return run_poll_worker
 
-    def _read_statuses(self, timeout: float) -> None:
+    def _read_statuses(self, timeout: float) -> bool:
+        """Take one status (waiting at most ``timeout``); False when there was none."""
         try:
             status: WorkerStatus = get_event(self.status_queue, timeout=timeout)
         except Empty:
-            return
-        if status.state == "ready":
-            self._unavailable.pop(status.worker, None)
+            return False
+        if status.state is WorkerState.READY:
+            self.restarts.ready(status.worker)
             self._connected.add(status.worker)
-        if status.state == "fatal":
+        if status.state is WorkerState.FATAL:
             error = status.error or PgSourceError(f"{status.worker} failed")
             raise error if isinstance(error, PgSourceError) else PgSourceError(f"{status.worker}: {error}")
+        return True
 
     def _reap_and_restart(self) -> None:
         from pgsource.metrics.registry import mark_process_dead
@@ -254,26 +306,11 @@ class Supervisor:
             now = time.monotonic()
             self._connected.discard(name)
             self._causes.setdefault(name, _death_cause(process.exitcode))
-            if process.exitcode == UNAVAILABLE_EXIT_CODE:
-                waits = self._unavailable.get(name, 0)
-                self._unavailable[name] = waits + 1
-                self._restart_at[name] = now + min(self.config.supervisor.restart_backoff * 2**waits, 30.0)
-                continue
-            self._unavailable.pop(name, None)
-            log.warning("%s exited with code %s", name, process.exitcode)
-            if process.exitcode is not None and process.exitcode < 0:
-                self._killed.add(name)
-            history = self._restarts.setdefault(name, deque())
-            history.append(now)
-            while history and history[0] < now - self.config.supervisor.restart_window:
-                history.popleft()
-            if len(history) > self.config.supervisor.max_restarts:
-                raise CrashLoopError(
-                    f"{name} died {len(history)} times within {self.config.supervisor.restart_window:.0f}s"
-                    f" (last exit code {process.exitcode}); giving up"
-                )
-            backoff = self.config.supervisor.restart_backoff * (2 ** (len(history) - 1))
-            self._restart_at[name] = now + min(backoff, 30.0)
+            if process.exitcode != SourceUnavailable.exit_code:  # an outage is waited out, not logged as a crash
+                log.warning("%s exited with code %s", name, process.exitcode)
+                if process.exitcode is not None and process.exitcode < 0:
+                    self._killed.add(name)
+            self._restart_at[name] = self.restarts.died(name, process.exitcode, now)
 
     def _kill_if_silent(self, name: str, process) -> None:
         liveness = self.liveness.get(name)
@@ -318,7 +355,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         """Workers first (they wait for their last acks), then the publisher drains and exits."""
-        if not hasattr(self, "stop_event"):
+        if self.stop_event is None:
             return
         self.stop_event.set()
         deadline = time.monotonic() + self.config.supervisor.stop_timeout + 5
@@ -346,12 +383,17 @@ class Supervisor:
             self._metrics_server.shutdown()
         if self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
         log.info("stopped")
 
 
 def _death_cause(exit_code: int | None) -> str:
     """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
-    if exit_code == UNAVAILABLE_EXIT_CODE:
+    if exit_code == SourceUnavailable.exit_code:
         return "postgresql_unavailable"
     if exit_code is not None and exit_code < 0:
         return "signal"

@@ -25,6 +25,7 @@ from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, StatementLoopError
 from pgsource.pg import connect as pg
 from pgsource.pg.activity import backend_states, terminate_backends
+from pgsource.pg.positions import bounded
 from workers.liveness import Liveness
 
 log = logging.getLogger("pgsource.supervisor")
@@ -116,8 +117,7 @@ class Watchdog:
             log.debug("watchdog: cannot reach PostgreSQL: %s", exc)
             return default
         try:
-            with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = '5s'")
+            bounded(conn, 5.0)
             return question(conn)
         except pg.Error as exc:
             log.debug("watchdog: PostgreSQL did not answer: %s", exc)

@@ -12,6 +12,7 @@ from pgsource.errors import ConfigError
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg.positions import bounded
+from pgsource.pg.replication import existing_slots
 from pgsource.state import FileStateStore
 
 
@@ -55,8 +56,5 @@ def state_dir_exists(config: Config) -> bool:
 def cdc_slots(conn, config: Config) -> dict[str, tuple[str, list[WorkUnit]]]:
     """Worker → (its slot, its units), as ``run`` plans them: slot ownership is read from the
     publications in the database (``plan_cdc``), never recomputed from the worker count."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT slot_name FROM pg_replication_slots")
-        slots = {row[0] for row in cur.fetchall()}
-    plan = plan_cdc(config, pubs.load_publications(conn, config.source.publication_name), slots)
+    plan = plan_cdc(config, pubs.load_publications(conn, config.source.publication_name), existing_slots(conn))
     return {worker: (units[0].slot, units) for worker, units in plan.assignment.items()}

@@ -45,7 +45,7 @@ class OffsetMove:
 def _text(offset: PollingOffset | None) -> str:
     if offset is None:
         return "(nothing committed)"
-    return ", ".join(offset.cursor) if offset.cursor else "(the start)"
+    return ", ".join(offset.position) if offset.position else "(the start)"
 
 
 def plan_reset(config: Config, table_name: str, to: str | None) -> list[OffsetMove]:
@@ -71,10 +71,10 @@ def plan_reset(config: Config, table_name: str, to: str | None) -> list[OffsetMo
             raise ConfigError(f"reset --to: table {table.qualified} is read by xid8 snapshots; only --to-start applies")
         if to is not None:
             try:
-                to = normalize_value(conn, reader.plan.cursor_types[0], to)
+                to = normalize_value(conn, reader.plan.position_types[0], to)
             except pg.Error as exc:
                 raise ConfigError(f"reset --to {to!r}: not a value of {table.qualified}.{reader.tracking_column}"
-                                  f" ({reader.plan.cursor_types[0]}): {str(exc).strip().splitlines()[0]}") from None
+                                  f" ({reader.plan.position_types[0]}): {str(exc).strip().splitlines()[0]}") from None
     initial = config.source.initial_offset
     start = (str(initial),) if initial is not None else ()
     moves = []

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 
 from pgsource.admin.common import cdc_slots, committed_at, connection, units_of
 from pgsource.config.model import Config
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, rows_after, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
 from pgsource.state.lock import holder
 
@@ -25,7 +25,7 @@ COUNT_TIMEOUT = 10.0
 class TableStatus:
     table: str
     key: str
-    offset: list[str] | None  # the committed cursor; None = nothing committed yet
+    offset: list[str] | None  # the committed position; None = nothing committed yet
     rows_sent: int
     rows_behind: int | None  # None = unknown (timed out, or custom_query)
     committed_at: float | None
@@ -72,7 +72,7 @@ def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
     out = []
     if config.source.custom_query and not config.source.tables:
         stored = store.load("polling/custom_query", PollingOffset)
-        return [TableStatus("custom_query", "polling/custom_query", list(stored.cursor) if stored else None,
+        return [TableStatus("custom_query", "polling/custom_query", list(stored.position) if stored else None,
                             stored.rows if stored else 0, None, committed_at(store, "polling/custom_query"),
                             "rows behind are unknown for a custom_query")]
     for table in config.source.tables:
@@ -84,7 +84,7 @@ def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
             if stored is None:
                 bounds = Bounds((str(initial),) if initial is not None else ())
             else:
-                bounds = Bounds(stored.cursor, stored.chunk, stored.snapshot)
+                bounds = Bounds(stored.position, stored.chunk, stored.snapshot)
             note = ""
             if stored is None and unit.chunks > 1:
                 note = "chunk not started: rows behind counted over the whole table"
@@ -92,7 +92,7 @@ def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
                 behind = rows_after(conn, reader.plan, bounds, exact=exact, count=True)
             except pg.Error as exc:
                 behind, note = None, f"rows behind unknown: {str(exc).strip().splitlines()[0]}"
-            out.append(TableStatus(table.qualified, unit.key, list(stored.cursor) if stored else None,
+            out.append(TableStatus(table.qualified, unit.key, list(stored.position) if stored else None,
                                    stored.rows if stored else 0, behind, committed_at(store, unit.key), note))
     return out
 

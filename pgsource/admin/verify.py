@@ -1,7 +1,7 @@
 """``pgsource verify``: reconciliation — did every row up to the committed offset reach Iggy?
 
 Polling: the ids of the rows PostgreSQL holds up to each committed offset of the table
-(computed exactly as the worker computes them: ``TableReader.message_ids``) against the
+(computed exactly as the worker computes them: ``RowEncoder.message_ids``) against the
 ids the topic holds, read back through the SDK. Missing ids fail the check (exit 10),
 duplicates are reported (at-least-once: a re-send after a crash repeats an id), ids of
 other rows (other tables in a shared topic, earlier versions, rows after the offset)
@@ -9,7 +9,7 @@ are counted.
 
 What it can and cannot prove:
 - It proves *presence by id* of the row versions PostgreSQL holds now, up to the offset.
-  Ids derive from the cursor values (and ``xmin`` with delete/mark), not the contents:
+  Ids derive from the position values (and ``xmin`` with delete/mark), not the contents:
   with a tracking column an UPDATE does not change (``id``), a row updated after it was
   sent keeps its id and verify cannot tell the update was never sent (polling does not
   send it either). With a tracking column UPDATE moves (``updated_at``), the new version
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pgsource.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, SinkError
+from pgsource.lsn import format_lsn
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, count_rows_upto, iter_rows_upto, normalize_value, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
 
 SHOWN = 20  # missing ids listed one per line; the rest are counted
@@ -87,24 +87,24 @@ def _verify_polling(config: Config, table_name: str, after: str | None) -> Verif
     source = config.source
     store = FileStateStore(config.state.dir)
     report = VerifyReport()
-    expected: dict[int, str] = {}  # id -> the row's cursor, to name it
+    expected: dict[int, str] = {}  # id -> the row's position, to name it
     processed = 0
     with connection(config, "verify", 600.0) as conn:
         reader = TableReader(conn, config, table)
         plan = reader.plan
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
-        start = (normalize_value(conn, plan.cursor_types[0], after),) if after is not None else ()
+        start = (normalize_value(conn, plan.position_types[0], after),) if after is not None else ()
         for unit in units_of(config, table):
             stored = store.load(unit.key, PollingOffset)
-            if stored is None or not (stored.cursor or stored.snapshot):
+            if stored is None or not (stored.position or stored.snapshot):
                 report.lines.append(f"{unit.key}: nothing committed yet")
                 continue
-            bounds = Bounds(stored.cursor, stored.chunk, stored.snapshot)
-            report.lines.append(f"{unit.key}: committed offset {', '.join(stored.cursor) or stored.snapshot}")
+            bounds = Bounds(stored.position, stored.chunk, stored.snapshot)
+            report.lines.append(f"{unit.key}: committed offset {', '.join(stored.position) or stored.snapshot}")
             only_unmarked = False if source.processed_column else None
             for rows in iter_rows_upto(conn, plan, bounds, exact=exact, processed=only_unmarked, after=start):
-                width = len(plan.cursor_columns)
-                for row, message_id in zip(rows, reader.message_ids(rows)):
+                width = len(plan.position_columns)
+                for row, message_id in zip(rows, reader.encoder.message_ids(rows)):
                     expected[message_id] = ", ".join("" if v is None else v for v in row[:width])
             if source.processed_column:
                 processed += count_rows_upto(conn, plan, bounds, exact=exact, processed=True)
@@ -128,7 +128,7 @@ def _verify_polling(config: Config, table_name: str, after: str | None) -> Verif
         report.lines.append("delete_after_read: rows already deleted cannot be checked; the rows still up to the offset were")
     for message_id in missing[:SHOWN]:
         report.missing.append(f"missing from Iggy: id {message_id} (0x{message_id:032x}), {table.qualified} row at"
-                              f" {plan.tracking_column} cursor ({expected[message_id]})")
+                              f" {plan.tracking_column} position ({expected[message_id]})")
     if len(missing) > SHOWN:
         report.missing.append(f"... and {len(missing) - SHOWN} more missing id(s)")
     return report

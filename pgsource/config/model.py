@@ -1,8 +1,9 @@
 """The configuration as frozen, validated records.
 
-``source:`` keeps the seed connector's keys with their names, defaults and meaning;
-``iggy:``, ``state:``, ``workers:`` and ``metrics:`` are the service's own sections.
-Validation is pydantic's; ``load.py`` turns its errors into messages that name the key.
+``source:`` keeps the seed connector's keys with their names, defaults and meaning; the
+service's own sections (``iggy:``, ``state:``, ``metrics:``...) are in ``sections.py``.
+``workers:`` and ``shard:`` place the work. Validation is pydantic's; ``load.py`` turns its
+errors into messages that name the key.
 """
 
 from __future__ import annotations
@@ -11,14 +12,26 @@ import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from pgsource.config.duration import parse_duration
+from pgsource.config.duration import Duration, OptionalDuration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
-from pgsource.config.secrets import resolve_iggy_files, resolve_source_files
-
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-_NUMERIC_NAME = re.compile(r"\+?[0-9]+")
+from pgsource.config.secrets import resolve_source_files
+from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's records, one import)
+    _FROZEN,
+    IggyConfig,
+    IggyTlsConfig,
+    LogConfig,
+    MetricsConfig,
+    Partitioning,
+    ReadinessConfig,
+    ShardConfig,
+    StateConfig,
+    SupervisorConfig,
+    TopicSettingsConfig,
+    iggy_name_problem,
+)
+from pgsource.events import PUBLISHER
 
 
 class Mode(str, Enum):
@@ -54,7 +67,7 @@ class TableConfig(BaseModel):
     schema_: str = Field("public", alias="schema")
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
-    lag: float | None = None  # overrides source.lag for this table
+    lag: OptionalDuration = None  # overrides source.lag for this table
     shard: int | None = Field(None, ge=0)  # pins the table to this shard (else a hash of its name picks one)
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
@@ -68,10 +81,6 @@ class TableConfig(BaseModel):
             raise ValueError("columns: list at least one column (or leave it out for all)")
         return self
 
-    @field_validator("lag", mode="before")
-    @classmethod
-    def _lag(cls, value):
-        return None if value is None else parse_duration(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -121,7 +130,7 @@ class SourceConfig(BaseModel):
     password_file: str | None = None
     mode: Mode
     tables: list[TableConfig] = Field(default_factory=list)
-    poll_interval: float = 1.0
+    poll_interval: Duration = 1.0
     batch_size: int = Field(1000, ge=1, le=1_000_000)
     tracking_column: str = "id"
     initial_offset: str | int | float | None = None
@@ -150,12 +159,12 @@ class SourceConfig(BaseModel):
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (README "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
-    lag: float = 0.0  # seal a read range only this long after it was read (values no horizon protects)
+    lag: Duration = 0.0  # seal a read range only this long after it was read (values no horizon protects)
     # A statement failing for a reason that may pass (deadlock, lock timeout, cancel) is retried
     # this often, after retry_delay, then twice that...; a worker dying in the same statement
     # more often than this in a row stops the service (exit 8). Connection outages retry forever.
     max_retries: int = Field(3, ge=0, le=100)
-    retry_delay: float = 1.0
+    retry_delay: Duration = 1.0
     # The Rust connector's remaining keys (README "Payload passthrough" and the key table)
     payload_column: str | None = None  # this column's value is the whole message (outbox), no envelope
     payload_format: PayloadFormat = PayloadFormat.BYTEA
@@ -172,10 +181,6 @@ class SourceConfig(BaseModel):
     def _secret_files(cls, value):
         return resolve_source_files(value)
 
-    @field_validator("poll_interval", "lag", "retry_delay", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
 
     @field_validator("capture_operations", mode="before")
     @classmethod
@@ -262,185 +267,6 @@ class SourceConfig(BaseModel):
         return self.mode is Mode.CDC
 
 
-class Partitioning(str, Enum):
-    PRIMARY_KEY = "primary_key"
-    BALANCED = "balanced"
-    TABLE = "table"
-
-
-class IggyTlsConfig(BaseModel):
-    """``iggy.tls:``: TLS to Iggy's TCP transport, as the SDK's ``TcpConfig`` offers it."""
-
-    model_config = _FROZEN
-
-    enabled: bool = False
-    ca_file: str | None = None  # PEM of the CA that signed the server's certificate (default: the system's roots)
-    domain: str | None = None  # the name the certificate must carry (default: the host of iggy.address)
-    validate_certificate: bool = True  # false accepts any certificate: encryption without authentication
-
-    @model_validator(mode="after")
-    def _ca_readable(self):
-        if self.enabled and self.ca_file is not None:
-            try:
-                with open(self.ca_file, "rb"):
-                    pass
-            except OSError as exc:
-                raise ValueError(f"ca_file: cannot read {self.ca_file}: {exc.strerror or exc}") from None
-        return self
-
-
-class IggyConfig(BaseModel):
-    model_config = _FROZEN
-
-    address: str = "127.0.0.1:8090"
-    username: str = "iggy"
-    password: str = "iggy"
-    password_file: str | None = None  # the password from a file (a Kubernetes secret), read at start
-    stream: str = "pgsource"
-    topic: str = "{table}"
-    partitions: int = Field(1, ge=1, le=1000)
-    create_missing: bool = True
-    partitioning: Partitioning = Partitioning.PRIMARY_KEY
-    send_timeout: float = 30.0
-    tls: IggyTlsConfig = IggyTlsConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, value):
-        return resolve_iggy_files(value)
-
-    @field_validator("address")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port")
-        return value
-
-    @field_validator("send_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
-
-    @field_validator("topic")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        unknown = set(re.findall(r"\{([^}]*)\}", value)) - {"table", "schema"}
-        if unknown:
-            raise ValueError(f"topic template knows {{table}} and {{schema}}, not {', '.join(sorted(unknown))}")
-        if "{" not in value:
-            iggy_name_problem("topic", value, raise_it=True)
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _stream_name(cls, value: str) -> str:
-        iggy_name_problem("stream", value, raise_it=True)
-        return value
-
-    def topic_for(self, table: TableConfig) -> str:
-        return self.topic.format(table=table.name, schema=table.schema_)
-
-
-def iggy_name_problem(what: str, name: str, raise_it: bool = False) -> str | None:
-    """Why Iggy cannot take ``name`` as a stream or topic name, or None.
-
-    The SDK turns a name that parses as a u32 (digits, optionally after ``+``: ``2024``,
-    ``+5``) into a numeric identifier: a topic named ``2024`` would be looked up as the
-    topic with id 2024, never found, and created again on every start (or another topic
-    written to). Names made only of digits are refused whatever their size. Iggy names
-    have 1 to 255 bytes.
-    """
-    problem = None
-    if not 0 < len(name.encode()) <= 255:
-        problem = f"{what} name {name!r} must have 1 to 255 bytes"
-    elif _NUMERIC_NAME.fullmatch(name):
-        problem = (f"{what} name {name!r} is a number, which the Iggy SDK sends as a numeric id, not as a name;"
-                   f" choose a name with a letter in it")
-    if problem and raise_it:
-        raise ValueError(problem)
-    return problem
-
-
-class StateConfig(BaseModel):
-    model_config = _FROZEN
-
-    dir: str = "./pgsource-state"
-    # Polling offsets are written (fsync'd) at most this often; always after Iggy's ack, and
-    # always on a graceful stop. A crash re-sends at most what was acked in one interval
-    # (same ids). 0 = after every acknowledged batch. (Kafka Connect and Debezium: 60 s.)
-    commit_interval: float = Field(0.1, ge=0)
-
-    @field_validator("commit_interval", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
-
-
-class MetricsConfig(BaseModel):
-    model_config = _FROZEN
-
-    port: int | None = Field(None, ge=0, le=65535)
-    host: str = "0.0.0.0"
-
-
-class LogConfig(BaseModel):
-    """``log:``: one line per record, text or JSON, in every process (README "Logs")."""
-
-    model_config = _FROZEN
-
-    format: Literal["text", "json"] = "text"
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _upper(cls, value):
-        return value.upper() if isinstance(value, str) else value
-class ReadinessConfig(BaseModel):
-    """When ``/readyz`` says "stuck": work waits and nothing moved for ``stall_after``."""
-
-    model_config = _FROZEN
-
-    stall_after: float = Field(60.0, gt=0)
-
-    @field_validator("stall_after", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
-
-
-class SupervisorConfig(BaseModel):
-    """How hard the supervisor tries before it gives up on a worker."""
-
-    model_config = _FROZEN
-
-    restart_backoff: float = 1.0
-    max_restarts: int = Field(5, ge=0)
-    restart_window: float = 60.0
-    stop_timeout: float = 15.0
-    heartbeat_timeout: float = 120.0  # a worker silent this long is killed and restarted
-
-    @field_validator("restart_backoff", "restart_window", "stop_timeout", "heartbeat_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        return parse_duration(value)
-
-
-class ShardConfig(BaseModel):
-    """This replica's share of the tables when several replicas split them (a StatefulSet's pod ordinal)."""
-
-    model_config = _FROZEN
-
-    index: int = Field(ge=0)
-    count: int = Field(ge=1, le=1024)
-
-    @model_validator(mode="after")
-    def _index_in_range(self):
-        if self.index >= self.count:
-            raise ValueError(f"shard.index {self.index} is not below shard.count {self.count} (indexes start at 0)")
-        return self
-
-
 class Config(BaseModel):
     """The whole file."""
 
@@ -479,6 +305,9 @@ class Config(BaseModel):
             raise ValueError("workers: a number from 1 to 256, or a mapping of worker name to tables")
         if isinstance(value, dict) and not value:
             raise ValueError("workers: the mapping is empty")
+        if isinstance(value, dict) and PUBLISHER in value:
+            raise ValueError(f"workers: {PUBLISHER!r} is the publisher process's name (in metrics, logs and"
+                             " statuses); give this worker another name")
         return value
 
     @model_validator(mode="after")

@@ -41,7 +41,6 @@ __all__ = [
     "Type",
     "Update",
     "decode_message",
-    "format_lsn",
     "pg_timestamp_to_datetime",
     "pg_timestamp_to_iso",
 ]
@@ -74,11 +73,6 @@ def pg_timestamp_to_datetime(micros: int) -> datetime:
 def pg_timestamp_to_iso(micros: int) -> str:
     """A pgoutput timestamp as ISO 8601 UTC with microseconds: ``2024-01-15T10:30:00.123456Z``."""
     return pg_timestamp_to_datetime(micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def format_lsn(lsn: int) -> str:
-    """An LSN as PostgreSQL prints it (``16/B374D848``)."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True, slots=True)

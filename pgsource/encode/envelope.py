@@ -32,18 +32,12 @@ def envelope_parts(table_name: str, operation: str, timestamp: str) -> tuple[str
         + ',"operation_type":"' + operation
         + '","timestamp":"' + timestamp + '","data":'
     )
-    return prefix, ',"old_data":null}'
+    return prefix, envelope_suffix(None)
 
 
-def encode_envelope(table_name: str, operation: str, timestamp: str, data: str | None, old_data: str | None) -> str:
-    """One whole message body; ``data``/``old_data`` are JSON texts or None (null)."""
-    return (
-        '{"table_name":' + encode_string(table_name)
-        + ',"operation_type":"' + operation
-        + '","timestamp":"' + timestamp
-        + '","data":' + (data if data is not None else "null")
-        + ',"old_data":' + (old_data if old_data is not None else "null") + "}"
-    )
+def envelope_suffix(old_data: str | None) -> str:
+    """What follows ``data``: ``old_data`` (a JSON text, or None for null) and the closing brace."""
+    return ',"old_data":' + (old_data if old_data is not None else "null") + "}"
 
 
 def compact_json(text: str) -> str:

@@ -3,7 +3,7 @@
 A re-sent message carries the id it had the first time, so consumers can drop
 duplicates (the Iggy 0.9 server stores every message it is sent).
 
-- polling: XXH3-128 of ``table NUL cursor values``: the same row version, the same id.
+- polling: XXH3-128 of ``table NUL position values``: the same row version, the same id.
 - cdc: the commit LSN in the high 64 bits, then 16 bits of the slot's hash and the
   change's 48-bit position inside its transaction: unique and ordered per slot.
 """
@@ -21,7 +21,7 @@ def polling_message_id(table_name: str, cursor_values: tuple) -> int:
 
 
 def polling_message_ids(table_name: str, values: list[str]) -> list[int]:
-    """``polling_message_id`` of many rows with a one-column cursor (no None), in one pass."""
+    """``polling_message_id`` of many rows with a one-column position (no None), in one pass."""
     prefix = table_name + _SEPARATOR
     digest = xxhash.xxh3_128_intdigest
     return [digest((prefix + value).encode("utf-8")) or 1 for value in values]

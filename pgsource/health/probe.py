@@ -11,7 +11,10 @@ metrics scrape may ask at once). A failure closes the connection and raises
   tracked across ``refresh`` calls: when its confirmed position last moved, and where the
   server's flushed WAL stood then (a walsender sends only flushed WAL). Work waits when WAL was written *after* that (the slot did not
   follow it); the few bytes an idle server leaves after the confirmed position (a
-  running-xacts record the walsender has not pinged about yet) are not work.
+  running-xacts record the walsender has not pinged about yet) are not work. An idle slot
+  does not move, so ``moved_at`` is also when WAL was first seen waiting: a change written
+  after an idle hour is not "no progress for an hour" (it would be 503 at once, not after
+  ``stall_after``; and a probe between a commit and its acknowledgement would blip).
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import time
 from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, ProbeError
+from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, SlotStats, bounded, rows_after, slot_stats
-from pgsource.pg.replication import format_lsn
 from pgsource.state import FileStateStore, PollingOffset
 
 STATEMENT_TIMEOUT = 2.0
@@ -43,6 +46,7 @@ class SourceProbe:
         self._store = FileStateStore(config.state.dir)
         self._confirmed: dict[str, tuple[int, float, int]] = {}  # slot -> (confirmed lsn, when it moved, WAL end then)
         self._stats: dict[str, SlotStats] = {}
+        self._work_seen: dict[str, float] = {}  # slot -> when WAL was first seen waiting after it stood still
 
     # -- questions -------------------------------------------------------------------------
 
@@ -54,7 +58,7 @@ class SourceProbe:
     def moved_at(self, worker: str) -> float:
         slot = self.slots.get(worker)
         found = self._confirmed.get(slot) if slot else None
-        return found[1] if found else 0.0
+        return max(found[1] if found else 0.0, self._work_seen.get(slot, 0.0))
 
     def waiting(self, worker: str) -> str | None:
         """What waits in PostgreSQL for ``worker``, in a few words; None when nothing does."""
@@ -63,10 +67,9 @@ class SourceProbe:
             stats = self._stats.get(slot)
             if stats is None:
                 return f"slot {slot} does not exist"
-            moved = self._confirmed.get(slot)
-            wal_then = moved[2] if moved else stats.confirmed_lsn
-            if stats.flush_lsn > stats.confirmed_lsn and stats.flush_lsn > wal_then:
-                return (f"slot {slot}: {stats.flush_lsn - wal_then} bytes of WAL written since its confirmed"
+            written = self._written_since(slot, stats)
+            if written:
+                return (f"slot {slot}: {written} bytes of WAL written since its confirmed"
                         f" position stopped at {format_lsn(stats.confirmed_lsn)}")
             return None
         with self._lock:
@@ -85,8 +88,20 @@ class SourceProbe:
             previous = self._confirmed.get(slot)
             if previous is None or previous[0] != found.confirmed_lsn:
                 self._confirmed[slot] = (found.confirmed_lsn, now, found.flush_lsn)
+            if not self._written_since(slot, found):
+                self._work_seen.pop(slot, None)
+            else:
+                self._work_seen.setdefault(slot, now)
         self._stats = stats
         return stats
+
+    def _written_since(self, slot: str, stats: SlotStats) -> int:
+        """Bytes of WAL flushed after the slot's confirmed position stopped moving (0: none)."""
+        moved = self._confirmed.get(slot)
+        wal_then = moved[2] if moved else stats.confirmed_lsn
+        if stats.flush_lsn > stats.confirmed_lsn and stats.flush_lsn > wal_then:
+            return stats.flush_lsn - wal_then
+        return 0
 
     def close(self) -> None:
         with self._lock:
@@ -103,11 +118,11 @@ class SourceProbe:
         if stored is None:
             bounds = Bounds((str(initial),) if initial is not None else ())
         else:
-            bounds = Bounds(stored.cursor, stored.chunk, stored.snapshot)
+            bounds = Bounds(stored.position, stored.chunk, stored.snapshot)
         reader = self._ask(lambda conn: self._reader(conn, unit))
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
         if self._ask(lambda conn: rows_after(conn, reader.plan, bounds, exact=exact)):
-            where = f"offset {', '.join(stored.cursor)}" if stored is not None and stored.cursor else "the start"
+            where = f"offset {', '.join(stored.position)}" if stored is not None and stored.position else "the start"
             return f"table {reader.table_name}: rows wait after {where}"
         return None
 

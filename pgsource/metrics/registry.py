@@ -73,10 +73,15 @@ class Metrics:
             "CDC: from the transaction's commit in PostgreSQL to Iggy acknowledging its batch",
             ["worker"], buckets=LATENCY_BUCKETS,
         )
-        self.snapshot_rows = Counter("pgsource_cdc_snapshot_rows_read_total", "CDC initial snapshot: rows read and queued",
+        self.confirmed_lsn = Gauge(
+            "pgsource_cdc_confirmed_lsn_bytes",
+            "CDC: the last LSN the worker confirmed to its slot (every change before it acknowledged by Iggy)",
+            ["worker"], multiprocess_mode="livemax",
+        )
+        self.snapshot_rows = Counter("pgsource_cdc_snapshot_rows_read_total", "CDC snapshot: rows read and queued",
                                      ["table", "worker"])
         self.snapshot_estimate = Gauge(
-            "pgsource_cdc_snapshot_estimated_rows", "CDC initial snapshot: the planner's estimate of the table's rows",
+            "pgsource_cdc_snapshot_estimated_rows", "CDC snapshot: the planner's estimate of the table's rows (pg_class.reltuples)",
             ["table", "worker"], multiprocess_mode="livemax",
         )
         # -- supervisor -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pgsource.config.names import message_name
 from pgsource.errors import PrerequisiteError
 
 BYTEA_OID = 17
@@ -47,7 +48,7 @@ class TableInfo:
 
     @property
     def qualified(self) -> str:
-        return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+        return message_name(self.schema, self.name)
 
 
 def describe_table(conn, schema: str, name: str) -> TableInfo:
@@ -61,7 +62,7 @@ def describe_table(conn, schema: str, name: str) -> TableInfo:
         )
         found = cur.fetchone()
         if found is None:
-            raise PrerequisiteError(f"table {_display(schema, name)} does not exist (or is not visible to this user)")
+            raise PrerequisiteError(f"table {message_name(schema, name)} does not exist (or is not visible to this user)")
         oid, rows, pages, replident = found
         cur.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,"
@@ -86,8 +87,11 @@ def describe_table(conn, schema: str, name: str) -> TableInfo:
     return TableInfo(oid, schema, name, columns, identity, unique_sets, int(rows), int(pages), replident)
 
 
-def _display(schema: str, name: str) -> str:
-    return name if schema == "public" else f"{schema}.{name}"
+def can_replicate(conn) -> bool:
+    """The current role may open replication connections (REPLICATION, or a superuser)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        return bool(cur.fetchone()[0])
 
 
 def server_setting(conn, name: str) -> str:
@@ -112,5 +116,5 @@ def missing_privileges(conn, oid: int, wanted: list[tuple[str | None, str]],
         if sequence is not None:
             cur.execute("SELECT has_sequence_privilege(%s, 'SELECT')", (sequence,))
             if not cur.fetchone()[0]:
-                lacking.append(f"SELECT on its sequence {sequence}")
+                lacking.append("SELECT on its sequence " + sequence)
     return lacking

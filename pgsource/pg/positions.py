@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
+from pgsource.lsn import parse_lsn
 from pgsource.pg.query import PollPlan
-from pgsource.pg.replication import parse_lsn
+from pgsource.pg.statements import render
 
 
 def bounded(conn, seconds: float) -> None:
@@ -27,17 +28,17 @@ def bounded(conn, seconds: float) -> None:
 
 @dataclass(frozen=True)
 class Bounds:
-    """What limits a query on one stored offset: its cursor (after/up to), its chunk, its xid8 snapshot."""
+    """What limits a query on one stored offset: its position (after/up to), its chunk, its xid8 snapshot."""
 
-    cursor: tuple[str, ...] = ()
+    position: tuple[str, ...] = ()
     chunk: tuple[int | None, int | None] | None = None
     snapshot: str | None = None  # xid8 tracking: the rows committed so far end at this pg_snapshot
 
 
-def _cursor(plan: PollPlan, width: int, operator: str, prefix: str) -> sql.Composable:
-    columns = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns[:width])
+def _position_condition(plan: PollPlan, width: int, operator: str, prefix: str) -> sql.Composable:
+    columns = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns[:width])
     values = sql.SQL(", ").join(
-        sql.Placeholder(f"{prefix}{i}") + sql.SQL("::" + kind) for i, kind in enumerate(plan.cursor_types[:width])
+        sql.Placeholder(f"{prefix}{i}") + sql.SQL("::" + kind) for i, kind in enumerate(plan.position_types[:width])
     )
     template = "({}) " + operator + " ({})" if width > 1 else "{} " + operator + " {}"
     return sql.SQL(template).format(columns, values)
@@ -54,9 +55,9 @@ def _conditions(plan: PollPlan, bounds: Bounds, *, after: bool, exact: bool, pro
             params["snapshot"] = bounds.snapshot
         elif not after:
             conditions.append(sql.SQL("false"))
-    elif bounds.cursor:
-        conditions.append(_cursor(plan, len(bounds.cursor), ">" if after else "<=", "c"))
-        params |= {f"c{i}": value for i, value in enumerate(bounds.cursor)}
+    elif bounds.position:
+        conditions.append(_position_condition(plan, len(bounds.position), ">" if after else "<=", "c"))
+        params |= {f"c{i}": value for i, value in enumerate(bounds.position)}
     elif not after:
         conditions.append(sql.SQL("false"))  # up to "the start": nothing
     if bounds.chunk is not None:
@@ -87,33 +88,33 @@ def rows_after(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False, cou
     """1/0 (exists) or the number of rows after ``bounds``."""
     statement, params = build_rows_after(plan, bounds, exact=exact, count=count)
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(render(statement, conn), params)
         return int(cur.fetchone()[0])
 
 
 def build_rows_upto(plan: PollPlan, bounds: Bounds, *, exact: bool, processed: bool | None, page_width: int,
-                    from_cursor: tuple[str, ...] = ()) -> tuple[sql.Composed, dict]:
-    """One keyset page of the rows up to ``bounds``, after ``from_cursor``: ``plan.select_columns`` as text."""
+                    from_position: tuple[str, ...] = ()) -> tuple[sql.Composed, dict]:
+    """One keyset page of the rows up to ``bounds``, after ``from_position``: ``plan.select_columns`` as text."""
     conditions, params = _conditions(plan, bounds, after=False, exact=exact, processed=processed)
     if page_width:
-        conditions.append(_cursor(plan, page_width, ">", "p"))
+        conditions.append(_position_condition(plan, page_width, ">", "p"))
     selected = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in plan.select_columns)
-    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns)
     statement = sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
         selected, sql.Identifier(plan.schema, plan.table), sql.SQL(" AND ").join(conditions), order)
-    return statement, params | {f"p{i}": value for i, value in enumerate(from_cursor)}
+    return statement, params | {f"p{i}": value for i, value in enumerate(from_position)}
 
 
 def iter_rows_upto(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False, processed: bool | None = None,
                    after: tuple[str, ...] = (), page: int = 10_000) -> Iterator[list[tuple]]:
-    """The rows up to ``bounds`` (after ``after``, a tracking value or a full cursor), page by page."""
-    width = len(plan.cursor_columns)
+    """The rows up to ``bounds`` (after ``after``, a tracking value or a full position), page by page."""
+    width = len(plan.position_columns)
     start = after
     while True:
         statement, params = build_rows_upto(plan, bounds, exact=exact, processed=processed, page_width=len(start),
-                                            from_cursor=start)
+                                            from_position=start)
         with conn.cursor() as cur:
-            cur.execute(statement, params | {"limit": page})
+            cur.execute(render(statement, conn), params | {"limit": page})
             rows = cur.fetchall()
         if rows:
             yield rows
@@ -127,7 +128,7 @@ def count_rows_upto(conn, plan: PollPlan, bounds: Bounds, *, exact: bool = False
     statement = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
         sql.Identifier(plan.schema, plan.table), sql.SQL(" AND ").join(conditions))
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(render(statement, conn), params)
         return int(cur.fetchone()[0])
 
 

@@ -24,8 +24,8 @@ from psycopg2 import sql
 
 from pgsource.config.model import TableConfig
 from pgsource.errors import PrerequisiteError
+from pgsource.lsn import parse_lsn
 from pgsource.pg import connect as pg
-from pgsource.pg.replication import parse_lsn
 
 LOCK_TIMEOUT = "2s"  # one attempt at the cut's lock; the caller tries again (writers queue behind it meanwhile)
 

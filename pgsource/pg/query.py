@@ -26,15 +26,15 @@ CTID = "ctid"
 
 @dataclass(frozen=True)
 class PollPlan:
-    """How one table is read: its cursor columns (tracking first) and how a row is selected."""
+    """How one table is read: its position columns (tracking first) and how a row is selected."""
 
     schema: str
     table: str
-    cursor_columns: tuple[str, ...]  # tracking column, then tie-breakers
-    cursor_types: tuple[str, ...]
+    position_columns: tuple[str, ...]  # tracking column, then tie-breakers
+    position_types: tuple[str, ...]
     identity: tuple[str, ...]  # the row's key (for ids, partitions, delete/mark); () = none
     identity_types: tuple[str, ...]
-    select_columns: tuple[str, ...]  # cursor columns + identity columns not among them
+    select_columns: tuple[str, ...]  # position columns + identity columns not among them
     json_columns: tuple[tuple[str, str, sql.Composable | None], ...]  # (column, key, value SQL or None = as is)
     processed_column: str | None = None
     versioned: bool = False  # xmin is read with each row (delete/mark act on that version; ids include it)
@@ -44,7 +44,7 @@ class PollPlan:
 
     @property
     def tracking_column(self) -> str:
-        return self.cursor_columns[0]
+        return self.position_columns[0]
 
     @property
     def whole_row(self) -> bool:
@@ -56,7 +56,7 @@ class PollPlan:
     @property
     def key_columns(self) -> tuple[str, ...]:
         """What identifies a row for its message id and partition."""
-        return self.identity or self.cursor_columns
+        return self.identity or self.position_columns
 
 
 def build_poll_plan(
@@ -75,7 +75,7 @@ def build_poll_plan(
     payload: tuple[str, str] | None = None,
     primary_key_column: str | None = None,
 ) -> PollPlan:
-    """Check the table against the settings and decide the cursor; errors name table and column.
+    """Check the table against the settings and decide the position; errors name table and column.
 
     ``catalog`` (``load_type_catalog`` of the columns' types) lets bytea nested in composites
     and arrays be found; without it only bytea and bytea[] columns (domains included) are.
@@ -114,11 +114,11 @@ def build_poll_plan(
     if payload is not None:
         _check_payload(info, *payload)
     if info.is_unique((tracking_column,)) and tracking.not_null:
-        cursor: tuple[str, ...] = (tracking_column,)
+        position: tuple[str, ...] = (tracking_column,)
     elif identity:
-        cursor = (tracking_column, *[c for c in identity if c != tracking_column])
+        position = (tracking_column, *[c for c in identity if c != tracking_column])
     elif allow_non_unique:
-        cursor = (tracking_column, CTID)
+        position = (tracking_column, CTID)
     else:
         raise PrerequisiteError(
             f"table {where}: tracking_column {tracking_column!r} is not unique and the table has no primary key"
@@ -129,15 +129,15 @@ def build_poll_plan(
     kept = [c for c in info.columns if (columns is None or c.name in columns) and c.name not in exclude_columns]
     keys = output_names([c.name for c in kept], snake_case)
     json_columns = tuple((c.name, key, _column_value(c, catalog)) for c, key in zip(kept, keys))
-    extra = tuple(c for c in identity if c not in cursor)
+    extra = tuple(c for c in identity if c not in position)
     return PollPlan(
         schema=info.schema,
         table=info.name,
-        cursor_columns=cursor,
-        cursor_types=tuple(types[c] for c in cursor),
+        position_columns=position,
+        position_types=tuple(types[c] for c in position),
         identity=identity,
         identity_types=tuple(types[c] for c in identity),
-        select_columns=cursor + extra + ((XMIN,) if versioned else ()),
+        select_columns=position + extra + ((XMIN,) if versioned else ()),
         json_columns=json_columns,
         processed_column=processed_column,
         versioned=versioned,
@@ -267,17 +267,17 @@ XMIN = "xmin"  # a system column: no user column can take the name
 class Reading:
     """The options of one batch query (each combination is one prepared SQL text)."""
 
-    offset_width: int = 0  # cursor values the read starts after (0 = from the start)
+    offset_width: int = 0  # position values the read starts after (0 = from the start)
     lower: bool = False  # chunk: tracking >= %(lo)s
     upper: bool = False  # chunk: tracking < %(hi)s
-    upto: bool = False  # a re-read of a range: cursor <= %(u0)s... (full width)
+    upto: bool = False  # a re-read of a range: position <= %(u0)s... (full width)
     invisible: bool = False  # only row versions the snapshot %(snapshot)s may not have seen (by xmin)
     exact: int = 0  # xid8 tracking: 1 = rows not visible in %(after)s; 2 = also visible in %(tick)s
     snapshot: bool = False  # return pg_current_snapshot() of the read as the last column
 
 
 def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Composed:
-    """One batch of rows in cursor order, as text, with the row's JSON (and the read's snapshot).
+    """One batch of rows in position order, as text, with the row's JSON (and the read's snapshot).
 
     Named parameters: o0.. (the offset), lo/hi (chunk bounds), u0.. (the range end of a
     re-read), xmax/xmax_low/snapshot (the first read's snapshot), after/tick (xid8
@@ -292,11 +292,11 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
     conditions.append(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(plan.tracking_column)))
     tracking = sql.Identifier(plan.tracking_column)
     if reading.lower:
-        conditions.append(sql.SQL("t.{} >= %(lo)s::" + plan.cursor_types[0]).format(tracking))
+        conditions.append(sql.SQL("t.{} >= %(lo)s::" + plan.position_types[0]).format(tracking))
     if reading.upper:
-        conditions.append(sql.SQL("t.{} < %(hi)s::" + plan.cursor_types[0]).format(tracking))
+        conditions.append(sql.SQL("t.{} < %(hi)s::" + plan.position_types[0]).format(tracking))
     if reading.upto:
-        conditions.append(_compare(plan, len(plan.cursor_columns), "<=", "u"))
+        conditions.append(_compare(plan, len(plan.position_columns), "<=", "u"))
     if reading.invisible:
         # xmin >= the snapshot's xmin: everything older was visible to it. Not pg_visible_in_snapshot:
         # a row written in a savepoint carries the subtransaction's xid, which pg_snapshot never lists.
@@ -312,7 +312,7 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
     if plan.row_filter:
         conditions.append(_row_filter(plan))
-    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns)
     snapshot = sql.SQL(", (SELECT pg_current_snapshot()::text)") if reading.snapshot else sql.SQL("")
     return sql.SQL("SELECT {}, {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
         selected, _row_json(plan), snapshot, table, sql.SQL(" AND ").join(conditions), order
@@ -344,9 +344,9 @@ def _column_text(column: str) -> sql.Composable:
 
 
 def _compare(plan: PollPlan, width: int, operator: str, prefix: str) -> sql.Composable:
-    """``(cursor columns...) <op> (%(prefix0)s::type, ...)`` over the first ``width`` columns."""
-    columns = plan.cursor_columns[:width]
-    types = plan.cursor_types[:width]
+    """``(position columns...) <op> (%(prefix0)s::type, ...)`` over the first ``width`` columns."""
+    columns = plan.position_columns[:width]
+    types = plan.position_types[:width]
     left = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
     right = sql.SQL(", ").join(sql.Placeholder(f"{prefix}{i}") + sql.SQL("::" + t) for i, t in enumerate(types))
     template = "({}) " + operator + " ({})" if width > 1 else "{} " + operator + " {}"
@@ -371,7 +371,7 @@ def snapshot_params(snapshot: str) -> dict[str, object]:
     return {"snapshot": snapshot, "xmax": xmax, "xmax_low": xmax & 0xFFFFFFFF}
 
 
-def cursor_params(prefix: str, values: tuple) -> dict[str, object]:
+def position_params(prefix: str, values: tuple) -> dict[str, object]:
     return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
@@ -402,7 +402,7 @@ def build_acknowledged_rows(plan: PollPlan, action: str) -> sql.Composed:
 
 
 def build_rows_by_key(plan: PollPlan) -> sql.Composed:
-    """The current version of some rows (by key, ``k0..`` arrays) up to the cursor ``u0..``, in cursor order.
+    """The current version of some rows (by key, ``k0..`` arrays) up to the position ``u0..``, in position order.
 
     After an ack, the rows whose version changed meanwhile are read again this way and
     published, before their range counts as done.
@@ -410,12 +410,12 @@ def build_rows_by_key(plan: PollPlan) -> sql.Composed:
     table = sql.Identifier(plan.schema, plan.table)
     keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.identity)
     arrays = sql.SQL(", ").join(sql.Placeholder(f"k{i}") + sql.SQL("::" + t + "[]") for i, t in enumerate(plan.identity_types))
-    conditions = [sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, arrays), _compare(plan, len(plan.cursor_columns), "<=", "u")]
+    conditions = [sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, arrays), _compare(plan, len(plan.position_columns), "<=", "u")]
     if plan.processed_column:
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
     if plan.row_filter:
         conditions.append(_row_filter(plan))
-    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.cursor_columns)
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns)
     return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {}").format(
         sql.SQL(", ").join(_column_text(c) for c in plan.select_columns), _row_json(plan), table,
         sql.SQL(" AND ").join(conditions), order)
@@ -439,7 +439,7 @@ def build_custom_query(query: str, table: tuple[str, str] | None = None, conn=No
         if name == "table":
             if table is None:
                 raise ConfigError("source.custom_query: $table needs the table it runs for (list it in tables)")
-            return sql.Identifier(*table).as_string(conn)
+            return sql.Identifier(*table).as_string(conn).replace("%", "%%")  # the query is run with bound values
         return f"%({_BOUND[name]})s"
 
     converted = _PLACEHOLDER.sub(placeholder, escaped)

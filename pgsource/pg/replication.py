@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from pgsource.errors import PrerequisiteError
+from pgsource.lsn import format_lsn, parse_lsn
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,11 @@ class SlotState:
     confirmed_flush_lsn: int
 
 
-def parse_lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+def existing_slots(conn) -> set[str]:
+    """The names of every replication slot on the server (of any database)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT slot_name FROM pg_replication_slots")
+        return {row[0] for row in cur.fetchall()}
 
 
 def slot_state(conn, slot: str) -> SlotState | None:
@@ -118,6 +117,13 @@ def create_slot_exporting(replication_conn, slot: str) -> tuple[int, str]:
         cur.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(sql.Identifier(slot)))
         _, consistent_point, snapshot_name, _ = cur.fetchone()
     return parse_lsn(consistent_point), snapshot_name
+
+
+def begin_repeatable_read(conn) -> None:
+    """Begin a REPEATABLE READ transaction on ``conn`` (autocommit off): one snapshot for every read."""
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
 def import_snapshot(conn, snapshot_name: str) -> None:

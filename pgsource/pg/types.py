@@ -66,7 +66,6 @@ class TypeInfo:
     element_oid: int = 0  # ARRAY/VECTOR: element type (may itself be a domain)
     delimiter: str = ","  # ARRAY: typdelim of the element type (';' for box)
     attributes: tuple[tuple[str, int], ...] = ()  # COMPOSITE: live (name, type oid) in order
-    enum_labels: tuple[str, ...] = ()  # enums, for callers that validate; decoded as text
     json_cast: str = ""  # CAST: name of the cast function to json (hstore_to_json is reproduced)
 
 
@@ -97,8 +96,6 @@ SELECT t.oid::int8, format_type(t.oid, NULL), t.typtype::text, t.typbasetype::in
        ARRAY(SELECT a.atttypid::int8 FROM pg_attribute a
               WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0
                 AND NOT a.attisdropped ORDER BY a.attnum),
-       ARRAY(SELECT l.enumlabel::text FROM pg_enum l WHERE l.enumtypid = t.oid
-              ORDER BY l.enumsortorder),
        (SELECT p.proname::text FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
          WHERE c.castsource = t.oid AND c.casttarget = 'json'::regtype AND c.castmethod = 'f')
   FROM pg_type t
@@ -117,7 +114,6 @@ class _Row:
     delimiter: str | None
     attnames: list[str]
     atttypes: list[int]
-    labels: list[str]
     json_cast: str | None
 
 
@@ -165,7 +161,6 @@ def _describe(oid: int, rows: dict[int, _Row]) -> TypeInfo:
         element_oid=base.element,
         delimiter=base.delimiter or ",",
         attributes=tuple(zip(base.attnames, base.atttypes, strict=True)),
-        enum_labels=tuple(base.labels),
         json_cast=base.json_cast or "",
     )
 

@@ -30,7 +30,8 @@ from datetime import timedelta
 
 import apache_iggy as iggy
 
-from pgsource.config.model import IggyConfig
+from pgsource.config.duration import format_duration
+from pgsource.config.model import IggyConfig, TopicSettingsConfig
 from pgsource.encode.frames import (
     SEND_MESSAGES_CODE,
     PartitionFrames,
@@ -76,6 +77,7 @@ class IggySink:
         self._client: iggy.IggyClient | None = None
         self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
+        self._told: set[tuple[str, str]] = set()  # existing topics whose differing settings were logged
         self._port = int(config.address.rsplit(":", 1)[1])
 
     # -- connection ---------------------------------------------------------------------
@@ -183,14 +185,25 @@ class IggySink:
                 raise SinkRefused(f"Iggy stream {stream!r} does not exist and iggy.create_missing is false")
             await self._create(client.create_stream(stream), f"{where}: creating stream {stream!r}")
         details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
+        settings = self.config.topic_settings
         if details is None:
             if not self.config.create_missing:
                 raise SinkRefused(f"{where} does not exist and iggy.create_missing is false")
-            await self._create(client.create_topic(stream, topic, self.config.partitions),
-                               f"{where}: creating it with {self.config.partitions} partition(s)")
+            what = f"{self.config.partitions} partition(s), {settings.describe()}"
+            created = await self._create(
+                client.create_topic(stream, topic, self.config.partitions, **_topic_options(settings)),
+                f"{where}: creating it with {what}")
+            if created:
+                log.info("created %s with %s", where, what)
             details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
             if details is None:
                 raise SinkError(f"{where}: created, but Iggy does not find it yet")
+        elif (stream, topic) not in self._told:
+            differences = _settings_differences(details, settings)
+            if differences:
+                self._told.add((stream, topic))
+                log.info("%s exists and is not altered: its %s (iggy.topic_settings applies to topics pgsource"
+                         " creates)", where, "; ".join(differences))
         if details.partitions_count < self.config.partitions:
             raise SinkRefused(
                 f"{where} has {details.partitions_count} partition(s), iggy.partitions asks for"
@@ -198,8 +211,9 @@ class IggySink:
             )
         self._known.add((stream, topic))
 
-    async def _create(self, awaitable: Awaitable, what: str) -> None:
-        """Another process may have created it between our look-up and our create."""
+    async def _create(self, awaitable: Awaitable, what: str) -> bool:
+        """True when this call created it; another process may have created it between our
+        look-up and our create (False)."""
         try:
             await self._call(awaitable, what)
         except SinkRefused:
@@ -207,6 +221,8 @@ class IggySink:
         except SinkError as exc:
             if "already exists" not in str(exc).lower():
                 raise
+            return False
+        return True
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -282,6 +298,45 @@ def _tls_options(config: IggyConfig) -> dict:
     if tls.ca_file:
         options["tls_ca_file"] = tls.ca_file
     return options
+
+
+def _topic_options(settings: TopicSettingsConfig) -> dict:
+    """``iggy.topic_settings`` as create_topic's keywords; None leaves a setting to the server."""
+    expiry = settings.message_expiry
+    size = settings.max_size
+    return {
+        "compression_algorithm": settings.compression,
+        "message_expiry": (None if expiry == "server_default" else iggy.IggyExpiry.NeverExpire() if expiry == "never"
+                           else iggy.IggyExpiry.ExpireDuration(duration=timedelta(seconds=expiry))),
+        "max_topic_size": (None if size == "server_default" else iggy.MaxTopicSize.Unlimited() if size == "unlimited"
+                           else iggy.MaxTopicSize.Custom(bytes=size)),
+    }
+
+
+def _settings_differences(details, settings: TopicSettingsConfig) -> list[str]:
+    """How an existing topic differs from ``iggy.topic_settings`` (a server_default setting never does)."""
+    out = []
+    expiry = details.message_expiry
+    if isinstance(expiry, iggy.IggyExpiry.ExpireDuration):
+        has = round(expiry.duration / timedelta(microseconds=1))
+    else:
+        has = "never" if isinstance(expiry, iggy.IggyExpiry.NeverExpire) else "server_default"
+    wanted = settings.message_expiry
+    if wanted != "server_default" and has != (wanted if isinstance(wanted, str) else round(wanted * 1_000_000)):
+        shown = has if isinstance(has, str) else format_duration(has / 1_000_000)
+        out.append(f"message_expiry is {shown}, iggy.topic_settings.message_expiry says"
+                   f" {wanted if isinstance(wanted, str) else format_duration(wanted)}")
+    size = details.max_topic_size
+    if isinstance(size, iggy.MaxTopicSize.Custom):
+        has_size: int | str = size.bytes
+    else:
+        has_size = "unlimited" if isinstance(size, iggy.MaxTopicSize.Unlimited) else "server_default"
+    if settings.max_size != "server_default" and has_size != settings.max_size:
+        out.append(f"max_size is {has_size}, iggy.topic_settings.max_size says {settings.max_size}")
+    if details.compression_algorithm.lower() != settings.compression:
+        out.append(f"compression is {details.compression_algorithm.lower()}, iggy.topic_settings.compression says"
+                   f" {settings.compression}")
+    return out
 
 
 def _classify(what: str, exc: BaseException) -> SinkError:

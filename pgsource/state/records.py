@@ -26,19 +26,20 @@ class SnapshotPhase(str, Enum):
 
 @dataclass(frozen=True)
 class PollingOffset:
-    """A polling position: the text of the cursor columns of the last committed row.
+    """A polling position: the text of the position columns of the last committed row.
 
-    ``cursor`` holds one value (the tracking value, e.g. from ``initial_offset``) or all
-    cursor columns (tracking value, then tie-breakers). The next read starts after it.
+    ``position`` holds one value (the tracking value, e.g. from ``initial_offset``) or all
+    position columns (tracking value, then tie-breakers). The next read starts after it.
+    On disk it is still written under the key ``cursor`` (files stay readable both ways).
     ``rows`` counts the rows read up to it (balanced partitioning continues from there).
     ``chunk`` is ``[lo, hi)`` of the tracking column when the table is read in chunks.
     ``snapshot`` (xid8 tracking) is the ``pg_snapshot`` that ends the rows committed so far;
-    ``tick`` the one that ends the rows being read now (``cursor`` is the position inside it).
+    ``tick`` the one that ends the rows being read now (``position`` is the place inside it).
     """
 
     kind: ClassVar[str] = "polling"
 
-    cursor: tuple[str, ...]
+    position: tuple[str, ...]
     rows: int = 0
     chunk: tuple[int | None, int | None] | None = None
     snapshot: str | None = None
@@ -46,7 +47,7 @@ class PollingOffset:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "cursor": list(self.cursor),
+            "cursor": list(self.position),
             "rows": self.rows,
             "chunk": list(self.chunk) if self.chunk is not None else None,
             "snapshot": self.snapshot,
@@ -65,10 +66,10 @@ class PollingOffset:
         )
 
     def position_key(self) -> tuple | None:
-        """A key ordered like PostgreSQL orders the cursor, when every value's order is known."""
+        """A key ordered like PostgreSQL orders the position, when every value's order is known."""
         if self.snapshot is not None or self.tick is not None:
             return None  # xid8: snapshots are not totally ordered; the tracker keeps their order
-        keys = tuple(_order_key(value) for value in self.cursor)
+        keys = tuple(_order_key(value) for value in self.position)
         return None if not keys or any(k is None for k in keys) else keys
 
 

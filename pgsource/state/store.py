@@ -128,5 +128,5 @@ class FileStateStore:
 def _behind(new, old) -> bool:
     try:
         return new < old
-    except TypeError:  # keys of different shapes (a cursor that gained tie-breakers): not comparable
+    except TypeError:  # keys of different shapes (a position that gained tie-breakers): not comparable
         return False

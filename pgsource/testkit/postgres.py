@@ -1,11 +1,14 @@
 """A private, throw-away PostgreSQL cluster for the tests, the benchmarks and the demo.
 
-It is started from the server binaries on the machine (``pg_ctl``/``initdb``) by
-pytest-postgresql's ``PostgreSQLExecutor``, in a temporary directory, on a free port,
-with ``wal_level=logical``. PostgreSQL refuses to run as root, and CI runs as root:
-then every ``pg_ctl`` call goes through a two-line wrapper that drops to an
-unprivileged user (``postgres`` when it exists, else ``nobody``) with ``runuser``.
-The executor has no option for that, which is the only reason for the wrapper.
+It is started from the server binaries on the machine with ``pg_ctl`` (``initdb``, then
+``start -w``), in a temporary directory, on a free port, with ``wal_level=logical``.
+PostgreSQL refuses to run as root, and CI runs as root: then every ``pg_ctl`` call goes
+through a two-line wrapper that drops to an unprivileged user (``postgres`` when it
+exists, else ``nobody``) with ``runuser``.
+
+It calls ``pg_ctl`` itself rather than through pytest-postgresql's executor: the demo
+(``pgsource demo``) starts this cluster too, so a test-only library would become a
+runtime dependency of ``pip install pgsource``; and the executor cannot drop root either.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pwd
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -88,55 +92,54 @@ class LocalPostgres:
     tls: bool = False
     cert_users: tuple[str, ...] = ()
     ca: object = None  # pgsource.testkit.tls.CertificateAuthority when tls
-    _executor: object = None
+    _pg_ctl: str = ""
+    _options: str = ""
+    _running: bool = False
 
     def start(self) -> LocalPostgres:
-        from pytest_postgresql.executors import PostgreSQLExecutor
-
         self.base_dir = tempfile.mkdtemp(prefix="pgsource-pg-")
         os.chmod(self.base_dir, 0o755)
         pg_ctl = find_pg_ctl()
         if os.geteuid() == 0:
             pg_ctl = self._drop_privileges(pg_ctl)
+        self._pg_ctl = pg_ctl
+        self._run_pg_ctl("initdb", "-o", f"--username={self.superuser} --auth=trust --encoding=UTF8 --locale=C.UTF-8")
         merged = {**SERVER_SETTINGS, **self._tls_settings(), **self.settings}
-        options = " ".join(f"-c {key}={value}" for key, value in merged.items())
-        self._executor = PostgreSQLExecutor(
-            executable=pg_ctl,
-            host="127.0.0.1",
-            port=self.port,
-            datadir=os.path.join(self.base_dir, "data"),
-            unixsocketdir=self.base_dir,
-            logfile=os.path.join(self.base_dir, "postgresql.log"),
-            startparams="-w",
-            dbname="postgres",
-            user=self.superuser,
-            postgres_options=options,
-            timeout=120,
+        self._options = " ".join(
+            ["-F", f"-p {self.port}", "-c log_destination=stderr", "-c logging_collector=off",
+             f"-c unix_socket_directories='{self.base_dir}'"]
+            + [f"-c {key}={value}" for key, value in merged.items()]
         )
-        self._executor.start()
-        self._wait_until_accepting()
+        self.start_server()
         if self.password is not None or self.tls:
             self._require_authentication()
         return self
 
+    @property
+    def datadir(self) -> str:
+        return os.path.join(self.base_dir, "data")
+
+    def _run_pg_ctl(self, *args: str, timeout: float = 180) -> None:
+        """One ``pg_ctl`` command on this cluster's data directory; its output in the error if it fails."""
+        done = subprocess.run(
+            [self._pg_ctl, *args[:1], "-D", self.datadir, *args[1:]], capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {args[0]} failed ({done.returncode}): {(done.stdout + done.stderr).strip()[-2000:]}")
+
     def stop_server(self, mode: str = "fast") -> None:
         """Stop the server, keeping its data (an outage); ``mode``: fast or immediate (a crash)."""
-        import subprocess
-
-        executor = self._executor
-        if mode != "fast":
-            subprocess.check_output([executor.executable, "stop", "-D", executor.datadir, "-m", mode], timeout=60)
-        try:
-            executor.stop()  # pg_ctl stop -m fast, then the executor forgets its process
-        except subprocess.CalledProcessError:  # already stopped (immediate)
-            from mirakuru import SimpleExecutor
-
-            SimpleExecutor.stop(executor)
+        self._run_pg_ctl("stop", "-m", mode, "-w", "-t", "120")
+        self._running = False
 
     def start_server(self) -> None:
-        """Start the server stopped by ``stop_server`` on its data; returns once it accepts connections."""
-        self._executor.start()
+        """Start the server (again, on its data); returns once it accepts connections."""
+        self._run_pg_ctl("start", "-w", "-t", "120", "-l", os.path.join(self.base_dir, "postgresql.log"),
+                         "-o", self._options)
+        self._running = True
         self._wait_until_accepting()
+
     def _tls_settings(self) -> dict[str, str]:
         """A CA and a server certificate for ``tls``; the key readable by the server's user only."""
         if not self.tls:
@@ -227,11 +230,11 @@ class LocalPostgres:
         return wrapper
 
     def stop(self) -> None:
-        if self._executor is not None:
+        if self._running:
             try:
-                self._executor.stop()
-            finally:
-                self._executor = None
+                self.stop_server("fast")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self._run_pg_ctl("stop", "-m", "immediate", "-w")
         if self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             self.base_dir = ""
@@ -261,13 +264,14 @@ class LocalPostgres:
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database and return its name (a fresh one per test)."""
         import psycopg2
+        from psycopg2 import sql
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         conn = psycopg2.connect(self.dsn())
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         finally:
             conn.close()
         return name
@@ -275,6 +279,7 @@ class LocalPostgres:
     def drop_database(self, name: str) -> None:
         """Drop a database, ending its sessions and dropping its replication slots first."""
         import psycopg2
+        from psycopg2 import sql
 
         conn = psycopg2.connect(self.dsn())
         try:
@@ -290,7 +295,7 @@ class LocalPostgres:
                     " WHERE database = %s AND NOT active",
                     (name,),
                 )
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         finally:
             conn.close()
 

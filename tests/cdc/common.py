@@ -27,6 +27,14 @@ def confirmed_lsn(dsn: str, slot: str = "iggy_slot") -> int:
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
+def wait_slot_caught_up(dsn: str, slot: str = "iggy_slot", timeout: float = 60) -> None:
+    """The slot confirmed every WAL position written so far (``pg_current_wal_lsn()`` read now):
+    the service read and delivered everything committed before, so anything it would send
+    extra (a repeat, a rolled-back or filtered change) has been sent by then."""
+    target = int(query(dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
+    wait_for(lambda: confirmed_lsn(dsn, slot) >= target, timeout, message=f"slot {slot} to confirm {target}")
+
+
 def lsn_number(text: str) -> int:
     high, _, low = text.partition("/")
     return (int(high, 16) << 32) | int(low, 16)

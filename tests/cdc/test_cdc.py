@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from decimal import Decimal
 
 import pytest
 
+from tests.cdc.common import wait_slot_caught_up, wait_until_capturing
 from tests.support import (
     bodies,
     execute,
@@ -56,7 +56,7 @@ def test_insert_update_delete_once_each_in_commit_order(pg_dsn, iggy, tmp_path, 
         execute(pg_dsn, "DELETE FROM users WHERE id = 2")
         execute(pg_dsn, "TRUNCATE users")
         wait_for(lambda: len(bodies(iggy, "users")) >= 4, 30, message="4 changes")
-        time.sleep(1)
+        wait_slot_caught_up(pg_dsn)  # past the TRUNCATE: it was read, and not sent
     finally:
         assert stop_service(service) == 0
     received = bodies(iggy, "users")
@@ -84,7 +84,7 @@ def test_full_identity_truncate_and_operation_filter(pg_dsn, iggy, tmp_path, tra
         execute(pg_dsn, "UPDATE t SET v = 'y'")
         execute(pg_dsn, "TRUNCATE t")
         wait_for(lambda: len(bodies(iggy, "t")) >= 2, 30, message="update and truncate")
-        time.sleep(0.5)
+        wait_slot_caught_up(pg_dsn)
     finally:
         assert stop_service(service) == 0
     received = bodies(iggy, "t")
@@ -327,7 +327,7 @@ def test_initial_snapshot_then_stream_without_gap_or_overlap(pg_dsn, iggy, tmp_p
         execute(pg_dsn, "INSERT INTO s VALUES (501, 'new')")
         execute(pg_dsn, "UPDATE s SET v = 'changed' WHERE id = 1")
         wait_for(lambda: len(bodies(iggy, "s")) >= 502, 30, message="changes after the snapshot")
-        time.sleep(0.5)
+        wait_slot_caught_up(pg_dsn)
     finally:
         assert stop_service(service) == 0
     received = bodies(iggy, "s")
@@ -343,8 +343,7 @@ def test_several_workers_use_one_slot_each_and_drop_slot_removes_them(pg_dsn, ig
                           workers={"wa": ["a"], "wb": ["b"]})
     service = start_service(config)
     try:
-        wait_for(lambda: len(query(pg_dsn, "SELECT slot_name FROM pg_replication_slots")) == 2, 30, message="two slots")
-        time.sleep(0.5)
+        wait_until_capturing(pg_dsn, transport, slots=2)
         execute(pg_dsn, "INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)")
         wait_for(lambda: bodies(iggy, "a") and bodies(iggy, "b"), 30, message="one change per table")
     finally:
@@ -369,7 +368,7 @@ def test_column_of_a_type_created_after_start(pg_dsn, iggy, tmp_path, transport)
                         " CREATE TYPE mood AS ENUM ('ok', 'happy'); ALTER TABLE t ADD COLUMN m mood;"
                         " INSERT INTO t VALUES (3001, 'after', 'happy'); COMMIT")
         wait_for(lambda: len(bodies(iggy, "t")) >= 3001, 30, message="3001 changes")
-        time.sleep(1)
+        wait_slot_caught_up(pg_dsn)
     finally:
         assert stop_service(service) == 0
     received = bodies(iggy, "t")

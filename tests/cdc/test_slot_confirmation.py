@@ -31,7 +31,7 @@ def _watch_slot(dsn: str, seconds: float) -> list[int]:
         if time.monotonic() < deadline - seconds / 2:
             execute(dsn, "INSERT INTO noise (pad) SELECT 'x' FROM generate_series(1, 50)")
         samples.append(confirmed_lsn(dsn))
-        time.sleep(0.05)
+        time.sleep(0.05)  # the sampling pace of the observation window, not a wait
     return samples
 
 

@@ -25,12 +25,12 @@ from pgsource.decode.pgoutput import (
     Type,
     Update,
     decode_message,
-    format_lsn,
     pg_timestamp_to_datetime,
     pg_timestamp_to_iso,
 )
 from pgsource.decode.values import UNCHANGED_TOAST, compile_relation, decode_tuple_json
 from pgsource.errors import SourceError
+from pgsource.lsn import format_lsn
 from pgsource.pg.types import load_type_catalog
 from tests.decode.oracle import ALL_TYPES_DDL, ALL_TYPES_ROWS, SESSION, connect, expected_json
 

@@ -139,7 +139,7 @@ def test_random_values_of_every_type_survive_both_modes_exactly(roundtrip, row):
         cur.execute(sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
             sql.SQL(", ").join(sql.SQL("({})::" + kind).format(sql.Literal(b)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
-    [polled] = reader.encode_batch(reader.fetch_batch(None), False, 0).payloads
+    [polled] = reader.encoder.encode_batch(reader.fetch_batch(None), False, 0).messages.payloads
     got = json.loads(polled, parse_float=Decimal, parse_int=_Int)
     assert list(got) == ["id", *names]
     for name, _, _, _, same in COLUMNS:

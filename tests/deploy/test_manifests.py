@@ -15,7 +15,7 @@ from yamllint.config import YamlLintConfig
 
 from pgsource.config import parse_config
 from pgsource.config.duration import parse_duration
-from pgsource.config.model import Config
+from pgsource.config.model import TableConfig
 from tests.deploy.render import render
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -80,15 +80,17 @@ def test_probes_grace_resources_and_disruption_budget(layout):
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_the_config_map_passes_static_validation(layout):
+    """As every replica reads it: each shard gets tables of its own, and together they are all the tables."""
     _, text = _config(render(LAYOUTS[layout]))
     raw = yaml.safe_load(text)
-    if "shard" in raw and "shard" not in Config.model_fields:
-        # the shard section comes with the sharding work (lead); until it is merged, validate the rest
-        shard = raw.pop("shard")
-        assert set(shard) == {"index", "count"} and shard["index"] == "${POD_ORDINAL}"
-        text = yaml.safe_dump(raw)
-    config = parse_config(text, ENV)
-    assert config.source.tables and config.readiness.stall_after == 60
+    listed = {TableConfig.model_validate(entry).qualified for entry in raw["source"]["tables"]}
+    shards = []
+    for ordinal in range(raw["shard"]["count"] if "shard" in raw else 1):
+        config = parse_config(text, {**ENV, "POD_ORDINAL": str(ordinal)})
+        assert config.readiness.stall_after == 60
+        shards.append({table.qualified for table in config.source.tables})
+        assert shards[-1], f"shard {ordinal} of {layout} would have no table"
+    assert set().union(*shards) == listed and sum(map(len, shards)) == len(listed)
 
 
 def test_the_sharded_layout_gives_each_replica_its_shard_and_its_volume():

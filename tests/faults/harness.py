@@ -134,7 +134,7 @@ class Sampler(threading.Thread):
                 self._add("state lsn", record.lsn if record else None)
             else:
                 record = store.load("polling/t", PollingOffset)
-                self._add("state offset", int(record.cursor[0]) if record and record.cursor else None)
+                self._add("state offset", int(record.position[0]) if record and record.position else None)
         except Exception:  # noqa: BLE001 - a state.dir being broken on purpose (scenario 9)
             pass
         if run.cdc:

@@ -44,7 +44,7 @@ def _deliver(tmp_path, pg_dsn, iggy, rows: int, **source):
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "users")) >= rows, 30, message=f"{rows} rows")
-        wait_for(lambda: (stored_offset(tmp_path, "polling/users") or 0) and stored_offset(tmp_path, "polling/users").cursor == (str(rows),),
+        wait_for(lambda: (stored_offset(tmp_path, "polling/users") or 0) and stored_offset(tmp_path, "polling/users").position == (str(rows),),
                  10, message="the committed offset")
     finally:
         assert stop_service(service) == 0
@@ -72,7 +72,7 @@ def test_reset_refuses_while_running_then_moves_back_and_the_rows_are_sent_again
         refused = run_cli("reset", "--config", str(config), "--table", "users", "--to", "10")
         assert refused.returncode == 9, refused.stderr
         assert "is in use by a running pgsource (pid" in refused.stderr and "stop it first" in refused.stderr
-        assert stored_offset(tmp_path, "polling/users").cursor == ("30",)
+        assert stored_offset(tmp_path, "polling/users").position == ("30",)
         second = run_cli("run", "--config", str(config), timeout=60)  # a second service on the same state.dir
         assert second.returncode == 9 and "in use by a running pgsource" in second.stderr
     finally:
@@ -81,7 +81,7 @@ def test_reset_refuses_while_running_then_moves_back_and_the_rows_are_sent_again
     assert moved.returncode == 0, moved.stderr
     assert "polling/users: 30 -> 10" in moved.stdout
     assert "reset: polling/users: 30 -> 10 (moved on purpose" in moved.stderr  # logged
-    assert stored_offset(tmp_path, "polling/users").cursor == ("10",)
+    assert stored_offset(tmp_path, "polling/users").position == ("10",)
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "users")) >= 50, 30, message="rows 11..30 again")
@@ -90,7 +90,7 @@ def test_reset_refuses_while_running_then_moves_back_and_the_rows_are_sent_again
     ids = [b["data"]["id"] for b in bodies(iggy, "users")]
     assert sorted(ids[30:]) == list(range(11, 31))
     again = run_cli("reset", "--config", str(config), "--table", "users", "--to-start")
-    assert again.returncode == 0 and stored_offset(tmp_path, "polling/users").cursor == ()
+    assert again.returncode == 0 and stored_offset(tmp_path, "polling/users").position == ()
 
 
 def test_reset_names_a_bad_value_and_asks_only_on_a_terminal(pg_dsn, iggy, tmp_path):
@@ -102,13 +102,13 @@ def test_reset_names_a_bad_value_and_asks_only_on_a_terminal(pg_dsn, iggy, tmp_p
     declined = run_on_terminal("reset", "--config", str(config), "--table", "users", "--to", "5", answer="n")
     assert declined.returncode == 1, declined.stderr
     assert "Move these offsets?" in declined.stdout and "aborted" in declined.stderr
-    assert stored_offset(tmp_path, "polling/users").cursor == ("20",)
+    assert stored_offset(tmp_path, "polling/users").position == ("20",)
     accepted = run_on_terminal("reset", "--config", str(config), "--table", "users", "--to", "5", answer="y")
     assert accepted.returncode == 0, accepted.stderr
-    assert stored_offset(tmp_path, "polling/users").cursor == ("5",)
+    assert stored_offset(tmp_path, "polling/users").position == ("5",)
     skipped = run_on_terminal("reset", "--config", str(config), "--table", "users", "--to", "7", "--yes", answer=None)
     assert skipped.returncode == 0 and "Move these offsets?" not in skipped.stdout
-    assert stored_offset(tmp_path, "polling/users").cursor == ("7",)
+    assert stored_offset(tmp_path, "polling/users").position == ("7",)
 
 
 def test_reset_refuses_cdc_and_points_to_drop_slot(pg_dsn, iggy, tmp_path):
@@ -144,7 +144,7 @@ def test_verify_passes_after_a_full_run_and_names_a_row_never_sent(pg_dsn, iggy,
     assert failed.returncode == 10, failed.stdout + failed.stderr
     for row in (26, 27):
         message_id = polling_message_id("users", (str(row),))
-        assert f"missing from Iggy: id {message_id} (0x{message_id:032x}), users row at id cursor ({row})" in failed.stderr
+        assert f"missing from Iggy: id {message_id} (0x{message_id:032x}), users row at id position ({row})" in failed.stderr
     assert "2 missing" in failed.stdout
     recent = run_cli("verify", "--config", str(config), "--table", "users", "--after", "26")
     assert recent.returncode == 10 and "1 row(s) up to the committed offset after 26" in recent.stdout
@@ -156,7 +156,7 @@ def test_verify_counts_duplicates_without_failing(pg_dsn, iggy, tmp_path):
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "users")) >= 30, 30, message="rows 11..20 again")
-        wait_for(lambda: stored_offset(tmp_path, "polling/users").cursor == ("20",), 10, message="the offset")
+        wait_for(lambda: stored_offset(tmp_path, "polling/users").position == ("20",), 10, message="the offset")
     finally:
         assert stop_service(service) == 0
     result = run_cli("verify", "--config", str(config), "--table", "users")
@@ -173,7 +173,7 @@ def test_verify_checks_unmarked_rows_and_counts_marked_ones(pg_dsn, iggy, tmp_pa
     try:
         wait_for(lambda: len(bodies(iggy, "users")) >= 15, 30, message="15 rows")
         wait_for(lambda: (stored_offset(tmp_path, "polling/users") or 0)
-                 and stored_offset(tmp_path, "polling/users").cursor == ("15",), 10, message="the offset")
+                 and stored_offset(tmp_path, "polling/users").position == ("15",), 10, message="the offset")
     finally:
         assert stop_service(service) == 0
     result = run_cli("verify", "--config", str(config), "--table", "users")
@@ -181,4 +181,4 @@ def test_verify_checks_unmarked_rows_and_counts_marked_ones(pg_dsn, iggy, tmp_pa
     assert "15 row(s) marked in done: their ids cannot be recomputed (not checked)" in result.stdout
     execute(pg_dsn, "UPDATE users SET done = false WHERE id = 3")  # a row never marked, as if its ack never came
     unmarked = run_cli("verify", "--config", str(config), "--table", "users")
-    assert unmarked.returncode == 10 and "users row at id cursor (3)" in unmarked.stderr
+    assert unmarked.returncode == 10 and "users row at id position (3)" in unmarked.stderr

@@ -98,7 +98,7 @@ def test_missing_privileges_are_named(pg_dsn, reader_role, iggy, tmp_path):
     log = config.with_suffix(".log").read_text()
     assert code == 4, log
     assert "events: reading a batch failed: permission denied for table events" in log
-    assert "restarting" not in log and stored_offset(tmp_path, "polling/events").cursor == ("10",)
+    assert "restarting" not in log and stored_offset(tmp_path, "polling/events").position == ("10",)
 
 
 @pytest.mark.timeout(240)
@@ -115,7 +115,7 @@ def test_a_row_bigger_than_any_iggy_message_stops_the_table_naming_it(pg_dsn, ig
     assert "table blobs, row id=6: its message is 100,000," in log and "Iggy takes at most 64,000,000" in log
     assert "restarting" not in log
     assert [m["data"]["id"] for m in bodies(iggy, "blobs")] == [1, 2, 3, 4, 5]
-    assert stored_offset(tmp_path, "polling/blobs").cursor == ("5",)
+    assert stored_offset(tmp_path, "polling/blobs").position == ("5",)
     execute(pg_dsn, "UPDATE blobs SET body = 'fixed' WHERE id = 6")  # the operator's fix; then it goes on
     service = start_service(config)
     try:
@@ -133,7 +133,7 @@ def test_a_damaged_state_file_stops_the_service(pg_dsn, iggy, tmp_path, damage):
     try:
         wait_for(lambda: len(bodies(iggy, "events")) >= 20, 60, message="the rows")
         wait_for(lambda: (stored_offset(tmp_path, "polling/events") or None) and
-                 stored_offset(tmp_path, "polling/events").cursor == ("20",), 30, message="the offset")
+                 stored_offset(tmp_path, "polling/events").position == ("20",), 30, message="the offset")
     finally:
         assert stop_service(service) == 0
     [path] = list((tmp_path / "state").glob("polling*events*.json"))

@@ -64,7 +64,9 @@ def test_readyz_goes_503_while_iggy_does_not_answer_and_recovers_by_itself(pg_ds
         status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/readyz")),
                                 stall_after + 10, interval=0.1, message="/readyz 503")
         took = time.monotonic() - frozen_at
-        assert took <= stall_after + 2 + 0.5, f"503 only after {took:.1f}s"  # + the 100ms poll and a scheduling slack
+        # measured from the freeze, before the rows were written, and through a 100 ms poll: the
+        # product's own delay is shorter than ``took`` (poll_interval + stall_after + 1 s of judging)
+        assert stall_after <= took <= stall_after + 2, f"503 after {took:.2f}s"  # not at once: after stall_after
         stuck = json.loads(body)
         assert stuck["status"] == "not ready"
         reasons = " | ".join(f"{s['what']}: {s['reason']}" for s in stuck["stuck"])
@@ -73,7 +75,7 @@ def test_readyz_goes_503_while_iggy_does_not_answer_and_recovers_by_itself(pg_ds
         iggy.freeze(False)
         thawed_at = time.monotonic()
         wait_for(lambda: get(port, "/readyz")[0] == 200, 10, interval=0.1, message="ready again")
-        assert time.monotonic() - thawed_at <= 5
+        assert time.monotonic() - thawed_at <= 5, f"200 only after {time.monotonic() - thawed_at:.2f}s"
         wait_for(lambda: len({b["data"]["id"] for b in bodies(iggy, "users")}) == 200, 30, message="every row")
     finally:
         iggy.freeze(False)

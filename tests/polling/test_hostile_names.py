@@ -33,7 +33,7 @@ CHUNKED = 'users"; DROP TABLE x; --'  # in SCHEMA
 DELETED = "Robert'); DROP TABLE x;--"  # public
 MARKED = "select"  # public: an SQL keyword
 ID = 'id"; DROP TABLE x; --'
-NAME = "na.me é 'quoted' \"too\""
+NAME = "na.me é 'quoted' \"too\" 50% %(limit)s"
 DONE = 'done"; UPDATE x SET v = 0; --'
 HOSTILE_VALUES = ["'); DROP TABLE x; --", "%(limit)s %s", "{} {0} $1 $2", 'back\\slash "q"', "ü😀\t\n"]
 
@@ -102,7 +102,7 @@ def test_batches_and_chunks_of_hostile_names(hostile_db, iggy, tmp_path):
     assert list(messages[0]["data"]) == [ID, NAME, DONE]
     assert _names(bodies(iggy, f"public.{MARKED}")) == _expected(12)
     assert _fingerprint(hostile_db) == before
-    assert len(list((tmp_path / "state").glob("*.json"))) == 4  # two chunks, their cuts, the other table
+    assert len(list((tmp_path / "state").glob("polling*.json"))) == 4  # two chunks, their cuts, the other table
 
 
 @pytest.mark.parametrize("mode", ["delete_after_read", "processed_column"])
@@ -176,9 +176,9 @@ def test_snapshot_reader_of_hostile_names(hostile_db):
         reader = TableReader(conn, config, config.source.tables[0], by_identity=True)
         offset, names = None, []
         while rows := reader.fetch_batch(offset):
-            encoded = reader.encode_batch(rows, False, len(names))
-            names += [json.loads(p)[NAME] for p in encoded.payloads]
-            offset = encoded.last_offset
+            encoded = reader.encoder.encode_batch(rows, False, len(names))
+            names += [json.loads(p)[NAME] for p in encoded.messages.payloads]
+            offset = reader.offset_after(rows, len(names) - len(rows))
     finally:
         conn.close()
     assert sorted(names) == _expected(40)
@@ -197,12 +197,12 @@ def test_schema_dot_table_and_a_dotted_name_stay_apart(pg_dsn, iggy, tmp_path):
         wait_for(lambda: len(bodies(iggy, "a.b")) >= 3 and len(bodies(iggy, "public.a.b")) >= 5, 60, message="both")
         wait_for(lambda: stored_offset(tmp_path, "polling/a.b") is not None
                  and stored_offset(tmp_path, 'polling/"a.b"') is not None
-                 and stored_offset(tmp_path, 'polling/"a.b"').cursor == ("5",), 30, message="both offsets")
+                 and stored_offset(tmp_path, 'polling/"a.b"').position == ("5",), 30, message="both offsets")
     finally:
         assert stop_service(service) == 0
     assert {m["data"]["v"] for m in bodies(iggy, "a.b")} == {"schema a"}
     assert {m["data"]["v"] for m in bodies(iggy, "public.a.b")} == {"dotted"}
-    assert stored_offset(tmp_path, "polling/a.b").cursor == ("3",)
-    assert stored_offset(tmp_path, 'polling/"a.b"').cursor == ("5",)
+    assert stored_offset(tmp_path, "polling/a.b").position == ("3",)
+    assert stored_offset(tmp_path, 'polling/"a.b"').position == ("5",)
     log = (tmp_path / "pgsource.log").read_text()
     assert "w1: polling/a.b" in log and 'w2: polling/"a.b"' in log

@@ -28,6 +28,13 @@ def _open(dsn: str):
     return conn, conn.cursor()
 
 
+def _polled_since(dsn: str, moment) -> bool:
+    """A batch read of table t by worker-0 started after ``moment`` (database time) and ended."""
+    return query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsource-worker-0'"
+                      " AND query LIKE %s AND query_start > %s AND state <> 'active'",
+                 ('%"public"."t" AS t%', moment))[0][0] > 0
+
+
 def _ids(iggy, topic: str) -> list[int]:
     return [m["data"]["id"] for m in bodies(iggy, topic)]
 
@@ -53,9 +60,13 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
         a_id = a.fetchone()[0]
         execute(pg_dsn, "INSERT INTO t (note) SELECT 'B' FROM generate_series(1, 120)")
         wait_for(lambda: len(bodies(iggy, "t")) >= 120, 30, message="B's rows, read past A's value")
-        time.sleep(0.5)  # polls and observations happen meanwhile; A's value is behind the frontier
+        # B's rows were acknowledged; two more polls ran to their end after that: the offset had
+        # every chance to move past A's value, which is behind the frontier
+        for _ in range(2):
+            seen = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
+            wait_for(lambda seen=seen: _polled_since(pg_dsn, seen), 30, message="a poll after B's rows arrived")
         committed = stored_offset(tmp_path, "polling/t")
-        assert committed is None or committed.cursor[0] < str(a_id) or tracking == "updated_at"
+        assert committed is None or committed.position[0] < str(a_id) or tracking == "updated_at"
         a_conn.commit()
         a_conn.close()
         wait_for(lambda: "A" in [m["data"]["note"] for m in bodies(iggy, "t")], 30, message="A's late row")
@@ -131,7 +142,7 @@ def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_
             wait_for(lambda row_id=row_id: row_id in _ids(iggy, "t"), 10, interval=0.02, message=f"row {row_id}")
             stored = next(m for m in iggy.messages("pg", "t") if b'"id":%d,' % row_id in m.payload)
             delays.append(stored.timestamp / 1e6 - committed)
-            time.sleep(0.8)
+            time.sleep(0.8)  # the writer's pace (a row every 0.8 s for a minute), not a wait
         samples = _scrape(port)
         age = samples[("pgsource_source_horizon_age_seconds", (("table", "t"), ("worker", "worker-0")))]
         holder.commit()
@@ -159,7 +170,7 @@ def test_kill_9_while_a_transaction_is_open_keeps_the_offset_behind_it(pg_dsn, i
     kill_service(service)
     committed = stored_offset(tmp_path, "polling/t")
     if tracking == "id":
-        assert committed is None or int(committed.cursor[0]) < a_id  # never past the open transaction's id
+        assert committed is None or int(committed.position[0]) < a_id  # never past the open transaction's id
     first = {m.id: json.loads(m.payload)["data"] for m in iggy.messages("pg", "t")}
     a_conn.commit()
     a_conn.close()

@@ -74,11 +74,11 @@ def test_failures_print_no_password(pg_dsn, guarded_iggy, tmp_path):
     config = write_config(tmp_path, wrong, guarded_iggy.address, source={"tables": ["events"]})
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 3 and "password authentication failed" in result.stderr
-    # the right PostgreSQL password, Iggy's wrong: check warns, names Iggy, prints no password
+    # the right PostgreSQL password, Iggy's wrong: a refusal run would stop on (exit 5), Iggy named, no password
     config = write_config(tmp_path, pg_dsn, guarded_iggy.address, source={"tables": ["events"]},
                           iggy={"password": TEST_IGGY_PASSWORD + "-wrong"})
     result = run_cli("check", "--config", str(config))
-    assert result.returncode == 0 and f"warning: Iggy at {guarded_iggy.address}" in result.stderr
+    assert result.returncode == 5 and f"problem: Iggy at {guarded_iggy.address} refused user 'iggy'" in result.stderr
     # libpq quotes part of a string it cannot parse: the message says so instead
     broken = f"host=127.0.0.1 password={TEST_PASSWORD} dbname"
     config = write_config(tmp_path, broken, guarded_iggy.address, source={"tables": ["events"]})

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from tests.support import (
     bodies,
+    committed_through,
     execute,
     kill_service,
     query,
+    service_output,
     start_service,
     stop_service,
     stored_offset,
@@ -60,7 +61,7 @@ def test_ties_at_batch_boundaries_are_neither_lost_nor_duplicated(pg_dsn, iggy, 
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "events")) >= 700, 60, message="700 rows")
-        time.sleep(0.5)
+        wait_for(lambda: committed_through(tmp_path, "polling/events", "700"), 30, message="the offset of the last row")
     finally:
         assert stop_service(service) == 0
     received = _ids(bodies(iggy, "events"))
@@ -93,7 +94,7 @@ def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(pg_dsn, i
     assert sorted(row for rows in by_id.values() for row in rows) == list(range(1, 40001))
     duplicates = len(stored) - len(by_id)
     assert duplicates <= 8 * 200 + 200  # at most the unacknowledged batches (max_in_flight × batch_size)
-    assert stored_offset(tmp_path, "polling/big").cursor == ("40000",)
+    assert stored_offset(tmp_path, "polling/big").position == ("40000",)
 
 
 def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_kill_9(pg_dsn, iggy, tmp_path):
@@ -108,7 +109,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     service = start_service(config)
     wait_for(lambda: len(bodies(iggy, "big")) >= 3000 and state.exists(), 60, message="a first part and a commit")
     kill_service(service)
-    committed = int(stored_offset(tmp_path, "polling/big").cursor[0])
+    committed = int(stored_offset(tmp_path, "polling/big").position[0])
     first = _ids(bodies(iggy, "big"))
     assert committed < max(first)  # the one commit (the first ack) lags what Iggy holds
     iggy.set_latency(0)
@@ -120,7 +121,7 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
     received = _ids(bodies(iggy, "big"))
     assert sorted(set(received)) == list(range(1, 20001))
     assert received[len(first):] == list(range(committed + 1, 20001))  # the restart resumes right after the commit
-    assert stored_offset(tmp_path, "polling/big").cursor == ("20000",)  # graceful stop: committed despite the 1h
+    assert stored_offset(tmp_path, "polling/big").position == ("20000",)  # graceful stop: committed despite the 1h
 
 
 @pytest.mark.parametrize(
@@ -143,14 +144,16 @@ def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, "t")) >= len(expected), 30, message="rows after the initial offset")
-        time.sleep(0.5)
+        # the cursor is (k, id): the last row in k order is the last expected id
+        wait_for(lambda: committed_through(tmp_path, "polling/t", str(expected[-1])), 30, message="the last row's offset")
     finally:
         assert stop_service(service) == 0
     assert sorted(_ids(bodies(iggy, "t"))) == expected
 
 
-def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, batch_size: int, topic: str, expected: int) -> list[dict]:
-    """Run the service on ``custom_query`` until ``expected`` messages arrived (and a little longer)."""
+def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, batch_size: int, topic: str, expected: int,
+                      last: int) -> list[dict]:
+    """Run the service on ``custom_query`` until ``expected`` messages arrived and the offset of ``last`` is committed."""
     config = write_config(
         tmp_path, pg_dsn, iggy.address,
         source={"custom_query": query, "initial_offset": initial_offset, "batch_size": batch_size},
@@ -159,7 +162,7 @@ def _run_custom_query(pg_dsn, iggy, tmp_path, query: str, initial_offset: int, b
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, topic)) >= expected, 30, message=f"{expected} rows")
-        time.sleep(0.5)  # anything extra would show up now
+        wait_for(lambda: committed_through(tmp_path, "polling/custom_query", str(last)), 30, message="the last row's offset")
     finally:
         assert stop_service(service) == 0
     return bodies(iggy, topic)
@@ -169,7 +172,7 @@ def test_custom_query_binds_last_offset_and_batch_size(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, name text, active bool)")
     execute(pg_dsn, "INSERT INTO users SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, 50) g")
     received = _run_custom_query(pg_dsn, iggy, tmp_path, "SELECT id, name FROM users WHERE active AND id > $1 ORDER BY id LIMIT $2",
-                                 initial_offset=10, batch_size=7, topic="active_users", expected=20)
+                                 initial_offset=10, batch_size=7, topic="active_users", expected=20, last=50)
     assert _ids(received) == list(range(12, 51, 2))
     assert received[0]["data"] == {"id": 12, "name": "u12"}
 
@@ -180,7 +183,7 @@ def test_custom_query_rows_are_ordered_by_the_tracking_column_whatever_order_it_
     execute(pg_dsn, "CREATE TABLE ev (id int PRIMARY KEY, v text)")
     execute(pg_dsn, "INSERT INTO ev SELECT g, 'v' || g FROM generate_series(1, 40) g")
     query = "SELECT * FROM (SELECT id, v FROM ev WHERE id > $1 ORDER BY id LIMIT $2) s ORDER BY id DESC"
-    received = _run_custom_query(pg_dsn, iggy, tmp_path, query, initial_offset=0, batch_size=6, topic="ev", expected=40)
+    received = _run_custom_query(pg_dsn, iggy, tmp_path, query, initial_offset=0, batch_size=6, topic="ev", expected=40, last=40)
     assert _ids(received) == list(range(1, 41))
 
 
@@ -224,7 +227,8 @@ def test_delete_and_mark_happen_only_after_iggy_acknowledged(pg_dsn, iggy, tmp_p
     iggy.refuse_connections(True)
     service = start_service(config)
     try:
-        time.sleep(3)  # the worker has read batches; Iggy refused them all
+        # the worker read a batch and the publisher's first send of it was refused
+        wait_for(lambda: "(attempt 1)" in service_output(), 30, message="a refused send")
         assert query(pg_dsn, "SELECT count(*) FROM outbox WHERE NOT processed")[0][0] == 30
         iggy.refuse_connections(False)
         wait_for(lambda: len(bodies(iggy, "outbox")) >= 30, 60, message="the outbox after Iggy came back")
@@ -247,7 +251,8 @@ def test_iggy_going_away_mid_run_loses_nothing(pg_dsn, iggy, tmp_path):
         iggy.refuse_connections(True)
         iggy.drop_connections()
         execute(pg_dsn, "INSERT INTO ticks (at) SELECT now() FROM generate_series(1, 100)")
-        time.sleep(2)
+        # the outage lasts until the publisher ran into it with a batch of the rows written meanwhile
+        wait_for(lambda: "(attempt 1)" in service_output(), 30, message="a send refused during the outage")
         iggy.refuse_connections(False)
         wait_for(lambda: len({m.id for m in iggy.messages("pg", "ticks")}) >= 200, 60, message="rows written during the outage")
     finally:
@@ -292,7 +297,7 @@ def test_a_row_too_big_for_an_iggy_message_stops_the_service_naming_table_and_ro
     log = config.with_suffix(".log").read_text()
     assert "table docs, row id=4: its message is 64,000," in log and "Iggy takes at most 64,000,000" in log
     assert _ids(bodies(iggy, "docs")) == [1, 2, 3]
-    assert stored_offset(tmp_path, "polling/docs").cursor == ("3",)
+    assert stored_offset(tmp_path, "polling/docs").position == ("3",)
 
 
 @pytest.mark.parametrize("tracking", ["id", "updated_at"])

@@ -171,7 +171,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(0.2)  # the pace of this condition loop
     raise RuntimeError(f"{what} did not answer within {timeout:.0f}s")
 
 

@@ -93,7 +93,7 @@ class IggyServerProcess:
                 raise RuntimeError(f"iggy-server exited with {self.process.returncode} while starting:\n{tail}")
             if login_works(self.address, timeout=2.0):
                 return self
-            time.sleep(0.1)
+            time.sleep(0.1)  # the pace of this condition loop
         raise RuntimeError(f"iggy-server at {self.address} did not accept a login within {timeout:.0f}s")
 
     def stop(self, timeout: float = 30.0) -> int | None:

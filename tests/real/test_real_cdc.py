@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
+from tests.cdc.common import wait_slot_caught_up
 from tests.real.conftest import topics_for
 from tests.real.reader import message_count, read_topic
 from tests.support import execute, query, start_service, stop_service, wait_for, write_config
@@ -38,7 +38,7 @@ def test_insert_update_delete_arrive_in_order(real_iggy, real_pg_dsn, real_strea
         execute(real_pg_dsn, "DELETE FROM accounts WHERE id = 1")
         execute(real_pg_dsn, "BEGIN; UPDATE accounts SET owner = 'cyd' WHERE id = 3; INSERT INTO accounts VALUES (4, 'dee', 4.00); COMMIT")
         wait_for(lambda: message_count(real_iggy, real_stream, "accounts") >= 7, 60, 0.2, message="seven changes")
-        time.sleep(1)  # anything extra would show up now
+        wait_slot_caught_up(real_pg_dsn, slot)  # everything written was read and confirmed: no extra can follow
     finally:
         assert stop_service(service) == 0
 

@@ -68,7 +68,7 @@ def test_the_server_unreachable_for_30_seconds(controlled_iggy, real_pg_dsn, rea
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the outage: the service must neither exit nor lose anything
             assert service.poll() is None
-            time.sleep(1)
+            time.sleep(1)  # the pace of the check during a 30 s outage (the scenario), not a wait
         controlled_iggy.control.start()
         wait_for(lambda: _all_arrived(controlled_iggy, real_stream, rows + 500), 120, 1, message="the rows of the outage")
     finally:
@@ -108,7 +108,7 @@ def test_the_server_frozen_longer_than_the_timeouts(controlled_iggy, real_pg_dsn
                 established = [c for c in publisher.net_connections(kind="tcp") if c.raddr and c.raddr.port == port
                                and c.status == psutil.CONN_ESTABLISHED]
                 peak = max(peak, len(established))
-                time.sleep(0.5)
+                time.sleep(0.5)  # the sampling pace while the server stays frozen for 25 s (the scenario)
         finally:
             controlled_iggy.control.thaw()
         wait_for(lambda: _all_arrived(controlled_iggy, real_stream, rows + 300), 120, 1, message="the rows sent while frozen")

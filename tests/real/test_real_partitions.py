@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
+from tests.cdc.common import wait_slot_caught_up
 from tests.real.conftest import topics_for
 from tests.real.reader import message_count, partition_counts, read_topic
 from tests.support import execute, query, start_service, stop_service, wait_for, write_config
@@ -32,7 +32,7 @@ def test_cdc_changes_of_a_key_stay_in_one_partition_in_order(real_iggy, real_pg_
         for version in range(1, 21):
             execute(real_pg_dsn, "UPDATE items SET version = %s WHERE id = 7", (version,))
         wait_for(lambda: message_count(real_iggy, real_stream, "items") >= 60, 60, 0.2, message="60 changes")
-        time.sleep(1)
+        wait_slot_caught_up(real_pg_dsn, slot)
     finally:
         assert stop_service(service) == 0
     assert len(partition_counts(real_iggy, real_stream, "items")) == 4

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.real.conftest import topics_for
 from tests.real.reader import message_count, read_topic
-from tests.support import execute, kill_service, start_service, stop_service, wait_for, write_config
+from tests.support import (
+    committed_through,
+    execute,
+    kill_service,
+    start_service,
+    stop_service,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(900)  # a compose run pulls images in the first test's setup
 
@@ -36,7 +42,8 @@ def test_several_tables_arrive_exactly_once_in_order_with_exact_values(real_iggy
                  and message_count(real_iggy, real_stream, "orders") >= 1200, 120, 0.5, message="all rows")
         execute(real_pg_dsn, "INSERT INTO users (name) VALUES ('late')")
         wait_for(lambda: message_count(real_iggy, real_stream, "users") >= 2501, 60, 0.5, message="a row inserted while running")
-        time.sleep(1)  # anything extra would show up now
+        wait_for(lambda: committed_through(tmp_path, "polling/users", "2501")
+                 and committed_through(tmp_path, "polling/orders", "1200"), 60, message="the offsets of the last rows")
     finally:
         assert stop_service(service) == 0
     users = read_topic(real_iggy, real_stream, "users")
@@ -80,7 +87,7 @@ def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(real_iggy
         wait_for(lambda: message_count(real_iggy, real_stream, "big") >= total, 180, 0.5, message="as many messages as rows")
         wait_for(lambda: len({m.id for m in read_topic(real_iggy, real_stream, "big")}) >= total, 120, 2,
                  message="every row after the restart")
-        time.sleep(1)  # anything extra would show up now
+        wait_for(lambda: committed_through(tmp_path, "polling/big", str(total)), 60, message="the offset of the last row")
     finally:
         assert stop_service(service) == 0
 

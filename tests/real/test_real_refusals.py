@@ -65,7 +65,8 @@ def test_creating_the_topic_with_the_wheels_options(real_iggy, real_pg_dsn, real
     if real_iggy.refuses_wheel_topic_options:
         code, log = _run_until_exit(real_iggy, real_pg_dsn, real_stream, tmp_path, partitions=2)
         assert code == 5
-        assert f"Iggy topic {real_stream}/t: creating it with 2 partition(s): Unsupported option key" in log
+        assert (f"Iggy topic {real_stream}/t: creating it with 2 partition(s), message_expiry server_default,"
+                " max_size server_default, compression none: Unsupported option key") in log
         return
     execute(real_pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     execute(real_pg_dsn, "INSERT INTO t SELECT generate_series(1, 10)")

@@ -47,7 +47,6 @@ def test_starts_as_an_unprivileged_user_too():
     The interpreter lives under /root here, so instead of exec'ing a new one as another
     user, a forked child drops its uid and runs the module it already has loaded.
     """
-    import pytest_postgresql.executors  # noqa: F401  (loaded before the uid drops)
 
     reader, writer = os.pipe()
     pid = os.fork()

@@ -8,7 +8,8 @@ import sys
 import multiprocess
 import pytest
 
-from workers.channel import get_event, put_event, widen_pipe
+from workers.channel import get_event, put_event
+from workers.tuning import widen_pipe
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux-only")

@@ -6,6 +6,7 @@ import pytest
 
 from pgsource.config import parse_config
 from pgsource.config.duration import parse_duration
+from pgsource.config.size import parse_size
 from pgsource.errors import ConfigError
 
 MINIMAL = "source: {connection_string: 'postgresql://u@h/db', mode: polling, tables: [users]}\n"
@@ -22,6 +23,29 @@ def test_seed_defaults_are_kept():
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), (2, 2.0)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_days_only_where_retention_is_meant():
+    assert parse_duration("7d", days=True) == 7 * 86400
+    with pytest.raises(ValueError, match="'7d' is not a duration"):
+        parse_duration("7d")
+
+
+@pytest.mark.parametrize(("text", "size"), [(1000000, 1000000), ("1000000", 1000000), ("10GB", 10**10),
+                                            ("512MiB", 512 * 2**20), ("1.5 kb", 1500), ("2TiB", 2 * 2**40)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_topic_settings_default_to_the_server_and_take_user_forms():
+    assert parse_config(MINIMAL).iggy.topic_settings.model_dump() == {
+        "message_expiry": "server_default", "max_size": "server_default", "compression": "none"}
+    text = MINIMAL + "iggy: {topic_settings: {message_expiry: 7d, max_size: 10GB, compression: gzip}}\n"
+    settings = parse_config(text).iggy.topic_settings
+    assert (settings.message_expiry, settings.max_size, settings.compression) == (7 * 86400, 10**10, "gzip")
+    assert settings.describe() == "message_expiry 7d, max_size 10000000000 bytes, compression gzip"
+    words = parse_config(MINIMAL + "iggy: {topic_settings: {message_expiry: never, max_size: unlimited}}\n")
+    assert (words.iggy.topic_settings.message_expiry, words.iggy.topic_settings.max_size) == ("never", "unlimited")
 
 
 def test_seed_json_is_accepted_under_source():

@@ -70,7 +70,7 @@ def _wrong_value(name: str, annotation) -> object:
         return "perhaps"
     if int in args or float in args:
         return "many" if str not in args else [1]
-    if typing.get_origin(annotation) is list:
+    if any(typing.get_origin(a) is list for a in (annotation, *args)):  # list[str], list[str] | None
         return 5
     return [1]  # str
 
@@ -95,6 +95,9 @@ def _wrong_type_cases() -> list[tuple[str, dict]]:
             cases.append((f"{section}.{key}", {"source": POLLING, section: {key: _wrong_value(key, field.annotation)}}))
     for name, field in m.IggyTlsConfig.model_fields.items():
         cases.append((f"iggy.tls.{name}", {"source": POLLING, "iggy": {"tls": {name: _wrong_value(name, field.annotation)}}}))
+    for name, field in m.TopicSettingsConfig.model_fields.items():
+        cases.append((f"iggy.topic_settings.{name}",
+                      {"source": POLLING, "iggy": {"topic_settings": {name: _wrong_value(name, field.annotation)}}}))
     for name, field in m.TableConfig.model_fields.items():
         key = field.alias or name
         table = {"name": "users", key: _wrong_value(key, field.annotation)}
@@ -158,7 +161,22 @@ OTHER_CASES = [
     ("slot name", {"source": {**CDC, "replication_slot": 'x"; DROP'}},
      "source.replication_slot: 'x\"; DROP': a replication slot name is 1 to 63 lower-case letters"),
     ("topic template", {"source": POLLING, "iggy": {"topic": "{tabel}"}}, "topic template knows {table} and {schema}"),
+    *[(f"topic_settings {key} {value}", {"source": POLLING, "iggy": {"topic_settings": {key: value}}},
+       f"iggy.topic_settings.{key}: {expected}")
+      for key, value, expected in (
+          ("max_size", "10XB", "'10XB' is not a size: use e.g. 1000000, '512MiB', '10GB'"),
+          ("max_size", "1.5B", "'1.5B' is not a whole number of bytes"),
+          ("max_size", 0, "0: give more than 0 and less than 2^64-1 bytes"),
+          ("max_size", 2**64 - 1, f"{2**64 - 1}: give more than 0 and less than 2^64-1 bytes"),
+          ("max_size", "limited", "'limited' is not a size"),
+          ("message_expiry", "3w", "'3w' is not a duration: use e.g. '500ms', '30s', '5m', '1h', '7d'"),
+          ("message_expiry", 0, "0: give at least 1 microsecond"),
+          ("message_expiry", "forever", "'forever' is not a duration"),
+          ("compression", "zstd", "Input should be 'none' or 'gzip'"),
+      )],
     ("address", {"source": POLLING, "iggy": {"address": "localhost"}}, "iggy.address: 'localhost' is not host:port"),
+    ("a worker named publisher", {"source": POLLING, "workers": {"publisher": ["users"]}},
+     "workers: 'publisher' is the publisher process's name"),
     ("duplicate key", "source: {connection_string: x, mode: polling, tables: [u]}\nsource: {mode: cdc}\n",
      "line 2: key 'source' is given twice in the same mapping"),
     ("not YAML", "source: {mode: [polling}\n", "not valid YAML/JSON"),

@@ -321,7 +321,8 @@ def test_failures_no_retry_can_fix_are_refusals(case):
         "missing topic": "Iggy topic s/t does not exist and iggy.create_missing is false",
         "missing stream": "Iggy stream 's' does not exist and iggy.create_missing is false",
         "too few partitions": "has 1 partition(s), iggy.partitions asks for 3",
-        "refused create options": "creating it with 1 partition(s): Unsupported option key",
+        "refused create options": ("creating it with 1 partition(s), message_expiry server_default, max_size server_default,"
+                                   " compression none: Unsupported option key"),
     }[case] in message
 
 

@@ -30,7 +30,7 @@ What it does not model (everything else; the list is exact for what pgsource tou
 
 - Persistence, segments, flushing, fsync, retention: messages live in memory,
   ``restart(keep_data=True)`` keeps that memory; ``message_expiry``/``max_topic_size``
-  are reported, never enforced; no compression.
+  are reported, never enforced; ``compression_algorithm`` is reported, never applied.
 - Consumer groups, users other than the one configured, permissions (it never answers
   Unauthorized), personal access tokens, the HTTP, QUIC and WebSocket transports,
   clustering and replication.

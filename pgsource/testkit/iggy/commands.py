@@ -339,6 +339,8 @@ def _create_topic(ctx: Context, conn: ConnectionState, body: memoryview) -> byte
                 topic.message_expiry = value
             elif key == "max_topic_size":
                 topic.max_size = value
+        compression = _string_options(options).get("compression_algorithm", "none")
+        topic.compression = wire.COMPRESSION_CODES.get(compression, wire.COMPRESSION_NONE)
         return wire.encode_result_ok(topic.encode_details(segments=0))  # no segment yet in the create reply
 
 
@@ -356,7 +358,17 @@ def _option_keys(options: bytes) -> list[str]:
 
 def _u64_options(options: bytes) -> dict[str, int]:
     """Options whose value is a u64 (kind 12), by key."""
-    out, pos, key = {}, 0, None
+    return {key: int.from_bytes(raw, "little") for key, kind, raw in _options(options) if kind == 12 and len(raw) == 8}
+
+
+def _string_options(options: bytes) -> dict[str, str]:
+    """Options whose value is a string (kind 2), by key."""
+    return {key: raw.decode("utf-8", "replace") for key, kind, raw in _options(options) if kind == 2}
+
+
+def _options(options: bytes) -> list[tuple[str, int, bytes]]:
+    """(key, value kind, value bytes) of ``[kind u8][len u32][bytes]`` key/value pairs."""
+    out, pos, key = [], 0, None
     view = memoryview(options)
     while pos < len(options):
         kind, length = options[pos], wire.read_u32(view, pos + 1)
@@ -364,8 +376,7 @@ def _u64_options(options: bytes) -> dict[str, int]:
         if key is None:
             key = raw.decode("utf-8")
         else:
-            if kind == 12 and length == 8:
-                out[key] = int.from_bytes(raw, "little")
+            out.append((key, kind, raw))
             key = None
         pos += 5 + length
     return out

@@ -88,6 +88,7 @@ class Topic:
     derived_options: bytes = b""  # the server's defaults for every option not given
     message_expiry: int = wire.U64_MAX  # never expire
     max_size: int = wire.U64_MAX
+    compression: int = wire.COMPRESSION_NONE  # reported, never applied
     created_at: int = field(default_factory=now_micros)
 
     @property
@@ -120,6 +121,7 @@ class Topic:
             self.name,
             self.options,
             derived,
+            self.compression,
         )
 
     def encode_details(self, segments: int = 1) -> bytes:

@@ -102,6 +102,7 @@ BATCH_COUNT_AT = 48
 POLL_OFFSET, POLL_TIMESTAMP, POLL_FIRST, POLL_LAST, POLL_NEXT = 1, 2, 3, 4, 5
 
 COMPRESSION_NONE = 1
+COMPRESSION_CODES = {"none": COMPRESSION_NONE, "gzip": 2}  # the topic header's compression byte
 U64_MAX = (1 << 64) - 1
 
 _U8 = struct.Struct("<B")
@@ -316,10 +317,11 @@ def encode_topic_header(
     name: str,
     options: bytes,
     derived_options: bytes,
+    compression: int = COMPRESSION_NONE,
 ) -> bytes:
     return (
         _TOPIC_HEAD.pack(
-            topic_id, created_at, partitions, message_expiry, COMPRESSION_NONE, max_size, size, messages
+            topic_id, created_at, partitions, message_expiry, compression, max_size, size, messages
         )
         + encode_name(name)
         + _U32.pack(len(options))
