@@ -46,7 +46,7 @@ from workers.tuning import keep_freed_memory
 log = logging.getLogger("pgsource.publisher")
 
 BACKOFF_START = 0.1
-BACKOFF_MAX = 5.0
+BACKOFF_MAX = 2.0  # a recovered Iggy is used again within 2 s (and /readyz is 200 again within ~3 s)
 ORPHANED_EXIT_CODE = 1
 FLUSH_SECONDS = 5.0
 RECONNECT_IDLE = 1.0  # seconds between connection attempts while disconnected with nothing to send

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+
+def pytest_sessionstart(session):
+    from tests.faults.test_matrix import REPORT
+
+    REPORT["session_started"] = time.monotonic()
+
 
 def pytest_terminal_summary(terminalreporter):
     from tests.faults.test_matrix import REPORT

@@ -31,7 +31,7 @@ class Scenario:
     inject: Callable[[Run], None]
     modes: tuple[str, ...] = MODES
     own_cluster: bool = False  # PostgreSQL itself is restarted: not on the shared cluster
-    weight: int = 1  # rough cost, to spread the heavy ones over the pool
+    weight: int = 1  # rough cost (tens of seconds): the pool starts the heaviest runs first
 
 
 def begin(run: Run, writers: int = 5, **source) -> None:
@@ -57,6 +57,7 @@ def kill_worker(run: Run) -> None:
     time.sleep(0.7)
     victim = run.worker_pid()
     os.kill(victim, signal.SIGKILL)
+    run.begin_fault()
     run.iggy.set_latency(0)
     run.end_fault()
     wait(lambda: run.worker_pid() != victim, 60, "a new worker")
@@ -69,6 +70,7 @@ def kill_publisher(run: Run) -> None:
     time.sleep(0.7)
     victim = run.publisher_pid()
     os.kill(victim, signal.SIGKILL)
+    run.begin_fault()
     run.iggy.set_latency(0)
     run.end_fault()
     wait(lambda: run.publisher_pid() != victim, 60, "a new publisher")
@@ -81,7 +83,9 @@ def kill_supervisor(run: Run) -> None:
     children = run.children()
     pids = {child.pid for child in children}
     run.service.kill()  # SIGKILL the supervisor alone
-    run.service.wait(10)
+    if run.service.wait(10) != -signal.SIGKILL:
+        run.problem(f"the supervisor ended with {run.service.returncode}, not by SIGKILL")
+    run.begin_fault()
 
     def gone() -> bool:
         return not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
@@ -116,26 +120,37 @@ def kill_supervisor(run: Run) -> None:
 
 def iggy_restart(run: Run) -> None:
     begin(run)
+    accepted = run.iggy.connections_accepted()
+    run.begin_fault()
     run.iggy.restart(keep_data=True)
     run.end_fault()
     settle(run)
+    if run.iggy.connections_accepted() <= accepted:
+        run.problem("the publisher never connected again after Iggy restarted: the restart did not reach it")
 
 
 def iggy_unreachable(run: Run) -> None:
     begin(run)
+    accepted = run.iggy.connections_accepted()
+    run.begin_fault(iggy_down=True)
     run.iggy.refuse_connections(True)
     run.iggy.drop_connections()
     time.sleep(OUTAGE)
+    run.lifting()
     run.iggy.refuse_connections(False)
     run.end_fault()
     settle(run)
+    if run.iggy.connections_accepted() <= accepted:
+        run.problem("the publisher never connected again after the outage")
 
 
 def iggy_frozen(run: Run) -> None:
     """Connections are accepted, nothing is answered: every call ends in send_timeout and a retry."""
     begin(run)
+    run.begin_fault(iggy_down=True)
     run.iggy.freeze(True)
     time.sleep(OUTAGE)
+    run.lifting()
     run.iggy.freeze(False)
     run.end_fault()
     settle(run)
@@ -152,10 +167,14 @@ def pg_restart(mode: str) -> Callable[[Run], None]:
         # checkpoint (fixed in 17): after any restart the slot may resume a little earlier, and
         # pgsource re-sends those changes with their ids. pgsource's own record must not go back.
         run.allowed_backward.append(("slot confirmed_flush_lsn", time.time(), time.time() + 3600))
+        started = run.query("SELECT pg_postmaster_start_time()")[0][0]
+        run.begin_fault()
         run.cluster.stop_server(mode)
         time.sleep(OUTAGE)
         run.cluster.start_server()
         run.end_fault()
+        if run.query("SELECT pg_postmaster_start_time()")[0][0] <= started:
+            run.problem("PostgreSQL did not restart")
         settle(run)
 
     return inject
@@ -166,9 +185,10 @@ def terminate_backend(run: Run) -> None:
     begin(run)
 
     def terminated() -> bool:
-        return bool(run.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                              " WHERE application_name = 'pgsource-worker-0' AND state = 'active'"))
+        return any(ok for ok, in run.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                           " WHERE application_name = 'pgsource-worker-0' AND state = 'active'"))
 
+    run.begin_fault()
     wait(terminated, 30, "the worker's backend running a statement", interval=0.002)
     run.end_fault()
     settle(run)
@@ -176,10 +196,11 @@ def terminate_backend(run: Run) -> None:
 
 def terminate_walsender(run: Run) -> None:
     begin(run)
+    run.begin_fault()
     ended = run.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                       " WHERE application_name = 'pgsource-worker-0-wal' AND backend_type = 'walsender'")
-    if not ended:
-        run.problem("no walsender of the worker to terminate")
+    if not any(ok for ok, in ended):
+        run.problem("no walsender of the worker was terminated")
     run.end_fault()
     settle(run)
 
@@ -188,14 +209,15 @@ def terminate_walsender(run: Run) -> None:
 
 
 def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"mount {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}"
 
 
 def _umount(path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
-def _broken_state_dir(run: Run, break_it: Callable[[], None], repair: Callable[[], None]) -> None:
+def _broken_state_dir(run: Run, break_it: Callable[[], None], repair: Callable[[], None], reason: str) -> None:
     """At commit time the state.dir fails: the service stops with exit 7 naming the file, the stored
     position stays what it was, and a restart once it is repaired loses nothing."""
     begin(run)
@@ -207,8 +229,8 @@ def _broken_state_dir(run: Run, break_it: Callable[[], None], repair: Callable[[
     finally:
         repair()
     log = run.log()
-    if "cannot write state file" not in log:
-        run.problem("the log does not say which state file could not be written")
+    if f"cannot write state file {run.state_dir}/" not in log or reason not in log:
+        run.problem(f"the log does not say which state file could not be written, and why ({reason!r})")
     run.sampler.sample()
     for name, values in run.sampler.series.items():
         kept = [v for t, v in values if t <= broken_at]
@@ -234,17 +256,37 @@ def state_dir_full(run: Run) -> None:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC, exc
 
-    _broken_state_dir(run, fill, lambda: filler.unlink())
+    _broken_state_dir(run, fill, lambda: filler.unlink(), "No space left on device")
 
 
 def state_dir_read_only(run: Run) -> None:
-    source = run.dir / "state-source"
-    source.mkdir()
+    """A read-only bind mount of the state.dir stacked onto it while the service runs.
+
+    Not ``remount,ro`` of a mount the service uses: the kernel refuses that (EBUSY) while a file
+    on it is open for writing, and the service holds ``.pgsource.lock`` open. The stacked mount
+    has no writers; every path under the state.dir resolves through it from then on."""
     run.state_dir.mkdir()
-    _mount("--bind", str(source), str(run.state_dir))
-    run.cleanups.append(lambda: _umount(run.state_dir))
-    _broken_state_dir(run, lambda: _mount("-o", "remount,bind,ro", str(run.state_dir)),
-                      lambda: _mount("-o", "remount,bind,rw", str(run.state_dir)))
+    mounted = []
+
+    def break_it() -> None:
+        _mount("--bind", str(run.state_dir), str(run.state_dir))
+        mounted.append(run.state_dir)
+        run.cleanups.append(lambda: mounted and _umount(run.state_dir))
+        _mount("-o", "remount,bind,ro", str(run.state_dir))
+        probe = run.state_dir / ".probe"
+        try:
+            probe.write_text("x")
+        except OSError as exc:
+            assert exc.errno == errno.EROFS, exc
+        else:
+            raise AssertionError("the state.dir is still writable after the read-only mount")
+
+    def repair() -> None:
+        if mounted:
+            subprocess.run(["umount", str(run.state_dir)], check=True, capture_output=True, timeout=30)
+            mounted.clear()
+
+    _broken_state_dir(run, break_it, repair, "Read-only file system")
 
 
 # -- 10: SIGTERM -------------------------------------------------------------------------------
@@ -375,10 +417,10 @@ SCENARIOS = (
     Scenario("7 PostgreSQL restart immediate", pg_restart("immediate"), own_cluster=True, weight=2),
     Scenario("8 terminate backend", terminate_backend, modes=("polling", "cdc-sql")),
     Scenario("8 terminate walsender", terminate_walsender, modes=("cdc-replication",)),
-    Scenario("9 state.dir full", state_dir_full),
-    Scenario("9 state.dir read-only", state_dir_read_only),
-    Scenario("10 SIGTERM large batch", sigterm_large_batch, weight=2),
-    Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=2),
+    Scenario("9 state.dir full", state_dir_full, weight=2),
+    Scenario("9 state.dir read-only", state_dir_read_only, weight=2),
+    Scenario("10 SIGTERM large batch", sigterm_large_batch, weight=3),
+    Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=3),
     Scenario("11 DDL while running", ddl_while_running),
-    Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=3),
+    Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=6),
 )

@@ -1,5 +1,5 @@
-"""DDL on the columns that place a row (README "Changing a table while running"): polling stops with a
-clear error when its tracking column is renamed; CDC follows a renamed key column."""
+"""DDL on the columns that place a row (README "ALTER TABLE while running"): polling stops with a
+clear error when its tracking column is renamed or becomes text; CDC follows a renamed key column."""
 
 from __future__ import annotations
 
@@ -49,3 +49,25 @@ def test_cdc_follows_a_renamed_key_column(pg_dsn, iggy, tmp_path, transport):
         ("INSERT", {"ident": 2, "note": "after"}, None),
         ("DELETE", None, {"ident": 1}),
     ]
+
+
+def test_polling_stops_when_the_tracking_column_becomes_text(pg_dsn, iggy, tmp_path):
+    """README: a tracking column changed to a type no horizon bounds (``text``) stops, exit 3; the
+    rows read before stay the only ones sent (none of the later rows is sent out of order or lost
+    silently: the service stops instead)."""
+    execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+    execute(pg_dsn, "INSERT INTO t (note) VALUES ('before')")
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["t"]})
+    service = start_service(config)
+    try:
+        wait_for(lambda: bodies(iggy, "t"), 30, message="the first row")
+        execute(pg_dsn, "ALTER TABLE t ALTER COLUMN id TYPE text")
+        execute(pg_dsn, "INSERT INTO t (id, note) VALUES ('2', 'after')")
+        assert service.wait(60) == 3
+    finally:
+        if service.poll() is None:
+            stop_service(service)
+    log = config.with_suffix(".log").read_text()
+    assert "table t: its columns changed while running" in log
+    assert "table t: tracking_column 'id': a text column has no horizon" in log
+    assert [m["data"] for m in bodies(iggy, "t")] == [{"id": 1, "note": "before"}]

@@ -33,6 +33,7 @@ class Writers:
         self.committed: set[int] = set()
         self.updates: set[tuple[int, int]] = set()  # (id, v) of committed UPDATEs
         self.uncertain_updates: set[tuple[int, int]] = set()  # their COMMIT got no answer
+        self.commit_times: list[float] = []  # when each known-committed transaction's COMMIT returned
         self.transactions = 0
         self.lock = threading.Lock()
         self.errors: list[BaseException] = []
@@ -152,6 +153,7 @@ class Writers:
         with self.lock:
             self.committed.update(ids)
             self.transactions += 1
+            self.commit_times.append(time.time())
             if updated is not None:
                 self.updates.add(updated)
 
@@ -182,6 +184,7 @@ class Writers:
             with self.lock:
                 self.committed.update(ids)
                 self.transactions += 1
+                self.commit_times.append(time.time())
                 if updated is not None:
                     self.updates.add(updated)
         except BaseException as exc:  # noqa: BLE001

@@ -132,3 +132,27 @@ def _worker_process(supervisor_pid: int, dsn: str) -> int:
         return None
 
     return wait_for(find, 10, message="worker-0's process")
+
+
+def test_readyz_is_200_again_within_5s_of_a_long_outage_ending(pg_dsn, iggy, tmp_path):
+    """Long enough for the publisher's back-off to reach its cap, with rows waiting: once Iggy takes
+    connections again, /readyz says ready within 5 s (the issue's bound), by itself."""
+    execute(pg_dsn, "CREATE TABLE users (id serial PRIMARY KEY, name text)")
+    execute(pg_dsn, "INSERT INTO users (name) VALUES ('first')")
+    port, service = _service(tmp_path, pg_dsn, iggy, readiness={"stall_after": "2s"})
+    try:
+        wait_for(lambda: bodies(iggy, "users"), 30, message="the first row")
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 15, message="ready")
+        iggy.refuse_connections()
+        iggy.drop_connections()
+        execute(pg_dsn, "INSERT INTO users (name) SELECT 'v' || g FROM generate_series(1, 50) g")
+        wait_for(lambda: get(port, "/readyz")[0] == 503, 20, interval=0.1, message="/readyz 503")
+        time.sleep(10)  # the outage itself: the back-off (0.1 s, doubling) reaches its cap after ~5 s
+        iggy.refuse_connections(False)
+        back_at = time.monotonic()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 15, interval=0.1, message="ready again")
+        assert time.monotonic() - back_at <= 5, f"200 only after {time.monotonic() - back_at:.2f}s"
+        wait_for(lambda: len({b["data"]["id"] for b in bodies(iggy, "users")}) == 51, 30, message="every row")
+    finally:
+        iggy.refuse_connections(False)
+        assert stop_service(service) == 0

@@ -259,3 +259,26 @@ def test_messages_can_be_read_while_the_server_is_taking_sends(standin):
     stored = standin.messages("s", "t")
     assert [m.offset for m in stored] == list(range(20_000))
     assert stored[-1].payload == b"19999"
+
+
+def test_messages_after_returns_each_stored_message_once(standin):
+    """``messages_after``: what was stored since the cursor, across partitions; together the same
+    messages as ``messages``; nothing (and the cursor unchanged) before the topic exists."""
+    assert standin.messages_after("s", "t") == ([], {})
+
+    async def scenario():
+        client = await _topic(standin.address, partitions=2)
+        await client.send_messages("s", "t", 0, [SendMessage(f"a{i}", id=i + 1) for i in range(3)])
+        first, cursor = standin.messages_after("s", "t")
+        await client.send_messages("s", "t", 1, [SendMessage("b", id=10)])
+        await client.send_messages("s", "t", 0, [SendMessage("c", id=11)])
+        second, cursor = standin.messages_after("s", "t", cursor)
+        third, _ = standin.messages_after("s", "t", cursor)
+        return first, second, third
+
+    first, second, third = run(scenario())
+    assert [m.payload for m in first] == [b"a0", b"a1", b"a2"]
+    assert sorted(m.payload for m in second) == [b"b", b"c"]
+    assert third == []
+    key = lambda m: (m.partition, m.offset)  # noqa: E731
+    assert sorted(first + second, key=key) == sorted(standin.messages("s", "t"), key=key)

@@ -262,6 +262,29 @@ class IggyStandIn:
             chosen = found.partitions if partition is None else [found.partition(partition)]
             # Stored blobs are never mutated once appended: decode them outside the lock.
             snapshot = [(p.id, list(zip(p.blobs, p.starts, strict=True))) for p in chosen]
+        return self._decode(snapshot)
+
+    def messages_after(self, stream: str, topic: str, cursor: dict[int, int] | None = None
+                       ) -> tuple[list[StoredMessage], dict[int, int]]:
+        """The messages stored since ``cursor`` (what the previous call returned; None: since the
+        start), by partition then offset, and the cursor for the next call: a reader that keeps
+        up with a large topic decodes each message once. Nothing when the topic does not exist."""
+        storage = self._storage
+        cursor = dict(cursor or {})
+        with storage.lock:
+            stream_found = storage.find_stream(stream)
+            if stream_found is None or topic not in [t.name for t in stream_found.topics.values()]:
+                return [], cursor
+            _, found = storage.topic(stream, topic)
+            snapshot = []
+            for p in found.partitions:
+                done = cursor.get(p.id, 0)
+                snapshot.append((p.id, list(zip(p.blobs[done:], p.starts[done:], strict=True))))
+                cursor[p.id] = len(p.blobs)
+        return self._decode(snapshot), cursor
+
+    @staticmethod
+    def _decode(snapshot) -> list[StoredMessage]:
         out = []
         for partition_id, stored in snapshot:
             for blob, starts in stored:
