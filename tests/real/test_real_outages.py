@@ -43,7 +43,7 @@ def _all_arrived(iggy, stream: str, rows: int) -> bool:
 
 
 def test_the_server_restarted_with_its_data_mid_run(controlled_iggy, real_pg_dsn, real_stream, tmp_path):
-    rows = 60_000
+    rows = 300_000  # enough that the restart lands mid-run (60,000 were all delivered before it once)
     config, service = _service(controlled_iggy, real_pg_dsn, real_stream, tmp_path, rows)
     try:
         wait_for(lambda: message_count(controlled_iggy, real_stream, "t") >= 5_000, 120, 0.05, message="a first part")
