@@ -140,7 +140,7 @@ def test_random_values_of_every_type_survive_both_modes_exactly(roundtrip, row):
                     " '1', 'publication_names', 'rt_pub')")
         cur.execute(sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.SQL("({})::" + kind).format(sql.Literal(b)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
+            sql.SQL(", ").join(sql.SQL("({})::{}").format(sql.Literal(b), sql.SQL(kind)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
     [polled] = reader.encoder.encode_batch(reader.fetch_batch(None), False, 0).messages.payloads
     got = json.loads(polled, parse_float=Decimal, parse_int=_Int)
     assert list(got) == ["id", *names]
