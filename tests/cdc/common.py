@@ -16,8 +16,8 @@ def cdc_config(tmp_path, dsn, iggy, transport, *, sections: dict | None = None, 
 
 def wait_until_capturing(dsn: str, transport: str, slots: int = 1) -> None:
     """The slot(s) exist (what commits after is captured); the streaming transport also holds them."""
-    wanted = "active" if transport == "replication" else "true"
-    wait_for(lambda: query(dsn, f"SELECT count(*) FROM pg_replication_slots WHERE {wanted}")[0][0] == slots, 60,
+    streaming = transport == "replication"  # only it holds the slot: active; the sql transport, any slot
+    wait_for(lambda: query(dsn, "SELECT count(*) FROM pg_replication_slots WHERE active OR %s", (not streaming,))[0][0] == slots, 60,
              message=f"{slots} replication slot(s)")
 
 

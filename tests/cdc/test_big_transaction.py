@@ -39,7 +39,7 @@ def test_one_million_row_transaction_with_bounded_memory(pg_dsn, iggy, tmp_path,
         wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 1, 30, message="the slot")
         before = query(pg_dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0]
         sampler.start()
-        execute(pg_dsn, f"INSERT INTO big SELECT g, g FROM generate_series(1, {ROWS}) g")
+        execute(pg_dsn, "INSERT INTO big SELECT g, g FROM generate_series(1, %s) g", (ROWS,))
         wait_for(lambda: iggy.message_count("pg", "big") >= ROWS, 240, interval=0.5, message="a million changes")
         end = query(pg_dsn, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
         wait_for(lambda: query(pg_dsn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots", (end,))[0][0],
@@ -61,7 +61,7 @@ def test_kill_9_in_the_middle_of_a_big_transaction_resends_all_of_it(pg_dsn, igg
                           source={"mode": "cdc", "tables": ["big"], "batch_size": 1000, "cdc_transport": transport})
     service = start_service(config)
     wait_for(lambda: query(pg_dsn, "SELECT count(*) FROM pg_replication_slots")[0][0] == 1, 30, message="the slot")
-    execute(pg_dsn, f"INSERT INTO big SELECT g, g FROM generate_series(1, {rows}) g")
+    execute(pg_dsn, "INSERT INTO big SELECT g, g FROM generate_series(1, %s) g", (rows,))
     wait_for(lambda: iggy.message_count("pg", "big") >= rows // 4, 120, interval=0.01, message="a quarter of it")
     kill_service(service)
     assert iggy.message_count("pg", "big") < rows

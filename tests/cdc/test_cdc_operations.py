@@ -34,7 +34,7 @@ def test_slot_metrics_match_pg_replication_slots(pg_dsn, iggy, tmp_path):
     try:
         _wait_until_capturing(pg_dsn, "replication")
         for start in range(0, 500, 100):
-            execute(pg_dsn, f"INSERT INTO users SELECT g, 'n' FROM generate_series({start + 1}, {start + 100}) g")
+            execute(pg_dsn, "INSERT INTO users SELECT g, 'n' FROM generate_series(%s, %s) g", (start + 1, start + 100))
         wait_for(lambda: len(bodies(iggy, "users")) == 500, 30, message="500 changes")
 
         def consistent():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from psycopg2 import sql
+
 from pgsource.config import parse_config
 from pgsource.sharding import shard_of
 from tests.cdc.common import wait_until_capturing
@@ -38,13 +40,14 @@ def test_the_split_is_deterministic_disjoint_and_complete():
 
 def test_two_cdc_replicas_share_no_table_and_no_slot_and_a_new_count_is_refused(pg_dsn, iggy, tmp_path):
     for table in TABLES:
-        execute(pg_dsn, f"CREATE TABLE {table} (id serial PRIMARY KEY, note text)")
+        execute(pg_dsn, sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, note text)").format(sql.Identifier(table)))
     configs = [_config(tmp_path, pg_dsn, iggy, index, 2, "cdc") for index in range(2)]
     services = [start_service(config) for config in configs]
     try:
         wait_until_capturing(pg_dsn, "replication", slots=2)
         for table in TABLES:
-            execute(pg_dsn, f"INSERT INTO {table} (note) SELECT 'n' || g FROM generate_series(1, 5) g")
+            execute(pg_dsn, sql.SQL("INSERT INTO {} (note) SELECT 'n' || g FROM generate_series(1, 5) g")
+                    .format(sql.Identifier(table)))
         wait_for(lambda: all(len(bodies(iggy, table)) >= 5 for table in TABLES), 60, message="every table's changes")
     finally:
         for service in services:
@@ -66,8 +69,9 @@ def test_two_cdc_replicas_share_no_table_and_no_slot_and_a_new_count_is_refused(
 
 def test_two_polling_replicas_deliver_every_row_once(pg_dsn, iggy, tmp_path):
     for table in TABLES:
-        execute(pg_dsn, f"CREATE TABLE {table} (id serial PRIMARY KEY, note text)")
-        execute(pg_dsn, f"INSERT INTO {table} (note) SELECT 'n' || g FROM generate_series(1, 7) g")
+        execute(pg_dsn, sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, note text)").format(sql.Identifier(table)))
+        execute(pg_dsn, sql.SQL("INSERT INTO {} (note) SELECT 'n' || g FROM generate_series(1, 7) g")
+                .format(sql.Identifier(table)))
     services = [start_service(_config(tmp_path, pg_dsn, iggy, index, 2, "polling")) for index in range(2)]
     try:
         wait_for(lambda: all(len(bodies(iggy, table)) >= 7 for table in TABLES), 60, message="every table's rows")

@@ -25,7 +25,7 @@ def test_a_stop_before_the_snapshot_was_acknowledged_sends_it_again(pg_dsn, iggy
     from pgsource.state import FileStateStore, SlotProgress, SnapshotPhase
 
     execute(pg_dsn, "CREATE TABLE s (id int PRIMARY KEY, v text)")
-    execute(pg_dsn, f"INSERT INTO s SELECT g, 'old' FROM generate_series(1, {ROWS}) g")
+    execute(pg_dsn, "INSERT INTO s SELECT g, 'old' FROM generate_series(1, %s) g", (ROWS,))
     config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["s"], snapshot="initial", batch_size=50,
                         sections={"supervisor": {"restart_backoff": "100ms", "stop_timeout": "3s"}})
     iggy.set_latency(0.3)  # slow acks: the snapshot is still in flight when the stop comes
@@ -44,14 +44,14 @@ def test_a_stop_before_the_snapshot_was_acknowledged_sends_it_again(pg_dsn, iggy
     assert record.phase is SnapshotPhase.IN_PROGRESS  # not "done": its rows were not all acknowledged
     execute(pg_dsn, "UPDATE s SET v = 'changed' WHERE id = 1")  # delivered in the first attempt, changed since
     execute(pg_dsn, "DELETE FROM s WHERE id = 2")  # delivered in the first attempt, deleted since
-    execute(pg_dsn, f"UPDATE s SET v = 'changed' WHERE id = {ROWS}")  # never delivered, changed since
+    execute(pg_dsn, "UPDATE s SET v = 'changed' WHERE id = %s", (ROWS,))  # never delivered, changed since
     iggy.set_latency(0)
     iggy.refuse_connections(False)
     service = start_service(config)
     try:
         wait_for(lambda: {key_of(b) for _, b, _ in stored(iggy, "s") if b["operation_type"] == "SELECT"}
                  >= set(range(1, ROWS + 1)) - {2}, 60, message="every row of the snapshot")
-        execute(pg_dsn, f"INSERT INTO s VALUES ({ROWS + 1}, 'new')")
+        execute(pg_dsn, "INSERT INTO s VALUES (%s, 'new')", (ROWS + 1,))
         wait_for(lambda: any(key_of(b) == ROWS + 1 for _, b, _ in stored(iggy, "s")), 30, message="a change after it")
     finally:
         assert stop_service(service) == 0

@@ -11,6 +11,7 @@ from decimal import Decimal
 import psycopg2
 import psycopg2.extras
 import pytest
+from psycopg2 import sql
 
 from pgsource.decode.pgoutput import (
     UNCHANGED,
@@ -35,7 +36,7 @@ from pgsource.pg.types import load_type_catalog
 from tests.decode.oracle import ALL_TYPES_DDL, ALL_TYPES_ROWS, SESSION, connect, expected_json
 
 OPTIONS = {"proto_version": "1", "publication_names": "pub", "messages": "true"}
-BIG = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 100) g)"  # 3200 chars
+BIG = sql.SQL("(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 100) g)")  # 3200 chars
 
 
 def parse_lsn(text: str) -> int:
@@ -100,17 +101,22 @@ def db(pg_dsn):
     conn.close()
 
 
-def _run(conn, *statements: str) -> None:
+def _run(conn, *statements: str | sql.Composable) -> None:
     with conn.cursor() as cur:
         for statement in statements:
             cur.execute(statement)
 
 
+def _bound(conn, statement: str, params: tuple) -> None:
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+
+
 def test_every_message_kind_in_order(db, pg_dsn):
-    _run(db, f"INSERT INTO items VALUES (1, 'a', {BIG}, 5, 'ok')")
+    _run(db, sql.SQL("INSERT INTO items VALUES (1, 'a', {}, 5, 'ok')").format(BIG))
     _run(db, "UPDATE items SET qty = 6 WHERE id = 1")  # key unchanged: no old tuple
     _run(db, "UPDATE items SET id = 10 WHERE id = 1")  # key changed: old key 'K'
-    _run(db, f"INSERT INTO full_items VALUES (1, 'a', {BIG})")
+    _run(db, sql.SQL("INSERT INTO full_items VALUES (1, 'a', {})").format(BIG))
     _run(db, "UPDATE full_items SET name = 'b' WHERE id = 1")  # FULL: old row 'O'
     _run(db, "BEGIN; INSERT INTO items VALUES (99, 'never'); ROLLBACK")
     _run(db, "DELETE FROM items WHERE id = 10; DELETE FROM full_items WHERE id = 1")  # one transaction
@@ -121,17 +127,17 @@ def test_every_message_kind_in_order(db, pg_dsn):
     _run(db, "SELECT pg_logical_emit_message(false, 'nontx', '\\x00ff'::bytea)")
     _run(db, "TRUNCATE items, full_items RESTART IDENTITY")
     origin = f"upstream_{uuid.uuid4().hex[:8]}"  # origins are cluster-wide, not per database
-    _run(db, f"SELECT pg_replication_origin_create('{origin}')")
+    _bound(db, "SELECT pg_replication_origin_create(%s)", (origin,))
     try:
+        _bound(db, "SELECT pg_replication_origin_session_setup(%s)", (origin,))
         _run(
             db,
-            f"SELECT pg_replication_origin_session_setup('{origin}')",
             "BEGIN; SELECT pg_replication_origin_xact_setup('0/1234', now());"
             " INSERT INTO items (id) VALUES (3); COMMIT",
             "SELECT pg_replication_origin_session_reset()",
         )
     finally:
-        _run(db, f"SELECT pg_replication_origin_drop('{origin}')")
+        _bound(db, "SELECT pg_replication_origin_drop(%s)", (origin,))
     with db.cursor() as cur:
         cur.execute(
             "SELECT 'items'::regclass::oid::int8, 'full_items'::regclass::oid::int8, 'feeling'::regtype::oid::int8"
@@ -212,7 +218,7 @@ def test_every_message_kind_in_order(db, pg_dsn):
 
 
 def test_update_json_marks_unchanged_toast(db):
-    _run(db, f"INSERT INTO items VALUES (1, 'a', {BIG}, 5, 'ok')", "UPDATE items SET qty = 6")
+    _run(db, sql.SQL("INSERT INTO items VALUES (1, 'a', {}, 5, 'ok')").format(BIG), "UPDATE items SET qty = 6")
     msgs = [decode_message(data) for _, _, data in peek(db)]
     rel = next(m for m in msgs if isinstance(m, Relation))
     update = next(m for m in msgs if isinstance(m, Update))

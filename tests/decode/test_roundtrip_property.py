@@ -104,8 +104,10 @@ ROW = st.fixed_dictionaries({name: st.none() | strategy for name, _, strategy, _
 def roundtrip(pg_dsn):
     conn = pg.connect(pg_dsn)  # pgsource's session settings (TimeZone=UTC, DateStyle=ISO, ...)
     with conn.cursor() as cur:
-        columns = ", ".join(f"{name} {kind}" for name, kind, *_ in COLUMNS)
-        cur.execute(f"CREATE TABLE rt (id bigserial PRIMARY KEY, {columns}); CREATE PUBLICATION rt_pub FOR TABLE rt")
+        columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
+                                     for name, kind, *_ in COLUMNS)  # kind: a type name from COLUMNS, SQL text
+        cur.execute(sql.SQL("CREATE TABLE rt (id bigserial PRIMARY KEY, {}); CREATE PUBLICATION rt_pub FOR TABLE rt")
+                    .format(columns))
         cur.execute("SELECT pg_create_logical_replication_slot('rt_slot', 'pgoutput')")
     config = Config.model_validate({"source": {"connection_string": pg_dsn, "mode": "polling", "tables": ["rt"]}})
     reader = TableReader(conn, config, config.source.tables[0])
@@ -138,7 +140,7 @@ def test_random_values_of_every_type_survive_both_modes_exactly(roundtrip, row):
                     " '1', 'publication_names', 'rt_pub')")
         cur.execute(sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.SQL("({})::" + kind).format(sql.Literal(b)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
+            sql.SQL(", ").join(sql.SQL("({})::{}").format(sql.Literal(b), sql.SQL(kind)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
     [polled] = reader.encoder.encode_batch(reader.fetch_batch(None), False, 0).messages.payloads
     got = json.loads(polled, parse_float=Decimal, parse_int=_Int)
     assert list(got) == ["id", *names]

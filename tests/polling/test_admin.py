@@ -39,7 +39,7 @@ def run_on_terminal(*args: str, answer: str | None) -> subprocess.CompletedProce
 
 def _deliver(tmp_path, pg_dsn, iggy, rows: int, **source):
     execute(pg_dsn, "CREATE TABLE users (id serial PRIMARY KEY, name text)")
-    execute(pg_dsn, f"INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, {rows}) g")
+    execute(pg_dsn, "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, %s) g", (rows,))
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["users"], "batch_size": 10, **source})
     service = start_service(config)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from psycopg2 import sql
 
 from tests.support import (
     TEST_PASSWORD,
@@ -57,12 +58,14 @@ def reader_role(pg_dsn, pg_cluster):
     """A login role without privileges (SCRAM password), dropped after the test."""
     name = f"reader_{uuid.uuid4().hex[:8]}"
     password = f"{TEST_PASSWORD}-{name}"  # holds the cluster's password: a leak is caught by conftest
-    execute(pg_dsn, f"CREATE ROLE {name} LOGIN PASSWORD %s; GRANT pg_read_all_stats TO {name}", (password,))
+    role = sql.Identifier(name)
+    execute(pg_dsn, sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s; GRANT pg_read_all_stats TO {}").format(role, role),
+            (password,))
     database = pg_dsn.rsplit("/", 1)[1]
     try:
         yield name, pg_cluster.dsn(database, user=name, password=password)
     finally:
-        execute(pg_dsn, f"DROP OWNED BY {name}; DROP ROLE {name}")
+        execute(pg_dsn, sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(role, role))
 
 
 def test_missing_privileges_are_named(pg_dsn, reader_role, iggy, tmp_path):
@@ -75,12 +78,12 @@ def test_missing_privileges_are_named(pg_dsn, reader_role, iggy, tmp_path):
     assert "table events: the PostgreSQL user lacks SELECT, SELECT on its sequence public.events_id_seq" in result.stderr
     code, log = _run_to_exit(config)
     assert code == 3 and "lacks SELECT" in log and "restarting" not in log
-    execute(pg_dsn, f"GRANT SELECT ON events TO {role}")
+    execute(pg_dsn, sql.SQL("GRANT SELECT ON events TO {}").format(sql.Identifier(role)))
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 3 and "lacks SELECT on its sequence public.events_id_seq" in result.stderr
     (tmp_path / "delete").mkdir()
     delete = write_config(tmp_path / "delete", dsn, iggy.address, source={"tables": ["events"], "delete_after_read": True})
-    execute(pg_dsn, f"GRANT SELECT ON events_id_seq TO {role}")
+    execute(pg_dsn, sql.SQL("GRANT SELECT ON events_id_seq TO {}").format(sql.Identifier(role)))
     result = run_cli("check", "--config", str(delete))
     assert result.returncode == 3 and "table events: the PostgreSQL user lacks DELETE;" in result.stderr
     assert run_cli("check", "--config", str(config)).returncode == 0
@@ -90,7 +93,7 @@ def test_missing_privileges_are_named(pg_dsn, reader_role, iggy, tmp_path):
     try:
         wait_for(lambda: len(bodies(iggy, "events")) >= 10, 60, message="the rows")
         wait_for(lambda: stored_offset(tmp_path, "polling/events") is not None, 30, message="the offset")
-        execute(pg_dsn, f"REVOKE SELECT ON events FROM {role}")
+        execute(pg_dsn, sql.SQL("REVOKE SELECT ON events FROM {}").format(sql.Identifier(role)))
         code = service.wait(60)
     finally:
         if service.poll() is None:

@@ -38,14 +38,20 @@ DONE = 'done"; UPDATE x SET v = 0; --'
 HOSTILE_VALUES = ["'); DROP TABLE x; --", "%(limit)s %s", "{} {0} $1 $2", 'back\\slash "q"', "ü😀\t\n"]
 
 
-def _ident(*parts: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+def _text(dsn: str, statement: sql.Composable) -> str:
+    """A composed statement as the SQL text a user would write (custom_query is text in the config)."""
+    conn = pg.connect(dsn)
+    try:
+        return statement.as_string(conn)
+    finally:
+        conn.close()
 
 
 def _create(dsn: str, schema: str, table: str, rows: int) -> None:
     """A table with hostile column names and hostile values (ids 1..rows)."""
-    execute(dsn, f"CREATE TABLE {_ident(schema, table)} ({_ident(ID)} bigserial PRIMARY KEY,"
-                 f" {_ident(NAME)} text COLLATE \"C\", {_ident(DONE)} boolean NOT NULL DEFAULT false)")
+    execute(dsn, sql.SQL("CREATE TABLE {} ({} bigserial PRIMARY KEY, {} text COLLATE \"C\","
+                         " {} boolean NOT NULL DEFAULT false)").format(
+        sql.Identifier(schema, table), sql.Identifier(ID), sql.Identifier(NAME), sql.Identifier(DONE)))
     for index in range(rows):
         execute(dsn, sql.SQL("INSERT INTO {} ({}) VALUES (%s)").format(
             sql.Identifier(schema, table), sql.Identifier(NAME)), (f"{HOSTILE_VALUES[index % 5]} #{index + 1:03d}",))
@@ -65,7 +71,7 @@ def _fingerprint(dsn: str) -> dict:
 def hostile_db(pg_dsn):
     execute(pg_dsn, "CREATE TABLE x (id int PRIMARY KEY, v int); INSERT INTO x SELECT g, g FROM generate_series(1, 5) g")
     execute(pg_dsn, "CREATE TABLE users (id int PRIMARY KEY, v text); INSERT INTO users VALUES (1, 'decoy')")
-    execute(pg_dsn, f"CREATE SCHEMA {_ident(SCHEMA)}")
+    execute(pg_dsn, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
     _create(pg_dsn, SCHEMA, CHUNKED, 40)
     _create(pg_dsn, "public", DELETED, 12)
     _create(pg_dsn, "public", MARKED, 12)
@@ -112,15 +118,15 @@ def test_delete_and_mark_of_hostile_names(hostile_db, iggy, tmp_path, mode):
     extra = {"delete_after_read": True} if mode == "delete_after_read" else {"processed_column": DONE}
     config = write_config(tmp_path, hostile_db, iggy.address, source={
         "tables": [{"name": table}], "tracking_column": ID, "batch_size": 5, **extra})
-    target = sql.Identifier(table).as_string(pg.connect(hostile_db))
+    target = sql.Identifier(table)
     service = start_service(config)
     try:
         wait_for(lambda: len(bodies(iggy, table)) >= 12, 60, message="every row")
         if mode == "delete_after_read":
-            wait_for(lambda: query(hostile_db, f"SELECT count(*) FROM {target}")[0][0] == 0, 30, message="the deletes")
+            wait_for(lambda: query(hostile_db, sql.SQL("SELECT count(*) FROM {}").format(target))[0][0] == 0, 30, message="the deletes")
         else:
-            done = _ident(DONE)
-            wait_for(lambda: query(hostile_db, f"SELECT count(*) FROM {target} WHERE {done}")[0][0] == 12, 30,
+            marked = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(target, sql.Identifier(DONE))
+            wait_for(lambda: query(hostile_db, marked)[0][0] == 12, 30,
                      message="the marks")
     finally:
         assert stop_service(service) == 0
@@ -128,7 +134,8 @@ def test_delete_and_mark_of_hostile_names(hostile_db, iggy, tmp_path, mode):
     after = _fingerprint(hostile_db)
     assert after == before  # same relations; x and users untouched
     other = MARKED if table == DELETED else DELETED
-    assert query(hostile_db, f"SELECT count(*) FROM {_ident(other)} WHERE NOT {_ident(DONE)}")[0][0] == 12
+    assert query(hostile_db, sql.SQL("SELECT count(*) FROM {} WHERE NOT {}").format(
+        sql.Identifier(other), sql.Identifier(DONE)))[0][0] == 12
 
 
 def test_custom_query_and_initial_offset_bind_hostile_values(hostile_db, iggy, tmp_path):
@@ -136,8 +143,9 @@ def test_custom_query_and_initial_offset_bind_hostile_values(hostile_db, iggy, t
     and drop a table is compared as a string, and the tracking column's name is an identifier."""
     before = _fingerprint(hostile_db)
     offset = "'); DROP TABLE x; -- #001"
-    custom = (f"SELECT {_ident(NAME)}, {_ident(ID)} FROM {_ident(MARKED)} WHERE {_ident(NAME)} > $1"
-              f" ORDER BY {_ident(NAME)} LIMIT $2")
+    name = sql.Identifier(NAME)
+    custom = _text(hostile_db, sql.SQL("SELECT {}, {} FROM {} WHERE {} > $1 ORDER BY {} LIMIT $2").format(
+        name, sql.Identifier(ID), sql.Identifier(MARKED), name, name))
     config = write_config(tmp_path, hostile_db, iggy.address, source={
         "custom_query": custom, "tracking_column": NAME, "initial_offset": offset, "batch_size": 4})
     after = sorted(value for value in _expected(12) if value > offset)  # C collation: code point order

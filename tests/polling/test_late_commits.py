@@ -8,6 +8,7 @@ import time
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from tests.faults.writers import Writers
 from tests.support import (
@@ -88,7 +89,8 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
     ids=["sequence", "now", "clock_timestamp", "xid8"],
 )
 def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tracking, column):
-    execute(pg_dsn, f"CREATE TABLE t (id bigserial PRIMARY KEY, writer int NOT NULL{column})")
+    execute(pg_dsn, sql.SQL("CREATE TABLE t (id bigserial PRIMARY KEY, writer int NOT NULL{})").format(
+        sql.SQL(column)))  # column: a constant column definition of the parametrize list
     config = write_config(tmp_path, pg_dsn, iggy.address,
                           source={"tables": ["t"], "tracking_column": tracking, "batch_size": 5, "poll_interval": "50ms"})
     service = start_service(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from psycopg2 import sql
 
 from tests.support import (
     bodies,
@@ -127,16 +128,16 @@ def test_offsets_committed_at_an_interval_resend_only_acknowledged_rows_after_ki
 @pytest.mark.parametrize(
     ("column_type", "values", "initial", "expected"),
     [
-        ("int", "1, 2, 3, 4", 2, [3, 4]),
-        ("timestamp", "'2024-01-01 00:00:00', '2024-01-01 00:00:01.5', '2024-01-02 00:00:00'", "2024-01-01T00:00:01", [2, 3]),
-        ("timestamptz", "'2024-01-01 00:00:00+00', '2024-01-01 03:00:00+02', '2024-01-01 01:00:00.000001+00'", "2024-01-01T01:00:00Z", [3]),
-        ("text", "'apple', 'banana', 'cherry'", "banana", [3]),
+        ("int", [1, 2, 3, 4], 2, [3, 4]),
+        ("timestamp", ["2024-01-01 00:00:00", "2024-01-01 00:00:01.5", "2024-01-02 00:00:00"], "2024-01-01T00:00:01", [2, 3]),
+        ("timestamptz", ["2024-01-01 00:00:00+00", "2024-01-01 03:00:00+02", "2024-01-01 01:00:00.000001+00"], "2024-01-01T01:00:00Z", [3]),
+        ("text", ["apple", "banana", "cherry"], "banana", [3]),
     ],
 )
 def test_initial_offset_is_honoured_per_type(pg_dsn, iggy, tmp_path, column_type, values, initial, expected):
-    execute(pg_dsn, f"CREATE TABLE t (id serial PRIMARY KEY, k {column_type} NOT NULL)")
-    for value in values.split(", "):
-        execute(pg_dsn, f"INSERT INTO t (k) VALUES ({value})")
+    execute(pg_dsn, sql.SQL("CREATE TABLE t (id serial PRIMARY KEY, k {} NOT NULL)").format(sql.SQL(column_type)))
+    for value in values:  # bound: an untyped literal, read as the column's type
+        execute(pg_dsn, "INSERT INTO t (k) VALUES (%s)", (value,))
     config = write_config(
         tmp_path, pg_dsn, iggy.address,
         source={"tables": ["t"], "tracking_column": "k", "initial_offset": initial, "lag": "1s"},  # k is set by the test

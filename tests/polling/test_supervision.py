@@ -8,6 +8,7 @@ import time
 from urllib.parse import urlparse
 
 import psutil
+from psycopg2 import sql
 
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
@@ -102,8 +103,9 @@ def test_workers_killed_mid_send_do_not_wedge_the_others(pg_dsn, iggy, tmp_path)
     other worker keeps delivering and every row of both tables arrives."""
     port = urlparse(pg_dsn).port
     for table in ("a", "b"):
-        execute(pg_dsn, f"CREATE TABLE {table} (id serial PRIMARY KEY, payload text)")
-        execute(pg_dsn, f"INSERT INTO {table} (payload) SELECT repeat('x', 300) FROM generate_series(1, 30000)")
+        execute(pg_dsn, sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, payload text)").format(sql.Identifier(table)))
+        execute(pg_dsn, sql.SQL("INSERT INTO {} (payload) SELECT repeat('x', 300) FROM generate_series(1, 30000)")
+                .format(sql.Identifier(table)))
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["a", "b"], "batch_size": 500},
                           workers=2, supervisor={"restart_backoff": "100ms", "stop_timeout": "10s"})
     iggy.set_latency(0.02)  # acks lag, the batch queue fills, writers block inside their puts

@@ -9,6 +9,7 @@ reason (exit 3), and ``run`` stops the same way instead of retrying forever.
 from __future__ import annotations
 
 import pytest
+from psycopg2 import sql
 
 from pgsource.testkit.postgres import LocalPostgres
 from pgsource.testkit.tls import CertificateAuthority
@@ -66,8 +67,9 @@ def test_verify_full_with_the_ca_streams_over_tls(tls_cluster, tls_db, iggy, tmp
 
 
 def test_client_certificate_authentication(tls_cluster, tls_db, iggy, tmp_path):
-    execute(tls_cluster.dsn(tls_db), f"CREATE ROLE {CERT_USER} LOGIN; GRANT SELECT ON events, events_id_seq TO {CERT_USER};"
-                                     f" GRANT pg_read_all_stats TO {CERT_USER}")
+    user = sql.Identifier(CERT_USER)
+    execute(tls_cluster.dsn(tls_db), sql.SQL("CREATE ROLE {} LOGIN; GRANT SELECT ON events, events_id_seq TO {};"
+                                             " GRANT pg_read_all_stats TO {}").format(user, user, user))
     try:
         files = tls_cluster.client_certificate(CERT_USER)
         dsn = tls_cluster.dsn(tls_db, user=CERT_USER, sslcert=files.cert, sslkey=files.key)
@@ -86,7 +88,7 @@ def test_client_certificate_authentication(tls_cluster, tls_db, iggy, tmp_path):
                                                                 source={"tables": ["events"]})))
         assert result.returncode == 3 and "certificate" in result.stderr
     finally:
-        execute(tls_cluster.dsn(tls_db), f"DROP OWNED BY {CERT_USER}; DROP ROLE {CERT_USER}")
+        execute(tls_cluster.dsn(tls_db), sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(user, user))
 
 
 @pytest.mark.parametrize("case", ["no TLS", "another CA", "wrong host name"])

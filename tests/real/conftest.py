@@ -35,6 +35,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from tests.real import reader
 from tests.real.server import IggyServerProcess, free_port, login_works
@@ -261,12 +262,12 @@ def real_pg_dsn(request, compose_stack):
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         yield _compose_dsn(name)
         with admin.cursor() as cur:
             cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
                         " WHERE database = %s AND NOT active", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     finally:
         admin.close()
 

@@ -19,7 +19,8 @@ ROW_BYTES = 1_100_000  # 60 rows ≈ 66 MB of frames: one request at 98 % of the
 @pytest.mark.parametrize(("rows", "batch_size"), [(120, 60), (124, 124)], ids=["near-the-limit", "over-the-limit"])
 def test_wide_batches_arrive_once_in_order(real_iggy, real_pg_dsn, real_stream, tmp_path, rows, batch_size):
     execute(real_pg_dsn, "CREATE TABLE wide (id int PRIMARY KEY, blob text)")
-    execute(real_pg_dsn, f"INSERT INTO wide SELECT g, repeat(chr(64 + g % 26), {ROW_BYTES}) FROM generate_series(1, {rows}) g")
+    execute(real_pg_dsn, "INSERT INTO wide SELECT g, repeat(chr(64 + g %% 26), %s) FROM generate_series(1, %s) g",
+            (ROW_BYTES, rows))
     config = write_config(
         tmp_path, real_pg_dsn, real_iggy.address,
         source={"tables": ["wide"], "batch_size": batch_size, "late_commits": "off"},

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def _service(server, dsn, stream, tmp_path, rows: int, **keys):
     execute(dsn, "CREATE TABLE t (id int PRIMARY KEY, payload text)")
-    execute(dsn, f"INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series(1, {rows}) g")
+    execute(dsn, "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series(1, %s) g", (rows,))
     iggy_keys = {**topics_for(server, stream, ["t"], partitions=2), **keys.pop("iggy", {})}
     config = write_config(tmp_path, dsn, server.address, source={"tables": ["t"], "batch_size": 200, "late_commits": "off"},
                           iggy=server.iggy_section(stream, **iggy_keys), **keys)
@@ -50,7 +50,7 @@ def test_the_server_restarted_with_its_data_mid_run(controlled_iggy, real_pg_dsn
         controlled_iggy.control.restart()
         before = message_count(controlled_iggy, real_stream, "t")
         assert before < rows, "everything arrived before the restart; the test proves nothing (raise rows)"
-        execute(real_pg_dsn, f"INSERT INTO t VALUES ({rows + 1}, 'after the restart')")
+        execute(real_pg_dsn, "INSERT INTO t VALUES (%s, 'after the restart')", (rows + 1,))
         wait_for(lambda: _all_arrived(controlled_iggy, real_stream, rows + 1), 300, 1, message="every row")
         assert service.poll() is None
     finally:
@@ -67,7 +67,8 @@ def test_the_server_unreachable_for_30_seconds(controlled_iggy, real_pg_dsn, rea
     try:
         wait_for(lambda: message_count(controlled_iggy, real_stream, "t") >= rows, 120, 0.2, message="the first rows")
         controlled_iggy.control.stop()
-        execute(real_pg_dsn, f"INSERT INTO t SELECT g, 'during the outage' FROM generate_series({rows + 1}, {rows + 500}) g")
+        execute(real_pg_dsn, "INSERT INTO t SELECT g, 'during the outage' FROM generate_series(%s, %s) g",
+                (rows + 1, rows + 500))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the outage: the service must neither exit nor lose anything
             assert service.poll() is None
@@ -104,7 +105,8 @@ def test_the_server_frozen_longer_than_the_timeouts(controlled_iggy, real_pg_dsn
         publisher = wait_for(lambda: _publisher(service.pid), 30, message="the publisher")
         controlled_iggy.control.freeze()
         try:
-            execute(real_pg_dsn, f"INSERT INTO t SELECT g, 'while frozen' FROM generate_series({rows + 1}, {rows + 300}) g")
+            execute(real_pg_dsn, "INSERT INTO t SELECT g, 'while frozen' FROM generate_series(%s, %s) g",
+                    (rows + 1, rows + 300))
             frozen_until = time.monotonic() + 25
             peak = 0
             while time.monotonic() < frozen_until:

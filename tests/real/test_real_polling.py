@@ -68,7 +68,7 @@ def test_several_tables_arrive_exactly_once_in_order_with_exact_values(real_iggy
 def test_kill_9_mid_stream_loses_nothing_and_resends_with_the_same_ids(real_iggy, real_pg_dsn, real_stream, tmp_path):
     total, batch = 100_000, 200
     execute(real_pg_dsn, "CREATE TABLE big (id int PRIMARY KEY, payload text)")
-    execute(real_pg_dsn, f"INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, {total}) g")
+    execute(real_pg_dsn, "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, %s) g", (total,))
     config = write_config(
         tmp_path, real_pg_dsn, real_iggy.address,
         source={"tables": ["big"], "batch_size": batch, "late_commits": "off"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from apache_iggy import HeaderKey, IggyExpiry, MaxTopicSize
+from psycopg2 import sql
 
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
@@ -41,8 +42,9 @@ def _create_plain_topic(address: str, topic: str) -> None:
 
 def _rows(dsn: str, *tables: str) -> None:
     for table in tables:
-        execute(dsn, f"CREATE TABLE {table} (id serial PRIMARY KEY, v text)")
-        execute(dsn, f"INSERT INTO {table} (v) SELECT 'row ' || g FROM generate_series(1, 3) g")
+        execute(dsn, sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, v text)").format(sql.Identifier(table)))
+        execute(dsn, sql.SQL("INSERT INTO {} (v) SELECT 'row ' || g FROM generate_series(1, 3) g")
+                .format(sql.Identifier(table)))
 
 
 def test_created_topics_carry_the_settings_and_existing_ones_are_left_alone(pg_dsn, iggy, tmp_path):

@@ -77,7 +77,7 @@ def _string_start(node: ast.AST) -> str | None:
 
 def test_no_sql_is_built_from_strings():
     offenders = []
-    for path in _modules("pgsource", "workers", "bench"):
+    for path in _modules("pgsource", "workers", "bench", "tests"):
         for node in ast.walk(_tree(path)):
             text = None
             if isinstance(node, ast.JoinedStr):
