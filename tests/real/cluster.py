@@ -203,10 +203,13 @@ class IggyCluster:
         self.nodes[index].launch()
 
     def freeze(self, index: int) -> None:
-        self.nodes[index].freeze()
+        """SIGSTOP of one node: its connections stay open, it answers nothing."""
+        if self.nodes[index].running:
+            self.nodes[index].freeze()
 
     def thaw(self, index: int) -> None:
-        self.nodes[index].thaw()
+        if self.nodes[index].running:
+            self.nodes[index].thaw()
 
     def close(self) -> None:
         for node in self.nodes:
