@@ -168,7 +168,7 @@ def plan_cdc(config: Config, publications: Mapping[str, object], slots: set[str]
                     f"workers.{wanted.worker}: table {table.qualified} is captured by slot {held.slot}"
                     f" (publication {held.publication}), not by {wanted.worker}'s slot {wanted.slot}; a table does"
                     " not move between slots by itself (that would skip or repeat changes): map it to the worker of"
-                    f" {held.slot}, or see the README (CDC, moving a table)"
+                    f" {held.slot}, or see docs/cdc.md (moving a captured table)"
                 )
                 continue
             owner[table.qualified] = held

@@ -11,7 +11,7 @@ never share a table, an offset or a slot.
 Changing ``shard.count`` would move tables between replicas (their offsets and slots stay
 behind): the first start of a replica records its shard, and a later start with another
 count or index is refused (``check_shard``), as is a CDC table already captured by another
-shard's publication. README "Sharding" says how to migrate.
+shard's publication. docs/operations.md "Sharding" says how to migrate.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def check_shard(config: Config) -> str | None:
     return (
         f"shard: state.dir {config.state.dir} belongs to shard {stored.index} of {stored.count}, the configuration says"
         f" {wanted[0]} of {wanted[1]}: changing the split would move tables away from their offsets and slots"
-        " (see README, Sharding, to migrate)"
+        " (see docs/operations.md, Sharding, to migrate)"
     )
 
 
@@ -107,6 +107,6 @@ def foreign_captures(config: Config, publications: dict) -> list[str]:
             if publication.holds(table):
                 problems.append(
                     f"table {table.qualified} belongs to shard {config.shard.index} of {config.shard.count} but"
-                    f" publication {name} of another shard captures it: the shard split changed; see README, Sharding"
+                    f" publication {name} of another shard captures it: the shard split changed; see docs/operations.md, Sharding"
                 )
     return problems

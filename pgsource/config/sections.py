@@ -187,7 +187,7 @@ class MetricsConfig(BaseModel):
 
 
 class LogConfig(BaseModel):
-    """``log:``: one line per record, text or JSON, in every process (README "Logs")."""
+    """``log:``: one line per record, text or JSON, in every process (docs/operations.md "Logs")."""
 
     model_config = _FROZEN
 

@@ -1,4 +1,4 @@
-"""The house's boundaries, checked on the source (README "Layout"): a newcomer can trust the folders.
+"""The house's boundaries, checked on the source (docs/architecture.md): a newcomer can trust the folders.
 
 - Only ``pgsource/pg/`` talks to libpq: no module outside it calls a psycopg2 cursor or
   connection method (``cursor``, ``execute``, ``fetch*``, ``copy_*``, ``mogrify``, ``commit``,
@@ -118,9 +118,8 @@ def test_pg_stands_on_nothing_above_it():
 
 
 def test_the_readme_layout_names_files_that_exist():
-    """The hop tables of README "Layout" point a newcomer at files: each one must be there."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    layout = text[text.index("## Layout\n"):text.index("## Tests\n")]
+    """The hop tables of docs/architecture.md point a newcomer at files: each one must be there."""
+    layout = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     paths = set(re.findall(r"`((?:pgsource|workers)/[A-Za-z0-9_./]+)`", layout))
     assert len(paths) > 25
     missing = sorted(p for p in paths if not (ROOT / p).exists())
