@@ -31,7 +31,7 @@ from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's 
     TopicSettingsConfig,
     iggy_name_problem,
 )
-from pgsource.events import PUBLISHER
+from pgsource.pipeline.events import PUBLISHER
 
 
 class Mode(str, Enum):

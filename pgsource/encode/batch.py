@@ -1,6 +1,6 @@
 """The one batch shape of both modes, and the one seam where it becomes the publisher's event.
 
-Polling (``pgsource/rows.py``) and CDC (``pgsource/changes.py``) each produce, per topic, a
+Polling (``pgsource/rows/encoder.py``) and CDC (``pgsource/cdc/encoder.py``) each produce, per topic, a
 ``MessageBatch``: ids, partitions, payloads and headers, in order. ``encode_batch_event``
 turns one into the ``BatchEvent`` the publisher takes: the messages split by partition and
 encoded as Iggy frames (``encode/frames.py``), so the queue and the publisher cost almost
@@ -13,7 +13,7 @@ import time
 from typing import NamedTuple
 
 from pgsource.encode.frames import encode_partition_frames
-from pgsource.events import BatchEvent
+from pgsource.pipeline.events import BatchEvent
 
 
 class MessageBatch(NamedTuple):

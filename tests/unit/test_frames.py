@@ -20,7 +20,7 @@ from pgsource.config.model import IggyConfig
 from pgsource.encode import frames
 from pgsource.errors import SinkError, SinkRefused, SourceError
 from pgsource.sink import IggySink
-from pgsource.testkit.iggy import IggyStandIn, batches, wire
+from pgsource_testkit.iggy import IggyStandIn, batches, wire
 
 CDC_HEADERS = {"table": "public.orders", "operation": "UPDATE", "lsn": "0/16B3748", "xid": "771"}
 IDS = [(0x1234 << 64) | (0xBEEF << 48) | 1, 2**128 - 1, 1, 987654321]
@@ -361,12 +361,22 @@ def test_a_retry_skips_the_requests_already_confirmed():
 
 def test_finding_the_connections_opens_no_descriptor():
     """The look-up runs on every connect and timeout of the publisher: it must not leak (a dup()
-    of each non-socket descriptor once did, quadrupling the process's descriptors per call)."""
-    import os
+    of each non-socket descriptor once did, quadrupling the process's descriptors per call).
 
-    from pgsource.sink.sockets import connections_to
+    Counted in a fresh interpreter: in the test process, threads other tests left behind (the
+    SDK's runtime, stand-ins being stopped) open and close descriptors of their own meanwhile."""
+    import subprocess
+    import sys
 
-    before = len(os.listdir("/proc/self/fd"))
-    for _ in range(50):
-        connections_to(1)
-    assert len(os.listdir("/proc/self/fd")) == before
+    probe = (
+        "import os\n"
+        "from pgsource.sink.sockets import connections_to\n"
+        "connections_to(1)\n"
+        "before = len(os.listdir('/proc/self/fd'))\n"
+        "for _ in range(50):\n"
+        "    connections_to(1)\n"
+        "print(before, len(os.listdir('/proc/self/fd')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    before, after = map(int, out)
+    assert after == before

@@ -1,6 +1,6 @@
 """Run the Iggy stand-in (for tests and local use, not an Iggy server) until SIGTERM.
 
-``python -m pgsource.testkit.iggy --host 127.0.0.1 --port 8090`` prints the address
+``python -m pgsource_testkit.iggy --host 127.0.0.1 --port 8090`` prints the address
 it listens on as one line (``127.0.0.1:8090``) once it accepts connections, and
 exits on SIGTERM or SIGINT, or when the process that started it goes away.
 """
@@ -17,7 +17,7 @@ from .server import IggyStandIn
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgsource.testkit.iggy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pgsource_testkit.iggy", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--username", default="iggy")

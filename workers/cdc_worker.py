@@ -1,6 +1,6 @@
 """``CdcWorker``: one process, one publication, one slot; changes into Iggy, nothing lost.
 
-Progress is one ``ProgressTracker`` (``pgsource/progress.py``) per worker, for the
+Progress is one ``ProgressTracker`` (``pgsource/pipeline/progress.py``) per worker, for the
 snapshot and both transports: every batch on the queue is ``sent`` (no position of its
 own), the end LSN of every transaction read completely is ``mark``ed after the batches
 holding its changes, and acks come back as ``acked``. The slot is only ever confirmed up
@@ -22,9 +22,9 @@ Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
 Never ``pg_logical_slot_get_changes``: it consumes changes before they are delivered.
 
-Boot prepares the slot (``_prepare_slot``, ``workers/cdc_slot.py``): a missing slot is created only on the first
-start (``pgsource/slots.py``); the initial snapshot and the snapshots of tables that join
-an existing slot (``pgsource/pg/publications.py``, ``workers/snapshot.py``) must be
+Boot prepares the slot (``_prepare_slot``, ``pgsource/cdc/slot_lifecycle.py``): a missing slot is created only on the first
+start (``pgsource/cdc/slot_history.py``); the initial snapshot and the snapshots of tables that join
+an existing slot (``pgsource/pg/publications.py``, ``pgsource/cdc/snapshot.py``) must be
 acknowledged completely before the slot's record says so and streaming begins; an
 interrupted one is done again at the next start.
 """
@@ -35,7 +35,8 @@ import dataclasses
 import logging
 import time
 
-from pgsource.changes import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.slot_lifecycle import SlotPreparation
 from pgsource.encode.batch import encode_batch_event
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
@@ -45,11 +46,10 @@ from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog
-from pgsource.progress import ProgressTracker
+from pgsource.pipeline.channel import Empty, get_event, put_event
+from pgsource.pipeline.progress import ProgressTracker
 from pgsource.state import FileStateStore
 from workers.base import QueueWorker, WorkerSpec
-from workers.cdc_slot import SlotPreparation
-from workers.channel import Empty, get_event, put_event
 
 log = logging.getLogger("pgsource.cdc")
 
@@ -103,7 +103,7 @@ class CdcWorker(SlotPreparation, QueueWorker):
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
 
     def _check_tables(self) -> None:
-        from pgsource.checks import cdc_table_problems
+        from pgsource.ops.checks import cdc_table_problems
 
         problems = cdc_table_problems(self.conn, self.spec.config)
         if problems:

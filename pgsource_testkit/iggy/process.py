@@ -15,7 +15,7 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 class IggyStandInProcess:
-    """Spawns ``python -m pgsource.testkit.iggy`` and waits until it listens."""
+    """Spawns ``python -m pgsource_testkit.iggy`` and waits until it listens."""
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, username: str = "iggy", password: str = "iggy"
@@ -23,7 +23,7 @@ class IggyStandInProcess:
         self._argv = [
             sys.executable,
             "-m",
-            "pgsource.testkit.iggy",
+            "pgsource_testkit.iggy",
             "--host",
             host,
             "--port",

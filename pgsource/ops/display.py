@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 
-from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError
 from pgsource.pg import connect as pg
 from pgsource.pg.positions import bounded, count_all, estimated_rows
+from pgsource.plan.assignment import WorkUnit
 from pgsource.state import FileStateStore, PollingOffset
 
 REFRESH = 0.5

@@ -7,7 +7,7 @@ its BEGIN) and commit after them. Two positions therefore exist per table:
 
 - each batch read covers a range of the tracking column, ``(lo, hi]``, read with a
   snapshot; it is *sealed* once no row with a value up to ``hi`` can still commit;
-- the committed offset only moves over sealed ranges (``pgsource/progress.py`` holds it).
+- the committed offset only moves over sealed ranges (``pgsource/pipeline/progress.py`` holds it).
 
 The horizon ``H`` is the lowest tracking value a row not yet visible can have, computed
 from an observation of the transactions in progress (``pgsource/pg/horizon.py``), made

@@ -3,7 +3,7 @@
 It speaks enough of the Iggy binary protocol (TCP) for the real ``apache-iggy==0.9.0``
 Python SDK to work against it unchanged, keeps everything in memory, and lets tests
 inject faults. Run it in-process (:class:`IggyStandIn`) or as a separate process
-(:class:`IggyStandInProcess`, ``python -m pgsource.testkit.iggy --port N``).
+(:class:`IggyStandInProcess`, ``python -m pgsource_testkit.iggy --port N``).
 
 What the SDK does, as seen from here (wheel 0.9.0):
 

@@ -6,13 +6,13 @@ import json
 import os
 from contextlib import contextmanager
 
-from pgsource.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.config.model import Config, TableConfig
 from pgsource.errors import ConfigError
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg.positions import bounded
 from pgsource.pg.replication import existing_slots
+from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.state import FileStateStore
 
 

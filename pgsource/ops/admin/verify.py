@@ -41,10 +41,10 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pgsource.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, SinkError
 from pgsource.lsn import format_lsn
+from pgsource.ops.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, count_rows_upto, iter_rows_upto, normalize_value, slot_stats
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
@@ -79,7 +79,7 @@ def _read_ids(config: Config, topic: str) -> list[tuple[int, int]] | None:
 
 
 def _verify_polling(config: Config, table_name: str, after: str | None) -> VerifyReport:
-    from pgsource.polling import TableReader
+    from pgsource.polling.reader import TableReader
 
     if table_name == "custom_query":
         raise ConfigError("verify: custom_query rows cannot be recomputed without running the query; not supported")

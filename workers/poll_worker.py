@@ -6,7 +6,7 @@ after it: the *read frontier* never waits. What is *committed* is decided by one
 ``ProgressTracker`` per table (or chunk): an offset counts only once its batch, and
 every batch before it, was acknowledged by Iggy, had its deletes/marks applied, and its
 range of the tracking column is sealed against transactions still in progress
-(``pgsource/late_commits.py``): a range read while such a transaction could still commit
+(``pgsource/polling/late_commits.py``): a range read while such a transaction could still commit
 a row into it holds the offset until the horizon passes it, and is then re-read once for
 the row versions its first read could not see. A crash therefore re-reads only what was
 not committed, and those messages carry the same deterministic ids.
@@ -31,19 +31,19 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from pgsource.assignment import WorkUnit
 from pgsource.encode.batch import encode_batch_event
-from pgsource.events import AckEvent
-from pgsource.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.horizon import TrackingKind
-from pgsource.polling import ReadBatch, TableReader
-from pgsource.progress import ProgressTracker
+from pgsource.pipeline.channel import Empty, get_event, put_event
+from pgsource.pipeline.events import AckEvent
+from pgsource.pipeline.progress import ProgressTracker
+from pgsource.plan.assignment import WorkUnit
+from pgsource.polling.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
+from pgsource.polling.reader import ReadBatch, TableReader
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec
-from workers.channel import Empty, get_event, put_event
 from workers.parent import ParentWatch
 
 log = logging.getLogger("pgsource.poller")
@@ -427,7 +427,7 @@ class PollWorker(QueueWorker):
         self.offsets.close()
 
 
-    # -- what readiness and the metrics see (workers/health.py, pgsource/metrics) ----------------
+    # -- what readiness and the metrics see (workers/health_monitor.py, pgsource/metrics) ----------------
 
     def _caught_up(self) -> None:
         """A read found nothing more to read: progress, as far as readiness is concerned."""

@@ -91,7 +91,7 @@ class LocalPostgres:
     password: str | None = None
     tls: bool = False
     cert_users: tuple[str, ...] = ()
-    ca: object = None  # pgsource.testkit.tls.CertificateAuthority when tls
+    ca: object = None  # pgsource_testkit.tls.CertificateAuthority when tls
     _pg_ctl: str = ""
     _options: str = ""
     _running: bool = False
@@ -144,7 +144,7 @@ class LocalPostgres:
         """A CA and a server certificate for ``tls``; the key readable by the server's user only."""
         if not self.tls:
             return {}
-        from pgsource.testkit.tls import CertificateAuthority
+        from pgsource_testkit.tls import CertificateAuthority
 
         self.ca = CertificateAuthority.create(os.path.join(self.base_dir, "tls"))
         server = self.ca.issue("server", "localhost", server=True)

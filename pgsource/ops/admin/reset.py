@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pgsource.admin.common import connection, find_table, units_of
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PrerequisiteError
+from pgsource.ops.admin.common import connection, find_table, units_of
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import normalize_value
@@ -62,7 +62,7 @@ def plan_reset(config: Config, table_name: str, to: str | None) -> list[OffsetMo
         start = (str(config.source.initial_offset),)
         return [OffsetMove("polling/custom_query", before, PollingOffset((to,) if to is not None else start))]
     table = find_table(config, table_name)
-    from pgsource.polling import TableReader
+    from pgsource.polling.reader import TableReader
 
     with connection(config, "reset") as conn:
         reader = TableReader(conn, config, table)

@@ -35,7 +35,7 @@ from pgsource.pg.query import (
 from pgsource.pg.retry import is_transient, with_retries
 from pgsource.pg.statements import fetch_all, fetch_one, fetch_value, render
 from pgsource.pg.types import load_column_types
-from pgsource.rows import RowEncoder
+from pgsource.rows.encoder import RowEncoder
 from pgsource.state import PollingOffset
 
 
@@ -50,7 +50,7 @@ class ReadBatch:
 
 
 class TableReader:
-    """Plans and reads one table for polling; its ``encoder`` (``pgsource/rows.py``) makes the messages."""
+    """Plans and reads one table for polling; its ``encoder`` (``pgsource/rows/encoder.py``) makes the messages."""
 
     chunk: tuple[int | None, int | None] | None = None  # [lo, hi) of the tracking column, when chunked
     _custom_text: str | None = None  # the wrapped custom_query, composed on first use

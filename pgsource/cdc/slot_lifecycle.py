@@ -1,8 +1,8 @@
-"""``SlotPreparation``: what a CDC worker does before it streams (``workers/cdc.py``, its only user).
+"""``SlotPreparation``: what a CDC worker does before it streams (``workers/cdc_worker.py``, its only user).
 
-A missing slot is created only on the first start (``pgsource/slots.py``); the initial snapshot,
+A missing slot is created only on the first start (``pgsource/cdc/slot_history.py``); the initial snapshot,
 and the snapshots of tables that join an existing slot (``pgsource/pg/publications.py``,
-``workers/snapshot.py``), must be acknowledged completely before the slot's record says so and
+``pgsource/cdc/snapshot.py``), must be acknowledged completely before the slot's record says so and
 streaming begins; an interrupted one is done again at the next start.
 """
 
@@ -12,16 +12,16 @@ import dataclasses
 import logging
 import time
 
+from pgsource.cdc.slot_history import identity_problem, missing_slot_problem, slot_was_used
+from pgsource.cdc.snapshot import send_snapshot
 from pgsource.errors import PrerequisiteError
 from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.statements import commit
-from pgsource.progress import ProgressTracker
-from pgsource.slots import identity_problem, missing_slot_problem, slot_was_used
+from pgsource.pipeline.progress import ProgressTracker
 from pgsource.state import SlotProgress, SnapshotPhase, TableJoin
-from workers.snapshot import send_snapshot
 
 log = logging.getLogger("pgsource.cdc")
 
@@ -128,7 +128,7 @@ class SlotPreparation:
 
     def _redo_initial_snapshot(self, stored: SlotProgress, publication: pubs.Publication | None) -> SlotProgress | None:
         """Nothing was streamed from the slot: it still stands at its consistent point. Read the
-        rows again now, then stream from that point (see ``workers/snapshot.py``, a redo).
+        rows again now, then stream from that point (see ``pgsource/cdc/snapshot.py``, a redo).
 
         A table configured since the first attempt joins the publication first, under the cut's
         lock: a transaction that wrote it before it joined has committed before the new snapshot."""

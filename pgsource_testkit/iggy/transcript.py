@@ -315,7 +315,7 @@ class Transcript:
             "name": self.name,
             "description": self.description,
             "recorded_from": self.recorded_from,
-            "masking": "pgsource/testkit/iggy/transcript.py: normalise_reply",
+            "masking": "pgsource_testkit/iggy/transcript.py: normalise_reply",
             "connections": [[e.to_json() for e in exchanges] for exchanges in self.connections],
         }
         path.write_text(json.dumps(data, indent=1) + "\n")

@@ -3,7 +3,7 @@
 Sends 1,000,000 messages of ~200 bytes in batches of 1000 through the real SDK and
 prints messages per second. Not a test.
 
-    python -m pgsource.testkit.iggy.bench [--process] [--messages N] [--batch N]
+    python -m pgsource_testkit.iggy.bench [--process] [--messages N] [--batch N]
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pgsource.admin.common import cdc_slots, committed_at, connection, units_of
 from pgsource.config.model import Config
 from pgsource.lsn import format_lsn
+from pgsource.ops.admin.common import cdc_slots, committed_at, connection, units_of
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, rows_after, slot_stats
@@ -67,7 +67,7 @@ def collect_status(config: Config) -> Status:
 
 
 def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
-    from pgsource.polling import TableReader
+    from pgsource.polling.reader import TableReader
 
     out = []
     if config.source.custom_query and not config.source.tables:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgsource.assignment import WorkUnit, assign_units, plan_cdc
+from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
@@ -18,9 +18,9 @@ from pgsource.pg.catalog import can_replicate, describe_table, missing_privilege
 from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
 from pgsource.pg.statements import result_columns
-from pgsource.polling import check_late_commit_guard
-from pgsource.sharding import check_shard, foreign_captures, unsharded_name
-from pgsource.slots import identity_problem, missing_slot_problem
+from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
+from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
+from pgsource.polling.reader import check_late_commit_guard
 from pgsource.state import FileStateStore, SlotProgress
 
 

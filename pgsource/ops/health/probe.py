@@ -22,13 +22,13 @@ from __future__ import annotations
 import threading
 import time
 
-from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, ProbeError
 from pgsource.lsn import format_lsn
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, SlotStats, bounded, rows_after, slot_stats
+from pgsource.plan.assignment import WorkUnit
 from pgsource.state import FileStateStore, PollingOffset
 
 STATEMENT_TIMEOUT = 2.0
@@ -127,7 +127,7 @@ class SourceProbe:
         return None
 
     def _reader(self, conn, unit: WorkUnit):
-        from pgsource.polling import TableReader
+        from pgsource.polling.reader import TableReader
 
         reader = self._readers.get(unit.table.qualified)
         if reader is None:

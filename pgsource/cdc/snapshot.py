@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pgsource.changes import ChangeBatch
+from pgsource.cdc.encoder import ChangeBatch
 from pgsource.config.model import Config, TableConfig
 from pgsource.encode.ids import snapshot_message_id
 from pgsource.pg.positions import estimated_rows
-from pgsource.polling import TableReader
+from pgsource.polling.reader import TableReader
 
 
 def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],

@@ -4,7 +4,7 @@
   restarted by the supervisor, which is its job) and not silent far beyond its heartbeat
   timeout outside a statement. No database question: a liveness probe must not restart
   the pod because PostgreSQL is slow.
-- ``/readyz`` (readiness): ``pgsource.health.judge`` once a second on a thread of its own
+- ``/readyz`` (readiness): ``pgsource.ops.health.judge`` once a second on a thread of its own
   (so a probe is answered at once and a recovery shows within a second or two); the
   answer is 503 when the last judgement is more than 5 s old.
 """
@@ -16,8 +16,8 @@ import threading
 import time
 
 from pgsource.errors import ProbeError
-from pgsource.health import PublisherView, Readiness, SourceProbe, Stuck, WorkerView, judge
 from pgsource.metrics.scrape import ScrapeCollector
+from pgsource.ops.health import PublisherView, Readiness, SourceProbe, Stuck, WorkerView, judge
 
 log = logging.getLogger("pgsource.supervisor")
 
