@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pgsource.testkit.postgres import LocalPostgres
+from pgsource_testkit.postgres import LocalPostgres
 from tests import support
 
 
@@ -53,7 +53,7 @@ def no_secret_in_service_output():
 @pytest.fixture
 def iggy():
     """A fresh Iggy stand-in (real SDK wire protocol) on a free port."""
-    from pgsource.testkit.iggy import IggyStandIn
+    from pgsource_testkit.iggy import IggyStandIn
 
     server = IggyStandIn().start()
     try:
@@ -78,7 +78,7 @@ def pytest_unconfigure(config):
     frames, which aborts the process (SIGABRT, exit 134) after every test passed (seen with
     gdb in about one run in seven of a failed ``connect``). Nothing is left to run here.
     """
-    if "apache_iggy" in sys.modules and _EXIT_STATUS:
+    if "apache_iggy" in sys.modules and _EXIT_STATUS and "PYTEST_XDIST_WORKER" not in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])

@@ -69,8 +69,8 @@ async def _read_back(address: str, stream: str, topic: str) -> tuple[int, list[b
 @click.option("--iggy", "iggy_address", default=None, help="A real Iggy at HOST:PORT instead of the stand-in.")
 def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str | None) -> None:
     """Run the real pipeline against a throw-away PostgreSQL and the Iggy stand-in."""
-    from pgsource.testkit.iggy import IggyStandIn
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.iggy import IggyStandIn
+    from pgsource_testkit.postgres import LocalPostgres
 
     click.echo("starting a private PostgreSQL ...")
     with LocalPostgres() as pg, tempfile.TemporaryDirectory(prefix="pgsource-demo-") as work:

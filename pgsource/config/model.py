@@ -31,7 +31,8 @@ from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's 
     TopicSettingsConfig,
     iggy_name_problem,
 )
-from pgsource.events import PUBLISHER
+
+PUBLISHER = "publisher"  # the publisher process's name: in statuses, liveness, metrics and logs
 
 
 class Mode(str, Enum):
@@ -120,7 +121,7 @@ TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag")
 
 
 class SourceConfig(BaseModel):
-    """The seed connector's keys, plus pgsource's optional ones (documented in the README)."""
+    """The seed connector's keys, plus pgsource's optional ones (documented in docs/configuration.md)."""
 
     model_config = _FROZEN
 
@@ -157,7 +158,7 @@ class SourceConfig(BaseModel):
     on_missing_slot: Literal["fail", "snapshot"] = "fail"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
     # Polling: hold the committed offset behind transactions still in progress and re-read
-    # what they commit late (README "Rows that commit late"); "off" accepts missing them.
+    # what they commit late (docs/delivery.md "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
     lag: Duration = 0.0  # seal a read range only this long after it was read (values no horizon protects)
     # A statement failing for a reason that may pass (deadlock, lock timeout, cancel) is retried
@@ -165,7 +166,7 @@ class SourceConfig(BaseModel):
     # more often than this in a row stops the service (exit 8). Connection outages retry forever.
     max_retries: int = Field(3, ge=0, le=100)
     retry_delay: Duration = 1.0
-    # The Rust connector's remaining keys (README "Payload passthrough" and the key table)
+    # The Rust connector's remaining keys (docs/configuration.md)
     payload_column: str | None = None  # this column's value is the whole message (outbox), no envelope
     payload_format: PayloadFormat = PayloadFormat.BYTEA
     primary_key_column: str | None = None  # the key of delete/mark and partitions (default: the catalog's)

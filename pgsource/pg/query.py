@@ -123,7 +123,7 @@ def build_poll_plan(
         raise PrerequisiteError(
             f"table {where}: tracking_column {tracking_column!r} is not unique and the table has no primary key"
             " or unique NOT NULL key to break ties, so rows sharing a value could be lost at batch boundaries;"
-            " add a key, or set source.allow_non_unique_tracking: true (ties broken by ctid, see README)"
+            " add a key, or set source.allow_non_unique_tracking: true (ties broken by ctid, see docs/delivery.md)"
         )
     types = {c.name: c.type_sql for c in info.columns} | {CTID: "tid"}
     kept = [c for c in info.columns if (columns is None or c.name in columns) and c.name not in exclude_columns]

@@ -1,4 +1,4 @@
-"""DDL on the columns that place a row (README "ALTER TABLE while running"): polling stops with a
+"""DDL on the columns that place a row (docs/operations.md "ALTER TABLE while running"): polling stops with a
 clear error when its tracking column is renamed or becomes text; CDC follows a renamed key column."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_cdc_follows_a_renamed_key_column(pg_dsn, iggy, tmp_path, transport):
 
 
 def test_polling_stops_when_the_tracking_column_becomes_text(pg_dsn, iggy, tmp_path):
-    """README: a tracking column changed to a type no horizon bounds (``text``) stops, exit 3; the
+    """docs/operations.md: a tracking column changed to a type no horizon bounds (``text``) stops, exit 3; the
     rows read before stay the only ones sent (none of the later rows is sent out of order or lost
     silently: the service stops instead)."""
     execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, note text)")

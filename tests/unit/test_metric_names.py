@@ -29,7 +29,7 @@ def test_names_labels_and_multiprocess_modes():
 
 
 def test_the_readme_metrics_table_lists_every_family():
-    """README "For operators" → "Metrics": one row per family, none left out, none that does not exist."""
+    """docs/operations.md "Metrics": one row per family, none left out, none that does not exist."""
     import inspect
     from pathlib import Path
 
@@ -39,9 +39,9 @@ def test_the_readme_metrics_table_lists_every_family():
     defined = {value._name + ("_total" if isinstance(value, Counter) else "")
                for value in vars(metrics).values() if isinstance(value, (Counter, Gauge, Histogram))}
     defined |= set(re.findall(r'"(pgsource_[a-z0-9_]+)"', inspect.getsource(scrape)))
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("\n### Metrics\n", 1)[1].split("\n### ", 1)[0]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = page.split("\n### Metrics\n", 1)[1].split("\n### ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `pgsource_")]
     documented = {name for row in rows for name in re.findall(r"`(pgsource_[a-z0-9_]+)", row.split(" | ")[0])}
-    assert documented == defined, {"not in the README": sorted(defined - documented),
+    assert documented == defined, {"not in docs/operations.md": sorted(defined - documented),
                                    "not defined": sorted(documented - defined)}

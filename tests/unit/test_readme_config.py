@@ -1,4 +1,4 @@
-"""README's "Configuration reference" against the configuration model, both ways, defaults included.
+"""docs/configuration.md's "Configuration reference" against the configuration model, both ways, defaults included.
 
 A key added to the model without a row (or a row left behind by a key removed, or a default
 changed on one side only) fails here, so the table cannot drift from the code.
@@ -53,8 +53,8 @@ def model_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, o
 
 def readme_rows() -> dict[str, str]:
     """key → default cell of the table under "### Configuration reference"."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Configuration reference", 1)[1].split("\n#", 1)[0]
+    text = (REPO / "docs" / "configuration.md").read_text()
+    section = text.split("## Configuration reference", 1)[1].split("\n#", 1)[0]
     rows: dict[str, str] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -94,15 +94,15 @@ def _cell_value(cell: str, model_default: object) -> object:
 
 def test_every_model_key_has_a_row_and_every_row_a_key():
     keys, rows = set(model_keys()), set(readme_rows())
-    assert keys - rows == set(), "keys missing from README's Configuration reference"
-    assert rows - keys == set(), "rows in README's Configuration reference that are no keys of the model"
+    assert keys - rows == set(), "keys missing from docs/configuration.md's Configuration reference"
+    assert rows - keys == set(), "rows in docs/configuration.md's Configuration reference that are no keys of the model"
 
 
 def test_the_defaults_in_the_table_are_the_models():
     keys, rows = model_keys(), readme_rows()
     wrong = {key: (rows[key], keys[key]) for key in keys.keys() & rows.keys()
              if _cell_value(rows[key], keys[key]) != _normal(keys[key])}
-    assert not wrong, f"README default ≠ model default: {wrong}"
+    assert not wrong, f"docs default ≠ model default: {wrong}"
 
 
 def test_the_walk_sees_nested_sections_lists_and_aliases():
