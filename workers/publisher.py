@@ -174,7 +174,7 @@ class PublisherWorker:
         self._last_attempt = time.monotonic()
         try:
             await self._connect(sink)
-            log.info("publisher: connected to Iggy at %s", self.config.iggy.address)
+            log.info("publisher: connected to Iggy at %s", sink.address)
         except SinkError as exc:
             log.debug("publisher: %s", exc)
 
@@ -226,7 +226,7 @@ class PublisherWorker:
                 if connecting:
                     await self._connect(sink)
                     if failures:
-                        log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
+                        log.info("publisher: connected to Iggy at %s again", sink.address)
                 await sink.send_frames(event.stream, event.topic, event.parts, confirmed)
                 break
             except SinkRefused:

@@ -124,13 +124,30 @@ class IggyConfig(BaseModel):
     def _secret_files(cls, value):
         return resolve_iggy_files(value)
 
+    @field_validator("address", mode="before")
+    @classmethod
+    def _seed_list(cls, value):
+        """A list of seed nodes (a cluster) is kept as ``host:port,host:port`` (see ``seeds``)."""
+        if isinstance(value, list):
+            if not value or not all(isinstance(seed, str) for seed in value):
+                raise ValueError("a list of seed nodes needs at least one, each a host:port string")
+            return ",".join(seed.strip() for seed in value)
+        return value
+
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port")
-        return value
+        seeds = [seed.strip() for seed in value.split(",")]
+        for seed in seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{seed!r} is not host:port" if len(seeds) > 1 else f"{value!r} is not host:port")
+        return ",".join(seeds)
+
+    @property
+    def seeds(self) -> list[str]:
+        """The nodes pgsource may connect through, in order: one, or a cluster's (``address: [a:8090, b:8090]``)."""
+        return self.address.split(",")
 
 
     @field_validator("topic")

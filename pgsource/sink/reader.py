@@ -6,10 +6,23 @@ import apache_iggy as iggy
 
 
 async def connect_client(address: str, username: str, password: str) -> iggy.IggyClient:
-    client = iggy.IggyClient(iggy.TcpConfig(server_address=address))
-    await client.connect()
-    await client.login_user(username, password)
-    return client
+    """A logged-in client; ``address`` may be a seed list (``iggy.address``): the first that answers."""
+    seeds = address.split(",")
+    for seed in seeds:
+        if len(seeds) == 1:
+            tcp = iggy.TcpConfig(server_address=seed)
+        else:  # one pass, so a node that is down fails at once and the next is tried
+            tcp = iggy.TcpConfig(server_address=seed, reconnection=iggy.TcpReconnectionConfig(max_retries=0))
+        client = iggy.IggyClient(tcp)
+        try:
+            await client.connect()
+            await client.login_user(username, password)
+        except (RuntimeError, OSError):
+            if seed == seeds[-1]:
+                raise
+            continue
+        return client
+    raise RuntimeError("no Iggy address")
 
 
 async def topic_message_count(client: iggy.IggyClient, stream: str, topic: str) -> int:
