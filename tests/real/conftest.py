@@ -276,7 +276,7 @@ def real_iggy(compose_stack, tmp_path_factory) -> RealIggy:
         address, control = f"127.0.0.1:{os.environ['PGSOURCE_IGGY_PORT']}", ComposeControl(compose_stack)
         _wait_for(lambda: login_works(address, username, password), 120, f"Iggy at {address}")
     try:
-        yield RealIggy(address, username, password, control, _probe_topic_options(address, username, password), cluster)
+        yield RealIggy(address, username, password, control, _probe_topic_options(address.split(",")[0], username, password), cluster)
     finally:
         if server is not None:
             server.close()
@@ -304,8 +304,8 @@ def controlled_iggy(real_iggy, tmp_path) -> RealIggy:
 
 
 def cluster_address(cluster: IggyCluster) -> str:
-    """``iggy.address`` for pgsource against a cluster: the first node (see tests/real/README.md)."""
-    return cluster.addresses[0]
+    """``iggy.address`` for pgsource against a cluster: every node, as a seed list."""
+    return ",".join(cluster.addresses)
 
 
 @pytest.fixture
