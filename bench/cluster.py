@@ -4,8 +4,9 @@
 ``--nodes`` count (default ``1,3``), in this order and in one sitting, starts the server from the
 binary (one plain node, or a ``[cluster]`` of N nodes on loopback, ``tests/real/cluster.py``),
 runs ``python -m bench.run --iggy <node 0> --iggy-pids <every node> --latency-visible`` on it
-(polling and CDC throughput, latency at ``--latency-rate``), writes ``<prefix>-<N>node.json`` and
-stops the server. The CPU of the server is the sum over its nodes. The machine's load average is
+(polling and CDC throughput, latency at ``--latency-rate``), writes ``<prefix>-<N>node-<round>.json``
+and stops the server. ``--nodes 1,3,1,3,1,3`` interleaves the two, so that a change of the
+machine's load touches both alike. The CPU of the server is the sum over its nodes. The machine's load average is
 recorded before and after each run (``load_before``/``load_after``): on a shared machine a figure
 taken under a higher load is to be run again. Nothing of the server is part of this repository.
 """
@@ -46,16 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cdc-transport", default="replication")
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--latency-rate", type=int, default=2000)
-    parser.add_argument("--json-prefix", required=True, help="writes <prefix>-<N>node.json")
+    parser.add_argument("--json-prefix", required=True, help="writes <prefix>-<N>node-<round>.json")
     args = parser.parse_args(argv)
 
     from bench import run
 
     workdir = tempfile.mkdtemp(prefix="pgsource-bench-cluster-")
     try:
+        seen: dict[int, int] = {}
         for nodes in [int(n) for n in args.nodes.split(",")]:
+            seen[nodes] = seen.get(nodes, 0) + 1  # "1,3,1,3": interleaved rounds, one file each
             server, address, pids = _start(args.server, nodes, workdir)
-            path = f"{args.json_prefix}-{nodes}node.json"
+            path = f"{args.json_prefix}-{nodes}node-{seen[nodes]}.json"
             load_before = os.getloadavg()
             try:
                 run.main(["--rows", str(args.rows), "--repeat", str(args.repeat), "--only", args.only,
