@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -28,13 +29,28 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tests.real.server import PASSWORD, USERNAME, IggyServerProcess, free_port
+from tests.real.server import PASSWORD, USERNAME, IggyServerProcess
 
 GET_CLUSTER_METADATA_CODE = 12  # core/binary_protocol/src/codes.rs
 ROLE_LEADER = 0  # core/common/src/types/cluster/role.rs: Leader, Follower
 STATUS_HEALTHY = 0  # core/common/src/types/cluster/status.rs: Healthy, Starting, Stopping, Unreachable, ...
 CLUSTER_NAME = "pgsource-test-cluster"
 LISTENERS = ("tcp", "quic", "http", "websocket", "tcp_replica")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held open together while chosen: one port picked twice
+    makes a node refuse its configuration, "port conflict")."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass(frozen=True)
@@ -131,9 +147,10 @@ class IggyCluster:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="iggy-cluster-")
         os.makedirs(self.data_dir, exist_ok=True)
         self.config_path = os.path.join(self.data_dir, "cluster.toml")
+        ports = iter(free_ports(size * len(LISTENERS)))
         self.nodes = [
             ClusterNode(binary, os.path.join(self.data_dir, f"node{index}"), index,
-                        {name: free_port() for name in LISTENERS}, self.config_path)
+                        {name: next(ports) for name in LISTENERS}, self.config_path)
             for index in range(size)
         ]
 
