@@ -78,7 +78,7 @@ class IggySink:
         self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
         self._told: set[tuple[str, str]] = set()  # existing topics whose differing settings were logged
-        self._port = int(config.address.rsplit(":", 1)[1])
+        self._port = config.server.port
 
     # -- connection ---------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ def _tls_options(config: IggyConfig) -> dict:
     if not tls.enabled:
         return {}
     options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
-               "tls_domain": tls.domain or config.address.rpartition(":")[0].strip("[]")}
+               "tls_domain": config.tls_domain}
     if tls.ca_file:
         options["tls_ca_file"] = tls.ca_file
     return options
