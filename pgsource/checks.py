@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pgsource.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.config.model import Config
-from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
+from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
@@ -32,6 +32,7 @@ class CheckReport:
     assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
 
     config_error: bool = False  # a problem lies in the configuration itself (exit 2, not 3)
+    unreachable: bool = False  # PostgreSQL could not be reached at all (exit 75, as in every command)
 
     @property
     def ok(self) -> bool:
@@ -39,6 +40,8 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
+        if self.unreachable:
+            return SourceUnavailable.exit_code
         return ConfigError.exit_code if self.config_error else PrerequisiteError.exit_code
 
 
@@ -51,6 +54,7 @@ def check_prerequisites(config: Config) -> CheckReport:
     except PgSourceError as exc:
         report.problems.append(str(exc))
         report.config_error = isinstance(exc, ConfigError)
+        report.unreachable = exc.exit_code == SourceUnavailable.exit_code
         return report
     try:
         for table in source.tables:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from pgsource.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.config.model import Config
-from pgsource.errors import ConfigError, SinkError
+from pgsource.errors import ConfigError
 from pgsource.lsn import format_lsn
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, count_rows_upto, iter_rows_upto, normalize_value, slot_stats
@@ -69,13 +69,10 @@ def verify(config: Config, table_name: str, after: str | None = None) -> VerifyR
 
 
 def _read_ids(config: Config, topic: str) -> list[tuple[int, int]] | None:
+    """Every (partition, id) of the topic; SinkUnavailable (75) when Iggy cannot be reached."""
     from pgsource.sink.reader import read_message_ids
 
-    iggy = config.iggy
-    try:
-        return asyncio.run(read_message_ids(iggy.address, iggy.username, iggy.password, iggy.stream, topic))
-    except (RuntimeError, OSError) as exc:
-        raise SinkError(f"Iggy at {iggy.address}: reading {iggy.stream}/{topic}: {exc}") from None
+    return asyncio.run(read_message_ids(config.iggy, config.iggy.stream, topic))
 
 
 def _verify_polling(config: Config, table_name: str, after: str | None) -> VerifyReport:
