@@ -13,6 +13,7 @@ runtime dependency of ``pip install pgsource``; and the executor cannot drop roo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -230,11 +231,14 @@ class LocalPostgres:
         return wrapper
 
     def stop(self) -> None:
-        if self._running:
+        """Stop the server and remove its directory; also a server whose start was interrupted
+        (its postmaster.pid is there) and when the server was stopped by someone else."""
+        if self._running or (self.base_dir and os.path.exists(os.path.join(self.datadir, "postmaster.pid"))):
             try:
                 self.stop_server("fast")
             except (RuntimeError, subprocess.TimeoutExpired):
-                self._run_pg_ctl("stop", "-m", "immediate", "-w")
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    self._run_pg_ctl("stop", "-m", "immediate", "-w")
         if self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             self.base_dir = ""
