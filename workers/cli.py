@@ -241,6 +241,7 @@ def verify(config_path: str, table_name: str | None, after: str | None) -> None:
     from pgsource.errors import VerificationError
 
     click.echo("ok: nothing missing" if report.ok else "FAILED: messages missing from Iggy", err=not report.ok)
+    click.echo(f"the messages themselves: pgsource tail --config {config_path}{f' --table {table_name}' if table_name else ''}")
     exit_after_sdk(0 if report.ok else VerificationError.exit_code)
 
 
