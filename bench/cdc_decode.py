@@ -2,7 +2,7 @@
 
 No database, no queue: one transaction of ``bench_t``-like Inserts (the table of
 ``bench.run``) is framed as the SQL transport's binary COPY would hand it over, and fed
-message by message into batches of 1,000, as ``workers.cdc.CdcWorker._feed_peek`` does (the COPY
+message by message into batches of 1,000, as ``workers.cdc_worker.CdcWorker._feed_peek`` does (the COPY
 framing loop itself is not timed). Prints µs/change, best of ``--repeat``.
 
 Run: ``python -m bench.cdc_decode [--changes 200000] [--repeat 5]``
@@ -15,7 +15,7 @@ import struct
 import time
 import uuid
 
-from pgsource.changes import ChangeBatch, ChangeEncoder
+from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder
 from pgsource.config.model import Config
 from pgsource.pg.types import BOOL, JSONB, NUMBER, OTHER, TIMESTAMPTZ, TypeInfo
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import psutil
 import psycopg2
 
-from pgsource.testkit.iggy import IggyStandIn
-from pgsource.testkit.postgres import LocalPostgres
+from pgsource_testkit.iggy import IggyStandIn
+from pgsource_testkit.postgres import LocalPostgres
 from tests.support import execute, start_service, stop_service, write_config
 
 

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only.split(","))
 
     sys.path.insert(0, str(REPO))
-    from pgsource.testkit.iggy import IggyStandInProcess
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.iggy import IggyStandInProcess
+    from pgsource_testkit.postgres import LocalPostgres
 
     workdir = tempfile.mkdtemp(prefix="pgsource-bench-")
     results: dict = {

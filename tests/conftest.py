@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pgsource.testkit.postgres import LocalPostgres
+from pgsource_testkit.postgres import LocalPostgres
 from tests import support
 
 
@@ -53,7 +53,7 @@ def no_secret_in_service_output():
 @pytest.fixture
 def iggy():
     """A fresh Iggy stand-in (real SDK wire protocol) on a free port."""
-    from pgsource.testkit.iggy import IggyStandIn
+    from pgsource_testkit.iggy import IggyStandIn
 
     server = IggyStandIn().start()
     try:

@@ -21,13 +21,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from pgsource.assignment import WorkUnit
 from pgsource.config.model import Config
 from pgsource.errors import PgSourceError, SourceUnavailable, TableChanged
-from pgsource.events import WorkerState, WorkerStatus
 from pgsource.pg import connect as pg
 from pgsource.pg.statements import backend_pid
-from workers.channel import put_event
+from pgsource.pipeline.channel import put_event
+from pgsource.pipeline.events import WorkerState, WorkerStatus
+from pgsource.plan.assignment import WorkUnit
 from workers.liveness import Liveness
 from workers.logs import setup_logging
 from workers.parent import ParentWatch

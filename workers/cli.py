@@ -1,6 +1,6 @@
 """The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``verify`` and ``tail``.
 
-The admin commands' logic is in ``pgsource/admin/``; here they are parsed, confirmed
+The admin commands' logic is in ``pgsource/ops/admin/``; here they are parsed, confirmed
 (only when stdin is a terminal; ``--yes`` skips the question) and printed.
 
 These names and options are a contract that users script against; keep them.
@@ -59,7 +59,7 @@ def run(config_path: str) -> None:
 def check(config_path: str) -> None:
     """Validate the file and the prerequisites; one line per problem, non-zero exit on any."""
     config = _load(config_path)
-    from pgsource.checks import check_prerequisites
+    from pgsource.ops.checks import check_prerequisites
 
     report = check_prerequisites(config)
     for problem in report.problems:
@@ -107,10 +107,10 @@ def drop_slot(config_path: str, keep_publication: bool, yes: bool) -> None:
     so a later ``run`` is a first start, not a missing slot.
     """
     config = _load(config_path)
-    from pgsource.assignment import configured_channels, plan_cdc
     from pgsource.pg import connect as pg
     from pgsource.pg import publications as pubs
     from pgsource.pg import replication as rep
+    from pgsource.plan.assignment import configured_channels, plan_cdc
     from pgsource.state import FileStateStore
 
     try:
@@ -167,7 +167,7 @@ def status(config_path: str, as_json: bool) -> None:
     config = _load(config_path)
     import json
 
-    from pgsource.admin.status import collect_status
+    from pgsource.ops.admin.status import collect_status
 
     try:
         found = collect_status(config)
@@ -200,7 +200,7 @@ def status(config_path: str, as_json: bool) -> None:
 def reset(config_path: str, table_name: str, to: str | None, to_start: bool, yes: bool) -> None:
     """Move a polling table's stored offset on purpose (the service must be stopped)."""
     config = _load(config_path)
-    from pgsource.admin.reset import apply_reset, check_not_running, plan_reset
+    from pgsource.ops.admin.reset import apply_reset, check_not_running, plan_reset
 
     if (to is None) == (not to_start):
         click.echo("error: give exactly one of --to VALUE and --to-start", err=True)
@@ -224,7 +224,7 @@ def reset(config_path: str, table_name: str, to: str | None, to_start: bool, yes
 def verify(config_path: str, table_name: str | None, after: str | None) -> None:
     """Reconcile: every row up to the committed offset is in Iggy (exit 10 naming what is missing)."""
     config = _load(config_path)
-    from pgsource.admin.verify import verify as run_verify
+    from pgsource.ops.admin.verify import verify as run_verify
 
     if table_name is None and not config.source.cdc:
         click.echo("error: --table is required in polling mode", err=True)
@@ -261,7 +261,7 @@ def tail(config_path: str, table_name: str | None, count: int | None, follow: bo
     import asyncio
     import signal
 
-    from pgsource.admin.tail import plan_tail, run_tail
+    from pgsource.ops.admin.tail import plan_tail, run_tail
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: a clean exit
     try:

@@ -103,8 +103,8 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
 
 
 def _demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str | None) -> int:
-    from pgsource.testkit.iggy import IggyStandIn
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.iggy import IggyStandIn
+    from pgsource_testkit.postgres import LocalPostgres
 
     with contextlib.ExitStack() as cleanup:
         work = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pgsource-demo-"))
@@ -195,8 +195,8 @@ def _stop_service(service: subprocess.Popen) -> int:
 
 
 def _report(path: str, topic: str, code: int, elapsed: float, own_iggy: str | None) -> int:
-    from pgsource.admin.tail import plan_tail, run_tail
     from pgsource.config import load_config
+    from pgsource.ops.admin.tail import plan_tail, run_tail
 
     count = _count(path, topic)
     click.echo(f"\npgsource exited with code {code}")

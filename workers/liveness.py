@@ -10,7 +10,7 @@
 
 The label of a statement that raised is kept: after a worker died, it says where.
 
-For readiness (``workers/health.py``) it also shows whether work flows: when Iggy last
+For readiness (``workers/health_monitor.py``) it also shows whether work flows: when Iggy last
 acknowledged one of the worker's batches (written by the publisher), when a read last
 found nothing more to read, and since when its oldest batch waits for an acknowledgement.
 ``PublisherLiveness`` is the publisher's side: connected to Iggy or not, the batch it is

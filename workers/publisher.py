@@ -34,11 +34,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pgsource.config.model import Config
+from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.events import PUBLISHER, AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.channel import Empty, get_event, put_event
+from pgsource.pipeline.events import AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
 from pgsource.sink import IggySink
-from workers.channel import Empty, get_event, put_event
 from workers.logs import setup_logging
 from workers.parent import ParentWatch
 from workers.tuning import keep_freed_memory
@@ -156,7 +156,7 @@ class PublisherWorker:
             await asyncio.sleep(min(left, 1.0))
         self.beat()
 
-    # -- what readiness and the metrics see (workers/health.py) --------------------------------
+    # -- what readiness and the metrics see (workers/health_monitor.py) --------------------------------
 
     async def _connect(self, sink: IggySink) -> None:
         try:

@@ -29,18 +29,18 @@ from collections import deque
 
 import multiprocess
 
-from pgsource.assignment import WorkUnit, assign_units
-from pgsource.checks import check_prerequisites
-from pgsource.config.model import Config
+from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import PgSourceError, SourceUnavailable
-from pgsource.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
-from pgsource.sharding import record_shard
+from pgsource.ops.checks import check_prerequisites
+from pgsource.pipeline.channel import Empty, get_event, put_event
+from pgsource.pipeline.events import StopEvent, WorkerState, WorkerStatus
+from pgsource.plan.assignment import WorkUnit, assign_units
+from pgsource.plan.sharding import record_shard
 from pgsource.state.lock import StateLock
 from workers.base import WorkerSpec
-from workers.channel import Empty, get_event, put_event
-from workers.health import HealthMonitor
+from workers.health_monitor import HealthMonitor
 from workers.liveness import Liveness, PublisherLiveness
-from workers.poller import run_poll_worker
+from workers.poll_worker import run_poll_worker
 from workers.publisher import run_publisher
 from workers.restarts import RestartPolicy
 from workers.stop import StopFlag
@@ -69,7 +69,7 @@ class Supervisor:
         self._metrics_server = None
         self._metrics_dir: str | None = None
         self.watchdog = Watchdog(config)
-        # health, readiness and the state.dir lock (workers/health.py, pgsource/state/lock.py)
+        # health, readiness and the state.dir lock (workers/health_monitor.py, pgsource/state/lock.py)
         self._tick = time.monotonic()  # the main loop's last turn (/healthz)
         self._connected: set[str] = set()  # children that reported "ready" since their last start
         self._started_at: dict[str, float] = {}
@@ -171,7 +171,7 @@ class Supervisor:
 
         if self.config.source.cdc or not sys.stderr.isatty() or os.environ.get("PGSOURCE_PROGRESS") == "0":
             return None
-        from pgsource.display import BulkLoadDisplay
+        from pgsource.ops.display import BulkLoadDisplay
 
         return BulkLoadDisplay.start(self.config, self.assignment)
 
@@ -263,7 +263,7 @@ class Supervisor:
 
     def _worker_target(self):
         if self.config.source.cdc:
-            from workers.cdc import run_cdc_worker
+            from workers.cdc_worker import run_cdc_worker
 
             return run_cdc_worker
         return run_poll_worker

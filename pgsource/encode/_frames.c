@@ -2,7 +2,7 @@
  * pgsource.encode._frames: Iggy 0.9 message frames in C.
  *
  * The C twin of the frame loops in pgsource/encode/frames.py (encode_frames) and
- * pgsource/testkit/iggy/batches.py (index_and_verify); both give byte-identical results
+ * pgsource_testkit/iggy/batches.py (index_and_verify); both give byte-identical results
  * (tests/unit/test_frames.py). Building a frame in Python costs ~0.8 µs (struct.pack,
  * concatenation, a checksum call); here it is a memcpy and one XXH3 pass.
  *

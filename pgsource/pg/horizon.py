@@ -3,7 +3,7 @@
 A polling read sees only committed rows. A transaction that took its tracking value (a
 sequence id, ``now()``) before rows that were already read, and commits after them,
 leaves a row *behind* the offset. These queries give the worker what it needs to hold
-its committed offset behind such transactions (``pgsource/late_commits.py`` decides):
+its committed offset behind such transactions (``pgsource/polling/late_commits.py`` decides):
 
 - ``describe_tracking``: how the tracking column is filled (a time column, an owned
   sequence and its CACHE, ``xid8``), from the catalog, once at start;

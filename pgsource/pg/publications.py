@@ -2,7 +2,7 @@
 
 The publications live in the database, so every replica of pgsource (each with its own
 ``state.dir``) reads the same map: a table already published by one of pgsource's
-publications stays with that publication's slot (``pgsource/assignment.py``).
+publications stays with that publication's slot (``pgsource/plan/assignment.py``).
 
 A table that joins a publication whose slot is already streaming gets a *cut*
 (``table_cut``): in one transaction pgsource takes a SHARE lock on the table (it waits for

@@ -4,7 +4,7 @@ Slot safety: a slot of another plugin, a lost (invalidated) slot, or a slot in u
 another process stops startup with an error that says what to do. pgsource never drops
 and recreates a slot on its own — that would silently skip changes — except the slot it
 created itself for an initial snapshot that never finished (nothing was streamed from
-it yet), see ``workers/cdc.py``. Publications: ``pgsource/pg/publications.py``.
+it yet), see ``workers/cdc_worker.py``. Publications: ``pgsource/pg/publications.py``.
 """
 
 from __future__ import annotations

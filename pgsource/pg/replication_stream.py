@@ -26,7 +26,7 @@ feedback never goes out (its one automatic feedback, at the first read, carries 
 is left: a process stalled for ``wal_sender_timeout / 2`` (frozen, swapped out) whose stream
 holds a reply-requesting keepalive right after a Relation message. Reporting write = flush (not what was received) also keeps the
 walsender sending keepalives with its WAL end while pgsource is behind it: that is what lets
-an idle stream confirm the server's position (see ``workers/cdc.py``).
+an idle stream confirm the server's position (see ``workers/cdc_worker.py``).
 """
 
 from __future__ import annotations

@@ -264,7 +264,7 @@ def test_slot_in_use_elsewhere_stops_startup(pg_dsn, iggy, tmp_path):
 
 
 def test_lost_slot_is_reported_not_recreated(tmp_path, iggy):
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.postgres import LocalPostgres
 
     with LocalPostgres(settings={"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"}) as cluster:
         dsn = cluster.dsn()
@@ -298,7 +298,7 @@ def test_a_publication_the_user_made_without_a_table_gets_it(pg_dsn, iggy, tmp_p
 
 
 def test_wal_level_other_than_logical_is_explained(tmp_path, iggy):
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.postgres import LocalPostgres
 
     with LocalPostgres(settings={"wal_level": "replica"}) as cluster:
         execute(cluster.dsn(), "CREATE TABLE t (id int PRIMARY KEY)")

@@ -7,7 +7,7 @@ import json
 import time
 
 from pgsource.lsn import parse_lsn
-from pgsource.testkit.postgres import free_port
+from pgsource_testkit.postgres import free_port
 from tests.cdc.test_cdc import _wait_until_capturing
 from tests.polling.test_health import get
 from tests.polling.test_metrics import scrape

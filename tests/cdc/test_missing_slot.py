@@ -57,7 +57,7 @@ def test_a_missing_slot_that_was_used_stops_the_service_until_the_gap_is_accepte
 
 
 def test_a_slot_on_another_database_system_stops_the_service(pg_dsn, iggy, tmp_path):
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.postgres import LocalPostgres
 
     _first_run(pg_dsn, iggy, tmp_path, transport="sql")
     with LocalPostgres() as other:  # another cluster, same names: a restore, or a new server

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from pgsource.assignment import plan_cdc
 from pgsource.config.load import build_config
 from pgsource.errors import PrerequisiteError
+from pgsource.plan.assignment import plan_cdc
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg2 import sql
 
 from pgsource.config import parse_config
-from pgsource.sharding import shard_of
+from pgsource.plan.sharding import shard_of
 from tests.cdc.common import wait_until_capturing
 from tests.support import bodies, execute, query, run_cli, start_service, stop_service, wait_for, write_config
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from pgsource import changes
-from pgsource.changes import ChangeBatch, ChangeEncoder
+from pgsource.cdc import encoder as changes
+from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder
 from pgsource.config.model import Config
 from pgsource.decode import pgoutput as po
 from pgsource.decode import rowjson

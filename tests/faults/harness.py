@@ -37,8 +37,8 @@ import psycopg2
 import yaml
 from psycopg2 import sql
 
-from pgsource.testkit.iggy import IggyStandIn
-from pgsource.testkit.postgres import LocalPostgres
+from pgsource_testkit.iggy import IggyStandIn
+from pgsource_testkit.postgres import LocalPostgres
 from tests.faults.writers import Writers
 from tests.support import start_service
 

@@ -79,7 +79,7 @@ def test_demo_streams_the_sample_table_and_live_writes_and_leaves_nothing(tmp_pa
 
 
 def test_two_runs_against_the_same_iggy_count_their_own_messages(tmp_path):
-    from pgsource.testkit.iggy import IggyStandInProcess
+    from pgsource_testkit.iggy import IggyStandInProcess
 
     with IggyStandInProcess() as iggy:
         counts = []

@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.request
 
-from pgsource.testkit.postgres import free_port
+from pgsource_testkit.postgres import free_port
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgsource.testkit.tls import CertificateAuthority, TlsProxy
+from pgsource_testkit.tls import CertificateAuthority, TlsProxy
 from tests.support import bodies, execute, run_cli, start_service, stop_service, wait_for, write_config
 
 

@@ -117,7 +117,7 @@ def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tr
 def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_offset(pg_dsn, iggy, tmp_path):
     """Delivery never waits for the horizon: rows committed while a transaction stays open for 60 s
     arrive within poll_interval + 1 s each; a metric and a log line name the holder and its age."""
-    from pgsource.testkit.postgres import free_port
+    from pgsource_testkit.postgres import free_port
     from tests.polling.test_metrics import _scrape
 
     execute(pg_dsn, "CREATE TABLE t (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), note text)")

@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from pgsource.testkit.iggy import IggyStandIn
+from pgsource_testkit.iggy import IggyStandIn
 from tests.support import (
     REPO,
     TEST_IGGY_PASSWORD,

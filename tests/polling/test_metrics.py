@@ -10,7 +10,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgsource.encode.frames import FRAME_HEADER_SIZE
-from pgsource.testkit.postgres import free_port
+from pgsource_testkit.postgres import free_port
 from tests.support import bodies, execute, query, start_service, stop_service, wait_for, write_config
 
 

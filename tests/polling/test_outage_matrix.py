@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from pgsource.testkit.postgres import free_port
+from pgsource_testkit.postgres import free_port
 from tests.polling.test_health import get
 from tests.support import (
     REPO,

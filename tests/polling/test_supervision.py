@@ -68,7 +68,7 @@ def test_a_crash_looping_worker_stops_the_service_with_exit_code_6(pg_dsn, iggy,
 
 
 def test_a_postgresql_outage_is_waited_out_not_a_crash_loop(iggy, tmp_path):
-    from pgsource.testkit.postgres import LocalPostgres
+    from pgsource_testkit.postgres import LocalPostgres
 
     cluster = LocalPostgres().start()
     try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from psycopg2 import sql
 
-from pgsource.testkit.postgres import LocalPostgres
-from pgsource.testkit.tls import CertificateAuthority
+from pgsource_testkit.postgres import LocalPostgres
+from pgsource_testkit.tls import CertificateAuthority
 from tests.support import (
     TEST_PASSWORD,
     bodies,

@@ -26,8 +26,8 @@ from pathlib import Path
 import apache_iggy as iggy
 
 from pgsource.encode import frames
-from pgsource.testkit.iggy import transcript as tr
-from pgsource.testkit.iggy import wire
+from pgsource_testkit.iggy import transcript as tr
+from pgsource_testkit.iggy import wire
 from tests.real.server import IggyServerProcess
 
 HERE = Path(__file__).resolve().parent

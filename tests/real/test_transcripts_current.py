@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from pgsource.testkit.iggy import transcript as tr
+from pgsource_testkit.iggy import transcript as tr
 from tests.real.conftest import MODE
 from tests.real.record_transcripts import DEFAULT_OUT, TRANSCRIPTS, record
 

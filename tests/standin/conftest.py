@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from apache_iggy import AutoLogin, IggyClient, TcpConfig, TcpReconnectionConfig
 
-from pgsource.testkit.iggy import IggyStandIn
+from pgsource_testkit.iggy import IggyStandIn
 
 
 @pytest.fixture

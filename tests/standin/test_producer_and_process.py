@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_iggy import DirectProducerConfig, Partitioning, SendMessage
 
-from pgsource.testkit.iggy import IggyStandInProcess
+from pgsource_testkit.iggy import IggyStandInProcess
 
 from .conftest import logged_in, run
 

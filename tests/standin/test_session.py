@@ -63,7 +63,7 @@ def test_unknown_command_gets_an_error_not_a_hang(standin):
 
 
 def test_custom_credentials(tmp_path):
-    from pgsource.testkit.iggy import IggyStandIn
+    from pgsource_testkit.iggy import IggyStandIn
 
     with IggyStandIn(username="admin", password="s3cret") as server:
 

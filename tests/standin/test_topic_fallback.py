@@ -13,7 +13,7 @@ from apache_iggy import IggyClient
 from pgsource.config.model import IggyConfig
 from pgsource.encode import frames
 from pgsource.sink import IggySink
-from pgsource.testkit.iggy import IggyStandIn
+from pgsource_testkit.iggy import IggyStandIn
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
 FALLBACK = "refused the create-topic options apache-iggy 0.9.0 sends"

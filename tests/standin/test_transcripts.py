@@ -3,7 +3,7 @@
 ``transcripts/*.json`` were recorded from iggy-server built from source (see each file's
 ``recorded_from`` and ``tests/real/README.md``) by ``python -m tests.real.record_transcripts``:
 the SDK's own requests and pgsource's SendMessages bodies, with the server's replies,
-normalised by the documented masking rule (``pgsource.testkit.iggy.transcript``). Each
+normalised by the documented masking rule (``pgsource_testkit.iggy.transcript``). Each
 transcript is replayed against a fresh stand-in; every reply must be the recorded one
 after the same normalisation, and a recorded "no reply" or "closed" must happen too.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pgsource.testkit.iggy import IggyStandIn
-from pgsource.testkit.iggy import transcript as tr
+from pgsource_testkit.iggy import IggyStandIn
+from pgsource_testkit.iggy import transcript as tr
 
 HERE = Path(__file__).resolve().parent / "transcripts"
 NAMES = sorted(path.stem for path in HERE.glob("*.json"))

@@ -5,7 +5,7 @@ import pwd
 
 import psycopg2
 
-from pgsource.testkit.postgres import LocalPostgres
+from pgsource_testkit.postgres import LocalPostgres
 
 
 def test_cluster_is_ready_for_logical_replication(pg_dsn):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from pgsource.assignment import assign_units
 from pgsource.config import parse_config
+from pgsource.plan.assignment import assign_units
 
 
 def _config(tables: str, workers: str = "1", mode: str = "polling", extra: str = ""):

@@ -8,7 +8,7 @@ import sys
 import multiprocess
 import pytest
 
-from workers.channel import get_event, put_event
+from pgsource.pipeline.channel import get_event, put_event
 from workers.tuning import widen_pipe
 
 

@@ -85,7 +85,7 @@ def test_legacy_enable_wal_cdc_must_agree_with_mode():
 
 def test_a_dotted_string_is_schema_and_table_and_exact_names_stay_apart():
     """The one naming rule: ``a.b`` is schema a, table b; public."a.b" is written {name: a.b} or quoted."""
-    from pgsource.assignment import assign_units
+    from pgsource.plan.assignment import assign_units
 
     text = (
         "source: {connection_string: x, mode: polling, tables: ['a.b', {name: a.b}, {schema: 'x.y', name: 'q\"t'},"

@@ -27,6 +27,7 @@ POLLING = {"connection_string": "postgresql://u@db/app", "mode": "polling", "tab
 CDC = {"connection_string": "postgresql://u@db/app", "mode": "cdc", "tables": ["users"]}
 # inline spans that name a key with a placeholder, not a value: `workers: N`, `shard: {index, count}`
 PLACEHOLDERS = {"workers: N", "shard: {index, count}"}
+OUTPUT_WORDS = {"error", "problem", "note", "warning", "ok"}  # `error: ...`: what the CLI prints, not YAML
 _INLINE = re.compile(r"`([a-z_]+(?:\.[a-z_]+)*): ([^`]+)`")
 
 
@@ -45,7 +46,8 @@ def _inline() -> list[tuple[str, str, str]]:
     for page in PAGES:
         for line_no, line in enumerate(page.read_text().splitlines(), 1):
             for match in _INLINE.finditer(line):
-                if match.group(0).strip("`") in PLACEHOLDERS or "unknown key" in match.group(2):
+                if (match.group(0).strip("`") in PLACEHOLDERS or "unknown key" in match.group(2)
+                        or match.group(1) in OUTPUT_WORDS):
                     continue
                 out.append((f"{page.relative_to(REPO)}:{line_no}", match.group(1), match.group(2)))
     return out

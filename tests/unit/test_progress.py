@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgsource.progress import ProgressTracker
+from pgsource.pipeline.progress import ProgressTracker
 
 
 def test_a_position_waits_for_every_entry_before_it():

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from pgsource.errors import ProbeError
-from pgsource.health import PublisherView, WorkerView, judge
+from pgsource.ops.health import PublisherView, WorkerView, judge
 
 NOW = 1000.0
 UP = PublisherView(alive=True, connected=True)

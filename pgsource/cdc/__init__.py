@@ -1,0 +1,1 @@
+"""CDC: pgoutput changes into messages, slots prepared, snapshots of captured tables."""

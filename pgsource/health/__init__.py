@@ -1,6 +1,0 @@
-"""Readiness that means something: is work waiting while nothing moves? (``readiness``, ``probe``)."""
-
-from pgsource.health.probe import SourceProbe
-from pgsource.health.readiness import PublisherView, Readiness, Stuck, WorkerView, judge
-
-__all__ = ["PublisherView", "Readiness", "SourceProbe", "Stuck", "WorkerView", "judge"]

@@ -1,0 +1,1 @@
+"""Operations: prerequisite checks, admin commands, readiness, the bulk-load display."""

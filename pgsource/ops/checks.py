@@ -1,0 +1,259 @@
+"""Prerequisites checked before any worker starts (``pgsource check`` and ``pgsource run``).
+
+Every problem is collected (one clear line each) instead of stopping at the first, so
+a user fixes a configuration in one round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
+from pgsource.config.model import Config
+from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
+from pgsource.pg import connect as pg
+from pgsource.pg import publications as pubs
+from pgsource.pg import replication as rep
+from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
+from pgsource.pg.horizon import TrackingKind, describe_tracking
+from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.statements import result_columns
+from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
+from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
+from pgsource.rows.reader import check_late_commit_guard
+from pgsource.state import FileStateStore, SlotProgress
+
+
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # table → estimated bytes (pages × 8 kB)
+    notes: list[str] = field(default_factory=list)
+    assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
+
+    config_error: bool = False  # a problem lies in the configuration itself (exit 2, not 3)
+    unreachable: bool = False  # PostgreSQL could not be reached at all (exit 75, as in every command)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        if self.unreachable:
+            return SourceUnavailable.exit_code
+        return ConfigError.exit_code if self.config_error else PrerequisiteError.exit_code
+
+
+def check_prerequisites(config: Config) -> CheckReport:
+    """Connect, look every table up, plan it; CDC adds wal_level and replication checks."""
+    report = CheckReport()
+    source = config.source
+    try:
+        conn = pg.connect(source.connection_string, application_name="pgsource-check")
+    except PgSourceError as exc:
+        report.problems.append(str(exc))
+        report.config_error = isinstance(exc, ConfigError)
+        report.unreachable = exc.exit_code == SourceUnavailable.exit_code
+        return report
+    try:
+        for table in source.tables:
+            try:
+                info = describe_table(conn, table.schema_, table.name)
+                report.sizes[table.qualified] = max(info.pages, 1) * 8192
+                if not source.cdc and not source.custom_query:
+                    plan = build_poll_plan(
+                        info,
+                        table.tracking_column or source.tracking_column,
+                        snake_case=source.snake_case_columns,
+                        allow_non_unique=source.allow_non_unique_tracking,
+                        processed_column=source.processed_column,
+                        need_identity=source.delete_after_read or source.processed_column is not None,
+                        columns=table.columns,
+                        exclude_columns=table.exclude_columns,
+                        payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
+                        primary_key_column=source.primary_key_column,
+                    )
+                    tracking = None
+                    if source.late_commits == "auto":
+                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+                        if tracking.kind is not TrackingKind.XID8:
+                            lag = table.lag if table.lag is not None else source.lag
+                            check_late_commit_guard(conn, config, table.qualified, tracking, lag)
+                    _check_polling_privileges(conn, config, info, tracking)
+            except PgSourceError as exc:
+                report.problems.append(str(exc))
+        if source.custom_query and not source.cdc:
+            _check_custom_query(conn, config, report)
+        if source.cdc:
+            _check_cdc(conn, config, report)
+        _check_connections(config, report)
+        shard_problem = check_shard(config)
+        if shard_problem:
+            report.problems.append(shard_problem)
+    finally:
+        conn.close()
+    return report
+
+
+def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
+    """SELECT (and DELETE or UPDATE of processed_column) on the table, SELECT on the sequence the
+    late-commit horizon reads: found now, not as a worker failing in its first statement."""
+    source = config.source
+    wanted: list[tuple[str | None, str]] = [(None, "SELECT")]
+    if source.delete_after_read:
+        wanted.append((None, "DELETE"))
+    if source.processed_column:
+        wanted.append((source.processed_column, "UPDATE"))
+    sequence = tracking.sequence if tracking is not None and tracking.kind is TrackingKind.SEQUENCE else None
+    lacking = missing_privileges(conn, info.oid, wanted, sequence)
+    if lacking:
+        raise PrerequisiteError(
+            f"table {info.qualified}: the PostgreSQL user lacks {', '.join(lacking)};"
+            f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified}"
+            f"{', ' + sequence if sequence else ''} TO <user>)"
+        )
+
+
+def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
+    """Run the query (for each table with $table) with LIMIT 0 in a read-only transaction."""
+    import datetime as dt
+
+    source = config.source
+    now = dt.datetime.now(dt.timezone.utc)
+    params = {"offset": str(source.initial_offset), "limit": 0, "now": now, "now_unix": int(now.timestamp())}
+    for table in source.tables or [None]:
+        where = f"source.custom_query (for table {table.qualified})" if table is not None else "source.custom_query"
+        tracking = (table.tracking_column if table is not None else None) or source.tracking_column
+        query = build_custom_query(source.custom_query or "", (table.schema_, table.name) if table else None, conn)
+        try:
+            columns = result_columns(conn, build_custom_probe(query), params)
+        except pg.DatabaseError as exc:
+            report.problems.append(f"{where}: {str(exc).strip()}")
+            continue
+        if tracking not in columns:
+            report.problems.append(
+                f"{where}: its result has no tracking_column {tracking!r} (columns: {', '.join(columns)})"
+            )
+
+
+def cdc_table_problems(conn, config: Config) -> list[str]:
+    """What a table's CDC settings need of it: a payload column's type and the replica identity
+    its UPDATEs need; column lists and filters that PostgreSQL would make the application's DML fail on."""
+    source = config.source
+    captured = {op.value for op in source.capture_operations}
+    problems = []
+    for table in source.tables:
+        try:
+            info = describe_table(conn, table.schema_, table.name)
+        except PgSourceError:
+            continue  # reported with the table already
+        if source.payload_column:
+            problems.append(cdc_payload_problem(info, source.payload_column, source.payload_format.value, "UPDATE" in captured))
+        problems.append(pubs.shape_problem(info, table, bool(captured & {"UPDATE", "DELETE"})))
+    return [problem for problem in problems if problem]
+
+
+def _check_cdc(conn, config: Config, report: CheckReport) -> None:
+    source = config.source
+    if source.cdc_backend == "pg_replicate":
+        report.problems.append(
+            "source.cdc_backend: 'pg_replicate' (Supabase ETL) has no Python package to install;"
+            " `pip install pgsource[pg_replicate]` cannot provide it. Use cdc_backend: builtin."
+        )
+    level = server_setting(conn, "wal_level")
+    if level != "logical":
+        report.problems.append(
+            f"PostgreSQL wal_level is {level!r}; CDC needs 'logical':"
+            " ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )
+    if not can_replicate(conn):
+        report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+    slots = rep.existing_slots(conn)
+    relations = pubs.describe_relations(conn, source.tables)
+    report.problems += cdc_table_problems(conn, config)
+    _check_capturable(relations, report)
+    publications = pubs.load_publications(conn, source.publication_name)
+    if config.shard is not None:  # every shard's publications: a table captured by another shard is refused
+        report.problems += foreign_captures(config, pubs.load_publications(conn, unsharded_name(source.publication_name, config)))
+    try:
+        plan = plan_cdc(config, publications, slots)
+    except PrerequisiteError as exc:
+        report.problems.extend(str(exc).splitlines())
+        return
+    report.assignment = plan.assignment
+    report.notes.extend(plan.notes)
+    store = FileStateStore(config.state.dir)
+    identity = rep.system_identity(conn)
+    for units in plan.assignment.values():
+        slot, name = units[0].slot, units[0].publication
+        publication = publications.get(name)
+        tables = [unit.table for unit in units]
+        if publication is not None:
+            lacking = [t.qualified for t in tables if not publication.holds(t)]
+            if lacking and not publication.owned:
+                report.problems.append(
+                    f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
+                    f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
+                )
+            partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
+            if partitioned and not publication.via_root:
+                report.problems.append(pubs.via_root_problem(name, partitioned))
+        try:
+            stored = store.load(f"cdc/{slot}", SlotProgress)
+        except PgSourceError as exc:
+            report.problems.append(str(exc))
+            continue
+        where = f"state {store.path(f'cdc/{slot}')}"
+        state = rep.slot_state(conn, slot)
+        if state is None:
+            problem = missing_slot_problem(slot, stored, where)
+            if problem is not None and source.on_missing_slot != "snapshot":
+                report.problems.append(problem)
+            continue
+        problem = identity_problem(slot, stored, identity, where)
+        if problem is not None:
+            report.problems.append(problem)
+        state = rep.wait_until_free(conn, state)
+        try:
+            rep.check_slot(conn, state)
+        except PrerequisiteError as exc:
+            report.problems.append(str(exc))
+
+
+def _check_capturable(relations: dict, report: CheckReport) -> None:
+    """Tables logical replication cannot see: a configuration that would deliver nothing is not ok."""
+    kinds = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
+    for name, rel in relations.items():
+        if rel is None:
+            continue  # reported by describe_table
+        if rel.kind in kinds:
+            report.problems.append(f"table {name} is {kinds[rel.kind]}: CDC captures only tables (use mode: polling)")
+        elif rel.persistence == "u":
+            report.problems.append(f"table {name} is UNLOGGED: its changes are not in the WAL, CDC never sees them")
+        elif rel.partition_of is not None and rel.partition_of in relations:
+            report.problems.append(
+                f"table {name} is a partition of {rel.partition_of}, which is configured too: its changes are"
+                f" published as {rel.partition_of}'s; remove {name} from tables"
+            )
+
+
+def connections_needed(config: Config, workers: int) -> int:
+    """Database connections the service holds at once: one per worker, two per streaming CDC worker
+    (plus one while an initial snapshot runs)."""
+    source = config.source
+    per_worker = 1
+    if source.cdc:
+        per_worker += source.cdc_transport == "replication" or source.snapshot == "initial"
+    return workers * per_worker
+
+
+def _check_connections(config: Config, report: CheckReport) -> None:
+    assignment = report.assignment if report.assignment is not None else assign_units(config, report.sizes)
+    workers = len(assignment)
+    needed = connections_needed(config, workers)
+    if needed > config.source.max_connections:
+        report.problems.append(
+            f"source.max_connections is {config.source.max_connections}, but {workers} worker(s) need {needed}"
+            " database connections: lower workers or raise max_connections"
+        )

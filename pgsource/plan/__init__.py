@@ -1,0 +1,1 @@
+"""Which replica and which worker read which tables."""

@@ -1,0 +1,1 @@
+"""Polling: reading tables in keyset batches, and holding offsets behind rows that commit late."""
