@@ -52,7 +52,8 @@ CAUSE = {  # what the one line must say
     "Iggy down": "Cannot establish connection",
     "wrong Iggy password": "Invalid credentials",
 }
-SECONDS = 10.0
+SECONDS = 10.0  # what docs/operations.md promises, measured on an idle machine
+LIMIT = 15.0  # what a cell may take here: four cells at once on a loaded two-core machine
 
 
 def _config(tmp_path, case: str, command: str, dsn: str, iggy_address: str):
@@ -78,7 +79,7 @@ def _run_cell(command: str, path) -> tuple[int | str, float, str]:
     argv = [sys.executable, "-m", "workers.cli", command, "--config", str(path), *COMMANDS[command]]
     try:
         done = subprocess.run(argv, cwd=str(REPO), env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                              capture_output=True, text=True, timeout=3 * SECONDS, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=True, timeout=3 * LIMIT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "no exit", time.monotonic() - started, ""
     register_service_output(text=done.stdout + done.stderr)  # checked for secrets after the test
@@ -112,8 +113,8 @@ def test_every_command_when_postgresql_or_iggy_is_missing(pg_dsn, iggy, tmp_path
         expected = EXPECTED[command][CASES.index(case)]
         errors = _error_lines(stderr)
         where = f"{command} / {case}: exit {code} in {seconds:.1f}s"
-        if code != expected or "Traceback" in stderr or seconds > SECONDS:
-            problems.append(f"{where}, expected {expected} within {SECONDS:g}s:\n{stderr}")
+        if code != expected or "Traceback" in stderr or seconds > LIMIT:
+            problems.append(f"{where}, expected {expected} within {LIMIT:g}s:\n{stderr}")
         elif expected != 0 and (len(errors) != 1 or CAUSE[case] not in errors[0]):
             problems.append(f"{where}: expected one line saying {CAUSE[case]!r}, got {errors}")
     assert not problems, "\n".join(problems)
@@ -128,9 +129,11 @@ def _run_waits_for_iggy(tmp_path, dsn: str, iggy_address: str) -> None:
     path.write_text(yaml.safe_dump(config))
     service = start_service(path)
     try:
-        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/readyz")), SECONDS * 3,
-                                interval=0.2, message="/readyz 503")
-        assert any(item["what"] == "iggy" for item in json.loads(body)["stuck"]), body
+        def names_iggy():
+            status, body = get(port, "/readyz")
+            return status == 503 and any(item["what"] == "iggy" for item in json.loads(body)["stuck"])
+
+        wait_for(names_iggy, SECONDS * 3, interval=0.2, message="/readyz 503 naming iggy")
         assert service.poll() is None  # still waiting, not given up
     finally:
         assert stop_service(service) == 0
