@@ -64,8 +64,14 @@ def check(config_path: str) -> None:
     report = check_prerequisites(config)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
+    if report.grants:  # on stdout, as SQL: `pgsource check --config FILE | psql ADMIN_DSN` applies them
+        click.echo("-- what the PostgreSQL user lacks; run as a superuser or the tables' owner:")
+        for grant in report.grants:
+            click.echo(grant)
     if not report.ok:
         sys.exit(report.exit_code)
     refused = _check_iggy(config)

@@ -15,8 +15,16 @@ from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
-from pgsource.pg.horizon import TrackingKind, describe_tracking
-from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.grants import build_role_grant, build_table_grants
+from pgsource.pg.horizon import TrackingKind, can_see_all_sessions, describe_tracking
+from pgsource.pg.indexes import build_create_index, has_keyset_index
+from pgsource.pg.query import (
+    CTID,
+    build_custom_probe,
+    build_custom_query,
+    build_poll_plan,
+    cdc_payload_problem,
+)
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
@@ -31,6 +39,8 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
 
+    warnings: list[str] = field(default_factory=list)  # not in the way of a start, worth knowing (run logs them)
+    grants: list[str] = field(default_factory=list)  # what the user lacks, as SQL to copy (check prints it)
     config_error: bool = False  # a problem lies in the configuration itself (exit 2, not 3)
     unreachable: bool = False  # PostgreSQL could not be reached at all (exit 75, as in every command)
 
@@ -74,6 +84,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                         payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
                         primary_key_column=source.primary_key_column,
                     )
+                    _advise(conn, config, report, info, plan)
                     tracking = None
                     if source.late_commits == "auto":
                         tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
@@ -94,6 +105,36 @@ def check_prerequisites(config: Config) -> CheckReport:
     finally:
         conn.close()
     return report
+
+
+def _advise(conn, config: Config, report: CheckReport, info, plan) -> None:
+    """Beyond the problems: a table no index serves (a warning with the CREATE INDEX that would), and
+    the grants polling the table needs and the user lacks, as SQL (issue 23)."""
+    source = config.source
+    if not has_keyset_index(conn, info.oid, plan.tracking_column):
+        index = build_create_index(conn, info.schema, info.name, tuple(c for c in plan.position_columns if c != CTID))
+        report.warnings.append(
+            f"table {info.qualified}: no index leads with its tracking column {plan.tracking_column!r}: every batch"
+            f" scans the whole table, slow once it is large; the index that serves the keyset query: {index}")
+    wanted: list[tuple[str | None, str]] = [(None, "SELECT")]
+    if source.delete_after_read:
+        wanted.append((None, "DELETE"))
+    if source.processed_column:
+        wanted.append((source.processed_column, "UPDATE"))
+    lacking = [item for item in wanted if missing_privileges(conn, info.oid, [item])]
+    sequence, roles = None, []
+    if source.late_commits == "auto":
+        try:
+            tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+        except PgSourceError:
+            return  # said as a problem by the check itself
+        if tracking.kind is TrackingKind.SEQUENCE and missing_privileges(conn, info.oid, [], tracking.sequence):
+            sequence = tracking.sequence
+        if tracking.kind is not TrackingKind.XID8 and not can_see_all_sessions(conn):
+            roles.append(build_role_grant(conn, "pg_read_all_stats"))
+    if lacking or sequence:
+        report.grants += build_table_grants(conn, info.schema, info.name, lacking, sequence)
+    report.grants += [grant for grant in roles if grant not in report.grants]
 
 
 def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
@@ -169,6 +210,7 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         )
     if not can_replicate(conn):
         report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+        report.grants.append(build_role_grant(conn, "REPLICATION"))
     slots = rep.existing_slots(conn)
     relations = pubs.describe_relations(conn, source.tables)
     report.problems += cdc_table_problems(conn, config)
