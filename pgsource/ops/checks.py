@@ -15,8 +15,15 @@ from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
-from pgsource.pg.grants import build_role_grant, build_table_grants
-from pgsource.pg.horizon import TrackingKind, can_see_all_sessions, describe_tracking
+from pgsource.pg.grants import (
+    build_role_grant,
+    build_schema_grant,
+    build_table_grants,
+    owned_sequence,
+    schema_usage_missing,
+    sequence_select_missing,
+)
+from pgsource.pg.horizon import XID8_OID, TrackingKind, can_see_all_sessions, describe_tracking
 from pgsource.pg.indexes import build_create_index, has_keyset_index
 from pgsource.pg.query import (
     CTID,
@@ -109,7 +116,8 @@ def check_prerequisites(config: Config) -> CheckReport:
 
 def _advise(conn, config: Config, report: CheckReport, info, plan) -> None:
     """Beyond the problems: a table no index serves (a warning with the CREATE INDEX that would), and
-    the grants polling the table needs and the user lacks, as SQL (issue 23)."""
+    the grants polling the table needs and the user lacks, as SQL (issue 23). Read from the catalog
+    by oid, so that it works without USAGE on the table's schema (itself a grant to print)."""
     source = config.source
     if not has_keyset_index(conn, info.oid, plan.tracking_column):
         index = build_create_index(conn, info.schema, info.name, tuple(c for c in plan.position_columns if c != CTID))
@@ -122,19 +130,26 @@ def _advise(conn, config: Config, report: CheckReport, info, plan) -> None:
     if source.processed_column:
         wanted.append((source.processed_column, "UPDATE"))
     lacking = [item for item in wanted if missing_privileges(conn, info.oid, [item])]
+    no_usage = schema_usage_missing(conn, info.schema)
     sequence, roles = None, []
-    if source.late_commits == "auto":
-        try:
+    if source.late_commits == "auto" and info.column(plan.tracking_column).base_oid != XID8_OID:
+        owned = owned_sequence(conn, info.oid, plan.tracking_column)
+        if owned is not None and sequence_select_missing(conn, owned[1]):
+            sequence = owned[0]
+        elif owned is None and not no_usage:  # a nextval() default of a sequence the column does not own
             tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
-        except PgSourceError:
-            return  # said as a problem by the check itself
-        if tracking.kind is TrackingKind.SEQUENCE and missing_privileges(conn, info.oid, [], tracking.sequence):
-            sequence = tracking.sequence
-        if tracking.kind is not TrackingKind.XID8 and not can_see_all_sessions(conn):
+            if tracking.kind is TrackingKind.SEQUENCE and missing_privileges(conn, info.oid, [], tracking.sequence):
+                sequence = tracking.sequence
+        if not can_see_all_sessions(conn):
             roles.append(build_role_grant(conn, "pg_read_all_stats"))
+    if no_usage:
+        report.grants.append(build_schema_grant(conn, info.schema))
     if lacking or sequence:
         report.grants += build_table_grants(conn, info.schema, info.name, lacking, sequence)
     report.grants += [grant for grant in roles if grant not in report.grants]
+    if no_usage:  # nothing else of the table can be checked without it
+        raise PrerequisiteError(f"table {info.qualified}: the PostgreSQL user lacks USAGE on schema {info.schema};"
+                                f" grant it ({build_schema_grant(conn, info.schema)})")
 
 
 def _check_polling_privileges(conn, config: Config, info, tracking) -> None:

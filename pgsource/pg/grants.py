@@ -17,6 +17,39 @@ def current_user(conn) -> str:
         return cur.fetchone()[0]
 
 
+def schema_usage_missing(conn, schema: str) -> bool:
+    """Without USAGE on its schema a table cannot be read, nor its sequence found by name."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT NOT has_schema_privilege(%s, 'USAGE')", (schema,))
+        return bool(cur.fetchone()[0])
+
+
+def owned_sequence(conn, oid: int, column: str) -> tuple[str, int] | None:
+    """(name, oid) of the sequence a serial or identity column owns, from pg_depend: unlike
+    pg_get_serial_sequence this needs no USAGE on the schema."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname), c.oid::bigint FROM pg_depend d"
+            " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE d.refobjid = %s AND a.attname = %s AND d.classid = 'pg_class'::regclass"
+            "   AND d.deptype IN ('a', 'i')", (oid, column))
+        found = cur.fetchone()
+    return (found[0], int(found[1])) if found else None
+
+
+def sequence_select_missing(conn, sequence_oid: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT NOT has_sequence_privilege(%s::oid, 'SELECT')", (sequence_oid,))
+        return bool(cur.fetchone()[0])
+
+
+def build_schema_grant(conn, schema: str) -> str:
+    return sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(
+        sql.Identifier(schema), sql.Identifier(current_user(conn))).as_string(conn)
+
+
 def build_table_grants(conn, schema: str, table: str, privileges: list[tuple[str | None, str]],
                        sequence: str | None) -> list[str]:
     """``GRANT privilege [(column)] ON table TO user`` for each missing one, and SELECT on ``sequence``

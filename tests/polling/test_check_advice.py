@@ -75,3 +75,22 @@ def test_cdc_names_the_replication_attribute_as_sql(pg_dsn, bare_role, tmp_path)
     refused = run_cli("check", "--config", str(config))
     assert refused.returncode == 3
     assert 'ALTER ROLE "ROLE" REPLICATION;' in [line.replace(name, "ROLE") for line in refused.stdout.splitlines()]
+
+
+def test_a_schema_without_usage_is_one_problem_and_its_grant_not_a_traceback(pg_dsn, bare_role, tmp_path):
+    """Found by the new-user walkthrough: check printed psycopg2's InsufficientPrivilege traceback
+    (exit 1) for a table in a schema the user may not use."""
+    name, dsn = bare_role
+    execute(pg_dsn, "CREATE SCHEMA sales; CREATE TABLE sales.orders (id serial PRIMARY KEY)")
+    config = write_config(tmp_path, dsn, "127.0.0.1:1", source={"tables": ["sales.orders"]})
+    refused = run_cli("check", "--config", str(config))
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
+    assert "problem: table sales.orders: the PostgreSQL user lacks USAGE on schema sales" in refused.stderr
+    assert [line.replace(name, "ROLE") for line in refused.stdout.splitlines()][1:] == [
+        'GRANT USAGE ON SCHEMA "sales" TO "ROLE";',
+        'GRANT SELECT ON "sales"."orders" TO "ROLE";',
+        'GRANT SELECT ON SEQUENCE sales.orders_id_seq TO "ROLE";',
+        'GRANT "pg_read_all_stats" TO "ROLE";',
+    ]
+    execute(pg_dsn, refused.stdout)
+    assert run_cli("check", "--config", str(config)).returncode == 0

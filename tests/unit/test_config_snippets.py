@@ -99,3 +99,11 @@ def test_the_words_yaml_reads_as_booleans_are_the_words_meant():
                         ("true", "auto"), ("auto", "auto"), ('"off"', "off")):
         text = f"source: {{connection_string: x, mode: polling, tables: [u], late_commits: {word}}}\n"
         assert parse_config(text).source.late_commits == meant, word
+
+
+def test_the_readme_minimal_configuration_is_conf_quickstart():
+    readme = (REPO / "README.md").read_text().split("## 3. A configuration", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    file = "".join(line for line in (REPO / "conf" / "quickstart.yaml").read_text().splitlines(True)
+                   if not line.startswith("#"))
+    assert block == file
