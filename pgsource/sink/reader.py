@@ -82,11 +82,16 @@ class TopicReader:
         return [ReadMessage(partition, m.offset(), m.id(), bytes(m.payload())) for m in polled]
 
     async def _bounded(self, awaitable: Awaitable, what: str):
+        """``asyncio.wait``, not ``wait_for``: Python 3.11's ``wait_for`` swallows a cancellation (Ctrl-C)
+        that meets a reply arriving at the same moment, and ``tail --follow`` then ran on."""
         where = f"Iggy at {self.config.address}: {what}"
+        future = asyncio.ensure_future(awaitable)
+        await asyncio.wait({future}, timeout=self.timeout)
+        if not future.done():
+            future.add_done_callback(_retrieve)
+            raise SinkUnavailable(f"{where}: no answer within {self.timeout:g}s")
         try:
-            return await asyncio.wait_for(awaitable, self.timeout)
-        except asyncio.TimeoutError:
-            raise SinkUnavailable(f"{where}: no answer within {self.timeout:g}s") from None
+            return future.result()
         except (RuntimeError, OSError, ValueError) as exc:
             reason = str(exc) or exc.__class__.__name__
             lowered = reason.lower()
@@ -95,6 +100,12 @@ class TopicReader:
             if self._client is None or "connect" in lowered or "disconnected" in lowered:
                 raise SinkUnavailable(f"{where}: {reason}") from None
             raise SinkError(f"{where}: {reason}") from None
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Consume the outcome of a request given up on (no 'exception never retrieved' noise)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def topic_message_count(reader: TopicReader, stream: str, topic: str) -> int:
