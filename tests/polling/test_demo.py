@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,10 +57,30 @@ class DemoRun:
 
     def leftovers(self) -> list[str]:
         """What the run left: files in its TMPDIR, processes (the TMPDIR itself is the test's)."""
-        left = [str(p) for p in self.tmpdir.iterdir()] + self.processes()
-        if not left:
-            self.tmpdir.rmdir()
-        return left
+        return [str(p) for p in self.tmpdir.iterdir()] + self.processes()
+
+    def clean_up(self) -> None:
+        """What a failed run left, killed (its own processes, by pid) and removed."""
+        for line in self.processes():
+            try:
+                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def demo_runs():
+    """A new DemoRun per call; whatever they leave is cleaned up after the test (checked before)."""
+    runs: list[DemoRun] = []
+
+    def new() -> DemoRun:
+        runs.append(DemoRun())
+        return runs[-1]
+
+    yield new
+    for run in runs:
+        run.clean_up()
 
 
 def _count(stdout: str) -> tuple[str, int]:
@@ -67,13 +88,13 @@ def _count(stdout: str) -> tuple[str, int]:
     return topic, int(count)
 
 
-def test_two_runs_against_the_same_iggy_count_their_own_messages(tmp_path):
+def test_two_runs_against_the_same_iggy_count_their_own_messages(demo_runs):
     from pgsource_testkit.iggy import IggyStandInProcess
 
     with IggyStandInProcess() as iggy:
         counts = []
         for _ in range(2):
-            demo = DemoRun()
+            demo = demo_runs()
             result = demo.run(*SMALL, "--iggy", iggy.address)
             assert result.returncode == 0, result.stdout + result.stderr
             counts.append(_count(result.stdout))
@@ -100,9 +121,9 @@ def _stream_messages(address: str, stream: str) -> int:
 
 
 @pytest.mark.parametrize("when", ["starting a private PostgreSQL", "running `pgsource run"])
-def test_ctrl_c_cleans_up_and_exits_130(tmp_path, when):
+def test_ctrl_c_cleans_up_and_exits_130(demo_runs, when):
     """Ctrl-C on a terminal: SIGINT to the whole foreground process group, as the terminal sends it."""
-    demo = DemoRun()
+    demo = demo_runs()
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", *SMALL], cwd=str(REPO), env=demo.env,
                                stdin=slave, stdout=slave, stderr=slave, start_new_session=True)

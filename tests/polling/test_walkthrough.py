@@ -14,6 +14,7 @@ import pty
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,26 @@ class Terminal:
         register_service_output(text=output)
         return code, output
 
+    def clean_up(self) -> None:
+        """After a failure: what this test started and left (found by the marker), killed; TMPDIR removed."""
+        for pid in self.marked():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def marked(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if f"PGSOURCE_WALKTHROUGH={self.marker}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
     def leftovers(self) -> list[str]:
         found = [str(path) for path in self.tmpdir.iterdir()]
         for entry in Path("/proc").iterdir():
@@ -135,6 +156,17 @@ def test_the_readme_from_nothing_to_your_own_messages(pg_dsn, pgsource_role, tmp
     for block in permissions:  # as the README says: run as a superuser or the tables' owner
         execute(pg_dsn, block)
     terminal = Terminal(tmp_path, {"PG_DSN": pgsource_role})
+    try:
+        _walk(terminal, commands, pg_dsn)
+        assert terminal.leftovers() == []
+    finally:
+        terminal.clean_up()
+    for command in commands:  # each README command was typed (bar the installation and the export)
+        assert command.startswith(("bash .ci/", "export ")) or any(
+            typed.startswith(command.rstrip(" &").split(" --port")[0]) for typed in terminal.history), command
+
+
+def _walk(terminal: Terminal, commands: list[str], pg_dsn: str) -> None:
     standin = None
     try:
         for command in commands:
@@ -150,11 +182,6 @@ def test_the_readme_from_nothing_to_your_own_messages(pg_dsn, pgsource_role, tmp
             process.send_signal(signal.SIGTERM)
             process.wait(10)
             os.close(master)
-    assert terminal.leftovers() == []
-    terminal.tmpdir.rmdir()
-    for command in commands:  # each README command was typed (bar the installation and the export)
-        assert command.startswith(("bash .ci/", "export ")) or any(
-            typed.startswith(command.rstrip(" &").split(" --port")[0]) for typed in terminal.history), command
 
 
 def _start_standin(terminal: Terminal, command: str):
