@@ -72,6 +72,18 @@ def _unprivileged_user() -> str:
     raise RuntimeError("running as root and no unprivileged user (postgres, nobody) exists")
 
 
+def _remove(directory: str, seconds: float = 10.0) -> None:
+    """Remove a cluster's directory; again while an interrupted initdb (Ctrl-C reaches it too) still
+    writes into it for a moment."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    shutil.rmtree(directory, ignore_errors=True)
+    while os.path.exists(directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @dataclass
 class LocalPostgres:
     """One private PostgreSQL cluster; ``start()`` it, ``dsn()`` to reach it, ``stop()`` it.
@@ -240,7 +252,7 @@ class LocalPostgres:
                 with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                     self._run_pg_ctl("stop", "-m", "immediate", "-w")
         if self.base_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+            _remove(self.base_dir)
             self.base_dir = ""
 
     def __enter__(self) -> LocalPostgres:
