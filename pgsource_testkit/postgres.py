@@ -133,13 +133,28 @@ class LocalPostgres:
         return os.path.join(self.base_dir, "data")
 
     def _run_pg_ctl(self, *args: str, timeout: float = 180) -> None:
-        """One ``pg_ctl`` command on this cluster's data directory; its output in the error if it fails."""
-        done = subprocess.run(
-            [self._pg_ctl, *args[:1], "-D", self.datadir, *args[1:]], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        """One ``pg_ctl`` command on this cluster's data directory; its output in the error if it fails.
+
+        In a session of its own, and waited for when this process is interrupted: Ctrl-C on the
+        terminal (the demo's) would otherwise stop an initdb or a start half-way, and the orphaned
+        initdb, running as another user, would go on writing into a directory being removed.
+        """
+        process = subprocess.Popen(
+            [self._pg_ctl, *args[:1], "-D", self.datadir, *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, start_new_session=True,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl {args[0]} failed ({done.returncode}): {(done.stdout + done.stderr).strip()[-2000:]}")
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except KeyboardInterrupt:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=timeout)  # finish what was begun; the caller cleans up after
+            raise
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"pg_ctl {args[0]} failed ({process.returncode}): {(stdout + stderr).strip()[-2000:]}")
 
     def stop_server(self, mode: str = "fast") -> None:
         """Stop the server, keeping its data (an outage); ``mode``: fast or immediate (a crash)."""
