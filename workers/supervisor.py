@@ -109,7 +109,7 @@ class Supervisor:
             return report.exit_code
         # CDC: the table → slot map comes from the configuration and the database (the check read it)
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
-        for note in report.notes:
+        for note in report.notes + report.warnings:
             log.warning("%s", note)
         record_shard(self.config)
         if self.config.shard is not None:

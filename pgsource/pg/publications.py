@@ -182,9 +182,13 @@ def shape_problem(info, table: TableConfig, captures_changes: bool) -> str | Non
     return None
 
 
-def drop_publication(conn, name: str) -> None:
+def drop_publication(conn, name: str) -> bool:
+    """Drop it when it exists; whether there was one to drop."""
     with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+        existed = cur.fetchone() is not None
         cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+    return existed
 
 
 def current_writers(conn, tables: list[TableConfig]) -> set[str]:
