@@ -53,7 +53,8 @@ CAUSE = {  # what the one line must say
     "wrong Iggy password": "Invalid credentials",
 }
 SECONDS = 10.0  # what docs/operations.md promises, measured on an idle machine
-LIMIT = 15.0  # what a cell may take here: four cells at once on a loaded two-core machine
+LIMIT = 40.0  # what a cell may take here: four cells at once on a two-core machine under a load average
+# of 10 took up to 27 s; the bound catches a command that waits for ever (verify did), not its speed
 
 
 def _config(tmp_path, case: str, command: str, dsn: str, iggy_address: str):
