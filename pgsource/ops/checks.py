@@ -243,39 +243,47 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
     store = FileStateStore(config.state.dir)
     identity = rep.system_identity(conn)
     for units in plan.assignment.values():
-        slot, name = units[0].slot, units[0].publication
-        publication = publications.get(name)
-        tables = [unit.table for unit in units]
+        publication = publications.get(units[0].publication)
         if publication is not None:
-            lacking = [t.qualified for t in tables if not publication.holds(t)]
-            if lacking and not publication.owned:
-                report.problems.append(
-                    f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
-                    f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
-                )
-            partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
-            if partitioned and not publication.via_root:
-                report.problems.append(pubs.via_root_problem(name, partitioned))
-        try:
-            stored = store.load(f"cdc/{slot}", SlotProgress)
-        except PgSourceError as exc:
-            report.problems.append(str(exc))
-            continue
-        where = f"state {store.path(f'cdc/{slot}')}"
-        state = rep.slot_state(conn, slot)
-        if state is None:
-            problem = missing_slot_problem(slot, stored, where)
-            if problem is not None and source.on_missing_slot != "snapshot":
-                report.problems.append(problem)
-            continue
-        problem = identity_problem(slot, stored, identity, where)
-        if problem is not None:
+            _check_publication(publication, units[0].publication, [unit.table for unit in units], relations, report)
+        _check_slot(conn, config, store, identity, units[0].slot, report)
+
+
+def _check_publication(publication, name: str, tables: list, relations: dict, report: CheckReport) -> None:
+    """The publication holds the slot's tables, or pgsource may add them; partitions publish via the root."""
+    lacking = [t.qualified for t in tables if not publication.holds(t)]
+    if lacking and not publication.owned:
+        report.problems.append(
+            f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
+            f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
+        )
+    partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
+    if partitioned and not publication.via_root:
+        report.problems.append(pubs.via_root_problem(name, partitioned))
+
+
+def _check_slot(conn, config: Config, store: FileStateStore, identity, slot: str, report: CheckReport) -> None:
+    """A slot that exists belongs to this database and its record; a missing one may be created."""
+    try:
+        stored = store.load(f"cdc/{slot}", SlotProgress)
+    except PgSourceError as exc:
+        report.problems.append(str(exc))
+        return
+    where = f"state {store.path(f'cdc/{slot}')}"
+    state = rep.slot_state(conn, slot)
+    if state is None:
+        problem = missing_slot_problem(slot, stored, where)
+        if problem is not None and config.source.on_missing_slot != "snapshot":
             report.problems.append(problem)
-        state = rep.wait_until_free(conn, state)
-        try:
-            rep.check_slot(conn, state)
-        except PrerequisiteError as exc:
-            report.problems.append(str(exc))
+        return
+    problem = identity_problem(slot, stored, identity, where)
+    if problem is not None:
+        report.problems.append(problem)
+    state = rep.wait_until_free(conn, state)
+    try:
+        rep.check_slot(conn, state)
+    except PrerequisiteError as exc:
+        report.problems.append(str(exc))
 
 
 def _check_capturable(relations: dict, report: CheckReport) -> None:
