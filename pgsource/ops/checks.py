@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgsource.cdc.payload import cdc_payload_problem
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
@@ -15,6 +16,7 @@ from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
+from pgsource.pg.custom_query import build_custom_probe, build_custom_query
 from pgsource.pg.grants import (
     build_role_grant,
     build_schema_grant,
@@ -25,13 +27,7 @@ from pgsource.pg.grants import (
 )
 from pgsource.pg.horizon import XID8_OID, TrackingKind, can_see_all_sessions, describe_tracking
 from pgsource.pg.indexes import build_create_index, has_keyset_index
-from pgsource.pg.query import (
-    CTID,
-    build_custom_probe,
-    build_custom_query,
-    build_poll_plan,
-    cdc_payload_problem,
-)
+from pgsource.pg.plan import CTID, build_poll_plan
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name

@@ -17,7 +17,7 @@ from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
 from pgsource.encode.frames import MAX_PAYLOAD
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import SourceError
-from pgsource.pg.query import XMIN, PollPlan
+from pgsource.pg.plan import XMIN, PollPlan
 
 
 @dataclass

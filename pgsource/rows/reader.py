@@ -15,16 +15,14 @@ from pgsource.errors import PrerequisiteError, SourceError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.catalog import describe_table
+from pgsource.pg.custom_query import build_custom_query, build_custom_select
 from pgsource.pg.horizon import TrackingInfo, TrackingKind, describe_tracking
-from pgsource.pg.query import (
-    INTEGER_TYPES,
-    PollPlan,
+from pgsource.pg.plan import INTEGER_TYPES, PollPlan, build_poll_plan
+from pgsource.pg.retry import is_transient, with_retries
+from pgsource.pg.select import (
     Reading,
     build_acknowledged_rows,
-    build_custom_query,
-    build_custom_select,
     build_key_bounds,
-    build_poll_plan,
     build_rows_by_key,
     build_select_batch,
     build_table_definition,
@@ -32,7 +30,6 @@ from pgsource.pg.query import (
     snapshot_params,
     table_definition,
 )
-from pgsource.pg.retry import is_transient, with_retries
 from pgsource.pg.statements import fetch_all, fetch_one, fetch_value, render
 from pgsource.pg.types import load_column_types
 from pgsource.rows.encoder import RowEncoder
