@@ -38,8 +38,10 @@ from pgsource.pipeline.channel import Empty, get_event, put_event
 from pgsource.pipeline.events import AckEvent, encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
 from pgsource.plan.assignment import WorkUnit
+from pgsource.polling.guard import check_late_commit_guard
 from pgsource.polling.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
-from pgsource.rows.reader import ReadBatch, TableReader
+from pgsource.polling.reader import open_reader
+from pgsource.rows.keyset import ReadBatch
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec
@@ -56,7 +58,7 @@ class _Unit:
     """The runtime state of one table or chunk: where reads stand, what holds its offset."""
 
     key: str  # where its offset is stored
-    reader: TableReader
+    reader: object  # PollingReader or CustomQueryReader
     read_after: PollingOffset | None
     progress: ProgressTracker
     rows: int = 0
@@ -65,6 +67,7 @@ class _Unit:
     ahead_horizon: Horizon | None = None  # the horizon observed before that read started
     horizon_tracker: HorizonTracker | None = None
     horizon: Horizon | None = None
+    time_zone: str = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
     observed_at: float = 0.0
     unsealed: deque = field(default_factory=deque)  # ReadRange, in read order
     committed: PollingOffset | None = None
@@ -129,7 +132,7 @@ class PollWorker(QueueWorker):
 
     def _open(self, unit: WorkUnit | None) -> _Unit:
         source = self.spec.config.source
-        reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
+        reader = open_reader(self.conn, self.spec.config, unit.table if unit else None)
         key = unit.key if unit else "polling/custom_query"
         stored = self.store.load(key, PollingOffset)
         if unit is not None and unit.chunks > 1:
@@ -139,8 +142,11 @@ class PollWorker(QueueWorker):
             start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
         log.info("%s: %s from %s", self.spec.name, reader.table_name, start.position if start else "the start")
         state = _Unit(key, reader, start, ProgressTracker(start), rows=start.rows if start else 0, committed=stored)
-        if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
-            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone)
+        if reader.late_commits:
+            state.time_zone = check_late_commit_guard(self.conn, self.spec.config, reader.table_name, reader.tracking,
+                                                      reader.lag)
+            if reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
+                state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, state.time_zone)
         if reader.plan is not None and not reader.late_commits and not reader.exact:
             log.warning("%s: %s: late_commits is off: rows that commit after later rows were read are missed",
                         self.spec.name, reader.table_name)
@@ -148,7 +154,7 @@ class PollWorker(QueueWorker):
             log.info("%s: custom_query: rows that commit after later rows were read are not re-read", self.spec.name)
         return state
 
-    def _chunk_range(self, unit: WorkUnit, reader: TableReader, stored: PollingOffset | None) -> tuple[int | None, int | None]:
+    def _chunk_range(self, unit: WorkUnit, reader, stored: PollingOffset | None) -> tuple[int | None, int | None]:
         """``[lo, hi)`` of one chunk: cut points computed once per table, stored, reused on restart.
 
         The first worker to get here (under a file lock in ``state.dir``) cuts ``[min, max]`` of
@@ -230,7 +236,7 @@ class PollWorker(QueueWorker):
 
     def _read_batch(self, unit: _Unit, after: PollingOffset | None) -> ReadBatch:
         with self.spec.statement(f"reading a batch of {unit.reader.table_name}"):
-            return unit.reader.read_batch(after)
+            return unit.reader.read_batch(after, self.spec.config.source.batch_size)
 
     # -- late commits ------------------------------------------------------------------------
 
@@ -282,7 +288,7 @@ class PollWorker(QueueWorker):
                 continue
             r = late.range
             with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
-                rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, late.after)
+                rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, self.spec.config.source.batch_size, late.after)
             if rows:
                 late.after = unit.reader.offset_after(rows).position
                 new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
@@ -291,7 +297,7 @@ class PollWorker(QueueWorker):
                     self._queue_rows(unit, new, r.hi, lambda late=late: self._late_batch_done(unit, late))
                     log.info("%s: %s: %d row(s) committed late behind the read frontier, sent now",
                              self.spec.name, unit.reader.table_name, len(new))
-            if len(rows) < unit.reader.batch_size:
+            if len(rows) < self.spec.config.source.batch_size:
                 late.reading = False
                 unit.unsealed.popleft()
                 if not late.outstanding:
@@ -371,7 +377,7 @@ class PollWorker(QueueWorker):
         ``keep_ids``: the batch opens an unsealed range, whose re-read must know what it sent.
         """
         reader = unit.reader
-        encoded = reader.encoder.encode_batch(rows, self.spec.config.source.include_metadata, unit.rows)
+        encoded = reader.encoder.encode_batch(rows, unit.rows)
         if keep_ids:
             unit.unsealed[-1].sent = SentIds(encoded.messages.ids)
         self._seq += 1
@@ -462,7 +468,7 @@ class PollWorker(QueueWorker):
     def _after_ack(self, queued: _Queued | None) -> None:
         """Iggy has a batch: the newest acknowledged tracking value (offset age), and who waits now."""
         if queued is not None and queued.hi:
-            epoch = _tracking_epoch(queued.unit.reader, queued.hi[0])
+            epoch = _tracking_epoch(queued.unit, queued.hi[0])
             if epoch is not None:
                 key = queued.unit.key
                 self._health.newest_acked[key] = max(epoch, self._health.newest_acked.get(key, epoch))
@@ -493,9 +499,9 @@ class _HealthHooks:
     reported_at: float = 0.0
 
 
-def _tracking_epoch(reader: TableReader, text: str) -> float | None:
+def _tracking_epoch(unit: _Unit, text: str) -> float | None:
     """Epoch seconds of a time tracking value (timestamptz, timestamp in the writers' TimeZone, date); else None."""
-    tracking = reader.tracking
+    tracking = unit.reader.tracking
     if tracking is None or tracking.kind is not TrackingKind.TIME:
         return None
     try:
@@ -512,7 +518,7 @@ def _tracking_epoch(reader: TableReader, text: str) -> float | None:
         from zoneinfo import ZoneInfo
 
         try:
-            local = datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=ZoneInfo(reader.time_zone))
+            local = datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=ZoneInfo(unit.time_zone))
             seconds -= local.utcoffset().total_seconds()
         except (ValueError, OverflowError, KeyError):
             return None

@@ -27,11 +27,13 @@ from pgsource.pg.grants import (
 )
 from pgsource.pg.horizon import XID8_OID, TrackingKind, can_see_all_sessions, describe_tracking
 from pgsource.pg.indexes import build_create_index, has_keyset_index
-from pgsource.pg.plan import CTID, build_poll_plan
+from pgsource.pg.plan import CTID
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
-from pgsource.rows.reader import check_late_commit_guard
+from pgsource.polling.guard import check_late_commit_guard
+from pgsource.polling.reader import PollSettings, plan_polling_table
+from pgsource.rows.keyset import ReadSettings
 from pgsource.state import FileStateStore, SlotProgress
 
 
@@ -75,18 +77,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                 info = describe_table(conn, table.schema_, table.name)
                 report.sizes[table.qualified] = max(info.pages, 1) * 8192
                 if not source.cdc and not source.custom_query:
-                    plan = build_poll_plan(
-                        info,
-                        table.tracking_column or source.tracking_column,
-                        snake_case=source.snake_case_columns,
-                        allow_non_unique=source.allow_non_unique_tracking,
-                        processed_column=source.processed_column,
-                        need_identity=source.delete_after_read or source.processed_column is not None,
-                        columns=table.columns,
-                        exclude_columns=table.exclude_columns,
-                        payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
-                        primary_key_column=source.primary_key_column,
-                    )
+                    _, plan = plan_polling_table(conn, table, ReadSettings.of(source), PollSettings.of(source), info)
                     _advise(conn, config, report, info, plan)
                     tracking = None
                     if source.late_commits == "auto":
