@@ -25,7 +25,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections import deque
 
 import multiprocess
 
@@ -38,12 +37,12 @@ from pgsource.plan.assignment import WorkUnit, assign_units
 from pgsource.plan.sharding import record_shard
 from pgsource.state.lock import StateLock
 from workers.base import WorkerSpec
-from workers.health_monitor import HealthMonitor
+from workers.health_monitor import ChildView, HealthMonitor, SupervisorView
 from workers.liveness import Liveness, PublisherLiveness
 from workers.poll_worker import run_poll_worker
 from workers.publisher import run_publisher
-from workers.restarts import RestartPolicy
-from workers.stop import StopFlag
+from workers.restarts import RestartPolicy, death_cause
+from workers.stop import SignalPipe, StopFlag
 from workers.tuning import widen_pipe
 from workers.watchdog import Watchdog
 
@@ -53,12 +52,11 @@ DISPLAY_TURN = 0.2  # ... while the bulk-load progress is drawn
 log = logging.getLogger("pgsource.supervisor")
 
 
-
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ctx = multiprocess.get_context("spawn")
-        self._signals: deque[int] = deque()
+        self._signals = SignalPipe()  # SIGTERM/SIGINT, queued; they wake the loop's sleep
         self._stopping = False
         self._exit_code = 0
         self._processes: dict[str, object] = {}
@@ -85,14 +83,12 @@ class Supervisor:
         self.batch_queue = None
         self.status_queue = None
         self.ack_queues: dict[str, object] = {}
-        self._wakeup: tuple[int, int] | None = None  # the signal pipe (read end, write end)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until a signal or a fatal error; the process exit code."""
-        for signum in (signal.SIGTERM, signal.SIGINT):  # queued from the first moment: a stop during the
-            signal.signal(signum, lambda signum, frame: self._signals.append(signum))  # checks is a clean stop
+        self._signals.catch()  # queued from the first moment: a stop during the checks is a clean stop
         try:
             self._lock.acquire()
         except PgSourceError as exc:
@@ -109,8 +105,8 @@ class Supervisor:
             for problem in report.problems:
                 log.error("%s", problem)
             return report.exit_code
-        if self._signals:
-            log.info("received %s before the workers started, stopping", signal.Signals(self._signals[0]).name)
+        if self._signals.first() is not None:
+            log.info("received %s before the workers started, stopping", signal.Signals(self._signals.first()).name)
             return 0
         # CDC: the table → slot map comes from the configuration and the database (the check read it)
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
@@ -124,9 +120,9 @@ class Supervisor:
             log.info("%s: %s", name, ", ".join(u.describe() for u in units) or "custom_query")
         self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.publisher_liveness = PublisherLiveness(self.ctx)
-        self._health = HealthMonitor(self)
+        self._health = HealthMonitor(self.config, self.assignment, self.view)
         self._setup_metrics()
-        self._install_signal_handlers()
+        self._signals.install()
         self._open_channels()
         self.stop_event = StopFlag(self.ctx)
         self._display = self._bulk_load_display(report)
@@ -180,21 +176,6 @@ class Supervisor:
 
         return BulkLoadDisplay.start(self.config, self.assignment)
 
-    def _install_signal_handlers(self) -> None:
-        """Signals are queued and a byte is written to the signal pipe, which wakes ``_sleep`` (as
-        gunicorn's arbiter sleeps on its pipe): a SIGTERM is handled at once, not at the next poll."""
-        read, write = os.pipe()
-        os.set_blocking(read, False)
-        os.set_blocking(write, False)
-        try:
-            signal.set_wakeup_fd(write)
-            self._wakeup = (read, write)
-        except ValueError:  # not the main thread (an embedding): the sleep's timeout bounds the delay
-            os.close(read)
-            os.close(write)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, frame: self._signals.append(signum))
-
     def _sleep_timeout(self) -> float:
         """Until the next restart is due, at most IDLE_TURN (the watchdog and /healthz need turns)."""
         timeout = DISPLAY_TURN if self._display is not None else IDLE_TURN
@@ -208,21 +189,22 @@ class Supervisor:
 
         waitables: list = [self.status_queue._reader]
         waitables += [p.sentinel for name, p in self._processes.items() if name not in self._restart_at and p.exitcode is None]
-        if self._wakeup is not None:
-            waitables.append(self._wakeup[0])
-        ready = wait(waitables, timeout)
-        if self._wakeup is not None and self._wakeup[0] in ready:
-            try:
-                while os.read(self._wakeup[0], 512):
-                    pass
-            except BlockingIOError:
-                pass
+        waitables += self._signals.waitables()
+        self._signals.drain(wait(waitables, timeout))
 
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.popleft()
+        for signum in self._signals.take():
             log.info("received %s, stopping", signal.Signals(signum).name)
             self._stopping = True
+
+    def view(self) -> SupervisorView:
+        """What the health monitor may see, read-only (it runs on a thread of its own)."""
+        children = {
+            name: ChildView(name, process.is_alive(), name in self._connected, self._started_at.get(name, 0.0),
+                            self.liveness.get(name))
+            for name, process in list(self._processes.items())
+        }
+        return SupervisorView(self._stopping, self._tick, children, self.publisher_liveness, _depth(self.batch_queue))
 
     # -- children --------------------------------------------------------------------------
 
@@ -310,7 +292,7 @@ class Supervisor:
                 self.watchdog.after_death(name, self.liveness[name], process.exitcode)
             now = time.monotonic()
             self._connected.discard(name)
-            self._causes.setdefault(name, _death_cause(process.exitcode))
+            self._causes.setdefault(name, death_cause(process.exitcode))
             if process.exitcode != SourceUnavailable.exit_code:  # an outage is waited out, not logged as a crash
                 log.warning("%s exited with code %s", name, process.exitcode)
                 if process.exitcode is not None and process.exitcode < 0:
@@ -388,18 +370,14 @@ class Supervisor:
             self._metrics_server.shutdown()
         if self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-        if self._wakeup is not None:
-            signal.set_wakeup_fd(-1)
-            for fd in self._wakeup:
-                os.close(fd)
-            self._wakeup = None
+        self._signals.close()
         log.info("stopped")
 
 
-def _death_cause(exit_code: int | None) -> str:
-    """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
-    if exit_code == SourceUnavailable.exit_code:
-        return "postgresql_unavailable"
-    if exit_code is not None and exit_code < 0:
-        return "signal"
-    return "error"
+
+def _depth(channel) -> int | None:
+    """Batches waiting on the publisher's queue (None where the platform cannot say)."""
+    try:
+        return channel.qsize() if channel is not None else None
+    except (NotImplementedError, OSError):
+        return None
