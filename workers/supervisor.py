@@ -10,9 +10,9 @@ with the spawn method: a libpq connection never crosses a fork.
 When the publisher dies, the batches it had taken but not acknowledged are gone, so the
 workers are restarted with it: they resume from their committed offsets. The same
 happens when a worker is killed by a signal (SIGKILL from the heartbeat check, the OOM
-killer, a crash): it may have died inside a queue ``put``, holding the queue's write lock
-or leaving half a batch in the pipe, which would wedge every other writer and the
-publisher. So the whole pipeline restarts on fresh queues; the old ones are dropped. A
+killer, a crash): it may have died halfway through writing a batch block, holding the
+channel's write lock and leaving half a block in the pipe, which would wedge every other
+writer and the publisher (which never sends half a block, ``pgsource/pipeline/channel.py``). So the whole pipeline restarts on fresh queues; the old ones are dropped. A
 worker that exits by itself (an error it reported, PostgreSQL unavailable) flushed its
 queue on the way out and is restarted alone.
 """
@@ -31,8 +31,9 @@ import multiprocess
 from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.ops.checks import check_prerequisites
-from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.block import encode_stop_block
+from pgsource.pipeline.channel import BlockChannel, Empty, get_event
+from pgsource.pipeline.events import WorkerState, WorkerStatus
 from pgsource.plan.assignment import WorkUnit, assign_units
 from pgsource.plan.sharding import record_shard
 from pgsource.state.lock import StateLock
@@ -75,12 +76,12 @@ class Supervisor:
         self._health: HealthMonitor | None = None
         self._lock = StateLock(config.state.dir)
         self._display = None
-        # set in run(): the plan, the shared memory, the queues, the stop flag
+        # set in run(): the plan, the shared memory, the channels, the stop flag
         self.assignment: dict[str, list[WorkUnit]] = {}
         self.liveness: dict[str, Liveness] = {}
         self.publisher_liveness: PublisherLiveness | None = None
         self.stop_event: StopFlag | None = None
-        self.batch_queue = None
+        self.batch_channel: BlockChannel | None = None
         self.status_queue = None
         self.ack_queues: dict[str, object] = {}
 
@@ -204,15 +205,17 @@ class Supervisor:
                             self.liveness.get(name))
             for name, process in list(self._processes.items())
         }
-        return SupervisorView(self._stopping, self._tick, children, self.publisher_liveness, _depth(self.batch_queue))
+        channel = self.batch_channel
+        return SupervisorView(self._stopping, self._tick, children, self.publisher_liveness,
+                              channel.depth() if channel is not None else None)
 
     # -- children --------------------------------------------------------------------------
 
     def _open_channels(self) -> None:
-        """The queues between the processes: at start, and fresh ones for a restarted pipeline."""
-        queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
-        self.batch_queue = self.ctx.Queue(maxsize=queue_size)
-        widen_pipe(self.batch_queue)
+        """The channels between the processes: at start, and fresh ones for a restarted pipeline."""
+        slots = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
+        self.batch_channel = BlockChannel(self.ctx, slots)
+        widen_pipe(self.batch_channel.pipe_fd())
         self.status_queue = self.ctx.Queue()
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
 
@@ -223,7 +226,7 @@ class Supervisor:
         workers = {name: lv for name, lv in self.liveness.items() if name != PUBLISHER}
         process = self.ctx.Process(
             target=run_publisher,
-            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.liveness[PUBLISHER],
+            args=(self.config, self.batch_channel, self.ack_queues, self.status_queue, self.liveness[PUBLISHER],
                   self.publisher_liveness, workers),
             name=PUBLISHER,
             daemon=False,
@@ -241,7 +244,7 @@ class Supervisor:
         target = self._worker_target()
         process = self.ctx.Process(
             target=target,
-            args=(spec, self.batch_queue, self.ack_queues[name], self.status_queue, self.stop_event),
+            args=(spec, self.batch_channel, self.ack_queues[name], self.status_queue, self.stop_event),
             name=name,
             daemon=False,
         )
@@ -355,7 +358,7 @@ class Supervisor:
                     process.join(5)
         publisher = self._processes.get(PUBLISHER)
         if publisher is not None and publisher.is_alive():
-            put_event(self.batch_queue, StopEvent(), lambda: not publisher.is_alive() or time.monotonic() > deadline)
+            self.batch_channel.put(encode_stop_block(), lambda: not publisher.is_alive() or time.monotonic() > deadline)
             publisher.join(max(1.0, deadline - time.monotonic()))
             if publisher.is_alive():
                 log.warning("publisher did not drain in time; killing it (unacknowledged batches will be re-sent)")
@@ -373,11 +376,3 @@ class Supervisor:
         self._signals.close()
         log.info("stopped")
 
-
-
-def _depth(channel) -> int | None:
-    """Batches waiting on the publisher's queue (None where the platform cannot say)."""
-    try:
-        return channel.qsize() if channel is not None else None
-    except (NotImplementedError, OSError):
-        return None
