@@ -12,6 +12,7 @@ from pgsource.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
+from pgsource.pg import horizon as hz
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
@@ -53,6 +54,7 @@ def check_prerequisites(config: Config) -> CheckReport:
         report.config_error = isinstance(exc, ConfigError)
         return report
     try:
+        horizons: list[tuple[str, object]] = []  # (table, tracking) read behind a late-commit horizon
         for table in source.tables:
             try:
                 info = describe_table(conn, table.schema_, table.name)
@@ -72,13 +74,16 @@ def check_prerequisites(config: Config) -> CheckReport:
                     )
                     tracking = None
                     if source.late_commits == "auto":
-                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column),
+                                                     table.tracking_filled_by or source.tracking_filled_by)
                         if tracking.kind is not TrackingKind.XID8:
                             lag = table.lag if table.lag is not None else source.lag
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
+                            horizons.append((table.qualified, tracking))
                     _check_polling_privileges(conn, config, info, tracking)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
+        report.notes += horizon_notes(conn, config, horizons)
         if source.custom_query and not source.cdc:
             _check_custom_query(conn, config, report)
         if source.cdc:
@@ -109,6 +114,37 @@ def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
             f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified}"
             f"{', ' + sequence if sequence else ''} TO <user>)"
         )
+
+
+def horizon_notes(conn, config: Config, horizons: list[tuple[str, object]]) -> list[str]:
+    """What ``check`` can see in advance of sessions the horizon cannot read: roles (or the server)
+    with ``track_activities = off``, and roles whose TimeZone differs from the one a timestamp
+    column is compared in. A superuser's own ``SET`` in a session cannot be seen in advance."""
+    guarded = [name for name, tracking in horizons if tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE)]
+    if not guarded:
+        return []
+    notes = []
+    held = f"pgsource holds the committed offset of {', '.join(guarded)} where such a session is first seen, for as"
+    held += " long as it exists (rows are still sent; docs/delivery.md, \"Rows that commit late\")"
+    if server_setting(conn, "track_activities") == "off":
+        notes.append(f"track_activities is off for pgsource's own session (the server's, the database's or the role's"
+                     f" setting): sessions with it off hide their transactions; {held}")
+    for role, database, value in hz.role_settings(conn, "track_activities"):
+        if value.strip().lower() in ("off", "false", "no", "0", "of", "f", "n"):
+            who = f"role {role}" if role else "every role"
+            where = f"in database {database}" if database else "in every database"
+            notes.append(f"track_activities is off for {who} {where}: its sessions hide their transactions; {held}")
+    local = [name for name, tracking in horizons
+             if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID and not tracking.zone]
+    if local:
+        zone = hz.database_time_zone(config.source.connection_string)
+        for role, database, value in hz.role_settings(conn, "TimeZone"):
+            if role and value.strip("'\" ") != zone:
+                notes.append(
+                    f"role {role} has TimeZone {value!r} {'in this database' if database else 'in every database'}, the"
+                    f" database's is {zone!r}: if it writes {', '.join(local)}, its local times are another zone's;"
+                    " use timestamptz, or a source.lag that covers the difference")
+    return notes
 
 
 def _check_custom_query(conn, config: Config, report: CheckReport) -> None:

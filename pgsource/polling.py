@@ -68,7 +68,7 @@ class TableReader:
         self.tracking: TrackingInfo | None = None
         self.late_commits = False  # whether reads are held behind a horizon or a lag (see late_commits.py)
         self.lag = 0.0
-        self.time_zone = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
+        self.time_zone: str | None = "UTC"  # the zone of a timestamp/date tracking column's values (None: unknown)
         self._ack_action: str | None = None
         if source.custom_query and not by_identity:  # once, or once per table with $table
             self.table_name = table.qualified if table is not None else "custom_query"
@@ -114,7 +114,8 @@ class TableReader:
         self._chunk_params: dict[str, object] = {}
         self._sql: dict[Reading, str] = {}
         if not by_identity:
-            self.tracking = describe_tracking(conn, info, info.column(self.tracking_column))
+            self.tracking = describe_tracking(conn, info, info.column(self.tracking_column),
+                                              table.tracking_filled_by or source.tracking_filled_by)
             self.lag = table.lag if table.lag is not None else source.lag
             self.late_commits = source.late_commits == "auto" and self.tracking.kind is not TrackingKind.XID8
             if self.late_commits:
@@ -254,6 +255,10 @@ class TableReader:
             tries = f" after {source.max_retries} retries" if is_transient(exc) else ""
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
+    def check_definition(self) -> None:
+        """``TableChanged`` when the table's columns are no longer those the plan was made for."""
+        self._check_definition()
+
     def _check_definition(self) -> None:
         """``TableChanged`` when the table's columns are no longer those the plan was made for."""
         if self._definition is None:
@@ -294,14 +299,19 @@ class TableReader:
         return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
 
 
-def check_late_commit_guard(conn, config: Config, table_name: str, tracking: TrackingInfo, lag: float) -> str:
+def check_late_commit_guard(conn, config: Config, table_name: str, tracking: TrackingInfo, lag: float) -> str | None:
     """Refuse a table whose late commits no horizon can protect, unless ``lag`` covers them.
 
-    Returns the TimeZone writers' sessions get (timestamp/date columns are compared in it).
+    Returns the zone a timestamp/date column's values are local times of (its default's zone,
+    else the TimeZone writers' sessions get); None when the horizon cannot be converted into
+    it (a zone unknown here: then ``lag`` alone seals ranges).
     """
     fix = "set source.lag (the longest a writing transaction stays open, e.g. 10s), or late_commits: off"
+    zone = "UTC"
+    if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID:
+        zone = _local_time_zone(config, table_name, tracking, lag, fix)
     if lag > 0:
-        return "UTC"
+        return zone
     if tracking.kind is TrackingKind.OTHER:
         raise PrerequisiteError(
             f"table {table_name}: tracking_column {tracking.column!r}: {tracking.why}; pgsource cannot tell when rows"
@@ -314,16 +324,34 @@ def check_late_commit_guard(conn, config: Config, table_name: str, tracking: Tra
             f"table {table_name}: this role cannot see other sessions' transactions (pg_stat_activity.xact_start):"
             f" GRANT pg_read_all_stats TO it, or {fix}"
         )
-    if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID:
-        zone = hz.database_time_zone(config.source.connection_string)
-        try:
-            from zoneinfo import ZoneInfo
+    return zone
 
-            ZoneInfo(zone)
-        except Exception:  # noqa: BLE001 - an offset string or a zone Python's tz database lacks
-            raise PrerequisiteError(
-                f"table {table_name}: tracking_column {tracking.column!r} has no time zone and the database's"
-                f" TimeZone {zone!r} is unknown here: use timestamptz, or {fix}"
-            ) from None
-        return zone
-    return "UTC"
+
+def _local_time_zone(config: Config, table_name: str, tracking: TrackingInfo, lag: float, fix: str) -> str | None:
+    """The zone of a timestamp/date column's local times; refused when its clock runs back (a DST
+    fall-back) by more than ``lag`` covers: rows written in the repeated hour sort below rows read."""
+    from datetime import timedelta
+
+    from pgsource.late_commits import DST_MARGIN, backward_shift
+
+    zone = tracking.zone or hz.database_time_zone(config.source.connection_string)
+    whose = f"the zone of its default {zone!r}" if tracking.zone else f"the database's TimeZone {zone!r}"
+    kind = "date" if tracking.type_oid == hz.DATE_OID else "timestamp without time zone"
+    try:
+        shift = backward_shift(zone, dates=tracking.type_oid == hz.DATE_OID)
+    except Exception:  # noqa: BLE001 - an offset string or a zone Python's tz database lacks
+        if lag > 0:
+            return None
+        raise PrerequisiteError(
+            f"table {table_name}: tracking_column {tracking.column!r} is a {kind}, and {whose} is unknown here:"
+            f" use timestamptz, or {fix}"
+        ) from None
+    if shift and lag < shift + DST_MARGIN:
+        need = timedelta(seconds=shift + DST_MARGIN)
+        raise PrerequisiteError(
+            f"table {table_name}: tracking_column {tracking.column!r} is a {kind}, and {whose} runs back by up to"
+            f" {timedelta(seconds=shift)} (daylight saving time): rows written in the repeated time sort below rows"
+            f" already read, and would be lost. Use timestamptz, or a source.lag of at least {need} (the shift"
+            " and a minute: ranges are read again once it passed)"
+        )
+    return zone

@@ -131,16 +131,16 @@ def test_a_time_column_is_guarded_by_its_default_not_by_its_type(pg_dsn, iggy, t
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": tables})
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 3, result.stderr
-    for line in ("table bare: tracking_column 'created_at' has no default",
-                 "table shifted: tracking_column 'at' takes its value from (now() + '01:00:00'::interval)",
-                 "table stamped: tracking_column 'at' has no default",
+    for line in ("table bare: tracking_column 'created_at': it has no default",
+                 "table shifted: tracking_column 'at': it takes its value from (now() + '01:00:00'::interval)",
+                 "table stamped: tracking_column 'at': it has no default",
                  "BEFORE trigger(s) stamp: if one of them sets it from now()",
-                 "tracking_set_by: trigger"):
+                 "tracking_filled_by: trigger"):
         assert line in result.stderr, result.stderr
     assert result.stderr.count("set source.lag") == 3, result.stderr
     code = run_cli("run", "--config", str(config)).returncode
     assert code == 3
-    declared = [{"name": "stamped", "tracking_column": "at", "tracking_set_by": "trigger"}]
+    declared = [{"name": "stamped", "tracking_column": "at", "tracking_filled_by": "trigger"}]
     declared += [{"name": f"clock_{column}", "tracking_column": "v"} for column in "abcde"]
     config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": declared})
     result = run_cli("check", "--config", str(config))
