@@ -21,7 +21,7 @@ from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll
 from pgsource.pg.statements import result_columns
 from pgsource.polling import check_late_commit_guard
 from pgsource.sharding import check_shard, foreign_captures, unsharded_name
-from pgsource.slots import identity_problem, missing_slot_problem
+from pgsource.slots import identity_problem, missing_slot_problem, table_identity_problem
 from pgsource.state import FileStateStore, SlotProgress
 
 
@@ -55,6 +55,7 @@ def check_prerequisites(config: Config) -> CheckReport:
         return report
     try:
         horizons: list[tuple[str, object]] = []  # (table, tracking) read behind a late-commit horizon
+        missing: dict[str, str] = {}  # CDC: a table not found, which a slot's record may explain better
         for table in source.tables:
             try:
                 info = describe_table(conn, table.schema_, table.name)
@@ -83,11 +84,14 @@ def check_prerequisites(config: Config) -> CheckReport:
                     _check_polling_privileges(conn, config, info, tracking)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
+                missing[table.qualified] = str(exc)
         report.notes += horizon_notes(conn, config, horizons)
         if source.custom_query and not source.cdc:
             _check_custom_query(conn, config, report)
         if source.cdc:
             _check_cdc(conn, config, report)
+            explained = _check_captured_tables(conn, config, report)
+            report.problems = [p for p in report.problems if not any(missing.get(t) == p for t in explained)]
         _check_connections(config, report)
         shard_problem = check_shard(config)
         if shard_problem:
@@ -251,6 +255,41 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
             rep.check_slot(conn, state)
         except PrerequisiteError as exc:
             report.problems.append(str(exc))
+
+
+def _check_captured_tables(conn, config: Config, report: CheckReport) -> set[str]:
+    """Every slot record in state.dir: a configured table it captured that is now another relation,
+    renamed, dropped, or out of its publication (``pgsource/slots.py``); returns those tables.
+
+    Every record, not only the slots planned now: a table its publication lost would be planned
+    onto any slot, and joined there from a new cut, silently."""
+    source = config.source
+    configured = {table.qualified: table for table in source.tables}
+    store = FileStateStore(config.state.dir)
+    explained: set[str] = set()
+    try:
+        keys = [key for key in store.keys() if key.startswith("cdc/")]
+    except PgSourceError as exc:
+        report.problems.append(str(exc))
+        return explained
+    for key in keys:
+        try:
+            record = store.load(key, SlotProgress)
+        except PgSourceError:
+            continue  # reported with its slot
+        if record is None or not record.slot.startswith(source.replication_slot):
+            continue
+        publication = source.publication_name + record.slot[len(source.replication_slot):]
+        oid_of = record.oid_of
+        check = [(configured[name], oid_of[name]) for name in record.tables
+                 if name in configured and name in oid_of and name not in record.rejoin]
+        found = pubs.relations_now(conn, publication, check)
+        for table, recorded in check:
+            problem = table_identity_problem(record.slot, publication, table.qualified, recorded, found[table.qualified])
+            if problem is not None:
+                report.problems.append(problem[1])
+                explained.add(table.qualified)
+    return explained
 
 
 def _check_capturable(relations: dict, report: CheckReport) -> None:

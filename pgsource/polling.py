@@ -7,7 +7,7 @@ offsets of its own: the worker decides which offset to read after and which to c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from pgsource.config.model import Config, TableConfig
@@ -132,6 +132,12 @@ class TableReader:
     def exact(self) -> bool:
         """An xid8 tracking column: rows are cut by snapshots, no horizon needed."""
         return self.tracking is not None and self.tracking.kind is TrackingKind.XID8
+
+    def read_from(self, schema: str, name: str) -> None:
+        """Read the rows of another relation with this table's plan and names: a partition of it
+        (attached while captured), whose rows go out as the table's."""
+        self.plan = replace(self.plan, schema=schema, table=name)
+        self._sql.clear()
 
     def chunk_column(self) -> str:
         """The column a bulk load can be split on; raises naming the table when there is none."""
@@ -308,7 +314,7 @@ def check_late_commit_guard(conn, config: Config, table_name: str, tracking: Tra
     """
     fix = "set source.lag (the longest a writing transaction stays open, e.g. 10s), or late_commits: off"
     zone = "UTC"
-    if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID:
+    if tracking.type_oid in (hz.TIMESTAMP_OID, hz.DATE_OID):  # local times, whoever writes them
         zone = _local_time_zone(config, table_name, tracking, lag, fix)
     if lag > 0:
         return zone

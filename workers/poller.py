@@ -546,7 +546,7 @@ class _HealthHooks:
 def _tracking_epoch(reader: TableReader, text: str) -> float | None:
     """Epoch seconds of a time tracking value (timestamptz, timestamp in the writers' TimeZone, date); else None."""
     tracking = reader.tracking
-    if tracking is None or tracking.kind is not TrackingKind.TIME:
+    if tracking is None or tracking.type_oid not in (hz.TIMESTAMPTZ_OID, hz.TIMESTAMP_OID, hz.DATE_OID):
         return None
     try:
         key = tracking_key(text, tracking.type_oid)
