@@ -71,7 +71,7 @@ class TableWatch:
                             " goes on; remove it from source.tables before the next start", self.spec.name,
                             table.qualified, oid_of[table.qualified])
             elif kind in ("replaced", "unpublished") and self._halt is None:
-                lsn = rep.current_flush_lsn(self.conn)
+                lsn = rep.current_insert_lsn(self.conn)  # after every commit so far, the swap's included
                 self._halt = (line, lsn)
                 log.error("%s: %s; stopping once every change before %s is delivered", self.spec.name, line,
                           format_lsn(lsn))
