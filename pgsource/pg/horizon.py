@@ -20,9 +20,11 @@ first write. ``pg_snapshot_xip`` would not either: subtransactions are absent fr
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from enum import Enum
 
+import psycopg2.errors
 from psycopg2 import sql
 
 from pgsource.pg.catalog import ColumnInfo, TableInfo
@@ -217,15 +219,17 @@ def _type_precision(type_sql: str) -> int | None:
 # What the catalog says of a tracking column now: its default's oid, the sequence it owns
 # (serial, identity), and the sequence its name resolves to with that sequence's settings.
 # Read at start and with every observation, after the sequence's value (see ``watch_problem``).
-_FINGERPRINT = (
+_FINGERPRINT_OF = (
     "SELECT concat_ws(',',"
-    " coalesce((SELECT d.oid FROM pg_attrdef d WHERE d.adrelid = %(wrel)s AND d.adnum = %(watt)s), 0),"
+    " coalesce((SELECT d.oid FROM pg_attrdef d WHERE d.adrelid = {rel} AND d.adnum = {att}), 0),"
     " coalesce((SELECT min(dep.objid) FROM pg_depend dep WHERE dep.refclassid = 'pg_class'::regclass"
-    "   AND dep.refobjid = %(wrel)s AND dep.refobjsubid = %(watt)s AND dep.classid = 'pg_class'::regclass"
+    "   AND dep.refobjid = {rel} AND dep.refobjsubid = {att} AND dep.classid = 'pg_class'::regclass"
     "   AND dep.deptype IN ('a', 'i')), 0),"
     " (SELECT concat_ws(':', s.seqrelid, s.seqcache, s.seqincrement, s.seqcycle) FROM pg_sequence s"
-    "   WHERE s.seqrelid = to_regclass(%(wseq)s)))"
+    "   WHERE s.seqrelid = to_regclass({seq})))"
 )
+_FINGERPRINT = sql.SQL(_FINGERPRINT_OF).format(
+    rel=sql.Placeholder("wrel"), att=sql.Placeholder("watt"), seq=sql.Placeholder("wseq"))
 
 
 def _watch_params(watch: Watch | None) -> dict:
@@ -304,8 +308,11 @@ class Activity:
     fingerprint: str | None = None  # the tracking column's catalog entries now (``watch``; None: not asked)
 
 
-_OBSERVE = sql.SQL(
-    "SELECT statement_timestamp()::text,"
+# One statement per observation, prepared once per connection: planning it (catalog look-ups
+# for pg_stat_activity and the watched entries) cost several times its execution.
+_PREPARE_OBSERVE = sql.SQL(
+    "PREPARE pgsource_observe (oid, int2, text) AS"
+    " SELECT statement_timestamp()::text,"
     " coalesce((SELECT array_agg(ARRAY[a.pid::text,"
     "   CASE WHEN a.backend_type IS NULL THEN NULL WHEN a.state = 'disabled' THEN a.backend_start::text"
     "        ELSE coalesce(a.xact_start, a.query_start)::text END,"
@@ -316,8 +323,10 @@ _OBSERVE = sql.SQL(
     "        AND (a.xact_start IS NOT NULL OR a.state IN ('active', 'disabled'))))), '{{}}'),"
     " coalesce((SELECT array_agg(p.transaction::text) FROM pg_prepared_xacts p"
     "   WHERE p.database = current_database()), '{{}}'),"
-    " CASE WHEN %(wrel)s::oid <> 0 THEN ({}) END"
-).format(sql.SQL(_FINGERPRINT))
+    " CASE WHEN $1 <> 0 THEN ({}) END"
+).format(sql.SQL(_FINGERPRINT_OF).format(rel=sql.SQL("$1"), att=sql.SQL("$2"), seq=sql.SQL("$3")))
+_EXECUTE_OBSERVE = "EXECUTE pgsource_observe (%(wrel)s, %(watt)s, %(wseq)s)"
+_PREPARED: weakref.WeakSet = weakref.WeakSet()  # connections that prepared it
 
 
 def observe_activity(conn, watch: Watch | None = None) -> Activity:
@@ -331,8 +340,16 @@ def observe_activity(conn, watch: Watch | None = None) -> Activity:
     entries for the tracking column are read in the same statement, in a snapshot taken
     after the sequence value the caller read before (``watch_problem``).
     """
+    params = _watch_params(watch)
     with conn.cursor() as cur:
-        cur.execute(_OBSERVE, _watch_params(watch))
+        if conn not in _PREPARED:
+            cur.execute(_PREPARE_OBSERVE)
+            _PREPARED.add(conn)
+        try:
+            cur.execute(_EXECUTE_OBSERVE, params)
+        except psycopg2.errors.InvalidSqlStatementName:  # deallocated under us (DISCARD ALL): prepare again
+            cur.execute(_PREPARE_OBSERVE)
+            cur.execute(_EXECUTE_OBSERVE, params)
         observed_at, running, prepared, fingerprint = cur.fetchone()
     transactions = [Transaction(int(pid), started, xid, application, False, role)
                     for pid, started, xid, application, role in running]
