@@ -36,6 +36,7 @@ from functools import partial
 
 from pgsource.cdc.committer import SlotCommitter, SqlSlotConfirmer, StreamSlotConfirmer
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.slot_lifecycle import SlotPreparation
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
@@ -65,7 +66,7 @@ def _in_committer(name: str) -> property:
     return property(lambda self: getattr(self.committer, name), lambda self, value: setattr(self.committer, name, value))
 
 
-class CdcWorker(SlotPreparation, SourceWorker):
+class CdcWorker(SlotPreparation, TableWatch, SourceWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:
@@ -74,8 +75,10 @@ class CdcWorker(SlotPreparation, SourceWorker):
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
-    # What SlotPreparation (pgsource/cdc/slot_lifecycle.py) reads and sets: kept in the committer.
+    # What SlotPreparation and TableWatch (pgsource/cdc/slot_lifecycle.py, identity.py) read and set:
+    # kept in the committer, which confirms the slot and copies the confirmed LSN into the record.
     progress = _in_committer("progress")
+    record = _in_committer("record")
     _recorded_lsn = _in_committer("recorded_lsn")
     _confirmed_lsn = _in_committer("confirmed_lsn")
 
@@ -90,24 +93,28 @@ class CdcWorker(SlotPreparation, SourceWorker):
         self.key = f"cdc/{self.slot}"
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         self.spec.backends(self.conn)
-        self.committer = SlotCommitter(counter=self.metrics.offset_commits.labels(self.name),
+        self.committer = SlotCommitter(self.store, self.key, counter=self.metrics.offset_commits.labels(self.name),
                                        confirmed_gauge=self.metrics.confirmed_lsn.labels(self.name),
                                        progressed=self.spec.progressed)
         self.outbox = self.open_outbox(self.committer)
         self._copying = False
         self.identity = rep.system_identity(self.conn)
-        infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        self.infos = infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
         self._check_tables()
+        trees = self._partition_trees()  # before any snapshot: see pgsource/cdc/identity.py
         record = self._prepare_slot()
         if record is None:
             self._unfinished = True
             return
-        self.committer.keep_record(self.store, self.key, record)
+        self.record = record = self._identify(record)
         by_name = {table.qualified: (table.schema_, table.name) for table in self.tables}
         starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts)
+        oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
+        if self._settle_partitions(record, trees) is None:
+            self._unfinished = True
 
     def _check_tables(self) -> None:
         from pgsource.ops.checks import cdc_table_problems
@@ -143,6 +150,7 @@ class CdcWorker(SlotPreparation, SourceWorker):
         committer.confirmer = SqlSlotConfirmer(self.conn, self.slot, self.spec.statement)
         while not self._should_stop():
             self.notify()
+            self._watch_tables()
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit, batch_size)
             if self.outbox.in_flight:
@@ -244,6 +252,7 @@ class CdcWorker(SlotPreparation, SourceWorker):
         try:
             while not self._should_stop():
                 self.notify()
+                self._watch_tables(self._flush_batch)
                 message = read()
                 if message is not None:
                     batch = self._batch

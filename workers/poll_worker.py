@@ -29,12 +29,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from pgsource.errors import PrerequisiteError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pipeline.block import encode_message_block
 from pgsource.polling.committer import OffsetCommitter, Work
-from pgsource.polling.late_commits import ReadRange, SentIds, sealed, tracking_key
+from pgsource.polling.late_commits import ReadRange, SentIds, below_horizon, sealed, tracking_key
 from pgsource.polling.offset_age import OffsetAge
 from pgsource.polling.unit import PollUnit, open_unit
 from pgsource.rows.keyset import ReadBatch
@@ -162,15 +163,47 @@ class PollWorker(SourceWorker):
             self._observe(unit)
 
     def _observe(self, unit: PollUnit) -> None:
-        """The horizon, observed in its own statements before the next data snapshot."""
+        """The horizon, observed in its own statements before the next data snapshot.
+
+        The catalog entries of the column (its default, its sequence's settings) are read with
+        the activity, after the sequence's value: a change (``ALTER SEQUENCE ... CACHE 50``) is seen
+        before this observation's horizon seals anything. The worker then plans the table again
+        from its committed offset (a restart: ``TableChanged``), which refuses what no horizon
+        protects any more (CACHE > 1: exit 3) and goes on after a harmless change. A sequence that
+        went back (setval, RESTART) stops the table (exit 3): its next ids lie below ids read."""
         tracking = unit.reader.tracking
-        with self.spec.statement(f"observing the transactions in progress for {unit.reader.table_name}"):
+        reader = unit.reader
+        with self.spec.statement(f"observing the transactions in progress for {reader.table_name}"):
             sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
-            activity = hz.observe_activity(self.conn)
+            activity = hz.observe_activity(self.conn, tracking.watch)
+        problem = hz.watch_problem(tracking, activity.fingerprint)
+        if problem is not None:
+            reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
+            raise TableChanged(f"table {reader.table_name}: {problem}; planning it again from its committed offset")
+        last = unit.horizon_tracker.last_sequence
+        if sequence is not None and last is not None and sequence < last:
+            raise PrerequisiteError(
+                f"table {reader.table_name}: sequence {tracking.sequence} went back while running ({last} -> {sequence}:"
+                " setval or RESTART): ids handed out now lie below ids already read, and would be missed. The committed"
+                f" offset stays where it was; to read them, pgsource reset --config FILE --table {reader.table_name} --to {sequence}")
+        self._report_hidden(unit, activity)
         unit.horizon = unit.horizon_tracker.observe(activity, sequence)
         unit.observed_at = time.monotonic()
         self._report_holder(unit)
         self._judge_beyond_sequence(unit)
+
+    def _report_hidden(self, unit: PollUnit, activity: hz.Activity) -> None:
+        """Once per session with track_activities = off: it holds the committed offset while it exists."""
+        hidden = {(tx.pid, tx.started): tx for tx in activity.transactions if tx.hidden}
+        for identity in hidden.keys() - unit.hidden:
+            tx = hidden[identity]
+            log.warning(
+                "%s: %s: pid %s (role %s) runs with track_activities = off: its transactions cannot be seen, so the"
+                " committed offset stays where this session was first seen for as long as it exists (rows are"
+                " still sent); turn track_activities on for that role", self.spec.name, unit.reader.table_name,
+                tx.pid, tx.role or "?",
+            )
+        unit.hidden = set(hidden)
 
     def _report_holder(self, unit: PollUnit) -> None:
         horizon = unit.horizon
@@ -207,6 +240,7 @@ class PollWorker(SourceWorker):
             if rows:
                 late.after = unit.reader.offset_after(rows).position
                 new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
+                self._report_below_horizon(unit, r, new)
                 if new:
                     if self._send_rows(r.hold, new, r.hi) is None:
                         return  # stopping: the range stays held, and the next start reads it again
@@ -215,6 +249,26 @@ class PollWorker(SourceWorker):
             if len(rows) < batch_size:
                 unit.unsealed.popleft()
                 self.committer.close_work(r.hold)  # its range is read: done once its batches are
+
+    def _report_below_horizon(self, unit: PollUnit, range_: ReadRange, rows: list[tuple]) -> None:
+        """Rows a re-read found below the horizon observed before their range was read: their values
+        were written by the client (or a trigger), which the guard cannot protect; rows like them in
+        ranges already sealed were missed. Versioned reads (delete/mark) also re-find updated rows:
+        not counted there."""
+        reader = unit.reader
+        if not rows or unit.horizon_tracker is None or reader.plan is None or reader.plan.versioned:
+            return
+        found = below_horizon(range_, [tracking_key(row[0], reader.tracking.type_oid) for row in rows])
+        if found:
+            self.metrics.rows_below_horizon.labels(reader.table_name, self.spec.name).inc(found)
+            log.warning(
+                "%s: %s: %d row(s) re-read below the horizon observed before their range was read: %s was written"
+                " by the client (or a trigger), not by the writing transaction's %s; such rows are sent when a"
+                " re-read finds them, but missed in ranges already complete (set source.lag, or let the %s)",
+                self.spec.name, reader.table_name, found, reader.tracking.column,
+                "sequence" if reader.tracking.kind is TrackingKind.SEQUENCE else "clock",
+                "sequence fill it" if reader.tracking.kind is TrackingKind.SEQUENCE else "default fill it",
+            )
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -232,7 +286,8 @@ class PollWorker(SourceWorker):
             self._warn_beyond_sequence(unit, hi_key)
             if not at_once:  # a transaction in progress may still commit a row into this range
                 hold = self.committer.open_work(unit, open=True)
-                unsealed = ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([]))
+                unsealed = ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([]),
+                                     horizon.key if horizon is not None else None)
                 unit.unsealed.append(unsealed)
         work = self.committer.open_work(unit, encoded_after)
         seq = self._send_rows(work, read.rows, encoded_after.position, keep_ids=unsealed)

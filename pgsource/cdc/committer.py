@@ -65,14 +65,17 @@ class StreamSlotConfirmer:
 class SlotCommitter(Committer):
     """See the module docstring; ``confirmer`` is set once the slot streams (snapshots only send)."""
 
-    def __init__(self, *, counter=None, confirmed_gauge=None, progressed: Callable[[], None] | None = None) -> None:
+    def __init__(self, store: FileStateStore, key: str, *, counter=None, confirmed_gauge=None,
+                 progressed: Callable[[], None] | None = None) -> None:
         super().__init__(counter=counter, progressed=progressed)
+        self.store = store
+        self.key = key  # where the slot's record is stored
+        self.record: SlotProgress | None = None  # the slot's record, once the slot is prepared
         self.progress: ProgressTracker[int] = ProgressTracker(0, order=int)
         self.recorded_lsn = 0  # the newest position recorded in ``progress``
         self.confirmed_lsn = 0  # the newest position confirmed to the slot
         self.confirmer: SlotConfirmer | None = None
         self._gauge = confirmed_gauge
-        self._record: tuple[FileStateStore, str, SlotProgress] | None = None
         self._remembered_at = time.monotonic()
 
     def start(self, lsn: int) -> None:
@@ -81,10 +84,6 @@ class SlotCommitter(Committer):
         self.recorded_lsn = self.confirmed_lsn = lsn
         if self._gauge is not None:
             self._gauge.set(lsn)
-
-    def keep_record(self, store: FileStateStore, key: str, record: SlotProgress) -> None:
-        """The slot's record, to copy the confirmed LSN into now and then."""
-        self._record = (store, key, record)
 
     def sent(self, seq: int) -> None:
         self.progress.sent(seq)
@@ -114,11 +113,9 @@ class SlotCommitter(Committer):
     def remember(self, force: bool = False) -> None:
         """Copy the confirmed LSN into the slot's record now and then (it names the gap if the slot vanishes)."""
         now = time.monotonic()
-        if self._record is None or (not force and now - self._remembered_at < REMEMBER_EVERY):
+        if self.record is None or (not force and now - self._remembered_at < REMEMBER_EVERY):
             return
         self._remembered_at = now
-        store, key, record = self._record
-        if self.confirmed_lsn > record.lsn:
-            record = dataclasses.replace(record, lsn=self.confirmed_lsn)
-            store.commit(key, record)
-            self._record = (store, key, record)
+        if self.confirmed_lsn > self.record.lsn:
+            self.record = dataclasses.replace(self.record, lsn=self.confirmed_lsn)
+            self.store.commit(self.key, self.record)

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from pgsource.pg import horizon as hz
-from pgsource.pg.horizon import TrackingKind
 from pgsource.polling.late_commits import tracking_key
 
 REPORT_EVERY = 1.0  # seconds
@@ -48,9 +47,9 @@ class OffsetAge:
                 self._gauge.labels(unit.reader.table_name, self._worker).set(max(0.0, wall - newest))
 
 
-def tracking_epoch(tracking, time_zone: str, text: str) -> float | None:
+def tracking_epoch(tracking, time_zone: str | None, text: str) -> float | None:
     """Epoch seconds of a time tracking value (timestamptz, timestamp in the writers' TimeZone, date); else None."""
-    if tracking is None or tracking.kind is not TrackingKind.TIME:
+    if tracking is None or tracking.type_oid not in (hz.TIMESTAMPTZ_OID, hz.TIMESTAMP_OID, hz.DATE_OID):
         return None
     try:
         key = tracking_key(text, tracking.type_oid)
@@ -61,7 +60,7 @@ def tracking_epoch(tracking, time_zone: str, text: str) -> float | None:
     if tracking.type_oid == hz.DATE_OID:
         return key * 86400.0
     seconds = key / 1e6
-    if tracking.type_oid == hz.TIMESTAMP_OID:  # local time of the writers' zone: shift to UTC
+    if tracking.type_oid == hz.TIMESTAMP_OID and time_zone:  # local time of the writers' zone: shift to UTC
         try:
             local = datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=ZoneInfo(time_zone))
             seconds -= local.utcoffset().total_seconds()

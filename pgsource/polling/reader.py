@@ -29,6 +29,7 @@ class PollSettings:
     """What polling a table takes of ``source.*`` besides reading it."""
 
     tracking_column: str | None = None  # the default; a table's own tracking_column wins
+    tracking_filled_by: str | None = None  # the default; a table's own tracking_filled_by wins
     processed_column: str | None = None  # mark acknowledged rows (True) instead of leaving them
     delete_after_read: bool = False  # delete acknowledged rows
     primary_key_column: str | None = None  # what delete/mark name rows by, instead of the table's key
@@ -38,8 +39,8 @@ class PollSettings:
 
     @classmethod
     def of(cls, source: SourceConfig) -> PollSettings:
-        return cls(source.tracking_column, source.processed_column, source.delete_after_read, source.primary_key_column,
-                   source.late_commits == "auto", source.lag, source.initial_offset is not None)
+        return cls(source.tracking_column, source.tracking_filled_by, source.processed_column, source.delete_after_read,
+                   source.primary_key_column, source.late_commits == "auto", source.lag, source.initial_offset is not None)
 
     @property
     def ack_action(self) -> str | None:
@@ -74,7 +75,8 @@ class PollingReader(KeysetReader):
         info, plan = plan_polling_table(conn, table, read, poll)
         super().__init__(conn, table, topic, info, plan, read, encode, acts_on_rows=poll.ack_action is not None)
         self._ack_action = poll.ack_action
-        self.tracking: TrackingInfo = describe_tracking(conn, info, info.column(self.tracking_column))
+        self.tracking: TrackingInfo = describe_tracking(conn, info, info.column(self.tracking_column),
+                                                        table.tracking_filled_by or poll.tracking_filled_by)
         self.lag = table.lag if table.lag is not None else poll.lag
         # whether reads are held behind a horizon or a lag (see late_commits.py; the guard is checked by the caller)
         self.late_commits = poll.late_commits and self.tracking.kind is not TrackingKind.XID8

@@ -53,13 +53,14 @@ class PollUnit:
     ahead_horizon: Horizon | None = None  # the horizon observed before that read started
     horizon_tracker: HorizonTracker | None = None
     horizon: Horizon | None = None
-    time_zone: str = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
+    time_zone: str | None = "UTC"  # the zone of a timestamp/date tracking column's values (None: unknown)
     observed_at: float = 0.0
     unsealed: deque = field(default_factory=deque)  # ReadRange, in read order
     committed: PollingOffset | None = None
     held_by: str = ""  # the horizon's holder last logged
     warned_sequence: bool = False  # rows above the sequence were reported
     beyond_sequence: tuple | None = None  # (key, observations): a read above the sequence, judged at the next one
+    hidden: set = field(default_factory=set)  # (pid, backend_start) of sessions with track_activities off, reported
 
 
 def open_unit(conn, config: Config, store: FileStateStore, unit: PlannedUnit | None, worker: str) -> PollUnit:
@@ -78,8 +79,9 @@ def open_unit(conn, config: Config, store: FileStateStore, unit: PlannedUnit | N
     state = PollUnit(key, reader, start, ProgressTracker(start), head, rows=start.rows if start else 0, committed=stored)
     if reader.late_commits:
         state.time_zone = check_late_commit_guard(conn, config, reader.table_name, reader.tracking, reader.lag)
-        if reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
-            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, state.time_zone)
+        if reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE) and state.time_zone:
+            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, state.time_zone,
+                                                   reader.tracking.rounding)
     if reader.plan is not None and not reader.late_commits and not reader.exact:
         log.warning("%s: %s: late_commits is off: rows that commit after later rows were read are missed",
                     worker, reader.table_name)

@@ -14,7 +14,7 @@ tracking column's kind, late commits, xid8 snapshots, delete/mark after the ack.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pgsource.config.model import SourceConfig, TableConfig
 from pgsource.errors import PrerequisiteError, SourceError, TableChanged
@@ -150,6 +150,12 @@ class KeysetReader:
         info, plan = plan_table(conn, table, settings, info.identity[0], info)
         return cls(conn, table, topic, info, plan, settings, encode)
 
+    def read_from(self, schema: str, name: str) -> None:
+        """Read the rows of another relation with this table's plan and names: a partition of it
+        (attached while captured), whose rows go out as the table's."""
+        self.plan = replace(self.plan, schema=schema, table=name)
+        self._sql.clear()
+
     # -- chunks of a bulk load ---------------------------------------------------------------
 
     def chunk_column(self) -> str:
@@ -208,6 +214,10 @@ class KeysetReader:
         that names the columns checks them after the statement too."""
         check = self._check_definition
         return {"check_rows": check if rows_json and self._named_columns else None, "check_failure": check}
+
+    def check_definition(self) -> None:
+        """``TableChanged`` when the table's columns are no longer those the plan was made for."""
+        self._check_definition()
 
     def _check_definition(self) -> None:
         """``TableChanged`` when the table's columns are no longer those the plan was made for."""

@@ -105,7 +105,7 @@ class _Confirmer:
 
 def test_the_slot_is_confirmed_only_to_the_end_of_a_transaction_every_batch_of_which_was_acknowledged():
     commits, gauge = _Count(), _Count()
-    committer = SlotCommitter(counter=commits, confirmed_gauge=gauge)
+    committer = SlotCommitter(None, "cdc/s", counter=commits, confirmed_gauge=gauge)
     committer.start(100)
     committer.confirmer = confirmer = _Confirmer()
     committer.sent(1)  # a transaction's first half
@@ -126,10 +126,10 @@ def test_the_slot_is_confirmed_only_to_the_end_of_a_transaction_every_batch_of_w
 
 def test_the_confirmed_lsn_is_remembered_in_the_slots_record(tmp_path):
     store = FileStateStore(str(tmp_path))
-    committer = SlotCommitter()
+    committer = SlotCommitter(store, "cdc/s")
     committer.start(100)
     committer.confirmer = _Confirmer()
-    committer.keep_record(store, "cdc/s", SlotProgress("s", lsn=100))
+    committer.record = SlotProgress("s", lsn=100)
     committer.sent(1)
     committer.mark(300)
     committer.acked(1)
@@ -138,7 +138,7 @@ def test_the_confirmed_lsn_is_remembered_in_the_slots_record(tmp_path):
 
 
 def test_nothing_is_confirmed_before_the_slot_streams():
-    committer = SlotCommitter()
+    committer = SlotCommitter(None, "cdc/s")
     committer.start(100)
     committer.sent(1)
     committer.mark(200)
