@@ -16,26 +16,25 @@ from psycopg2 import sql
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
 
-def _worker_pid(service_pid: int, pg_port: int) -> int | None:
-    """The child that holds a connection to PostgreSQL (the poll worker, not the publisher)."""
+def _child_connected_to(service_pid: int, port: int) -> int | None:
+    """The child of the service with a TCP connection to ``port``."""
     for child in psutil.Process(service_pid).children():
         try:
-            if any(c.raddr and c.raddr.port == pg_port for c in child.net_connections(kind="tcp")):
+            if any(c.raddr and c.raddr.port == port for c in child.net_connections(kind="tcp")):
                 return child.pid
         except psutil.NoSuchProcess:
             continue
     return None
+
+
+def _worker_pid(service_pid: int, pg_port: int) -> int | None:
+    """The child that holds a connection to PostgreSQL (the poll worker, not the publisher)."""
+    return _child_connected_to(service_pid, pg_port)
 
 
 def _publisher_pid(service_pid: int, iggy_port: int) -> int | None:
     """The child connected to Iggy (the publisher)."""
-    for child in psutil.Process(service_pid).children():
-        try:
-            if any(c.raddr and c.raddr.port == iggy_port for c in child.net_connections(kind="tcp")):
-                return child.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
+    return _child_connected_to(service_pid, iggy_port)
 
 
 def _batch_channel_fill(pid: int) -> tuple[int, int] | None:
