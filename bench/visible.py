@@ -38,9 +38,9 @@ class Tail(threading.Thread):
     async def _tail(self) -> None:
         import apache_iggy as iggy
 
-        from pgsource.sink.reader import connect_client
+        from bench.iggy_target import _connect_client
 
-        client = await connect_client(self.target.address, self.target.username, self.target.password)
+        client = await _connect_client(self.target.address, self.target.username, self.target.password)
         consumer = iggy.Consumer.Single("bench-tail")
         offset = 0
         while not self.halt.is_set():

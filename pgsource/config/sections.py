@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pgsource.config.address import Address, parse_address
 from pgsource.config.duration import Duration, format_duration, parse_duration
 from pgsource.config.secrets import resolve_iggy_files
 from pgsource.config.size import parse_size
@@ -139,15 +140,23 @@ class IggyConfig(BaseModel):
     def _host_port(cls, value: str) -> str:
         seeds = [seed.strip() for seed in value.split(",")]
         for seed in seeds:
-            host, sep, port = seed.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{seed!r} is not host:port" if len(seeds) > 1 else f"{value!r} is not host:port")
+            parse_address(seed)  # one grammar (pgsource/config/address.py); the error says the expected form
         return ",".join(seeds)
 
     @property
     def seeds(self) -> list[str]:
         """The nodes pgsource may connect through, in order: one, or a cluster's (``address: [a:8090, b:8090]``)."""
         return self.address.split(",")
+
+    @property
+    def server(self) -> Address:
+        """The first seed of ``address`` parsed: host (without brackets) and port."""
+        return parse_address(self.seeds[0])
+
+    @property
+    def tls_domain(self) -> str:
+        """The name Iggy's certificate must carry: ``tls.domain``, else the host of ``address`` (its first seed)."""
+        return self.tls.domain or self.server.host
 
 
     @field_validator("topic")
