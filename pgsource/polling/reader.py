@@ -7,8 +7,10 @@ offsets of its own: the worker decides which offset to read after and which to c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from pgsource.config.model import Config, TableConfig
 from pgsource.errors import PrerequisiteError, SourceError, TableChanged
@@ -37,6 +39,8 @@ from pgsource.pg.statements import fetch_all, fetch_one, fetch_value, render
 from pgsource.pg.types import load_column_types
 from pgsource.rows.encoder import RowEncoder
 from pgsource.state import PollingOffset
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,6 +82,7 @@ class TableReader:
             self.tracking_column = (table.tracking_column if table is not None else None) or source.tracking_column
             self._custom = build_custom_query(source.custom_query, (table.schema_, table.name) if table else None, conn)
             self._json_at = 1
+            self.catalog, self.column_types = None, {}
             self.encoder = RowEncoder(config, self.table_name, None, self.tracking_column, 1, acts_on_rows=False)
             return
         self._custom = None
@@ -88,6 +93,9 @@ class TableReader:
             raise SourceError(f"table {table.qualified}: an initial snapshot needs a primary key or unique NOT NULL key")
         self._ack_action = None if by_identity else (
             "delete" if source.delete_after_read else ("mark" if source.processed_column else None))
+        self.column_types = {column.name: column.type_oid for column in info.columns}
+        # None before PostgreSQL 14 (no typsubscript): then only the row path can read (copy_reader.py)
+        self.catalog = catalog = load_column_types(conn, [column.type_oid for column in info.columns])
         self.plan = build_poll_plan(
             info,
             info.identity[0] if by_identity else (table.tracking_column or source.tracking_column),
@@ -95,7 +103,7 @@ class TableReader:
             allow_non_unique=source.allow_non_unique_tracking,
             processed_column=None if by_identity else source.processed_column,
             need_identity=self._ack_action is not None,
-            catalog=load_column_types(conn, [column.type_oid for column in info.columns]),
+            catalog=catalog,
             versioned=self._ack_action is not None,
             columns=table.columns,
             exclude_columns=table.exclude_columns,
@@ -164,23 +172,44 @@ class TableReader:
     def read_batch(self, offset: PollingOffset | None) -> ReadBatch:
         """The batch after ``offset``, the snapshot it was read in (late commits, xid8) and the next offset."""
         if self._custom is not None:
-            now = datetime.now(timezone.utc)
-            params = {"offset": offset.position[0] if offset else None, "limit": self.batch_size,
-                      "now": now, "now_unix": int(now.timestamp())}
-            rows = self._execute(self._custom_sql(), params)
+            rows = self._execute(self._custom_sql(), self.custom_params(offset))
             return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
+        reading, params = self.batch_reading(offset)
+        rows = self._execute(self._query(reading), params)
+        last = tuple(rows[-1][:len(self.plan.position_columns)]) if rows else None
+        return ReadBatch(rows, *self.next_offset(offset, reading, len(rows), last, rows[0][-1] if rows and reading.snapshot else None))
+
+    def custom_params(self, offset: PollingOffset | None) -> dict[str, object]:
+        """The bound values of a custom_query read after ``offset``."""
+        now = datetime.now(timezone.utc)
+        return {"offset": offset.position[0] if offset else None, "limit": self.batch_size, "now": now,
+                "now_unix": int(now.timestamp())}
+
+    def batch_reading(self, offset: PollingOffset | None) -> tuple[Reading, dict[str, object]]:
+        """What the read of the batch after ``offset`` is (both read paths use it): its Reading and bound values."""
         position = offset.position if offset else ()
         params: dict[str, object] = {**position_params("o", position), **self._chunk_params, "limit": self.batch_size}
         if self.exact:
             tick = offset.tick if offset else None
             params |= {"after": offset.snapshot if offset else None, "tick": tick}
-            reading = self._reading(len(position), exact=2 if tick else 1, snapshot=True)
-            rows = self._execute(self._query(reading), params)
-            tick = tick or (rows[0][-1] if rows else None)
-            return ReadBatch(rows, tick, self._exact_after(offset, rows, tick))
-        reading = self._reading(len(position), snapshot=self.late_commits)
-        rows = self._execute(self._query(reading), params)
-        return ReadBatch(rows, rows[0][-1] if rows and self.late_commits else None, self.offset_after(rows) if rows else offset)
+            return self._reading(len(position), exact=2 if tick else 1, snapshot=True), params
+        return self._reading(len(position), snapshot=self.late_commits), params
+
+    def next_offset(self, offset: PollingOffset | None, reading: Reading, count: int, last: tuple | None,
+                    snapshot: str | None) -> tuple[str | None, PollingOffset | None]:
+        """(the snapshot to report, where the next read starts) after a read of ``count`` rows, ``last``
+        the position values of the last one, ``snapshot`` the snapshot column of the first."""
+        if reading.exact:
+            tick = offset.tick if offset and offset.tick else snapshot
+            return tick, self._exact_after(offset, count, last, tick)
+        return snapshot, PollingOffset(last, count, self.chunk) if count else offset
+
+    def late_reading(self, lo: tuple | None, hi: tuple, snapshot: str, after: tuple | None) -> tuple[Reading, dict]:
+        """The Reading and bound values of a re-read of ``(lo, hi]`` (see ``read_late_rows``)."""
+        start = after if after is not None else (lo or ())
+        params = {**position_params("o", start), **position_params("u", hi), **self._chunk_params,
+                  **snapshot_params(snapshot), "limit": self.batch_size}
+        return self._reading(len(start), upto=True, invisible=True), params
 
     def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, after: tuple | None = None) -> list[tuple]:
         """Row versions in ``(lo, hi]`` that ``snapshot`` (the range's first read) may not have seen.
@@ -189,16 +218,12 @@ class TableReader:
         older than the snapshot's xmin (the caller drops those the first read sent, by id);
         ``after`` continues a range larger than one batch.
         """
-        start = after if after is not None else (lo or ())
-        params = {**position_params("o", start), **position_params("u", hi), **self._chunk_params,
-                  **snapshot_params(snapshot), "limit": self.batch_size}
-        return self._execute(self._query(self._reading(len(start), upto=True, invisible=True)), params, "re-reading late rows")
+        reading, params = self.late_reading(lo, hi, snapshot, after)
+        return self._execute(self._query(reading), params, "re-reading late rows")
 
     def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
         """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
-        columns = list(zip(*keys))
-        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
-        return self._execute(self._by_key_query, params, "reading rows updated since they were sent")
+        return self._execute(self._by_key_query, by_key_params(keys, hi), "reading rows updated since they were sent")
 
     def offset_after(self, rows: list[tuple], rows_before: int = 0) -> PollingOffset:
         """Where the read after ``rows`` starts (the position values of the last row); ``rows_before``:
@@ -206,14 +231,13 @@ class TableReader:
         width = 1 if self.plan is None else len(self.plan.position_columns)
         return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk)
 
-    def _exact_after(self, offset: PollingOffset | None, rows: list[tuple], tick: str | None) -> PollingOffset | None:
+    def _exact_after(self, offset: PollingOffset | None, count: int, last: tuple | None,
+                     tick: str | None) -> PollingOffset | None:
         """xid8: inside a tick, after the last row; a short batch ends the tick (the next cuts after it)."""
         rows_before = offset.rows if offset else 0
-        if len(rows) < self.batch_size:
-            return PollingOffset((), rows_before + len(rows), self.chunk, snapshot=tick) if tick else offset
-        width = len(self.plan.position_columns)
-        return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk,
-                             snapshot=offset.snapshot if offset else None, tick=tick)
+        if count < self.batch_size:
+            return PollingOffset((), rows_before + count, self.chunk, snapshot=tick) if tick else offset
+        return PollingOffset(last, rows_before + count, self.chunk, snapshot=offset.snapshot if offset else None, tick=tick)
 
     def _reading(self, width: int, **options) -> Reading:
         return Reading(width, *self._bounds, **options)
@@ -225,8 +249,7 @@ class TableReader:
         return text
 
     def _execute(self, statement: str, params, what: str = "reading a batch", rows_json: bool = True) -> list[tuple]:
-        """Run one statement; a transient failure is retried (``source.max_retries``), any other is a
-        ``SourceError`` naming the table and the statement; a lost connection is raised as it is.
+        """Run one statement and fetch its rows, as ``guarded`` says.
 
         ``rows_json``: the rows carry their JSON; with a plan that names the columns, the table's
         columns are read again after the statement, and ``TableChanged`` raised if they changed
@@ -235,9 +258,15 @@ class TableReader:
         def run() -> list[tuple]:
             rows = fetch_all(self.conn, statement, params)
             if rows and rows_json and self._named_columns:
-                self._check_definition()
+                self.check_definition()
             return rows
 
+        return self.guarded(run, what)
+
+    def guarded(self, run: Callable[[], T], what: str) -> T:
+        """``run()`` (one statement); a transient failure is retried (``source.max_retries``), any other
+        is a ``SourceError`` naming the table and the statement (after checking whether the table's
+        columns changed); a lost connection is raised as it is."""
         source = self.config.source
         try:
             return with_retries(run, retries=source.max_retries, delay=source.retry_delay, what=f"{self.table_name}: {what}")
@@ -246,7 +275,7 @@ class TableReader:
                 raise
             if not is_transient(exc):
                 try:
-                    self._check_definition()
+                    self.check_definition()
                 except (pg.OperationalError, pg.InterfaceError):
                     raise
                 except pg.DatabaseError:  # cannot be asked (an aborted transaction): the error stands
@@ -254,7 +283,7 @@ class TableReader:
             tries = f" after {source.max_retries} retries" if is_transient(exc) else ""
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
-    def _check_definition(self) -> None:
+    def check_definition(self) -> None:
         """``TableChanged`` when the table's columns are no longer those the plan was made for."""
         if self._definition is None:
             return
@@ -292,6 +321,12 @@ class TableReader:
         acted = {tuple(row) for row in self._execute(self._ack_query, params, f"{self._ack_action} of acknowledged rows",
                                                      rows_json=False)}
         return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
+
+
+def by_key_params(keys: list[tuple], hi: tuple) -> dict[str, object]:
+    """The bound values of ``build_rows_by_key``: one array per key column, the range's end."""
+    columns = list(zip(*keys))
+    return {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
 
 
 def check_late_commit_guard(conn, config: Config, table_name: str, tracking: TrackingInfo, lag: float) -> str:
