@@ -369,6 +369,7 @@ write_object(CopyBatch *b, Writer *w)
                 return -1;
             PyObject *type, *value, *traceback, *why;
             PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
             why = value != NULL ? PyObject_Str(value) : PyUnicode_FromString("not valid UTF-8, or not a str");
             Py_XDECREF(type);
             Py_XDECREF(value);

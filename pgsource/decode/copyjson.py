@@ -51,7 +51,8 @@ _FAST_KINDS = ("call", "timestamp", "timestamptz")  # kinds whose fast path call
 _COPY_ESCAPE = re.compile(rb"\\(.?)", re.S)
 _CONTROL = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
 _BYTEA_ESCAPE = re.compile(rb"\\(\\|[0-3][0-7][0-7])?")
-_JSON_SPACE = re.compile(rb'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
+# compact_json's rule on bytes; a string left open runs to the end (as in _copyjson.c's write_compact)
+_JSON_SPACE = re.compile(rb'("(?:[^"\\]|\\.)*(?:"|\\?\Z))|[ \t\n\r]+', re.S)
 
 
 class _Problem(Exception):
