@@ -87,6 +87,7 @@ typedef struct {
     enum partitioning partitioning;
     uint32_t partitions, partition;
     Py_ssize_t max_payload;
+    Py_ssize_t frames_hint; /* the largest partition's frames in the last batch: the next one's first size */
 } CopyPlan;
 
 typedef struct {
@@ -126,6 +127,31 @@ typedef struct {
 static PyTypeObject CopyBatchType;
 
 /* ------------------------------------------------------------------ small helpers */
+
+/* A writer into a new bytes object of `capacity` bytes (grown as needed); -1 with an exception. */
+static int
+writer_init_bytes(Writer *w, Py_ssize_t capacity)
+{
+    writer_init(w);
+    w->bytes = PyBytes_FromStringAndSize(NULL, capacity);
+    if (w->bytes == NULL)
+        return -1;
+    w->data = PyBytes_AS_STRING(w->bytes);
+    w->capacity = capacity;
+    return 0;
+}
+
+/* The written bytes as the writer's own bytes object, cut to size (no copy); NULL on error. */
+static PyObject *
+writer_take_bytes(Writer *w)
+{
+    if (_PyBytes_Resize(&w->bytes, w->size) < 0)
+        return NULL;
+    PyObject *out = w->bytes;
+    w->bytes = NULL;
+    writer_init(w);
+    return out;
+}
 
 static void
 store_u64(unsigned char *p, uint64_t v)
@@ -232,22 +258,22 @@ static int
 split_fields(CopyBatch *b, const unsigned char *line, Py_ssize_t n)
 {
     const CopyPlan *plan = b->plan;
-    Py_ssize_t field = 0, start = 0;
+    Py_ssize_t field = 0;
     /* Unescaped text is never longer than its source: one reservation for the whole line. */
     b->scratch.size = 0;
     if (writer_reserve(&b->scratch, n + 1) < 0)
         return -1;
     unsigned char *scratch = (unsigned char *)b->scratch.data;
     Py_ssize_t used = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        if (i < n && line[i] != '\t')
-            continue;
+    const unsigned char *s = line, *end = line + n;
+    for (;;) {
+        const unsigned char *tab = memchr(s, '\t', (size_t)(end - s));
+        const unsigned char *stop = tab != NULL ? tab : end;
         if (field == plan->nfields)
             return set_problem(b, E_FORMAT, PyUnicode_FromFormat("a COPY row of more than %zd fields", plan->nfields)) < 0
                        ? -1 : 1;
         Value *v = &b->values[field++];
-        const unsigned char *s = line + start;
-        Py_ssize_t size = i - start;
+        Py_ssize_t size = stop - s;
         v->null = size == 2 && s[0] == '\\' && s[1] == 'N';
         if (v->null || memchr(s, '\\', (size_t)size) == NULL) {
             v->text = s;
@@ -261,7 +287,9 @@ split_fields(CopyBatch *b, const unsigned char *line, Py_ssize_t n)
             v->size = length;
             used += length;
         }
-        start = i + 1;
+        if (tab == NULL)
+            break;
+        s = tab + 1;
     }
     if (field != plan->nfields)
         return set_problem(b, E_FORMAT, PyUnicode_FromFormat("a COPY row of %zd fields, expected %zd", field,
@@ -437,8 +465,11 @@ part_for(CopyBatch *b, uint32_t partition)
         PyErr_NoMemory();
         return NULL;
     }
-    writer_init(&part->frames);
     writer_init(&part->sums);
+    if (writer_init_bytes(&part->frames, b->plan->frames_hint) < 0) {
+        PyMem_Free(part);
+        return NULL;
+    }
     part->count = 0;
     b->parts[partition] = part;
     b->order[b->nparts++] = partition;
@@ -685,10 +716,15 @@ batch_parts(CopyBatch *b)
     PyObject *parts = PyList_New(b->nparts);
     if (parts == NULL)
         return NULL;
+    Py_ssize_t largest = 0;
+    for (uint32_t i = 0; i < b->nparts; i++)
+        largest = b->parts[b->order[i]]->frames.size > largest ? b->parts[b->order[i]]->frames.size : largest;
+    b->plan->frames_hint = largest + largest / 16 + 4096;
     for (uint32_t i = 0; i < b->nparts; i++) {
         Part *part = b->parts[b->order[i]];
-        PyObject *item = Py_BuildValue("(Iky#y#)", b->order[i], (unsigned long)part->count, part->frames.data,
-                                       part->frames.size, part->sums.data, part->sums.size);
+        PyObject *frames = writer_take_bytes(&part->frames);
+        PyObject *item = frames == NULL ? NULL : Py_BuildValue("(IkNy#)", b->order[i], (unsigned long)part->count, frames,
+                                                               part->sums.data, part->sums.size);
         if (item == NULL) {
             Py_DECREF(parts);
             return NULL;
@@ -1036,6 +1072,7 @@ plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->partitions = partitions;
     self->partition = partition;
     self->max_payload = max_payload;
+    self->frames_hint = 64 * 1024;
     self->snapshot = -1;
     int body_kind = name_index(body, BODY_NAMES, 5, "body");
     int chooser = body_kind < 0 ? -1 : name_index(partitioning, PARTITIONING_NAMES, 3, "partitioning");

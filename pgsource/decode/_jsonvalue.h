@@ -33,11 +33,14 @@ enum kind {
 /* ------------------------------------------------------------------ output buffer */
 
 /* The payload is built in a stack buffer (enough for typical rows) that moves to the heap
- * when it would overflow; the bytes object is made once, at the end. */
+ * when it would overflow; the bytes object is made once, at the end. A writer may instead
+ * write straight into a bytes object of its own (`bytes`, see writer_init_bytes), which is
+ * then handed out without a copy. */
 typedef struct {
     char *data;
     Py_ssize_t size, capacity;
     int on_heap;
+    PyObject *bytes; /* NULL, or the bytes object `data` lies in (refcount 1, not yet shared) */
     char stack[2048];
 } Writer;
 
@@ -48,6 +51,7 @@ writer_init(Writer *w)
     w->size = 0;
     w->capacity = (Py_ssize_t)sizeof(w->stack);
     w->on_heap = 0;
+    w->bytes = NULL;
 }
 
 static void
@@ -55,6 +59,7 @@ writer_free(Writer *w)
 {
     if (w->on_heap)
         PyMem_Free(w->data);
+    Py_CLEAR(w->bytes);
 }
 
 /* Room for `more` bytes after the current size; -1 with MemoryError set. */
@@ -70,6 +75,15 @@ writer_reserve(Writer *w, Py_ssize_t more)
     Py_ssize_t need = w->size + more; /* > capacity, and <= PY_SSIZE_T_MAX / 2: doubling cannot overflow */
     Py_ssize_t capacity = need > w->capacity * 2 ? need : w->capacity * 2;
     char *data;
+    if (w->bytes != NULL) {
+        if (_PyBytes_Resize(&w->bytes, capacity) < 0) { /* frees the object and sets bytes to NULL */
+            w->data = w->stack, w->size = 0, w->capacity = (Py_ssize_t)sizeof(w->stack);
+            return -1;
+        }
+        w->data = PyBytes_AS_STRING(w->bytes);
+        w->capacity = capacity;
+        return 0;
+    }
     if (w->on_heap) {
         data = PyMem_Realloc(w->data, (size_t)capacity);
     }
@@ -390,11 +404,15 @@ write_value(Writer *w, enum kind kind, PyObject *convert, const unsigned char *s
         if (s[n - 1] > '9' || s[n - 1] < '0') /* NaN, Infinity, -Infinity (and never-sent junk): JSON strings */
             return write_quoted(w, s, n);
         return writer_put(w, (const char *)s, n);
-    case K_QUOTED:
-        for (Py_ssize_t i = 0; i < n; i++) /* never in date or uuid output: leave such text to the general decoder */
+    case K_QUOTED: {
+        Py_ssize_t i = 0;
+        while (n - i >= 8 && !has_special(load8(s + i))) /* a word at a time where nothing needs a look */
+            i += 8;
+        for (; i < n; i++) /* never in date or uuid output: leave such text to the general decoder */
             if (s[i] < 0x20 || s[i] == '"' || s[i] == '\\')
                 return 1;
         return write_quoted(w, s, n);
+    }
     case K_BOOL:
         if (n == 1 && s[0] == 't')
             return writer_put(w, "true", 4);
