@@ -9,6 +9,7 @@ PostgreSQL backend serving it (``/proc/<pid>/stat`` utime + stime), and the wall
 |---|---|
 | ``copy_table_text`` / ``copy_table_binary`` | ``COPY bench_t TO STDOUT`` (text / binary) into a null sink: the limit |
 | ``copy_batches_text`` / ``copy_batches_binary`` | the COPY path's batch statements (``pg/copy_query.py``) into a null sink |
+| ``copy_batches_nocheck`` | the same (text) without the column-definition check each batch statement carries |
 | ``copy_c`` | ``CopyReader.read_batch`` with the C decoder: COPY, ids, partitions, envelopes, JSON, frames |
 | ``copy_python`` | the same with the pure-Python twin (on ``--python-rows`` rows only) |
 | ``rows`` | today's path: ``TableReader.read_batch`` (``row_to_json``) + ``RowEncoder.encode_batch`` + ``encode_partition_frames`` |
@@ -111,8 +112,9 @@ class Bench:
             encode_partition_frames(messages.ids, messages.partitions, messages.payloads, where="bench_t")
             offset, rows = read.after, rows + len(read.rows)
 
-    def copy_batches(self, binary: bool, total: int) -> int:
-        """The COPY path's batch statements into a null sink, offsets computed (ids are 1..N)."""
+    def copy_batches(self, binary: bool, total: int, check: bool = True) -> int:
+        """The COPY path's batch statements into a null sink, offsets computed (ids are 1..N); ``check``:
+        with the column-definition condition (``copy_query._same_definition``) the COPY path adds."""
         from pgsource.pg.copy_query import _same_definition, build_copy_layout
         from pgsource.pg.query import build_batch_query
         from pgsource.pg.statements import copy_to, render
@@ -127,7 +129,8 @@ class Bench:
                 reading, params = reader.batch_reading(PollingOffset((str(start),), 0, None) if start else None)
                 statement = statements.get(reading)
                 if statement is None:
-                    select = build_batch_query(reader.plan, reading, sql.SQL(", ").join(layout.select), _same_definition())
+                    select = build_batch_query(reader.plan, reading, sql.SQL(", ").join(layout.select),
+                                               _same_definition() if check else None)
                     options = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
                     statement = statements[reading] = render(sql.SQL("COPY ({}) TO STDOUT{}").format(select, options),
                                                              self.conn)  # as CopyReader keeps it: rendered once
@@ -149,6 +152,7 @@ def figures(bench: Bench, late: Bench, rows: int, python_rows: int) -> dict[str,
         "copy_table_binary": lambda: bench.copy_table(True, rows),
         "copy_batches_text": lambda: bench.copy_batches(False, rows),
         "copy_batches_binary": lambda: bench.copy_batches(True, rows),
+        "copy_batches_nocheck": lambda: bench.copy_batches(False, rows, check=False),
         "copy_c": lambda: bench.copy_path(True),
         "rows": bench.row_path,
         "copy_c_late": lambda: late.copy_path(True),
