@@ -37,7 +37,6 @@ import time
 
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.slot_lifecycle import SlotPreparation
-from pgsource.encode.batch import encode_batch_event
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
@@ -47,6 +46,7 @@ from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog
 from pgsource.pipeline.channel import Empty, get_event, put_event
+from pgsource.pipeline.events import encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
 from pgsource.state import FileStateStore
 from workers.base import QueueWorker, WorkerSpec

@@ -31,16 +31,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from pgsource.encode.batch import encode_batch_event
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import AckEvent
+from pgsource.pipeline.events import AckEvent, encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
 from pgsource.plan.assignment import WorkUnit
 from pgsource.polling.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
-from pgsource.polling.reader import ReadBatch, TableReader
+from pgsource.rows.reader import ReadBatch, TableReader
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import QueueWorker, WorkerSpec

@@ -34,10 +34,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pgsource.config.model import Config
+from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import SinkError, SinkRefused
 from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import PUBLISHER, AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.events import AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
 from pgsource.sink import IggySink
 from workers.logs import setup_logging
 from workers.parent import ParentWatch

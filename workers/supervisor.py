@@ -29,11 +29,11 @@ from collections import deque
 
 import multiprocess
 
-from pgsource.config.model import Config
+from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.ops.checks import check_prerequisites
 from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import PUBLISHER, StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.events import StopEvent, WorkerState, WorkerStatus
 from pgsource.plan.assignment import WorkUnit, assign_units
 from pgsource.plan.sharding import record_shard
 from pgsource.state.lock import StateLock

@@ -28,7 +28,7 @@ from pgsource.cdc.encoder import ChangeBatch
 from pgsource.config.model import Config, TableConfig
 from pgsource.encode.ids import snapshot_message_id
 from pgsource.pg.positions import estimated_rows
-from pgsource.polling.reader import TableReader
+from pgsource.rows.reader import TableReader
 
 
 def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],

@@ -65,8 +65,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def build_config(raw: dict[str, Any]) -> Config:
-    """Validate, then narrow to this replica's shard of the tables (``pgsource/plan/sharding.py``)."""
-    from pgsource.plan.sharding import apply_shard
+    """Validate, then narrow to this replica's shard of the tables (``pgsource/config/shard.py``)."""
+    from pgsource.config.shard import apply_shard
 
     lines = _booleans_for_numbers(raw, Config, [])
     try:

@@ -31,7 +31,8 @@ from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's 
     TopicSettingsConfig,
     iggy_name_problem,
 )
-from pgsource.pipeline.events import PUBLISHER
+
+PUBLISHER = "publisher"  # the publisher process's name: in statuses, liveness, metrics and logs
 
 
 class Mode(str, Enum):

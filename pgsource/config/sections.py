@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,8 +17,13 @@ from pgsource.config.duration import Duration, format_duration, parse_duration
 from pgsource.config.secrets import resolve_iggy_files
 from pgsource.config.size import parse_size
 
-if TYPE_CHECKING:
-    from pgsource.config.model import TableConfig
+
+class NamedTable(Protocol):
+    """What naming a topic needs of a table (``TableConfig`` has it; typed here so that this module
+    needs nothing of ``model.py``, which builds on it)."""
+
+    name: str
+    schema_: str
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _NUMERIC_NAME = re.compile(r"\+?[0-9]+")
@@ -144,7 +149,7 @@ class IggyConfig(BaseModel):
         iggy_name_problem("stream", value, raise_it=True)
         return value
 
-    def topic_for(self, table: TableConfig) -> str:
+    def topic_for(self, table: NamedTable) -> str:
         return self.topic.format(table=table.name, schema=table.schema_)
 
 

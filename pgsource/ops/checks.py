@@ -20,7 +20,7 @@ from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
-from pgsource.polling.reader import check_late_commit_guard
+from pgsource.rows.reader import check_late_commit_guard
 from pgsource.state import FileStateStore, SlotProgress
 
 

@@ -8,10 +8,12 @@ queue and the publisher cost almost nothing per message.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pgsource.encode.frames import PartitionFrames
+from pgsource.encode.batch import MessageBatch
+from pgsource.encode.frames import PartitionFrames, encode_partition_frames
 
 
 @dataclass
@@ -48,9 +50,6 @@ class StopEvent:
     reason: str = "stop"
 
 
-PUBLISHER = "publisher"  # the publisher process's name: in statuses, liveness, metrics and logs
-
-
 class WorkerState(str, Enum):
     READY = "ready"  # booted: connected, planned, about to serve
     FATAL = "fatal"  # failed for good (the error says why); the service stops with its exit code
@@ -64,3 +63,14 @@ class WorkerStatus:
     state: WorkerState
     error: BaseException | None = None
     detail: dict = field(default_factory=dict)
+
+
+def encode_batch_event(messages: MessageBatch, *, worker: str, seq: int, stream: str, topic: str, table: str,
+                       where: str, commit_time: float = 0.0,
+                       tables: dict[str, tuple[int, int]] | None = None) -> BatchEvent:
+    """The publisher's event for ``messages``; a message Iggy would refuse is a ``SourceError``
+    naming ``where`` (the table or topic) and its id. ``tables``: per table of a shared topic,
+    its (messages, frame bytes), for the metrics."""
+    parts = encode_partition_frames(messages.ids, messages.partitions, messages.payloads, messages.headers, where=where)
+    return BatchEvent(worker, seq, stream, topic, table, parts, len(messages.ids), created=time.time(),
+                      commit_time=commit_time, tables=tables)

@@ -16,40 +16,8 @@ shard's publication. docs/operations.md "Sharding" says how to migrate.
 
 from __future__ import annotations
 
-from pgsource.config.model import Config, TableConfig
-from pgsource.encode.ids import key_partition
-
-SHARD_SUFFIX = "_shard"
-
-
-def shard_of(table: TableConfig, count: int) -> int:
-    if table.shard is not None:
-        return table.shard
-    return key_partition(f"{table.schema_}.{table.name}", count)  # the shard's hash input: never change it
-
-
-def apply_shard(config: Config) -> Config:
-    """The configuration as this replica sees it: its tables, and its slot and publication names."""
-    shard = config.shard
-    if shard is None:
-        return config
-    from pgsource.errors import ConfigError
-
-    pinned = [t.qualified for t in config.source.tables if t.shard is not None and t.shard >= shard.count]
-    if pinned:
-        raise ConfigError(f"tables: shard pinned beyond shard.count {shard.count} for {', '.join(pinned)}")
-    mine = [table for table in config.source.tables if shard_of(table, shard.count) == shard.index]
-    names = {table.qualified for table in mine}
-    workers = config.workers
-    if isinstance(workers, dict):
-        workers = {name: [t for t in tables if t in names] for name, tables in workers.items()}
-        workers = {name: tables for name, tables in workers.items() if tables} or 1
-    source = config.source.model_copy(update={
-        "tables": mine,
-        "replication_slot": f"{config.source.replication_slot}{SHARD_SUFFIX}{shard.index}",
-        "publication_name": f"{config.source.publication_name}{SHARD_SUFFIX}{shard.index}",
-    })
-    return config.model_copy(update={"source": source, "workers": workers})
+from pgsource.config.model import Config
+from pgsource.config.shard import SHARD_SUFFIX, apply_shard, shard_of  # noqa: F401  (re-exported)
 
 
 def unsharded_name(name: str, config: Config) -> str:

@@ -30,7 +30,7 @@ from pgsource.decode import rowjson
 from pgsource.decode.values import compile_relation, decode_tuple_json
 from pgsource.pg import connect as pg
 from pgsource.pg.types import load_type_catalog
-from pgsource.polling.reader import TableReader
+from pgsource.rows.reader import TableReader
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
 _json = st.recursive(

@@ -16,7 +16,7 @@ import pytest
 from psycopg2 import sql
 
 from pgsource.pg import connect as pg
-from pgsource.polling.reader import TableReader
+from pgsource.rows.reader import TableReader
 from tests.support import (
     bodies,
     execute,

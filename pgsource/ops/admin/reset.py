@@ -62,7 +62,7 @@ def plan_reset(config: Config, table_name: str, to: str | None) -> list[OffsetMo
         start = (str(config.source.initial_offset),)
         return [OffsetMove("polling/custom_query", before, PollingOffset((to,) if to is not None else start))]
     table = find_table(config, table_name)
-    from pgsource.polling.reader import TableReader
+    from pgsource.rows.reader import TableReader
 
     with connection(config, "reset") as conn:
         reader = TableReader(conn, config, table)

@@ -67,7 +67,7 @@ def collect_status(config: Config) -> Status:
 
 
 def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
-    from pgsource.polling.reader import TableReader
+    from pgsource.rows.reader import TableReader
 
     out = []
     if config.source.custom_query and not config.source.tables:

@@ -79,7 +79,7 @@ def _read_ids(config: Config, topic: str) -> list[tuple[int, int]] | None:
 
 
 def _verify_polling(config: Config, table_name: str, after: str | None) -> VerifyReport:
-    from pgsource.polling.reader import TableReader
+    from pgsource.rows.reader import TableReader
 
     if table_name == "custom_query":
         raise ConfigError("verify: custom_query rows cannot be recomputed without running the query; not supported")

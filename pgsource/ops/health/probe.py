@@ -127,7 +127,7 @@ class SourceProbe:
         return None
 
     def _reader(self, conn, unit: WorkUnit):
-        from pgsource.polling.reader import TableReader
+        from pgsource.rows.reader import TableReader
 
         reader = self._readers.get(unit.table.qualified)
         if reader is None:
