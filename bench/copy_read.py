@@ -68,7 +68,7 @@ class Bench:
     def __init__(self, dsn: str, batch_size: int, late: bool) -> None:
         from pgsource.config.model import Config
         from pgsource.pg import connect as pg
-        from pgsource.polling.reader import TableReader
+        from pgsource.rows.reader import TableReader
 
         config = Config.model_validate({
             "source": {"connection_string": dsn, "mode": "polling", "tables": ["bench_t"], "batch_size": batch_size,

@@ -2,7 +2,7 @@
 
 The row path has PostgreSQL build each row's JSON (``row_to_json``, ~half of COPY's own speed)
 and psycopg2 make Python objects per row. The COPY path selects the columns themselves and
-lets ``pgsource/decode/copyjson.py`` write the JSON from their text output, as the CDC decoder
+lets ``pgsource/rows/copyjson.py`` write the JSON from their text output, as the CDC decoder
 does from pgoutput's. ``CopyLayout`` says which field is what; the WHERE and ORDER BY are
 ``build_batch_query``'s, so both paths read exactly the same rows.
 

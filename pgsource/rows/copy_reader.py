@@ -3,7 +3,7 @@
 The row path (``TableReader.read_batch`` + ``RowEncoder.encode_batch`` + ``encode_partition_frames``)
 has PostgreSQL build every row's JSON and makes Python objects per row. ``CopyReader`` reads
 the same rows (the same WHERE, ORDER BY and bound values: ``TableReader.batch_reading``) with
-``COPY (SELECT <columns>) TO STDOUT`` straight into the decoder of ``pgsource/decode/copyjson.py``,
+``COPY (SELECT <columns>) TO STDOUT`` straight into the decoder of ``pgsource/rows/copyjson.py``,
 which writes ids, partitions, envelopes, row JSON and Iggy frames without a Python object per
 row. The messages are byte for byte those of the row path (``tests/polling/test_copy_reader.py``).
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgsource.config.model import Partitioning
-from pgsource.decode import copyjson
-from pgsource.decode.copyjson import column_spec, compile_copy_plan
 from pgsource.encode.envelope import envelope_parts, iso_timestamp
 from pgsource.encode.frames import MAX_PAYLOAD, PartitionFrames
 from pgsource.encode.ids import key_partition
@@ -35,7 +33,9 @@ from pgsource.pg.copy_query import (
 )
 from pgsource.pg.query import Reading
 from pgsource.pg.statements import copy_to, render
-from pgsource.polling.reader import TableReader, by_key_params
+from pgsource.rows import copyjson
+from pgsource.rows.copyjson import column_spec, compile_copy_plan
+from pgsource.rows.reader import TableReader, by_key_params
 from pgsource.state import PollingOffset
 
 

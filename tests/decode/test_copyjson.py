@@ -16,9 +16,9 @@ import time
 import pytest
 import xxhash
 
-from pgsource.decode import copyjson
-from pgsource.decode.copyjson import column_spec, compile_copy_plan
 from pgsource.encode.frames import encode_frames_python
+from pgsource.rows import copyjson
+from pgsource.rows.copyjson import column_spec, compile_copy_plan
 from tests.decode.test_rowjson import _INVALID_UTF8, _PLAUSIBLE, FUZZ_CATALOG
 
 BODIES = ("object", "json", "text", "bytea", "compact")
@@ -110,7 +110,7 @@ def both_ways(seed: int):
 
 
 def test_c_extension_is_built_and_used():
-    from pgsource.decode import _copyjson
+    from pgsource.rows import _copyjson
 
     assert copyjson.NATIVE
     plan = compile_copy_plan(table="t", fields=1, ids=[0], keys=[0], positions=[0], identities=None, snapshot=None,

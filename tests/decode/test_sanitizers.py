@@ -168,7 +168,7 @@ print("frames", count)
 
 _COPYJSON_FUZZ = r"""
 import random, time
-from pgsource.decode import _copyjson, copyjson
+from pgsource.rows import _copyjson, copyjson
 assert copyjson._copyjson is _copyjson and _copyjson.__file__.endswith("_sanitized.so")
 from tests.decode.test_copyjson import feed, random_copy, random_plan
 
@@ -189,9 +189,9 @@ print("copyjson", count)
 def test_c_extensions_under_asan_and_ubsan(tmp_path):
     rowjson = _compile(REPO / "pgsource/decode/_rowjson.c", tmp_path / "rowjson_sanitized.so")
     frames = _compile(REPO / "pgsource/encode/_frames.c", tmp_path / "frames_sanitized.so", "-l:libxxhash.so.0")
-    copyjson = _compile(REPO / "pgsource/decode/_copyjson.c", tmp_path / "copyjson_sanitized.so", "-l:libxxhash.so.0")
+    copyjson = _compile(REPO / "pgsource/rows/_copyjson.c", tmp_path / "copyjson_sanitized.so", "-l:libxxhash.so.0")
     modules = {"pgsource.decode._rowjson": rowjson, "pgsource.encode._frames": frames,
-               "pgsource.decode._copyjson": copyjson}
+               "pgsource.rows._copyjson": copyjson}
     for name, script in (("rowjson", _ROWJSON_FUZZ), ("frames", _FRAMES_FUZZ), ("copyjson", _COPYJSON_FUZZ)):
         done = _run(f"SECONDS = {FUZZ_SECONDS}\n" + textwrap.dedent(script), modules)
         report = done.stderr[-6000:]

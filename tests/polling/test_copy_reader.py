@@ -14,13 +14,13 @@ import pytest
 from psycopg2 import sql
 
 from pgsource.config.model import Config
-from pgsource.decode import copyjson
 from pgsource.encode.frames import encode_partition_frames
 from pgsource.errors import SourceError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.polling.late_commits import SentIds
-from pgsource.polling.reader import TableReader
+from pgsource.rows import copyjson
 from pgsource.rows.copy_reader import CopyReader
+from pgsource.rows.reader import TableReader
 from pgsource.state import PollingOffset
 from tests.decode.oracle import ALL_TYPES_DDL, ALL_TYPES_ROWS
 from tests.support import execute

@@ -9,7 +9,7 @@ text forms, the suffix; or the ``payload_column`` as it is) and its frame (``enc
 
 Two implementations, byte-identical (tested against each other and against the row path):
 
-- ``pgsource.decode._copyjson`` (C): no Python object per row; used when built (``NATIVE``).
+- ``pgsource.rows._copyjson`` (C): no Python object per row; used when built (``NATIVE``).
 - ``CopyPlanPython`` here: the same rules in Python, for machines without a compiler.
 
 A plan is built once per table and reading shape (``compile_copy_plan``); ``plan.batch(prefix,
@@ -36,7 +36,7 @@ from pgsource.pg import types as t
 from pgsource.pg.types import TypeInfo
 
 try:
-    from pgsource.decode import _copyjson
+    from pgsource.rows import _copyjson
 except ImportError:  # not built: CopyPlanPython does the same work
     _copyjson = None
 
@@ -284,5 +284,5 @@ def compile_copy_plan(*, table: str, fields: int, ids: Sequence[int], keys: Sequ
                      partitioning=partitioning, partitions=partitions, partition=partition, max_payload=max_payload)
     use_c = NATIVE if native is None else native
     if use_c and _copyjson is None:
-        raise RuntimeError("pgsource.decode._copyjson is not built")
+        raise RuntimeError("pgsource.rows._copyjson is not built")
     return _copyjson.CopyPlan(**arguments) if use_c else CopyPlanPython(**arguments)

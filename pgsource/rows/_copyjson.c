@@ -1,7 +1,7 @@
 /*
- * pgsource.decode._copyjson: a polling batch read as COPY text, turned into Iggy frames in one pass.
+ * pgsource.rows._copyjson: a polling batch read as COPY text, turned into Iggy frames in one pass.
  *
- * The C twin of pgsource/decode/copyjson.py (byte-identical results, tested against each other
+ * The C twin of pgsource/rows/copyjson.py (byte-identical results, tested against each other
  * and against the row path: TableReader + RowEncoder + encode_partition_frames). A CopyPlan
  * is built once per table from the COPY's field layout; plan.batch(...) returns a CopyBatch,
  * a file-like sink psycopg2's copy_expert writes the COPY output into (one call per row, or
@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_jsonvalue.h"
+#include "../decode/_jsonvalue.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "little-endian hosts only; elsewhere pgsource uses the Python twin"
@@ -833,7 +833,7 @@ static PyMethodDef batch_methods[] = {
 
 static PyTypeObject CopyBatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pgsource.decode._copyjson.CopyBatch",
+    .tp_name = "pgsource.rows._copyjson.CopyBatch",
     .tp_doc = "One batch's COPY sink: write() the COPY output, then finish(). Made by CopyPlan.batch().",
     .tp_basicsize = sizeof(CopyBatch),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1120,7 +1120,7 @@ static PyMethodDef plan_methods[] = {
 
 static PyTypeObject CopyPlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pgsource.decode._copyjson.CopyPlan",
+    .tp_name = "pgsource.rows._copyjson.CopyPlan",
     .tp_doc = plan_doc,
     .tp_basicsize = sizeof(CopyPlan),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1159,8 +1159,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pgsource.decode._copyjson",
-    .m_doc = "C twin of pgsource.decode.copyjson: a polling batch's COPY text to Iggy frames.",
+    .m_name = "pgsource.rows._copyjson",
+    .m_doc = "C twin of pgsource.rows.copyjson: a polling batch's COPY text to Iggy frames.",
     .m_size = -1,
     .m_methods = module_methods,
 };
