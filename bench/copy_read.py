@@ -16,7 +16,7 @@ PostgreSQL backend serving it (``/proc/<pid>/stat`` utime + stime), and the wall
 | ``*_late`` | the same with ``late_commits: auto`` (every read also returns its snapshot) |
 
 The null sink is ``open(os.devnull, "wb")``: psycopg2 calls its (C) ``write`` once per row, as it
-calls the decoder's. The machine is shared: each figure carries the 1-minute load average
+calls the decoder's. The process keeps freed heap as the workers do (``workers/tuning.py``). The machine is shared: each figure carries the 1-minute load average
 before it, the figures are interleaved across ``--repeat`` rounds, and the table shows the
 median and the minimum of the rounds (CPU time moves less with load than wall time does).
 
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from bench.table import build_table, table_mb
     from pgsource_testkit.postgres import LocalPostgres
+    from workers.tuning import keep_freed_memory
+
+    keep_freed_memory()  # as every worker process does (workers/tuning.py): a batch's buffers are reused
 
     results: dict = {"command": " ".join(["python -m bench.copy_read", *(argv if argv is not None else sys.argv[1:])]),
                      "rows": args.rows, "batch_size": args.batch_size, "nproc": os.cpu_count(),
