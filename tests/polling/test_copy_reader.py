@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import psycopg2.extensions
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg2 import sql
 
 from pgsource.config.model import Config
@@ -23,6 +25,8 @@ from pgsource.rows.copy_reader import CopyReader
 from pgsource.rows.reader import TableReader
 from pgsource.state import PollingOffset
 from tests.decode.oracle import ALL_TYPES_DDL, ALL_TYPES_ROWS
+from tests.decode.test_roundtrip_property import COLUMNS as RANDOM_COLUMNS
+from tests.decode.test_roundtrip_property import ROW as RANDOM_ROW
 from tests.support import execute
 
 STAMP = "2024-01-01T00:00:00.000000Z"
@@ -252,3 +256,35 @@ def test_a_column_added_or_dropped_is_noticed(pg_dsn, native):
     execute(pg_dsn, "ALTER TABLE b DROP COLUMN later")
     with pytest.raises(TableChanged):
         copy.read_batch(None)
+
+
+@pytest.fixture
+def random_table(pg_dsn):
+    """``rt`` with a column of every type the round-trip test draws, and its readers (C and Python)."""
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
+                                 for name, kind, *_ in RANDOM_COLUMNS)  # kind: a type name from RANDOM_COLUMNS
+    execute(pg_dsn, sql.SQL("CREATE TABLE rt (id bigserial PRIMARY KEY, {})").format(columns))
+    pairs = [_readers(pg_dsn, native, table="rt", iggy={"partitions": 3})[1:] for native in (True, False)]
+    yield pg_dsn, pairs
+    for reader, _ in pairs:
+        reader.conn.close()
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(RANDOM_ROW, min_size=1, max_size=3))
+def test_random_values_of_every_type_give_the_row_paths_messages(random_table, rows):
+    dsn, pairs = random_table
+    names = [name for name, *_ in RANDOM_COLUMNS]
+    values = sql.SQL(", ").join(
+        sql.SQL("({})").format(sql.SQL(", ").join(
+            sql.SQL("({})::{}").format(sql.Literal(row[name] if row[name] is None or bind is None else bind(row[name])),
+                                       sql.SQL(kind))
+            for name, kind, _, bind, _ in RANDOM_COLUMNS))
+        for row in rows)
+    execute(dsn, sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)), values))
+    for reader, copy in pairs:
+        read, fast = _same_read(reader, copy, None, 0, True)
+        assert fast.rows == len(rows)
