@@ -11,6 +11,7 @@ PostgreSQL backend serving it (``/proc/<pid>/stat`` utime + stime), and the wall
 | ``copy_batches_text`` / ``copy_batches_binary`` | the COPY path's batch statements (``pg/copy_query.py``) into a null sink |
 | ``copy_batches_nocheck`` | the same (text) without the column-definition check each batch statement carries |
 | ``copy_c`` | ``CopyReader.read_batch`` with the C decoder: COPY, ids, partitions, envelopes, JSON, frames |
+| ``copy_c_x10`` | the same, ten batches per COPY statement (``CopyReader.read_batches``) |
 | ``copy_python`` | the same with the pure-Python twin (on ``--python-rows`` rows only) |
 | ``rows`` | today's path: ``TableReader.read_batch`` (``row_to_json``) + ``RowEncoder.encode_batch`` + ``encode_partition_frames`` |
 | ``*_late`` | the same with ``late_commits: auto`` (every read also returns its snapshot) |
@@ -85,17 +86,23 @@ class Bench:
 
         return backend_pid(self.conn)
 
-    def copy_path(self, native: bool, limit: int | None = None) -> int:
+    def copy_path(self, native: bool, limit: int | None = None, batches: int = 1) -> int:
+        """``batches``: batches read by one COPY (``CopyReader.read_batches``)."""
         from pgsource.rows.copy_reader import CopyReader
 
         copy = CopyReader(self.reader, native=native)
         offset, rows = None, 0
         while limit is None or rows < limit:
-            read = copy.read_batch(offset, read_rows=rows, include_metadata=self.include_metadata)
-            if not read.rows:
+            if batches == 1:
+                reads = [copy.read_batch(offset, read_rows=rows, include_metadata=self.include_metadata)]
+            else:
+                reads, error = copy.read_batches(offset, batches, read_rows=rows, include_metadata=self.include_metadata)
+                assert error is None
+            for read in reads:
+                assert read.messages == read.rows and sum(part.count for part in read.parts) == read.rows
+                offset, rows = (read.after, rows + read.rows) if read.rows else (offset, rows)
+            if reads[-1].rows < self.batch_size:
                 break
-            assert read.messages == read.rows and sum(part.count for part in read.parts) == read.rows
-            offset, rows = read.after, rows + read.rows
         return rows
 
     def row_path(self) -> int:
@@ -154,6 +161,7 @@ def figures(bench: Bench, late: Bench, rows: int, python_rows: int) -> dict[str,
         "copy_batches_binary": lambda: bench.copy_batches(True, rows),
         "copy_batches_nocheck": lambda: bench.copy_batches(False, rows, check=False),
         "copy_c": lambda: bench.copy_path(True),
+        "copy_c_x10": lambda: bench.copy_path(True, batches=10),
         "rows": bench.row_path,
         "copy_c_late": lambda: late.copy_path(True),
         "rows_late": late.row_path,

@@ -118,7 +118,10 @@ typedef struct {
     uint32_t nparts;
     PyObject *identities; /* list of tuples, or NULL */
     PyObject *snapshot;   /* str, or NULL */
-    Py_ssize_t rows, messages;
+    Py_ssize_t rows, messages;         /* of the whole COPY */
+    Py_ssize_t segment;                /* rows per segment (a batch of its own), 0: one for the whole COPY */
+    Py_ssize_t seg_rows, seg_messages; /* of the segment being written */
+    PyObject *segments;                /* list of the closed segments' tuples, or NULL */
     enum problem problem;
     PyObject *detail; /* tuple describing the problem */
     int finished;
@@ -592,6 +595,7 @@ encode_message(CopyBatch *b)
     if (writer_put(&part->sums, (const char *)&checksum, 8) < 0 || writer_put(&b->ids, (const char *)id_be, 16) < 0)
         return -1;
     part->count++;
+    b->seg_messages++;
     if (plan->has_identities) {
         PyObject *identity = value_tuple(b, &plan->identities);
         if (identity == NULL)
@@ -605,6 +609,8 @@ encode_message(CopyBatch *b)
     return 0;
 }
 
+static int close_segment(CopyBatch *b);
+
 /* One line (without its newline); 0 or -1 with an exception (a problem is recorded, not raised). */
 static int
 handle_line(CopyBatch *b, const unsigned char *line, Py_ssize_t n)
@@ -616,6 +622,7 @@ handle_line(CopyBatch *b, const unsigned char *line, Py_ssize_t n)
         return status < 0 ? -1 : 0;
     const CopyPlan *plan = b->plan;
     b->rows++;
+    b->seg_rows++;
     if (remember_position(b) < 0)
         return -1;
     if (b->rows == 1 && plan->snapshot >= 0) {
@@ -629,7 +636,11 @@ handle_line(CopyBatch *b, const unsigned char *line, Py_ssize_t n)
         PyObject *text = v->null ? PyUnicode_FromString("") : text_or_repr(v->text, v->size);
         return set_problem(b, E_NULL_TRACKING, Py_BuildValue("(N)", text)) < 0 ? -1 : 0;
     }
-    return encode_message(b) < 0 ? -1 : 0;
+    if (encode_message(b) < 0)
+        return -1;
+    if (b->segment && b->seg_rows == b->segment && b->problem == E_NONE)
+        return close_segment(b);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ the sink */
@@ -731,11 +742,60 @@ batch_parts(CopyBatch *b)
         }
         PyList_SET_ITEM(parts, i, item);
     }
+    for (uint32_t i = 0; i < b->nparts; i++) { /* the next segment starts with no partition */
+        Part *part = b->parts[b->order[i]];
+        b->parts[b->order[i]] = NULL;
+        writer_free(&part->frames);
+        writer_free(&part->sums);
+        PyMem_Free(part);
+    }
+    b->nparts = 0;
     return parts;
 }
 
+/* The tuple of the segment written so far (see finish()), and a fresh start for the next; NULL on error. */
+static PyObject *
+segment_tuple(CopyBatch *b)
+{
+    PyObject *parts = batch_parts(b);
+    if (parts == NULL)
+        return NULL;
+    PyObject *position = b->seg_rows ? last_position(b) : Py_NewRef(Py_None);
+    PyObject *identities = b->identities ? b->identities : Py_None;
+    PyObject *out = position == NULL ? NULL : Py_BuildValue("(NnnNOy#OO)", parts, b->seg_rows, b->seg_messages, position,
+                                                            b->snapshot ? b->snapshot : Py_None, b->ids.data,
+                                                            b->ids.size, identities, Py_None);
+    if (position == NULL)
+        Py_DECREF(parts);
+    if (out == NULL)
+        return NULL;
+    b->ids.size = 0;
+    b->seg_rows = b->seg_messages = 0;
+    if (b->identities != NULL) {
+        Py_SETREF(b->identities, PyList_New(0));
+        if (b->identities == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static int
+close_segment(CopyBatch *b)
+{
+    PyObject *segment = segment_tuple(b);
+    if (segment == NULL)
+        return -1;
+    int failed = PyList_Append(b->segments, segment);
+    Py_DECREF(segment);
+    return failed ? -1 : 0;
+}
+
 PyDoc_STRVAR(batch_finish_doc,
-"finish() -> (parts, rows, messages, position, snapshot, ids, identities, problem)\n\n"
+"finish() -> (parts, rows, messages, position, snapshot, ids, identities, problem), or a list of them\n\n"
+"With segment=N: a list, one tuple per N rows read (the last may hold fewer), each numbered and\n"
+"framed as a batch of its own; a bad row ends the list with its problem tuple. Otherwise one tuple:\n"
 "parts: [(partition, count, frames, checksums)] in the order of each partition's first message;\n"
 "rows read and messages made (rows less the excluded ones); position: the position values of\n"
 "the last row read (None when no row); snapshot: the snapshot field of the first row; ids: the\n"
@@ -756,19 +816,19 @@ batch_finish(CopyBatch *b, PyObject *Py_UNUSED(ignored))
         if (b->detail == NULL)
             return NULL;
     }
+    PyObject *last;
     if (b->problem != E_NONE)
-        return Py_BuildValue("([]nnOOy#O(iO))", b->rows, b->messages, Py_None, Py_None, "", (Py_ssize_t)0, Py_None,
-                             (int)b->problem, b->detail);
-    PyObject *parts = batch_parts(b);
-    if (parts == NULL)
-        return NULL;
-    PyObject *position = b->rows ? last_position(b) : Py_NewRef(Py_None);
-    if (position == NULL) {
-        Py_DECREF(parts);
-        return NULL;
-    }
-    return Py_BuildValue("(NnnNOy#OO)", parts, b->rows, b->messages, position, b->snapshot ? b->snapshot : Py_None,
-                         b->ids.data, b->ids.size, b->identities ? b->identities : Py_None, Py_None);
+        last = Py_BuildValue("([]nnOOy#O(iO))", b->seg_rows, b->seg_messages, Py_None, Py_None, "", (Py_ssize_t)0,
+                             Py_None, (int)b->problem, b->detail);
+    else if (b->segment && b->seg_rows == 0 && PyList_GET_SIZE(b->segments))
+        return Py_NewRef(b->segments); /* the COPY ended on a segment's last row */
+    else
+        last = segment_tuple(b);
+    if (last == NULL || !b->segment)
+        return last;
+    int failed = PyList_Append(b->segments, last);
+    Py_DECREF(last);
+    return failed ? NULL : Py_NewRef(b->segments);
 }
 
 static PyObject *
@@ -783,6 +843,7 @@ batch_traverse(CopyBatch *b, visitproc visit, void *arg)
     Py_VISIT(b->plan);
     Py_VISIT(b->identities);
     Py_VISIT(b->detail);
+    Py_VISIT(b->segments);
     return 0;
 }
 
@@ -792,6 +853,7 @@ batch_clear(CopyBatch *b)
     Py_CLEAR(b->identities);
     Py_CLEAR(b->detail);
     Py_CLEAR(b->snapshot);
+    Py_CLEAR(b->segments);
     return 0;
 }
 
@@ -844,25 +906,27 @@ static PyTypeObject CopyBatchType = {
 };
 
 PyDoc_STRVAR(plan_batch_doc,
-"batch(prefix, suffix, read_rows, exclude=None) -> CopyBatch\n\n"
+"batch(prefix, suffix, read_rows, exclude=None, segment=0) -> CopyBatch\n\n"
 "A sink for one COPY: prefix/suffix (bytes) around each body, read_rows the rows read before\n"
-"(balanced partitioning counts on), exclude the sorted 16-byte big-endian ids to leave out.");
+"(balanced partitioning counts on), exclude the sorted 16-byte big-endian ids to leave out,\n"
+"segment: cut the output into batches of that many rows (0: one batch).");
 
 static PyObject *
 plan_batch(CopyPlan *plan, PyObject *args, PyObject *kwargs)
 {
     PyObject *prefix, *suffix, *exclude = Py_None;
     long long read_rows;
-    static char *keywords[] = {"prefix", "suffix", "read_rows", "exclude", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!L|O:batch", keywords, &PyBytes_Type, &prefix, &PyBytes_Type,
-                                     &suffix, &read_rows, &exclude))
+    Py_ssize_t segment = 0;
+    static char *keywords[] = {"prefix", "suffix", "read_rows", "exclude", "segment", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!L|On:batch", keywords, &PyBytes_Type, &prefix, &PyBytes_Type,
+                                     &suffix, &read_rows, &exclude, &segment))
         return NULL;
     if (exclude != Py_None && (!PyBytes_Check(exclude) || PyBytes_GET_SIZE(exclude) % 16)) {
         PyErr_SetString(PyExc_TypeError, "batch(): exclude must be None or bytes of 16-byte ids");
         return NULL;
     }
-    if (read_rows < 0) {
-        PyErr_SetString(PyExc_ValueError, "batch(): read_rows must not be negative");
+    if (read_rows < 0 || segment < 0) {
+        PyErr_SetString(PyExc_ValueError, "batch(): read_rows and segment must not be negative");
         return NULL;
     }
     CopyBatch *b = PyObject_GC_New(CopyBatch, &CopyBatchType);
@@ -874,6 +938,7 @@ plan_batch(CopyPlan *plan, PyObject *args, PyObject *kwargs)
     b->suffix = Py_NewRef(suffix);
     b->exclude = exclude == Py_None || PyBytes_GET_SIZE(exclude) == 0 ? NULL : Py_NewRef(exclude);
     b->read_rows = read_rows;
+    b->segment = segment;
     writer_init(&b->tail);
     writer_init(&b->scratch);
     writer_init(&b->hashed);
@@ -889,7 +954,8 @@ plan_batch(CopyPlan *plan, PyObject *args, PyObject *kwargs)
         Py_DECREF(b);
         return PyErr_NoMemory();
     }
-    if (plan->has_identities && (b->identities = PyList_New(0)) == NULL) {
+    if ((plan->has_identities && (b->identities = PyList_New(0)) == NULL)
+        || (segment && (b->segments = PyList_New(0)) == NULL)) {
         PyObject_GC_Track(b);
         Py_DECREF(b);
         return NULL;

@@ -124,6 +124,30 @@ class CopyReader:
         read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot)
         return read
 
+    def read_batches(self, offset: PollingOffset | None, count: int, *, read_rows: int = 0,
+                     include_metadata: bool = True) -> tuple[list[CopyRead], SourceError | None]:
+        """Up to ``count`` batches after ``offset`` in one COPY: what ``count`` successive ``read_batch``
+        calls give (each framed as a batch of its own, with its own offset), read in one statement and
+        one snapshot, so the per-statement cost (planning, the round trip, the definition check) is paid
+        once. Returns the batches, and the error of a bad row after them (its batch and later ones are
+        not returned). Not for xid8 tracking (a short batch ends a tick) nor custom queries."""
+        reader = self.reader
+        if reader.plan is None or reader.exact:
+            raise ValueError(f"table {reader.table_name}: read_batches is for tables without xid8 tracking")
+        reading, params = reader.batch_reading(offset)
+        params = {**params, **self._definition, "limit": reader.batch_size * count}
+        segments = self._copy(self._batch_statement(reading), params, reading.snapshot, read_rows, include_metadata,
+                              "reading a batch", segment=reader.batch_size)
+        reads, error = [], None
+        for segment in segments:
+            if segment[-1] is not None:
+                error = self._error(*segment[-1])
+                break
+            read = self._decoded(segment)
+            read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot)
+            reads.append(read)
+        return reads, error
+
     def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, after: tuple | None = None, *,
                        exclude: bytes = b"", read_rows: int = 0, include_metadata: bool = True) -> CopyRead:
         """``TableReader.read_late_rows``, encoded, without the messages whose ids ``exclude`` (sorted
@@ -156,6 +180,15 @@ class CopyReader:
 
     def _read(self, statement: str, params: dict, snapshot: bool, read_rows: int, include_metadata: bool, what: str,
               exclude: bytes = b"") -> CopyRead:
+        """One COPY as one batch; a bad row raises its error."""
+        finished = self._copy(statement, params, snapshot, read_rows, include_metadata, what, exclude)
+        if finished[-1] is not None:
+            raise self._error(*finished[-1])
+        return self._decoded(finished)
+
+    def _copy(self, statement: str, params: dict, snapshot: bool, read_rows: int, include_metadata: bool, what: str,
+              exclude: bytes = b"", segment: int = 0):
+        """Run the COPY into a new sink (again on a retry): its ``finish()`` (a list of them with ``segment``)."""
         reader = self.reader
         if self._enveloped and include_metadata:
             prefix, suffix = (part.encode() for part in envelope_parts(reader.table_name, "SELECT", iso_timestamp()))
@@ -163,31 +196,35 @@ class CopyReader:
             prefix = suffix = b""
         plan = self._plans[snapshot]
 
-        def run() -> tuple:
-            sink = plan.batch(prefix, suffix, read_rows, exclude or None)
+        def run():
+            sink = plan.batch(prefix, suffix, read_rows, exclude or None, segment)
             copy_to(reader.conn, statement, params, sink)
             return sink.finish()
 
-        parts, rows, messages, position, first_snapshot, ids, identities, problem = reader.guarded(run, what)
-        if problem is not None:
-            self._raise(*problem)
-        if not rows and self._definition:
+        finished = reader.guarded(run, what)
+        first = finished[0] if segment else finished
+        if not first[1] and first[-1] is None and self._definition:
             reader.check_definition()  # no row may also mean: the table's columns changed (copy_query.py)
+        return finished
+
+    @staticmethod
+    def _decoded(finished: tuple) -> CopyRead:
+        parts, rows, messages, position, first_snapshot, ids, identities, _ = finished
         frames = [PartitionFrames(partition, count, blob, sums) for partition, count, blob, sums in parts]
         return CopyRead(frames, rows, messages, position, first_snapshot, ids, identities)
 
-    def _raise(self, code: int, detail) -> None:
+    def _error(self, code: int, detail) -> SourceError:
         """The error the row path raises for the same row (``RowEncoder``), or one naming table and column."""
         reader = self.reader
         name = reader.table_name
         plan = reader.plan
         if code == copyjson.E_NULL_TRACKING:
-            raise SourceError(f"custom_query: a row has NULL in tracking_column {reader.tracking_column!r}: "
-                              f"{detail[0][:200]}")
+            return SourceError(f"custom_query: a row has NULL in tracking_column {reader.tracking_column!r}: "
+                               f"{detail[0][:200]}")
         if code in (copyjson.E_NULL_PAYLOAD, copyjson.E_EMPTY_PAYLOAD):
             position, message_id = detail
             column = plan.payload[0] if plan is not None and plan.payload else "?"
-            raise SourceError(
+            return SourceError(
                 f"table {name}: row {', '.join(map(str, position))} (message id {message_id:#x}) has"
                 f" {'a NULL' if code == copyjson.E_NULL_PAYLOAD else 'an empty'} payload_column {column!r};"
                 " Iggy takes no empty message")
@@ -195,7 +232,7 @@ class CopyReader:
             values, size = detail
             columns = plan.key_columns if plan is not None else (reader.tracking_column,)
             key = ", ".join(f"{column}={value}" for column, value in zip(columns, values))
-            raise SourceError(
+            return SourceError(
                 f"table {name}, row {key}: its message is {size:,} bytes, Iggy takes at most {MAX_PAYLOAD:,};"
                 " pgsource neither splits nor skips a row: make it smaller (or leave the big column out of the"
                 " table pgsource reads), then start again")
@@ -205,6 +242,6 @@ class CopyReader:
             column = next((c for c, k, _ in plan.json_columns if k == key), key)
             type_name = reader.catalog[oid].name if oid is not None else "json"
             shown = text if len(text) <= 80 else text[:80] + "..."
-            raise SourceError(f"table {name}, column {column} (type {type_name}): cannot convert {shown!r} to JSON: {why}")
-        raise SourceError(f"table {name}: unexpected COPY output: {detail}")
+            return SourceError(f"table {name}, column {column} (type {type_name}): cannot convert {shown!r} to JSON: {why}")
+        return SourceError(f"table {name}: unexpected COPY output: {detail}")
 

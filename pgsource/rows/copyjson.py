@@ -113,25 +113,45 @@ class CopyPlanPython:
         self.partitions, self.partition, self.max_payload = partitions, partition, max_payload
         self.columns = [(field, key, convert) for field, _kind_name, key, _fast, convert in columns]
 
-    def batch(self, prefix: bytes, suffix: bytes, read_rows: int, exclude: bytes | None = None) -> CopyBatchPython:
-        return CopyBatchPython(self, prefix, suffix, read_rows, exclude or None)
+    def batch(self, prefix: bytes, suffix: bytes, read_rows: int, exclude: bytes | None = None,
+              segment: int = 0) -> CopyBatchPython:
+        if read_rows < 0 or segment < 0:
+            raise ValueError("batch(): read_rows and segment must not be negative")
+        return CopyBatchPython(self, prefix, suffix, read_rows, exclude or None, segment)
 
 
 class CopyBatchPython:
     """The sink of one COPY (``write`` any chunking), then ``finish()``; see ``_copyjson.c``."""
 
-    def __init__(self, plan: CopyPlanPython, prefix: bytes, suffix: bytes, read_rows: int, exclude: bytes | None) -> None:
+    def __init__(self, plan: CopyPlanPython, prefix: bytes, suffix: bytes, read_rows: int, exclude: bytes | None,
+                 segment: int) -> None:
         self.plan, self.prefix, self.suffix, self.read_rows = plan, prefix, suffix, read_rows
         self.exclude = {exclude[i:i + 16] for i in range(0, len(exclude), 16)} if exclude else set()
+        self.segment = segment
+        self.segments: list[tuple] = []
         self.tail = b""
-        self.parts: dict[int, tuple[list[int], list[bytes]]] = {}
-        self.ids: list[bytes] = []
-        self.identities = [] if plan.identities is not None else None
         self.snapshot = None
-        self.position: tuple | None = None
-        self.rows = self.messages = 0
+        self.rows = self.messages = 0  # of the whole COPY
         self.problem: _Problem | None = None
         self.finished = False
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        self.parts: dict[int, tuple[list[int], list[bytes]]] = {}
+        self.ids: list[bytes] = []
+        self.identities = [] if self.plan.identities is not None else None
+        self.position: tuple | None = None
+        self.seg_rows = self.seg_messages = 0
+
+    def _segment_tuple(self) -> tuple:
+        parts = []
+        for partition, (ids, payloads) in self.parts.items():
+            frames, sums = encode_frames_python(ids, payloads)
+            parts.append((partition, len(ids), frames, sums))
+        out = (parts, self.seg_rows, self.seg_messages, self.position, self.snapshot, b"".join(self.ids),
+               self.identities, None)
+        self._start_segment()
+        return out
 
     def writable(self) -> bool:
         return True
@@ -148,6 +168,9 @@ class CopyBatchPython:
                     self._line(line)
                 except _Problem as problem:
                     self.problem = problem
+                    continue
+                if self.segment and self.seg_rows == self.segment:
+                    self.segments.append(self._segment_tuple())
         return len(data)
 
     def finish(self) -> tuple:
@@ -157,13 +180,12 @@ class CopyBatchPython:
         if self.tail and self.problem is None:
             self.problem = _Problem(E_FORMAT, "the COPY output ended in the middle of a row")
         if self.problem is not None:
-            return [], self.rows, self.messages, None, None, b"", None, (self.problem.code, self.problem.detail)
-        parts = []
-        for partition, (ids, payloads) in self.parts.items():
-            frames, sums = encode_frames_python(ids, payloads)
-            parts.append((partition, len(ids), frames, sums))
-        return (parts, self.rows, self.messages, self.position, self.snapshot, b"".join(self.ids), self.identities,
-                None)
+            last = ([], self.seg_rows, self.seg_messages, None, None, b"", None, (self.problem.code, self.problem.detail))
+        elif self.segment and not self.seg_rows and self.segments:
+            return self.segments  # the COPY ended on a segment's last row
+        else:
+            last = self._segment_tuple()
+        return [*self.segments, last] if self.segment else last
 
     # -- one line -----------------------------------------------------------------------------
 
@@ -185,6 +207,7 @@ class CopyBatchPython:
         plan = self.plan
         values = self._split(line)
         self.rows += 1
+        self.seg_rows += 1
         self.position = self._texts(values, plan.positions)
         if self.rows == 1 and plan.snapshot >= 0:
             self.snapshot = None if values[plan.snapshot] is None else _text(values[plan.snapshot])
@@ -214,6 +237,7 @@ class CopyBatchPython:
         if self.identities is not None:
             self.identities.append(self._texts(values, plan.identities))
         self.messages += 1
+        self.seg_messages += 1
 
     def _body(self, values: list, message_id: int) -> bytes:
         plan = self.plan

@@ -177,9 +177,9 @@ deadline, count = time.monotonic() + SECONDS, 0
 while time.monotonic() < deadline:
     plan, makers, fields = random_plan(rng, True)
     exclude = _copyjson.sort_ids(b"".join(rng.getrandbits(128).to_bytes(16, "big") for _ in range(rng.randint(0, 3))))
-    sink = plan.batch(b"<" * rng.randint(0, 3000), b">", rng.randint(0, 9), exclude or None)
+    sink = plan.batch(b"<" * rng.randint(0, 3000), b">", rng.randint(0, 9), exclude or None, rng.choice([0, 0, 1, 2, 5]))
     result = feed(sink, random_copy(rng, makers, fields, rng.randint(0, 12)), rng)
-    assert len(result) == 8
+    assert isinstance(result, (tuple, list)) and result
     count += 1
 print("copyjson", count)
 """

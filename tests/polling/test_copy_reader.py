@@ -288,3 +288,34 @@ def test_random_values_of_every_type_give_the_row_paths_messages(random_table, r
     for reader, copy in pairs:
         read, fast = _same_read(reader, copy, None, 0, True)
         assert fast.rows == len(rows)
+
+
+@both
+@pytest.mark.parametrize("partitioning", ["primary_key", "balanced"])
+def test_one_copy_of_several_batches_gives_the_batches_one_by_one(pg_dsn, native, partitioning):
+    _bench_like(pg_dsn, 40)
+    _, reader, copy = _readers(pg_dsn, native, table="b", batch_size=6,
+                               iggy={"partitions": 3, "partitioning": partitioning})
+    offset, read_rows, copies = None, 0, 0
+    while True:
+        reads, error = copy.read_batches(offset, 4, read_rows=read_rows)
+        copies += 1
+        assert error is None and 1 <= len(reads) <= 4
+        for read in reads:
+            one = copy.read_batch(offset, read_rows=read_rows)
+            assert (read.parts, read.ids, read.rows, read.position, read.after) == (
+                one.parts, one.ids, one.rows, one.position, one.after)
+            offset, read_rows = read.after, read_rows + read.rows
+        if reads[-1].rows < 6:
+            break
+    assert (read_rows, copies) == (40, 2)
+
+
+@both
+def test_a_bad_row_in_a_later_batch_of_one_copy_keeps_the_batches_before_it(pg_dsn, native):
+    execute(pg_dsn, "CREATE TABLE q (id serial PRIMARY KEY, body text)")
+    execute(pg_dsn, "INSERT INTO q (body) SELECT CASE WHEN g = 8 THEN NULL ELSE 'b' || g END FROM generate_series(1, 12) g")
+    _, reader, copy = _readers(pg_dsn, native, table="q", batch_size=3, payload_column="body", payload_format="text")
+    reads, error = copy.read_batches(None, 4)
+    assert [read.rows for read in reads] == [3, 3] and reads[-1].after.position == ("6",)
+    assert isinstance(error, SourceError) and "row 8 (message id 0x" in str(error)
