@@ -13,7 +13,7 @@ PostgreSQL backend serving it (``/proc/<pid>/stat`` utime + stime), and the wall
 | ``copy_c`` | ``CopyReader.read_batch`` with the C decoder: COPY, ids, partitions, envelopes, JSON, frames |
 | ``copy_c_x10`` | the same, ten batches per COPY statement (``CopyReader.read_batches``) |
 | ``copy_python`` | the same with the pure-Python twin (on ``--python-rows`` rows only) |
-| ``rows`` | today's path: ``TableReader.read_batch`` (``row_to_json``) + ``RowEncoder.encode_batch`` + ``encode_partition_frames`` |
+| ``rows`` | the row path: ``PollingReader.read_batch`` (``row_to_json``) + ``RowEncoder.encode_batch`` + ``encode_partition_frames`` |
 | ``*_late`` | the same with ``late_commits: auto`` (every read also returns its snapshot) |
 
 The null sink is ``open(os.devnull, "wb")``: psycopg2 calls its (C) ``write`` once per row, as it
@@ -69,7 +69,7 @@ class Bench:
     def __init__(self, dsn: str, batch_size: int, late: bool) -> None:
         from pgsource.config.model import Config
         from pgsource.pg import connect as pg
-        from pgsource.rows.reader import TableReader
+        from pgsource.polling.reader import open_reader
 
         config = Config.model_validate({
             "source": {"connection_string": dsn, "mode": "polling", "tables": ["bench_t"], "batch_size": batch_size,
@@ -77,8 +77,7 @@ class Bench:
             "iggy": {"address": "127.0.0.1:1"},
         })
         self.conn = pg.connect(dsn)
-        self.reader = TableReader(self.conn, config, config.source.tables[0])
-        self.include_metadata = config.source.include_metadata
+        self.reader = open_reader(self.conn, config, config.source.tables[0])
         self.batch_size = batch_size
 
     def backend(self) -> int:
@@ -94,9 +93,9 @@ class Bench:
         offset, rows = None, 0
         while limit is None or rows < limit:
             if batches == 1:
-                reads = [copy.read_batch(offset, read_rows=rows, include_metadata=self.include_metadata)]
+                reads = [copy.read_batch(offset, self.batch_size, read_rows=rows)]
             else:
-                reads, error = copy.read_batches(offset, batches, read_rows=rows, include_metadata=self.include_metadata)
+                reads, error = copy.read_batches(offset, self.batch_size, batches, read_rows=rows)
                 assert error is None
             for read in reads:
                 assert read.messages == read.rows and sum(part.count for part in read.parts) == read.rows
@@ -111,10 +110,10 @@ class Bench:
         reader = self.reader
         offset, rows = None, 0
         while True:
-            read = reader.read_batch(offset)
+            read = reader.read_batch(offset, self.batch_size)
             if not read.rows:
                 return rows
-            encoded = reader.encoder.encode_batch(read.rows, self.include_metadata, rows)
+            encoded = reader.encoder.encode_batch(read.rows, rows)
             messages = encoded.messages
             encode_partition_frames(messages.ids, messages.partitions, messages.payloads, where="bench_t")
             offset, rows = read.after, rows + len(read.rows)
@@ -123,17 +122,20 @@ class Bench:
         """The COPY path's batch statements into a null sink, offsets computed (ids are 1..N); ``check``:
         with the column-definition condition (``copy_query._same_definition``) the COPY path adds."""
         from pgsource.pg.copy_query import _same_definition, build_copy_layout
-        from pgsource.pg.query import build_batch_query
+        from pgsource.pg.select import build_batch_query
         from pgsource.pg.statements import copy_to, render
+        from pgsource.pg.types import load_column_types
         from pgsource.state import PollingOffset
 
         reader = self.reader
-        layout = build_copy_layout(reader.plan, reader.column_types, reader.catalog)
+        layout = build_copy_layout(reader.plan, reader.column_types,
+                                   load_column_types(self.conn, set(reader.column_types.values())))
         oid, definition = reader._definition
         statements = {}
         with open(os.devnull, "wb") as sink:
             for start in range(0, total, self.batch_size):
-                reading, params = reader.batch_reading(PollingOffset((str(start),), 0, None) if start else None)
+                reading, params = reader.batch_reading(PollingOffset((str(start),), 0, None) if start else None,
+                                                       self.batch_size)
                 statement = statements.get(reading)
                 if statement is None:
                     select = build_batch_query(reader.plan, reading, sql.SQL(", ").join(layout.select),

@@ -25,14 +25,9 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from pgsource.pg import types as t
-from pgsource.pg.query import (
-    XMIN,
-    PollPlan,
-    Reading,
-    build_batch_query,
-    build_custom_select,
-    build_rows_by_key,
-)
+from pgsource.pg.custom_query import build_custom_select
+from pgsource.pg.plan import XMIN, PollPlan
+from pgsource.pg.select import Reading, build_batch_query, build_rows_by_key
 
 INTEGERS = (20, 21, 23)  # int8, int2, int4: their ::text is their output text, so a data field serves as position
 
@@ -107,7 +102,7 @@ def _copy(select: sql.Composable) -> sql.Composed:
 
 def _same_definition() -> sql.Composable:
     """True while the table's columns are those of the plan (params ``relation``, ``definition``:
-    ``query.table_definition``); an InitPlan, evaluated once per statement."""
+    ``select.table_definition``); an InitPlan, evaluated once per statement."""
     return sql.SQL(
         "(SELECT coalesce(string_agg(a.attname || ' ' || a.atttypid::text, ',' ORDER BY a.attnum), '')"
         " FROM pg_attribute a WHERE a.attrelid = %(relation)s AND a.attnum > 0 AND NOT a.attisdropped)"

@@ -1,8 +1,8 @@
 """``CopyReader``: a table's batches read as COPY text and encoded in the same pass (polling's fast path).
 
-The row path (``TableReader.read_batch`` + ``RowEncoder.encode_batch`` + ``encode_partition_frames``)
+The row path (a reader's ``read_batch`` + ``RowEncoder.encode_batch`` + ``encode_partition_frames``)
 has PostgreSQL build every row's JSON and makes Python objects per row. ``CopyReader`` reads
-the same rows (the same WHERE, ORDER BY and bound values: ``TableReader.batch_reading``) with
+the same rows (the same WHERE, ORDER BY and bound values: the reader's ``batch_reading``) with
 ``COPY (SELECT <columns>) TO STDOUT`` straight into the decoder of ``pgsource/rows/copyjson.py``,
 which writes ids, partitions, envelopes, row JSON and Iggy frames without a Python object per
 row. The messages are byte for byte those of the row path (``tests/polling/test_copy_reader.py``).
@@ -11,6 +11,9 @@ A read returns a ``CopyRead``: per partition one blob of frames, and what the wo
 afterwards (the offset after the last row, the snapshot for late commits, the ids when a range
 stays unsealed, the identities for delete/mark). Needs PostgreSQL 14+ (the type catalog) and
 a UTF-8 client encoding; ``CopyReader.supports`` says whether a reader qualifies.
+
+It wraps the reader it reads for (``KeysetReader``, the polling reader on top of it, or the custom
+query's reader: ``plan`` None), which keeps its plan, its offsets' rules and its error handling.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from pgsource.pg.copy_query import (
     build_copy_layout,
     build_copy_rows_by_key,
 )
-from pgsource.pg.query import Reading
+from pgsource.pg.select import Reading, by_key_params
 from pgsource.pg.statements import copy_to, render
+from pgsource.pg.types import load_column_types
 from pgsource.rows import copyjson
 from pgsource.rows.copyjson import column_spec, compile_copy_plan
-from pgsource.rows.reader import TableReader, by_key_params
 from pgsource.state import PollingOffset
 
 
@@ -58,50 +61,55 @@ class CopyRead:
 
 
 class CopyReader:
-    """Reads a ``TableReader``'s table (or custom query) by COPY; ``native``: force C (True) or Python (False)."""
+    """Reads a reader's table (or custom query) by COPY; ``native``: force C (True) or Python (False)."""
 
-    def __init__(self, reader: TableReader, *, native: bool | None = None) -> None:
+    def __init__(self, reader, *, native: bool | None = None) -> None:
         if not self.supports(reader):
             raise ValueError(f"table {reader.table_name}: the COPY read needs PostgreSQL 14+ and a UTF-8 client encoding")
         self.reader = reader
         plan = reader.plan
-        config = reader.config
+        encoder = reader.encoder
+        self.include_metadata = encoder.include_metadata
         if plan is None:
             self.layout: CopyLayout = CUSTOM_LAYOUT
             fields, columns = CUSTOM_FIELDS, []
             self._statements: dict[object, str] = {"custom": render(build_copy_custom(reader._custom, reader.tracking_column),
                                                                     reader.conn)}
             self._definition: dict[str, object] = {}
+            self.catalog = None
         else:
-            self.layout = build_copy_layout(plan, reader.column_types, reader.catalog)
+            self.catalog = catalog = load_column_types(reader.conn, set(reader.column_types.values()))
+            self.layout = build_copy_layout(plan, reader.column_types, catalog)
             fields = self.layout.fields
-            columns = [column_spec(field, key, oid, reader.catalog, index == 0)
+            columns = [column_spec(field, key, oid, catalog, index == 0)
                        for index, (field, key, oid) in enumerate(self.layout.data)]
             self._statements = {}
             oid, definition = reader._definition
             self._definition = {"relation": oid, "definition": definition}
         self._enveloped = plan is None or plan.payload is None
-        partitions = config.iggy.partitions
+        partitions = encoder.partitions
         choose, partition = {Partitioning.TABLE: ("fixed", key_partition(reader.table_name, partitions)),
-                             Partitioning.BALANCED: ("balanced", 0)}.get(config.iggy.partitioning, ("key", 0))
+                             Partitioning.BALANCED: ("balanced", 0)}.get(encoder.partitioning, ("key", 0))
         if choose == "key" and partitions == 1:
             choose = "fixed"
         layout = self.layout
+        acts_on_rows = getattr(reader, "acts_on_rows", False)
 
         def compile_plan(snapshot: int | None):
             return compile_copy_plan(
                 table=reader.table_name, fields=fields + (snapshot is not None), ids=layout.ids, keys=layout.keys,
-                positions=layout.positions, identities=layout.identities if reader.acts_on_rows else None,
+                positions=layout.positions, identities=layout.identities if acts_on_rows else None,
                 snapshot=snapshot, body=layout.body, body_field=layout.body_field, columns=columns,
                 partitioning=choose, partitions=partitions, partition=partition, max_payload=MAX_PAYLOAD, native=native)
 
         self._plans = {False: compile_plan(None), True: compile_plan(fields)}  # by reading.snapshot
 
     @staticmethod
-    def supports(reader: TableReader) -> bool:
+    def supports(reader) -> bool:
         """Whether ``reader``'s table can be read by COPY (else the row path reads it)."""
-        encoding = getattr(reader.conn, "encoding", "UTF8")
-        return encoding in ("UTF8", "UNICODE") and (reader.plan is None or reader.catalog is not None)
+        conn = reader.conn
+        encoding = getattr(conn, "encoding", "UTF8")
+        return encoding in ("UTF8", "UNICODE") and (reader.plan is None or conn.server_version >= 140000)
 
     @property
     def native(self) -> bool:
@@ -109,61 +117,62 @@ class CopyReader:
 
     # -- the reads ----------------------------------------------------------------------------
 
-    def read_batch(self, offset: PollingOffset | None, *, read_rows: int = 0, include_metadata: bool = True) -> CopyRead:
-        """The batch after ``offset`` (``TableReader.read_batch``'s rows), encoded; ``read_rows``: the rows
+    def read_batch(self, offset: PollingOffset | None, batch_size: int, *, read_rows: int = 0) -> CopyRead:
+        """The batch after ``offset`` (the reader's ``read_batch``'s rows), encoded; ``read_rows``: the rows
         read before it (``partitioning: balanced``)."""
         reader = self.reader
         if reader.plan is None:
-            read = self._read(self._statements["custom"], reader.custom_params(offset), False, read_rows,
-                              include_metadata, "reading a batch")
+            read = self._read(self._statements["custom"], reader.custom_params(offset, batch_size), False, read_rows,
+                              "reading a batch")
             read.after = PollingOffset(read.position, read.rows, reader.chunk) if read.rows else offset
             return read
-        reading, params = reader.batch_reading(offset)
+        reading, params = reader.batch_reading(offset, batch_size)
         read = self._read(self._batch_statement(reading), {**params, **self._definition}, reading.snapshot, read_rows,
-                          include_metadata, "reading a batch")
-        read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot)
+                          "reading a batch")
+        read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot,
+                                                       batch_size)
         return read
 
-    def read_batches(self, offset: PollingOffset | None, count: int, *, read_rows: int = 0,
-                     include_metadata: bool = True) -> tuple[list[CopyRead], SourceError | None]:
+    def read_batches(self, offset: PollingOffset | None, batch_size: int, count: int, *,
+                     read_rows: int = 0) -> tuple[list[CopyRead], SourceError | None]:
         """Up to ``count`` batches after ``offset`` in one COPY: what ``count`` successive ``read_batch``
         calls give (each framed as a batch of its own, with its own offset), read in one statement and
         one snapshot, so the per-statement cost (planning, the round trip, the definition check) is paid
         once. Returns the batches, and the error of a bad row after them (its batch and later ones are
         not returned). Not for xid8 tracking (a short batch ends a tick) nor custom queries."""
         reader = self.reader
-        if reader.plan is None or reader.exact:
+        if reader.plan is None or getattr(reader, "exact", False):
             raise ValueError(f"table {reader.table_name}: read_batches is for tables without xid8 tracking")
-        reading, params = reader.batch_reading(offset)
-        params = {**params, **self._definition, "limit": reader.batch_size * count}
-        segments = self._copy(self._batch_statement(reading), params, reading.snapshot, read_rows, include_metadata,
-                              "reading a batch", segment=reader.batch_size)
+        reading, params = reader.batch_reading(offset, batch_size)
+        params = {**params, **self._definition, "limit": batch_size * count}
+        segments = self._copy(self._batch_statement(reading), params, reading.snapshot, read_rows, "reading a batch",
+                              segment=batch_size)
         reads, error = [], None
         for segment in segments:
             if segment[-1] is not None:
                 error = self._error(*segment[-1])
                 break
             read = self._decoded(segment)
-            read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot)
+            read.snapshot, read.after = reader.next_offset(offset, reading, read.rows, read.position, read.snapshot,
+                                                           batch_size)
             reads.append(read)
         return reads, error
 
-    def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, after: tuple | None = None, *,
-                       exclude: bytes = b"", read_rows: int = 0, include_metadata: bool = True) -> CopyRead:
-        """``TableReader.read_late_rows``, encoded, without the messages whose ids ``exclude`` (sorted
+    def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, batch_size: int, after: tuple | None = None,
+                       *, exclude: bytes = b"", read_rows: int = 0) -> CopyRead:
+        """The reader's ``read_late_rows``, encoded, without the messages whose ids ``exclude`` (sorted
         16-byte ids, as ``sort_ids`` gives) holds: those the range's first read sent."""
-        reading, params = self.reader.late_reading(lo, hi, snapshot, after)
+        reading, params = self.reader.late_reading(lo, hi, snapshot, batch_size, after)
         return self._read(self._batch_statement(reading), {**params, **self._definition}, False, read_rows,
-                          include_metadata, "re-reading late rows", exclude)
+                          "re-reading late rows", exclude)
 
-    def read_rows_by_key(self, keys: list[tuple], hi: tuple, *, read_rows: int = 0,
-                         include_metadata: bool = True) -> CopyRead:
-        """``TableReader.read_rows_by_key``, encoded."""
+    def read_rows_by_key(self, keys: list[tuple], hi: tuple, *, read_rows: int = 0) -> CopyRead:
+        """The reader's ``read_rows_by_key``, encoded."""
         statement = self._statements.get("by_key")
         if statement is None:
             statement = self._statements["by_key"] = render(build_copy_rows_by_key(self.reader.plan, self.layout),
                                                             self.reader.conn)
-        read = self._read(statement, by_key_params(keys, hi), False, read_rows, include_metadata,
+        read = self._read(statement, by_key_params(keys, hi), False, read_rows,
                           "reading rows updated since they were sent")
         if read.rows:
             self.reader.check_definition()  # no definition in this statement: checked as the row path does
@@ -178,19 +187,19 @@ class CopyReader:
                                                            self.reader.conn)
         return statement
 
-    def _read(self, statement: str, params: dict, snapshot: bool, read_rows: int, include_metadata: bool, what: str,
+    def _read(self, statement: str, params: dict, snapshot: bool, read_rows: int, what: str,
               exclude: bytes = b"") -> CopyRead:
         """One COPY as one batch; a bad row raises its error."""
-        finished = self._copy(statement, params, snapshot, read_rows, include_metadata, what, exclude)
+        finished = self._copy(statement, params, snapshot, read_rows, what, exclude)
         if finished[-1] is not None:
             raise self._error(*finished[-1])
         return self._decoded(finished)
 
-    def _copy(self, statement: str, params: dict, snapshot: bool, read_rows: int, include_metadata: bool, what: str,
+    def _copy(self, statement: str, params: dict, snapshot: bool, read_rows: int, what: str,
               exclude: bytes = b"", segment: int = 0):
         """Run the COPY into a new sink (again on a retry): its ``finish()`` (a list of them with ``segment``)."""
         reader = self.reader
-        if self._enveloped and include_metadata:
+        if self._enveloped and self.include_metadata:
             prefix, suffix = (part.encode() for part in envelope_parts(reader.table_name, "SELECT", iso_timestamp()))
         else:
             prefix = suffix = b""
@@ -240,7 +249,7 @@ class CopyReader:
             index, text, why = detail
             _, key, oid = self.layout.data[index]
             column = next((c for c, k, _ in plan.json_columns if k == key), key)
-            type_name = reader.catalog[oid].name if oid is not None else "json"
+            type_name = self.catalog[oid].name if oid is not None else "json"
             shown = text if len(text) <= 80 else text[:80] + "..."
             return SourceError(f"table {name}, column {column} (type {type_name}): cannot convert {shown!r} to JSON: {why}")
         return SourceError(f"table {name}: unexpected COPY output: {detail}")

@@ -15,7 +15,8 @@ and re-sends.
 Failures that no retry can fix raise :class:`~pgsource.errors.SinkRefused` (exit 5):
 a wrong password or missing permission, a missing stream or topic with
 ``create_missing: false``, a topic with fewer partitions than ``iggy.partitions``, a
-create option or name the server refuses. Everything else (the server down,
+create option or name the server refuses (but a server that refuses the options the SDK itself
+adds gets the topic created again without options: ``pgsource/sink/topics.py``). Everything else (the server down,
 restarting, slow, a topic deleted under us) is a ``SinkError`` the publisher retries.
 """
 
@@ -25,21 +26,16 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import apache_iggy as iggy
 
 from pgsource.config.duration import format_duration
 from pgsource.config.model import IggyConfig, TopicSettingsConfig
-from pgsource.encode.frames import (
-    SEND_MESSAGES_CODE,
-    PartitionFrames,
-    encode_send_request,
-    split_partition_frames,
-)
+from pgsource.encode.frames import SEND_MESSAGES_CODE, PartitionFrames, SendRequest, encode_send_requests
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.sink import sockets
+from pgsource.sink import sockets, topics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +47,7 @@ WAIT_SLICE = 1.0  # an SDK call is waited for in slices of this, calling ``on_wa
 _PERMANENT = (
     "invalid credentials",  # 42, or an Eviction frame with reason InvalidCredentials
     "unauthorized",  # 41: the user lacks the permission
-    "unsupported option key",  # 4041: the server refuses a create option the SDK sends
+    "unsupported option key",  # 4041: the server refuses a create option (the SDK's own: retried without, topics.py)
     "invalid option value",  # 4042
     "invalid stream name",  # 1013
     "invalid topic name",  # 2014
@@ -78,7 +74,7 @@ class IggySink:
         self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
         self._told: set[tuple[str, str]] = set()  # existing topics whose differing settings were logged
-        self._port = int(config.address.rsplit(":", 1)[1])
+        self._port = config.server.port
 
     # -- connection ---------------------------------------------------------------------
 
@@ -190,9 +186,17 @@ class IggySink:
             if not self.config.create_missing:
                 raise SinkRefused(f"{where} does not exist and iggy.create_missing is false")
             what = f"{self.config.partitions} partition(s), {settings.describe()}"
-            created = await self._create(
-                client.create_topic(stream, topic, self.config.partitions, **_topic_options(settings)),
-                f"{where}: creating it with {what}")
+            try:
+                created = await self._create(
+                    client.create_topic(stream, topic, self.config.partitions, **_topic_options(settings)),
+                    f"{where}: creating it with {what}")
+            except SinkRefused as exc:
+                if not topics.refuses_options(exc):
+                    raise
+                body = topics.encode_create_topic_request(stream, topic, self.config.partitions)
+                if await self._create(client.send_binary_request(topics.CREATE_TOPIC_CODE, body), f"{where}: creating it"):
+                    log.warning("%s", topics.describe_fallback(self.config.address, where, self.config.partitions, settings))
+                created = False
             if created:
                 log.info("created %s with %s", where, what)
             details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
@@ -229,41 +233,43 @@ class IggySink:
     async def send_frames(
         self, stream: str, topic: str, parts: list[PartitionFrames], confirmed: set[int] | None = None
     ) -> int:
-        """Send one encoded batch; returns the messages confirmed (all of them, or it raises).
+        """Send one batch of frames: its requests built here (``encode_send_requests``), then
+        ``send_requests``. The service's publisher gets its requests ready-made from the workers."""
+        try:
+            requests = encode_send_requests(stream, topic, parts, time.time_ns() // 1000)
+        except ValueError as exc:
+            raise SinkRefused(f"sending to {stream}/{topic}: {exc}") from None
+        return await self.send_requests(stream, topic, requests, confirmed)
 
-        One request per partition, and more when a partition's frames exceed what one
-        request may carry. ``confirmed`` (kept by the caller across retries of the same
-        batch) collects the requests Iggy already confirmed, which a retry skips.
+    async def send_requests(
+        self, stream: str, topic: str, requests: Sequence[SendRequest], confirmed: set[int] | None = None
+    ) -> int:
+        """Send one batch as its ready SendMessages bodies; returns the messages confirmed (all of
+        them, or it raises). The SDK adds only the request header.
+
+        ``confirmed`` (kept by the caller across retries of the same batch) collects the
+        requests Iggy already confirmed, which a retry skips.
         """
         client = self._require()
         await self.ensure_topic(stream, topic)
         sent = 0
-        ordinal = 0
-        for part in parts:
+        for ordinal, request in enumerate(requests):
+            if confirmed is not None and ordinal in confirmed:
+                sent += request.count
+                continue
+            what = f"sending {request.count} messages to {stream}/{topic}"
             try:
-                pieces = split_partition_frames(part)
-            except ValueError as exc:
-                raise SinkRefused(f"sending to {stream}/{topic}: {exc}") from None
-            for piece in pieces:
-                if confirmed is not None and ordinal in confirmed:
-                    sent += piece.count
-                    ordinal += 1
-                    continue
-                body = encode_send_request(stream, topic, piece, time.time_ns() // 1000)
-                what = f"sending {piece.count} messages to {stream}/{topic}"
-                try:
-                    reply = await self._call(client.send_binary_request(SEND_MESSAGES_CODE, body), what)
-                except SinkError as exc:
-                    if _is_not_found(exc):
-                        self._known.discard((stream, topic))  # look again (and re-create) before the retry
-                    raise
-                partition = decode_send_confirmation(reply)
-                if partition is not None and partition != piece.partition:
-                    raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {partition}, not {piece.partition}")
-                if confirmed is not None:
-                    confirmed.add(ordinal)
-                sent += piece.count
-                ordinal += 1
+                reply = await self._call(client.send_binary_request(SEND_MESSAGES_CODE, request.body), what)
+            except SinkError as exc:
+                if _is_not_found(exc):
+                    self._known.discard((stream, topic))  # look again (and re-create) before the retry
+                raise
+            partition = decode_send_confirmation(reply)
+            if partition is not None and partition != request.partition:
+                raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {partition}, not {request.partition}")
+            if confirmed is not None:
+                confirmed.add(ordinal)
+            sent += request.count
         return sent
 
     def _require(self) -> iggy.IggyClient:
@@ -294,7 +300,7 @@ def _tls_options(config: IggyConfig) -> dict:
     if not tls.enabled:
         return {}
     options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
-               "tls_domain": tls.domain or config.address.rpartition(":")[0].strip("[]")}
+               "tls_domain": config.tls_domain}
     if tls.ca_file:
         options["tls_ca_file"] = tls.ca_file
     return options

@@ -1,7 +1,7 @@
 """The COPY read (``CopyReader``) gives the messages of the row path, byte for byte, for the same rows.
 
 Each test builds a table in a fresh database of the private cluster, then reads it batch by batch
-twice, from the same offsets: the row path (``TableReader.read_batch`` + ``RowEncoder.encode_batch``
+twice, from the same offsets: the row path (the reader's ``read_batch`` + ``RowEncoder.encode_batch``
 + ``encode_partition_frames``: PostgreSQL's ``row_to_json``) and the COPY path, in C and in Python.
 The frames (ids, payloads, partitions, checksums), the offsets, the identities and the snapshots
 must agree, through every batch to the end of the table.
@@ -20,9 +20,9 @@ from pgsource.encode.frames import encode_partition_frames
 from pgsource.errors import SourceError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.polling.late_commits import SentIds
+from pgsource.polling.reader import open_reader
 from pgsource.rows import copyjson
 from pgsource.rows.copy_reader import CopyReader
-from pgsource.rows.reader import TableReader
 from pgsource.state import PollingOffset
 from tests.decode.oracle import ALL_TYPES_DDL, ALL_TYPES_ROWS
 from tests.decode.test_roundtrip_property import COLUMNS as RANDOM_COLUMNS
@@ -47,16 +47,17 @@ def _readers(dsn: str, native: bool, *, table=None, iggy: dict | None = None, **
         "iggy": {"address": "127.0.0.1:1", **(iggy or {})},
     })
     conn = pg.connect(dsn)
-    reader = TableReader(conn, config, config.source.tables[0] if config.source.tables else None)
+    reader = open_reader(conn, config, config.source.tables[0] if config.source.tables else None)
+    reader.batch_size = config.source.batch_size  # what the worker passes to every read (here: the tests' helpers)
     return config, reader, CopyReader(reader, native=native)
 
 
-def _same_read(reader: TableReader, copy: CopyReader, offset, read_rows: int, include_metadata: bool):
+def _same_read(reader, copy: CopyReader, offset, read_rows: int):
     """One batch both ways from ``offset``; asserts they agree and returns the row path's read."""
-    read = reader.read_batch(offset)
-    encoded = reader.encoder.encode_batch(read.rows, include_metadata, read_rows)
+    read = reader.read_batch(offset, reader.batch_size)
+    encoded = reader.encoder.encode_batch(read.rows, read_rows)
     parts = encode_partition_frames(encoded.messages.ids, encoded.messages.partitions, encoded.messages.payloads)
-    fast = copy.read_batch(offset, read_rows=read_rows, include_metadata=include_metadata)
+    fast = copy.read_batch(offset, reader.batch_size, read_rows=read_rows)
     assert fast.rows == fast.messages == len(read.rows)
     assert fast.parts == parts
     assert fast.message_ids() == encoded.messages.ids
@@ -66,12 +67,11 @@ def _same_read(reader: TableReader, copy: CopyReader, offset, read_rows: int, in
     return read, fast
 
 
-def _read_all(reader: TableReader, copy: CopyReader, include_metadata: bool = True,
-              offset: PollingOffset | None = None) -> int:
+def _read_all(reader, copy: CopyReader, offset: PollingOffset | None = None) -> int:
     """Every batch of the table both ways; the number of rows read."""
     read_rows = 0
     while True:
-        read, _ = _same_read(reader, copy, offset, read_rows, include_metadata)
+        read, _ = _same_read(reader, copy, offset, read_rows)
         if not read.rows:
             return read_rows
         offset, read_rows = read.after, read_rows + len(read.rows)
@@ -89,11 +89,11 @@ def test_every_type_gives_the_row_paths_messages(pg_dsn, native, include_metadat
                     " ADD COLUMN \"Odd \"\"name\"\"\t%s\" text")
     execute(pg_dsn, "UPDATE all_types SET bb = '{{\\\\x01,\\\\x02},{\\\\x03,NULL}}', bp = ROW('t', '\\x00ff'),"
                     " hs = 'a=>1, \"b c\"=>NULL', \"Odd \"\"name\"\"\t%s\" = E'tab\\there' WHERE id = 1")
-    _, reader, copy = _readers(pg_dsn, native, table="all_types", batch_size=2)
+    _, reader, copy = _readers(pg_dsn, native, table="all_types", batch_size=2, include_metadata=include_metadata)
     assert copy.native is native
     # PostgreSQL still writes these columns' JSON: bytea inside arrays and composites, a type with a json cast
     assert [key for _, key, oid in copy.layout.data if oid is None] == ["ba", "bb", "bp", "hs"]
-    assert _read_all(reader, copy, include_metadata) == len(ALL_TYPES_ROWS)
+    assert _read_all(reader, copy) == len(ALL_TYPES_ROWS)
 
 
 def _bench_like(dsn: str, rows: int = 40) -> None:
@@ -150,10 +150,10 @@ def test_delete_and_mark_get_the_same_identities_and_versioned_ids(pg_dsn, nativ
     extra = {"delete_after_read": True} if ack == "delete_after_read" else {"processed_column": "done"}
     _, reader, copy = _readers(pg_dsn, native, table="b", batch_size=4, **extra)
     assert _read_all(reader, copy) == 15
-    read, fast = _same_read(reader, copy, None, 0, True)
+    read, fast = _same_read(reader, copy, None, 0)
     keys = [identity[:-1] for identity in fast.identities[:2]]
     again = reader.read_rows_by_key(keys, read.after.position)
-    encoded = reader.encoder.encode_batch(again, True, 0)
+    encoded = reader.encoder.encode_batch(again, 0)
     by_key = copy.read_rows_by_key(keys, read.after.position)
     assert by_key.parts == encode_partition_frames(encoded.messages.ids, encoded.messages.partitions,
                                                    encoded.messages.payloads)
@@ -188,14 +188,14 @@ def test_custom_query(pg_dsn, native):
 def test_late_rows_leave_out_what_the_first_read_sent(pg_dsn, native):
     _bench_like(pg_dsn, 12)
     _, reader, copy = _readers(pg_dsn, native, table="b", batch_size=100)
-    first = copy.read_batch(None)
+    first = copy.read_batch(None, 100)
     snapshot = "1:1:"  # every row version is "late" for this snapshot: the re-read returns them all
     sent = first.message_ids()[:5]
-    rows = reader.read_late_rows(None, first.after.position, snapshot)
+    rows = reader.read_late_rows(None, first.after.position, snapshot, 100)
     kept = SentIds(sent)
     new = [row for row, message_id in zip(rows, reader.encoder.message_ids(rows)) if message_id not in kept]
-    encoded = reader.encoder.encode_batch(new, True, 3)
-    late = copy.read_late_rows(None, first.after.position, snapshot,
+    encoded = reader.encoder.encode_batch(new, 3)
+    late = copy.read_late_rows(None, first.after.position, snapshot, 100,
                                exclude=copyjson.sort_ids(first.ids[:5 * 16]), read_rows=3)
     assert (late.rows, late.messages) == (12, 7) and late.position == first.after.position
     assert late.parts == encode_partition_frames(encoded.messages.ids, encoded.messages.partitions,
@@ -206,7 +206,7 @@ def test_late_rows_leave_out_what_the_first_read_sent(pg_dsn, native):
 def test_late_commit_snapshot_and_xid8_ticks(pg_dsn, native):
     _bench_like(pg_dsn, 10)
     _, reader, copy = _readers(pg_dsn, native, table="b", batch_size=4, late_commits="auto")
-    read, fast = _same_read(reader, copy, None, 0, True)
+    read, fast = _same_read(reader, copy, None, 0)
     assert fast.snapshot.count(":") == 2
     execute(pg_dsn, "CREATE TABLE x (id serial PRIMARY KEY, tx xid8 NOT NULL DEFAULT pg_current_xact_id(), v text)")
     for _ in range(3):  # three transactions
@@ -223,23 +223,23 @@ def test_bad_payloads_stop_with_the_row_paths_error(pg_dsn, native):
     execute(pg_dsn, "INSERT INTO q (body) VALUES ('fine'), (NULL), ('')")
     _, reader, copy = _readers(pg_dsn, native, table="q", payload_column="body", payload_format="text")
     with pytest.raises(SourceError) as row_error:
-        reader.encoder.encode_batch(reader.read_batch(None).rows, True, 0)
+        reader.encoder.encode_batch(reader.read_batch(None, 1000).rows, 0)
     with pytest.raises(SourceError) as copy_error:
-        copy.read_batch(None)
+        copy.read_batch(None, 1000)
     assert str(copy_error.value) == str(row_error.value)
     assert "row 2 (message id 0x" in str(copy_error.value) and "a NULL payload_column 'body'" in str(copy_error.value)
     execute(pg_dsn, "DELETE FROM q WHERE body IS NULL")
     with pytest.raises(SourceError, match="row 3 .* an empty payload_column"):
-        copy.read_batch(None)
+        copy.read_batch(None, 1000)
     execute(pg_dsn, "CREATE TABLE c (id int, v text)")
     execute(pg_dsn, "INSERT INTO c VALUES (1, 'a'), (NULL, 'b')")
     custom = "SELECT id, v FROM c WHERE coalesce(id, 0) >= $offset LIMIT $limit"
     _, reader, copy = _readers(pg_dsn, native, tables=[], custom_query=custom, initial_offset=0, tracking_column="id")
     start = PollingOffset(("0",), 0, None)
     with pytest.raises(SourceError) as row_error:
-        reader.encoder.encode_batch(reader.read_batch(start).rows, True, 0)
+        reader.encoder.encode_batch(reader.read_batch(start, 1000).rows, 0)
     with pytest.raises(SourceError, match=r"custom_query: a row has NULL in tracking_column 'id': \{\"id\":null") as copy_error:
-        copy.read_batch(start)
+        copy.read_batch(start, 1000)
     assert str(row_error.value) == str(copy_error.value)
     assert copy.reader.conn.status == psycopg2.extensions.STATUS_READY  # the COPY was read to its end
 
@@ -248,14 +248,14 @@ def test_bad_payloads_stop_with_the_row_paths_error(pg_dsn, native):
 def test_a_column_added_or_dropped_is_noticed(pg_dsn, native):
     _bench_like(pg_dsn, 5)
     _, reader, copy = _readers(pg_dsn, native, table="b")
-    assert copy.read_batch(None).rows == 5
+    assert copy.read_batch(None, 1000).rows == 5
     execute(pg_dsn, "ALTER TABLE b ADD COLUMN later text DEFAULT 'x'")
     with pytest.raises(TableChanged):
-        copy.read_batch(None)
+        copy.read_batch(None, 1000)
     _, reader, copy = _readers(pg_dsn, native, table="b")
     execute(pg_dsn, "ALTER TABLE b DROP COLUMN later")
     with pytest.raises(TableChanged):
-        copy.read_batch(None)
+        copy.read_batch(None, 1000)
 
 
 @pytest.fixture
@@ -286,7 +286,7 @@ def test_random_values_of_every_type_give_the_row_paths_messages(random_table, r
     execute(dsn, sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES {}").format(
         sql.SQL(", ").join(map(sql.Identifier, names)), values))
     for reader, copy in pairs:
-        read, fast = _same_read(reader, copy, None, 0, True)
+        read, fast = _same_read(reader, copy, None, 0)
         assert fast.rows == len(rows)
 
 
@@ -298,11 +298,11 @@ def test_one_copy_of_several_batches_gives_the_batches_one_by_one(pg_dsn, native
                                iggy={"partitions": 3, "partitioning": partitioning})
     offset, read_rows, copies = None, 0, 0
     while True:
-        reads, error = copy.read_batches(offset, 4, read_rows=read_rows)
+        reads, error = copy.read_batches(offset, 6, 4, read_rows=read_rows)
         copies += 1
         assert error is None and 1 <= len(reads) <= 4
         for read in reads:
-            one = copy.read_batch(offset, read_rows=read_rows)
+            one = copy.read_batch(offset, 6, read_rows=read_rows)
             assert (read.parts, read.ids, read.rows, read.position, read.after) == (
                 one.parts, one.ids, one.rows, one.position, one.after)
             offset, read_rows = read.after, read_rows + read.rows
@@ -316,6 +316,6 @@ def test_a_bad_row_in_a_later_batch_of_one_copy_keeps_the_batches_before_it(pg_d
     execute(pg_dsn, "CREATE TABLE q (id serial PRIMARY KEY, body text)")
     execute(pg_dsn, "INSERT INTO q (body) SELECT CASE WHEN g = 8 THEN NULL ELSE 'b' || g END FROM generate_series(1, 12) g")
     _, reader, copy = _readers(pg_dsn, native, table="q", batch_size=3, payload_column="body", payload_format="text")
-    reads, error = copy.read_batches(None, 4)
+    reads, error = copy.read_batches(None, 3, 4)
     assert [read.rows for read in reads] == [3, 3] and reads[-1].after.position == ("6",)
     assert isinstance(error, SourceError) and "row 8 (message id 0x" in str(error)
