@@ -437,7 +437,6 @@ SCENARIOS = (
     Scenario("1 kill -9 worker", kill_worker),
     Scenario("2 kill -9 publisher", kill_publisher),
     Scenario("3 kill -9 supervisor", kill_supervisor),
-    Scenario("13 kill -9 worker mid-block", kill_worker_mid_block, weight=2),
     Scenario("4 Iggy restart", iggy_restart),
     Scenario("5 Iggy unreachable", iggy_unreachable),
     Scenario("6 Iggy frozen", iggy_frozen),
@@ -451,4 +450,5 @@ SCENARIOS = (
     Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=3),
     Scenario("11 DDL while running", ddl_while_running),
     Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=6),
+    Scenario("13 kill -9 worker mid-block", kill_worker_mid_block, weight=2),
 )
