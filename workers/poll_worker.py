@@ -29,8 +29,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from pgsource.errors import PrerequisiteError, TableChanged
@@ -68,18 +70,27 @@ class PollWorker(SourceWorker):
         config = self.config
         self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.name}")
+        self._conn_lock = threading.Lock()  # a read-ahead's COPY and this thread's statements take turns
         self.spec.backends(self.conn)
         self.units = [open_unit(self.conn, config, self.store, unit, self.name) for unit in self.spec.units] or [
             open_unit(self.conn, config, self.store, None, self.name)]
         self.offset_age = OffsetAge(self.metrics.offset_age, self.name)
         self.committer = OffsetCommitter(
             self.units, OffsetWriter(self.store, config.state.commit_interval), resend=self._send_rows,
-            statement=self.spec.statement, offset_age=self.offset_age,
+            statement=self._statement, offset_age=self.offset_age,
             counter=self.metrics.offset_commits.labels(self.name), progressed=self.spec.progressed)
         self.outbox = self.open_outbox(self.committer)
         self._finished = False
         reads_ahead = self.spec.workers_total < _cores() and not any(u.reader.acts_on_rows for u in self.units)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if reads_ahead else None
+
+    @contextmanager
+    def _statement(self, what: str):
+        """Statements on the worker's connection, one at a time across threads: psycopg2 lets go of the
+        connection between the chunks of a COPY, so a statement from this thread while the read-ahead's
+        COPY runs would break both (PGRES_COPY_OUT)."""
+        with self._conn_lock, self.spec.statement(what):
+            yield
 
     def serve(self) -> None:
         self._loop(self.units, self.config.source.batch_size)
@@ -159,7 +170,7 @@ class PollWorker(SourceWorker):
         return batch
 
     def _read_batches(self, unit: PollUnit, after: PollingOffset | None, batch_size: int, read_rows: int) -> list[Batch]:
-        with self.spec.statement(f"reading a batch of {unit.reader.table_name}"):
+        with self._statement(f"reading a batch of {unit.reader.table_name}"):
             return unit.batches.read(after, batch_size, read_rows)
 
     def _finish(self) -> None:
@@ -187,12 +198,13 @@ class PollWorker(SourceWorker):
         went back (setval, RESTART) stops the table (exit 3): its next ids lie below ids read."""
         tracking = unit.reader.tracking
         reader = unit.reader
-        with self.spec.statement(f"observing the transactions in progress for {reader.table_name}"):
+        with self._statement(f"observing the transactions in progress for {reader.table_name}"):
             sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
             activity = hz.observe_activity(self.conn, tracking.watch)
         problem = hz.watch_problem(tracking, activity.fingerprint)
         if problem is not None:
-            reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
+            with self._statement(f"checking the columns of {reader.table_name}"):
+                reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
             raise TableChanged(f"table {reader.table_name}: {problem}; planning it again from its committed offset")
         last = unit.horizon_tracker.last_sequence
         if sequence is not None and last is not None and sequence < last:
@@ -249,7 +261,7 @@ class PollWorker(SourceWorker):
                     return
                 late = unit.unsealed[0] = _LateRead(late)
             r = late.range
-            with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
+            with self._statement(f"re-reading late rows of {unit.reader.table_name}"):
                 rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, batch_size, late.after)
             if rows:
                 late.after = unit.reader.offset_after(rows).position
