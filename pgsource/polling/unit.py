@@ -77,9 +77,11 @@ def open_unit(conn, config: Config, store: FileStateStore, unit: PlannedUnit | N
     start = stored
     if start is None and source.initial_offset is not None:
         start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
-    log.info("%s: %s from %s", worker, reader.table_name, start.position if start else "the start")
+    batches = BatchReader(reader)
+    log.info("%s: %s from %s, read by %s", worker, reader.table_name, start.position if start else "the start",
+             "COPY" if batches.copy is not None else "rows")
     head = BlockHead(worker, config.iggy.stream, reader.topic, reader.table_name)
-    state = PollUnit(key, reader, start, ProgressTracker(start), head, BatchReader(reader), rows=start.rows if start else 0,
+    state = PollUnit(key, reader, start, ProgressTracker(start), head, batches, rows=start.rows if start else 0,
                      committed=stored)
     if reader.late_commits:
         state.time_zone = check_late_commit_guard(conn, config, reader.table_name, reader.tracking, reader.lag)
