@@ -166,7 +166,7 @@ class PublisherWorker(ChildProcess):
         self._last_attempt = time.monotonic()
         try:
             await self._connect(sink)
-            log.info("publisher: connected to Iggy at %s", self.config.iggy.address)
+            log.info("publisher: connected to Iggy at %s", sink.address)
         except SinkError as exc:
             log.debug("publisher: %s", exc)
 
@@ -223,7 +223,7 @@ class PublisherWorker(ChildProcess):
                 if connecting:
                     await self._connect(sink)
                     if failures:
-                        log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
+                        log.info("publisher: connected to Iggy at %s again", sink.address)
                 await sink.send_requests(head.stream, head.topic, block.requests, confirmed)
                 break
             except SinkRefused:
