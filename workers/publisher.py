@@ -138,8 +138,7 @@ class PublisherWorker(ChildProcess):
             await self._deliver(sink, block)
 
     def _next_block(self) -> Block | None:
-        data = self.channel.get(READ_WAIT)
-        return None if data is None else decode_block(data)
+        return self.channel.get(READ_WAIT, decode_block)
 
     async def _sleep(self, seconds: float) -> None:
         """The back-off, beating meanwhile: waiting out an Iggy outage is not being wedged."""
