@@ -30,10 +30,18 @@ def _open(dsn: str):
 
 
 def _polled_since(dsn: str, moment) -> bool:
-    """A batch read of table t by worker-0 started after ``moment`` (database time) and ended."""
+    """A batch read of table t by worker-0 started after ``moment`` (database time) and ended.
+
+    The worker's last statement is the read itself, or (by COPY) the column-definition check that
+    follows a read that found no row; callers wait twice, so a check seen after the first moment
+    follows a whole read started after it."""
     return query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsource-worker-0'"
-                      " AND query LIKE %s AND query_start > %s AND state <> 'active'",
-                 ('%"public"."t" AS t%', moment))[0][0] > 0
+                      " AND (query LIKE %s OR query LIKE %s) AND query_start > %s AND state <> 'active'",
+                 ('%"public"."t" AS t%', f"%pg_attribute a WHERE a.attrelid = {_oid(dsn)} %", moment))[0][0] > 0
+
+
+def _oid(dsn: str) -> int:
+    return query(dsn, "SELECT 't'::regclass::oid")[0][0]
 
 
 def _ids(iggy, topic: str) -> list[int]:
