@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 
+from pgsource.cdc.publication_shapes import apply_shape_changes, review_shapes
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem, slot_was_used
 from pgsource.cdc.snapshot import send_snapshot
 from pgsource.errors import PrerequisiteError
@@ -37,6 +38,7 @@ class SlotPreparation:
         where = f"state {self.store.path(self.key)}"
         publication = pubs.load_publications(self.conn, source.publication_name).get(self.publication)
         self._check_publication(publication)
+        self._apply_shapes(publication)
         state = rep.slot_state(self.conn, self.slot)
         if state is None:
             forced = False
@@ -87,6 +89,16 @@ class SlotPreparation:
         partitioned = [name for name, rel in relations.items() if rel is not None and rel.partitioned]
         if partitioned:
             raise PrerequisiteError(pubs.via_root_problem(self.publication, partitioned))
+
+    def _apply_shapes(self, publication: pubs.Publication | None) -> None:
+        """Column lists and row filters as configured: refused ones stop the start (PostgreSQL's
+        reason), changed ones are altered in the publication now, before any change is read."""
+        review = review_shapes(self.conn, publication, self.tables)
+        if review.problems:
+            raise PrerequisiteError("; ".join(review.problems))
+        for note in review.notes:
+            log.warning("%s: %s", self.spec.name, note)
+        apply_shape_changes(self.conn, self.publication, review.changes, self.spec.name)
 
     def _start_progress(self, lsn: int) -> None:
         self.progress = ProgressTracker(lsn, order=int)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from pgsource.config.duration import Duration, OptionalDuration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
+from pgsource.config.predicate import predicate_problem
 from pgsource.config.secrets import resolve_source_files
 from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's records, one import)
     _FROZEN,
@@ -73,6 +74,7 @@ class TableConfig(BaseModel):
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
     row_filter: str | None = None  # an SQL predicate on the row: polling's WHERE, a CDC publication's WHERE
+    where: str | None = None  # row_filter's other name (the issue's and `pgsource snapshot --where`'s word)
 
     @model_validator(mode="after")
     def _one_column_list(self):
@@ -80,7 +82,20 @@ class TableConfig(BaseModel):
             raise ValueError("columns and exclude_columns exclude each other: give one list")
         if self.columns is not None and not self.columns:
             raise ValueError("columns: list at least one column (or leave it out for all)")
+        if self.row_filter is not None and self.where is not None:
+            raise ValueError("where and row_filter are one key (where is row_filter's other name): give one")
+        for key in ("row_filter", "where"):
+            value = getattr(self, key)
+            problem = "an empty predicate (leave it out for every row)" if value is not None and not value.strip() else (
+                predicate_problem(value) if value is not None else None)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         return self
+
+    @property
+    def predicate(self) -> str | None:
+        """The row filter, by either of its names (``row_filter`` or ``where``)."""
+        return self.row_filter if self.row_filter is not None else self.where
 
 
     @model_validator(mode="before")

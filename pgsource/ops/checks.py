@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgsource.cdc.publication_shapes import review_shapes
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
@@ -17,6 +18,7 @@ from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
 from pgsource.pg.horizon import TrackingKind, describe_tracking
 from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.row_filter import build_filter_probe
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
@@ -77,6 +79,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                             lag = table.lag if table.lag is not None else source.lag
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
                     _check_polling_privileges(conn, config, info, tracking)
+                    _check_row_filter(conn, table)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
         if source.custom_query and not source.cdc:
@@ -111,6 +114,17 @@ def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
         )
 
 
+def _check_row_filter(conn, table) -> None:
+    """The predicate parsed and planned against the table by PostgreSQL, which says what is wrong."""
+    if table.predicate is None:
+        return
+    key = "row_filter" if table.row_filter is not None else "where"
+    try:
+        result_columns(conn, build_filter_probe(table.schema_, table.name, table.predicate), {})
+    except pg.DatabaseError as exc:
+        raise PrerequisiteError(f"table {table.qualified}: {key}: {str(exc).strip().splitlines()[0]}") from None
+
+
 def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
     """Run the query (for each table with $table) with LIMIT 0 in a read-only transaction."""
     import datetime as dt
@@ -135,7 +149,7 @@ def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
 
 def cdc_table_problems(conn, config: Config) -> list[str]:
     """What a table's CDC settings need of it: a payload column's type and the replica identity
-    its UPDATEs need; column lists and filters that PostgreSQL would make the application's DML fail on."""
+    its UPDATEs need. (Column lists and row filters: ``review_shapes``, per publication.)"""
     source = config.source
     captured = {op.value for op in source.capture_operations}
     problems = []
@@ -146,7 +160,6 @@ def cdc_table_problems(conn, config: Config) -> list[str]:
             continue  # reported with the table already
         if source.payload_column:
             problems.append(cdc_payload_problem(info, source.payload_column, source.payload_format.value, "UPDATE" in captured))
-        problems.append(pubs.shape_problem(info, table, bool(captured & {"UPDATE", "DELETE"})))
     return [problem for problem in problems if problem]
 
 
@@ -185,6 +198,9 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         slot, name = units[0].slot, units[0].publication
         publication = publications.get(name)
         tables = [unit.table for unit in units]
+        shapes = review_shapes(conn, publication, [t for t in tables if relations.get(t.qualified) is not None])
+        report.problems += shapes.problems
+        report.notes += shapes.notes + [f"at start, {change.describe(name)}" for change in shapes.changes]
         if publication is not None:
             lacking = [t.qualified for t in tables if not publication.holds(t)]
             if lacking and not publication.owned:

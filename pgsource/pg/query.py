@@ -20,6 +20,7 @@ from pgsource.encode.names import output_names
 from pgsource.errors import ConfigError, PrerequisiteError
 from pgsource.pg import types as t
 from pgsource.pg.catalog import TableInfo
+from pgsource.pg.row_filter import predicate_sql
 
 CTID = "ctid"
 
@@ -336,7 +337,7 @@ def table_definition(info: TableInfo) -> str:
 def _row_filter(plan: PollPlan) -> sql.Composable:
     """The user's predicate (SQL from the configuration, like custom_query) on the row's columns,
     written unqualified as in a CDC publication's WHERE (the table is the query's only relation)."""
-    return sql.SQL("({})").format(sql.SQL(plan.row_filter.replace("%", "%%")))
+    return predicate_sql(plan.row_filter)
 
 
 def _column_text(column: str) -> sql.Composable:

@@ -99,7 +99,7 @@ class TableReader:
             versioned=self._ack_action is not None,
             columns=table.columns,
             exclude_columns=table.exclude_columns,
-            row_filter=table.row_filter,
+            row_filter=table.predicate,
             payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
             primary_key_column=None if by_identity else source.primary_key_column,
         )
