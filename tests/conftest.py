@@ -78,7 +78,7 @@ def pytest_unconfigure(config):
     frames, which aborts the process (SIGABRT, exit 134) after every test passed (seen with
     gdb in about one run in seven of a failed ``connect``). Nothing is left to run here.
     """
-    if "apache_iggy" in sys.modules and _EXIT_STATUS:
+    if "apache_iggy" in sys.modules and _EXIT_STATUS and "PYTEST_XDIST_WORKER" not in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])

@@ -3,7 +3,8 @@ over both transports, end to end; one test per scenario and mode.
 
 The runs do not share a database (nor a stand-in, a slot or a state.dir), so they run side by side
 on a small pool: the first test starts every selected run, each test waits for its own and fails
-with what its run found. The table (``tests/faults/RESULTS.md``) is printed at the end of the
+with what its run found. Under pytest-xdist the suite distributes by file (``--dist loadfile``,
+setup.cfg), so one worker runs this whole module and starts the pool once. The table (``tests/faults/RESULTS.md``) is printed at the end of the
 session and rewritten there when the whole matrix ran and passed.
 """
 

@@ -114,9 +114,13 @@ def test_writers_committing_out_of_order_lose_nothing(pg_dsn, iggy, tmp_path, tr
     assert len(by_id) == len(expected)  # a re-sent row keeps its id
 
 
-def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_offset(pg_dsn, iggy, tmp_path):
-    """Delivery never waits for the horizon: rows committed while a transaction stays open for 60 s
-    arrive within poll_interval + 1 s each; a metric and a log line name the holder and its age."""
+OPEN_FOR = 25.0  # seconds the holder stays open
+
+
+def test_a_long_open_transaction_delays_no_other_row_and_says_what_holds_the_offset(pg_dsn, iggy, tmp_path):
+    """Delivery never waits for the horizon: rows committed while a transaction stays open for 25 s
+    (well past the 10 s after which the holder is logged) arrive within poll_interval + 1 s each; a
+    metric and a log line name the holder and its age. Nothing in the code depends on how long."""
     from pgsource_testkit.postgres import free_port
     from tests.polling.test_metrics import _scrape
 
@@ -138,13 +142,13 @@ def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_
         delays = []
         writer, wcur = _open(pg_dsn)
         writer.autocommit = True
-        while time.monotonic() - opened < 60:
+        while time.monotonic() - opened < OPEN_FOR:
             wcur.execute("INSERT INTO t (note) VALUES ('meanwhile') RETURNING id")
             row_id, committed = wcur.fetchone()[0], time.time()
             wait_for(lambda row_id=row_id: row_id in _ids(iggy, "t"), 10, interval=0.02, message=f"row {row_id}")
             stored = next(m for m in iggy.messages("pg", "t") if b'"id":%d,' % row_id in m.payload)
             delays.append(stored.timestamp / 1e6 - committed)
-            time.sleep(0.8)  # the writer's pace (a row every 0.8 s for a minute), not a wait
+            time.sleep(0.8)  # the writer's pace (a row every 0.8 s), not a wait
         samples = _scrape(port)
         age = samples[("pgsource_source_horizon_age_seconds", (("table", "t"), ("worker", "worker-0")))]
         holder.commit()
@@ -152,8 +156,8 @@ def test_a_transaction_open_for_60s_delays_no_other_row_and_says_what_holds_the_
         wait_for(lambda: "held" in [m["data"]["note"] for m in bodies(iggy, "t")], 30, message="the held row")
     finally:
         assert stop_service(service) == 0
-    assert len(delays) > 40 and max(delays) <= 0.2 + 1.0, delays
-    assert age >= 50
+    assert len(delays) > 15 and max(delays) <= 0.2 + 1.0, delays
+    assert age >= OPEN_FOR - 5
     log = config.with_suffix(".log").read_text()
     assert "the committed offset is held at" in log and f"pid {holder_pid} (slow-batch-job)" in log
 
