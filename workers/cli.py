@@ -1,4 +1,4 @@
-"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset`` and ``verify``.
+"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``snapshot`` and ``verify``.
 
 The admin commands' logic is in ``pgsource/ops/admin/``; here they are parsed, confirmed
 (only when stdin is a terminal; ``--yes`` skips the question) and printed.
@@ -212,6 +212,24 @@ def reset(config_path: str, table_name: str, to: str | None, to_start: bool, yes
     except PgSourceError as exc:
         _fail(exc)
     click.echo(f"reset {table_name}: {len(moves)} offset(s) moved")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", required=True, help="A table of source.tables, captured in mode: cdc.")
+@click.option("--where", "where", default=None, help="Only the rows matching this SQL predicate (checked by PostgreSQL).")
+@click.option("--chunk-size", "chunk_size", default=None, type=int, help="Rows per chunk (default: source.backfill_chunk_size).")
+@click.option("--cancel", is_flag=True, help="Cancel the table's running backfill instead.")
+def snapshot(config_path: str, table_name: str, where: str | None, chunk_size: int | None, cancel: bool) -> None:
+    """Backfill one CDC table while the stream goes on (docs/cdc.md, "Backfills"); running service or not."""
+    config = _load(config_path)
+    from pgsource.ops.admin.backfill import request_backfill
+
+    try:
+        requested = request_backfill(config, table_name, where, chunk_size, cancel)
+    except PgSourceError as exc:
+        _fail(exc)
+    click.echo(requested.describe())
 
 
 @main.command()

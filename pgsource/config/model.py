@@ -129,7 +129,7 @@ class TableConfig(BaseModel):
 
 # Keys only one mode reads; given explicitly in the other mode they are refused (not ignored).
 CDC_ONLY_KEYS = ("publication_name", "replication_slot", "capture_operations", "cdc_backend", "cdc_transport",
-                 "snapshot", "on_missing_slot")
+                 "snapshot", "on_missing_slot", "backfill_chunk_size")
 POLLING_ONLY_KEYS = ("tracking_column", "initial_offset", "custom_query", "delete_after_read", "processed_column",
                      "allow_non_unique_tracking", "late_commits", "lag")
 TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag")
@@ -172,6 +172,9 @@ class SourceConfig(BaseModel):
     # snapshot of every table (operation_type SELECT), then the stream.
     on_missing_slot: Literal["fail", "snapshot"] = "fail"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
+    # CDC: rows per chunk of a backfill (`pgsource snapshot`), read between two watermarks; the
+    # stream waits at most one chunk's SELECT, and one chunk is what a backfill holds in memory.
+    backfill_chunk_size: int = Field(1000, ge=1, le=1_000_000)
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (docs/delivery.md "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
