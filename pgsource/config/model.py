@@ -129,7 +129,7 @@ class TableConfig(BaseModel):
 
 # Keys only one mode reads; given explicitly in the other mode they are refused (not ignored).
 CDC_ONLY_KEYS = ("publication_name", "replication_slot", "capture_operations", "cdc_backend", "cdc_transport",
-                 "snapshot", "on_missing_slot", "backfill_chunk_size")
+                 "snapshot", "on_missing_slot", "backfill_chunk_size", "transaction_markers")
 POLLING_ONLY_KEYS = ("tracking_column", "initial_offset", "custom_query", "delete_after_read", "processed_column",
                      "allow_non_unique_tracking", "late_commits", "lag")
 TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag")
@@ -175,6 +175,14 @@ class SourceConfig(BaseModel):
     # CDC: rows per chunk of a backfill (`pgsource snapshot`), read between two watermarks; the
     # stream waits at most one chunk's SELECT, and one chunk is what a backfill holds in memory.
     backfill_chunk_size: int = Field(1000, ge=1, le=1_000_000)
+    # CDC: where a consumer learns a change's transaction. headers: xid and txn_index (its
+    # position in the transaction) in every change's headers; messages: those, and a BEGIN and a
+    # COMMIT message (xid, commit LSN and time; COMMIT: the messages per table) in
+    # iggy.transaction_topic; off: neither. docs/cdc.md, "Transaction boundaries".
+    transaction_markers: Literal["headers", "messages", "off"] = "headers"
+    # CDC and polling: a table's columns changed (added, dropped, renamed, retyped): one
+    # SCHEMA_CHANGE message with the old and new columns before the first row of the new shape.
+    schema_change_events: bool = True
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (docs/delivery.md "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
@@ -339,6 +347,9 @@ class Config(BaseModel):
             problem = iggy_name_problem("topic", topic)
             if problem:
                 raise ValueError(f"iggy.topic: for table {table}, {problem}")
+            if self.source.cdc and self.source.transaction_markers == "messages" and topic == self.iggy.transaction_topic:
+                raise ValueError(f"iggy.transaction_topic: {topic!r} is table {table}'s topic too; the BEGIN and COMMIT"
+                                 " messages need a topic of their own: give iggy.transaction_topic another name")
         return self
 
     @model_validator(mode="after")

@@ -6,13 +6,15 @@ from pgsource.state.records import (
     BackfillRecord,
     ChunkCuts,
     PollingOffset,
+    ShapeRecord,
     ShardRecord,
     SlotProgress,
     SnapshotPhase,
     TableJoin,
+    TableShape,
     backfills_key,
 )
 from pgsource.state.store import FileStateStore
 
-__all__ = ["Backfill", "BackfillPhase", "BackfillRecord", "ChunkCuts", "FileStateStore", "PollingOffset", "ShardRecord",
-           "SlotProgress", "SnapshotPhase", "TableJoin", "backfills_key"]
+__all__ = ["Backfill", "BackfillPhase", "BackfillRecord", "ChunkCuts", "FileStateStore", "PollingOffset", "ShapeRecord",
+           "ShardRecord", "SlotProgress", "SnapshotPhase", "TableJoin", "TableShape", "backfills_key"]

@@ -270,9 +270,53 @@ def backfills_key(slot: str) -> str:
     return f"cdc/{slot}.backfills"
 
 
+@dataclass(frozen=True)
+class TableShape:
+    """A table's columns as last announced to consumers: (name, type) in order; ``generation``
+    counts the changes announced (polling's schema-change ids), or the LSN of the last (CDC)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    generation: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "columns": [list(column) for column in self.columns], "generation": self.generation}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TableShape:
+        return cls(str(raw["table"]), tuple((str(n), str(t)) for n, t in raw["columns"]), int(raw.get("generation", 0)))
+
+
+@dataclass(frozen=True)
+class ShapeRecord:
+    """The shapes consumers were told of (``cdc/<slot>.shapes``, ``shapes/<table>`` in polling): the
+    baseline a start compares the table's columns with, so a change made while pgsource was
+    stopped is announced too."""
+
+    kind: ClassVar[str] = "shapes"
+
+    tables: tuple[TableShape, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tables": [shape.to_json() for shape in self.tables]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ShapeRecord:
+        return cls(tuple(TableShape.from_json(item) for item in raw.get("tables", ())))
+
+    def position_key(self) -> None:
+        return None
+
+    def get(self, table: str) -> TableShape | None:
+        return next((shape for shape in self.tables if shape.table == table), None)
+
+    def with_shape(self, shape: TableShape) -> ShapeRecord:
+        return ShapeRecord(tuple(s for s in self.tables if s.table != shape.table) + (shape,))
+
+
 RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress, ShardRecord,
-                                                              BackfillRecord)}
-Record = PollingOffset | ChunkCuts | SlotProgress | ShardRecord | BackfillRecord
+                                                              BackfillRecord, ShapeRecord)}
+Record = PollingOffset | ChunkCuts | SlotProgress | ShardRecord | BackfillRecord | ShapeRecord
 
 
 def upgrade_legacy(key: str, raw: dict[str, Any]) -> Record:
