@@ -86,15 +86,19 @@ def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int
     operation, so the common case (one table) costs one pass at C speed; several tables in
     one topic are counted message by message."""
     shared = dict(zip(map(id, headers), headers))
-    names = {header["table"] for header in shared.values()}
+    names = {header.get("table", "") for header in shared.values()}  # "": transaction markers
     if len(names) == 1:
         return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
     from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
 
-    sizes = {key: FRAME_HEADER_SIZE + len(encode_user_headers(header)) for key, header in shared.items()}
+    def size(header: dict) -> int:
+        encoded = encode_user_headers(header)  # (before, after) around a txn_index of ~4 digits
+        return len(encoded) if isinstance(encoded, bytes) else len(encoded[0]) + len(encoded[1]) + 23
+
+    sizes = {key: FRAME_HEADER_SIZE + size(header) for key, header in shared.items()}
     out: dict[str, list[int]] = {name: [0, 0] for name in names}
     for payload, header in zip(payloads, headers):
-        entry = out[header["table"]]
+        entry = out[header.get("table", "")]
         entry[0] += 1
         entry[1] += sizes[id(header)] + len(payload)
     return {name: (count, size) for name, (count, size) in out.items()}
