@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import time
 
+from pgsource.cdc.backfill_driver import BackfillDriving
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.slot_lifecycle import SlotPreparation
@@ -64,7 +65,7 @@ LINGER = 0.005
 REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
-class CdcWorker(SlotPreparation, QueueWorker):
+class CdcWorker(SlotPreparation, BackfillDriving, QueueWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
@@ -105,6 +106,7 @@ class CdcWorker(SlotPreparation, QueueWorker):
         self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts,
                                      shapes=self.shapes, load_type_names=self._load_type_names)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
+        self._start_backfills()
 
     def _check_tables(self) -> None:
         from pgsource.ops.checks import cdc_table_problems
@@ -148,6 +150,7 @@ class CdcWorker(SlotPreparation, QueueWorker):
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
             self.notify()
+            self._backfill_step(force=True)  # between peeks: the connection is free
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit)
             if self.progress.in_flight:
@@ -271,12 +274,16 @@ class CdcWorker(SlotPreparation, QueueWorker):
                     if batch.count >= batch_size:  # a large transaction streams out in batches
                         self._flush_batch()
                         self._feedback()
+                    self._backfill_step()
                     continue
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
                 if linger <= 0:
                     self._flush_batch()  # the socket is drained and the batch waited long enough
                 self._take_acks(block=False)
                 batch = self._batch
+                if self._chunk_outs and not batch.count:  # chunks with no row left to send
+                    self._send(batch)
+                self._backfill_step()
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
                     wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
                     if wal_end > self._recorded_lsn:
@@ -342,6 +349,10 @@ class CdcWorker(SlotPreparation, QueueWorker):
                     self.metrics.rows_read.labels(table, self.spec.name).inc(count)
             self.metrics.batches_queued.labels(self.spec.name).inc()
             self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
+        if self.encoder is not None:
+            self._chunks_sent(self._seq)
+            if not self.progress.in_flight:
+                self._backfills_acked(self._seq)
         end = batch.last_commit_end
         if end is not None and end > self._recorded_lsn:
             self.progress.mark(end)
@@ -359,6 +370,8 @@ class CdcWorker(SlotPreparation, QueueWorker):
             except Empty:
                 return
             self.progress.acked(ack.seq)
+            if self.encoder is not None:
+                self._backfills_acked(ack.seq)
             self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
             block = False
 

@@ -148,7 +148,7 @@ class ChangeEncoder:
         # them), and logical decoding messages to ``on_message`` (prefix, content, lsn)
         self.watched: set[str] = set()
         self.on_key: Callable[[str, tuple | None], None] | None = None
-        self.on_message: Callable[[po.Message], None] | None = None
+        self.on_message: Callable[[po.Message, ChangeBatch], None] | None = None
         self.relations: dict[int, _RelationState] = {}
         self._begin: po.Begin | None = None
         self._commit_lsn = 0  # of the transaction in progress
@@ -210,7 +210,7 @@ class ChangeEncoder:
             self._relation(message, out)
         elif kind is po.Message:
             if self.on_message is not None:
-                self.on_message(message)
+                self.on_message(message, out)
         elif kind is po.Truncate:
             for oid in message.relation_oids:
                 self._change(oid, "TRUNCATE", None, None, None, out)

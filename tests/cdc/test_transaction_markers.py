@@ -10,7 +10,14 @@ import pytest
 
 from pgsource.encode.ids import cdc_message_id
 from pgsource.encode.markers import BEGIN_POSITION, COMMIT_POSITION
-from tests.cdc.common import TRANSPORTS, cdc_config, lsn_number, stored, wait_slot_caught_up, wait_until_capturing
+from tests.cdc.common import (
+    TRANSPORTS,
+    cdc_config,
+    lsn_number,
+    stored,
+    wait_slot_caught_up,
+    wait_until_capturing,
+)
 from tests.support import execute, start_service, stop_service
 
 

@@ -1,0 +1,90 @@
+"""Reading one backfill chunk between its watermarks, and the chunk's rows as messages.
+
+``read_chunk``: the low watermark (``pg_logical_emit_message(false, …)``: written at once,
+decoded where it stands in the WAL), one keyset SELECT of ``chunk_size`` rows after the last
+key read — the table's own row filter and column list, AND-ed with the backfill's ``--where``,
+the same reader as the initial snapshot, so the rows look like snapshot rows — then the high
+watermark. The SELECT is one statement in its own transaction: no lock beyond its own, and
+the stream waits only while it runs. The rows are encoded at once (the chunk is all a backfill
+holds in memory) and kept by key until the high watermark comes back in the stream.
+
+A row's id is ``backfill_message_id(table, generation, key)``; its headers name the backfill
+(``backfill``: the request id, ``generation``) beside ``table`` and ``operation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgsource.cdc.backfill_request import WATERMARK_PREFIX
+from pgsource.cdc.watermarks import Watermark, new_token
+from pgsource.config.model import Config, TableConfig
+from pgsource.config.predicate import conjunction
+from pgsource.encode.ids import backfill_message_id
+from pgsource.pg.messages import emit_logical_message
+from pgsource.pg.positions import estimated_rows
+from pgsource.rows.reader import TableReader
+from pgsource.state import Backfill, PollingOffset
+
+Key = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One row of a chunk, ready to send: its topic, id, partition, payload and headers."""
+
+    topic: str
+    message_id: int
+    partition: int
+    payload: bytes
+    headers: dict
+
+
+class ChunkReader:
+    """One per CDC worker; its connection is the worker's own (never during a peek's COPY)."""
+
+    def __init__(self, conn, config: Config, slot: str, tables: dict[str, TableConfig]) -> None:
+        self.conn = conn
+        self.config = config
+        self.slot = slot
+        self.tables = tables  # by reference
+        self._readers: dict[str, TableReader] = {}  # per backfill id
+
+    def estimate(self, backfill: Backfill) -> int:
+        table = self.tables[backfill.table]
+        return estimated_rows(self.conn, table.schema_, table.name) or 0
+
+    def read_chunk(self, backfill: Backfill, after: Key | None) -> tuple[str, dict[Key, ChunkRow], int]:
+        """(the chunk's token, its rows by key in key order, how many the SELECT returned)."""
+        reader = self._reader(backfill)
+        token = new_token()
+        self._watermark(token, "low")
+        rows = reader.fetch_batch(PollingOffset(after) if after is not None else None)
+        self._watermark(token, "high")
+        width = len(reader.plan.position_columns)
+        encoded = reader.encoder.encode_batch(rows, self.config.source.include_metadata, 0)
+        headers = {"table": reader.table_name, "operation": "SELECT", "backfill": backfill.id,
+                   "generation": str(backfill.generation)}
+        out: dict[Key, ChunkRow] = {}
+        for row, partition, payload in zip(rows, encoded.messages.partitions, encoded.messages.payloads):
+            key = tuple(row[:width])
+            out[key] = ChunkRow(reader.topic, backfill_message_id(reader.table_name, backfill.generation, key),
+                                partition, payload.encode() if isinstance(payload, str) else payload, headers)
+        return token, out, len(rows)
+
+    def forget(self, backfill_id: str) -> None:
+        self._readers.pop(backfill_id, None)
+
+    def _reader(self, backfill: Backfill) -> TableReader:
+        reader = self._readers.get(backfill.id)
+        if reader is None:
+            table = self.tables[backfill.table]
+            if backfill.where is not None:
+                predicate = conjunction(table.predicate, backfill.where)
+                table = table.model_copy(update={"row_filter": predicate, "where": None})
+            reader = self._readers[backfill.id] = TableReader(self.conn, self.config, table, by_identity=True)
+            reader.batch_size = backfill.chunk_size
+        return reader
+
+    def _watermark(self, token: str, mark: str) -> None:
+        emit_logical_message(self.conn, False, WATERMARK_PREFIX, Watermark(self.slot, token, mark).to_json())
