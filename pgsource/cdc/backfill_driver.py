@@ -17,6 +17,7 @@ import time
 from pgsource.cdc.backfill import BackfillRunner
 from pgsource.cdc.backfill_chunks import ChunkReader
 from pgsource.cdc.backfill_request import BACKFILL_PREFIX, WATERMARK_PREFIX
+from pgsource.errors import PrerequisiteError, SourceError
 from pgsource.state import BackfillRecord, backfills_key
 
 log = logging.getLogger("pgsource.cdc")
@@ -77,8 +78,15 @@ class BackfillDriving:
             estimate = self.chunk_reader.estimate(backfill)
             self.backfills.estimated(backfill.id, estimate)
             self.metrics.backfill_estimate.labels(backfill.table, self.spec.name).set(estimate)
-        with self.spec.statement(f"reading a backfill chunk of {backfill.table}"):
-            token, rows, read = self.chunk_reader.read_chunk(backfill, after)
+        try:
+            with self.spec.statement(f"reading a backfill chunk of {backfill.table}"):
+                token, rows, read = self.chunk_reader.read_chunk(backfill, after)
+        except (SourceError, PrerequisiteError) as exc:  # no key, a --where PostgreSQL refuses: this backfill ends
+            log.error("%s: backfill %s of %s stops: %s", self.spec.name, backfill.id, backfill.table, exc)
+            self.backfills.failed(backfill.id)
+            self.chunk_reader.forget(backfill.id)
+            self.store.commit(self.backfills_key, self.backfills.record)
+            return
         self.backfills.opened(backfill, token, rows, read)
         self.encoder.watched = self.backfills.watched
 

@@ -135,3 +135,19 @@ def test_a_backfill_killed_in_the_middle_goes_on_after_its_last_acknowledged_chu
     assert all(key % 2 == 0 or key in (9999, 19999) for key in keys)
     assert len({mid for mid, _ in selected}) == len(keys)  # a row sent again after the kill kept its id
     assert len(selected) - len(keys) <= 500 * 9  # at most the chunks unacknowledged at the kill are sent again
+
+
+def test_what_a_backfill_cannot_do_is_refused_before_anything_is_written(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE keyless (v int); CREATE TABLE t (id int PRIMARY KEY, v int)")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["keyless", "t"])
+    before = query(pg_dsn, "SELECT pg_current_wal_lsn()::text")[0][0]
+    refused = run_cli("snapshot", "--config", str(config), "--table", "keyless")
+    assert refused.returncode == 3
+    assert refused.stderr.strip() == ("error: table keyless has no primary key or unique NOT NULL key: a backfill reads"
+                                      " it in key order, chunk by chunk, and matches each row with the stream's changes"
+                                      " by that key; add one")
+    bad = run_cli("snapshot", "--config", str(config), "--table", "t", "--where", "nope > 1")
+    assert bad.returncode == 2 and bad.stderr.strip() == 'error: --where: column "nope" does not exist'
+    unknown = run_cli("snapshot", "--config", str(config), "--table", "missing")
+    assert unknown.returncode == 2 and "--table missing: not in source.tables" in unknown.stderr
+    assert query(pg_dsn, "SELECT pg_current_wal_lsn()::text")[0][0] == before  # no request was written
