@@ -35,6 +35,14 @@ class SourceUnavailable(PgSourceError):
     exit_code = 75
 
 
+class SourceLoginRefused(SourceUnavailable):
+    """PostgreSQL answered and refused the connection (a wrong password, no pg_hba.conf entry, a
+    missing role or database, TLS): a command gives up with 3, not 75, since waiting does not fix
+    it; a running worker is still restarted with back-off, as in an outage (it may be fixed meanwhile)."""
+
+    exit_code = 3
+
+
 class TableChanged(SourceUnavailable):
     """A table's columns changed (ALTER TABLE) under a read that names them one by one; the read is
     dropped unsent and the worker restarts, planning the table again from its committed offset."""
@@ -50,6 +58,13 @@ class SinkError(PgSourceError):
     """Writing to Iggy failed."""
 
     exit_code = 5
+
+
+class SinkUnavailable(SinkError):
+    """Iggy cannot be reached: a command that needs it (``verify``, ``tail``) gives up with 75 (EX_TEMPFAIL);
+    ``run`` waits for it instead."""
+
+    exit_code = 75
 
 
 class SinkRefused(SinkError):

@@ -13,6 +13,7 @@ runtime dependency of ``pip install pgsource``; and the executor cannot drop roo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -71,6 +72,18 @@ def _unprivileged_user() -> str:
     raise RuntimeError("running as root and no unprivileged user (postgres, nobody) exists")
 
 
+def _remove(directory: str, seconds: float = 10.0) -> None:
+    """Remove a cluster's directory; again while an interrupted initdb (Ctrl-C reaches it too) still
+    writes into it for a moment."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    shutil.rmtree(directory, ignore_errors=True)
+    while os.path.exists(directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @dataclass
 class LocalPostgres:
     """One private PostgreSQL cluster; ``start()`` it, ``dsn()`` to reach it, ``stop()`` it.
@@ -120,13 +133,28 @@ class LocalPostgres:
         return os.path.join(self.base_dir, "data")
 
     def _run_pg_ctl(self, *args: str, timeout: float = 180) -> None:
-        """One ``pg_ctl`` command on this cluster's data directory; its output in the error if it fails."""
-        done = subprocess.run(
-            [self._pg_ctl, *args[:1], "-D", self.datadir, *args[1:]], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        """One ``pg_ctl`` command on this cluster's data directory; its output in the error if it fails.
+
+        In a session of its own, and waited for when this process is interrupted: Ctrl-C on the
+        terminal (the demo's) would otherwise stop an initdb or a start half-way, and the orphaned
+        initdb, running as another user, would go on writing into a directory being removed.
+        """
+        process = subprocess.Popen(
+            [self._pg_ctl, *args[:1], "-D", self.datadir, *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, start_new_session=True,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl {args[0]} failed ({done.returncode}): {(done.stdout + done.stderr).strip()[-2000:]}")
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except KeyboardInterrupt:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=timeout)  # finish what was begun; the caller cleans up after
+            raise
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"pg_ctl {args[0]} failed ({process.returncode}): {(stdout + stderr).strip()[-2000:]}")
 
     def stop_server(self, mode: str = "fast") -> None:
         """Stop the server, keeping its data (an outage); ``mode``: fast or immediate (a crash)."""
@@ -230,13 +258,16 @@ class LocalPostgres:
         return wrapper
 
     def stop(self) -> None:
-        if self._running:
+        """Stop the server and remove its directory; also a server whose start was interrupted
+        (its postmaster.pid is there) and when the server was stopped by someone else."""
+        if self._running or (self.base_dir and os.path.exists(os.path.join(self.datadir, "postmaster.pid"))):
             try:
                 self.stop_server("fast")
             except (RuntimeError, subprocess.TimeoutExpired):
-                self._run_pg_ctl("stop", "-m", "immediate", "-w")
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    self._run_pg_ctl("stop", "-m", "immediate", "-w")
         if self.base_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+            _remove(self.base_dir)
             self.base_dir = ""
 
     def __enter__(self) -> LocalPostgres:

@@ -1,4 +1,4 @@
-"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``snapshot`` and ``verify``.
+"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``snapshot``, ``verify`` and ``tail``.
 
 The admin commands' logic is in ``pgsource/ops/admin/``; here they are parsed, confirmed
 (only when stdin is a terminal; ``--yes`` skips the question) and printed.
@@ -64,8 +64,14 @@ def check(config_path: str) -> None:
     report = check_prerequisites(config)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
+    if report.grants:  # on stdout, as SQL: `pgsource check --config FILE | psql ADMIN_DSN` applies them
+        click.echo("-- what the PostgreSQL user lacks; run as a superuser or the tables' owner:")
+        for grant in report.grants:
+            click.echo(grant)
     if not report.ok:
         sys.exit(report.exit_code)
     refused = _check_iggy(config)
@@ -113,7 +119,10 @@ def drop_slot(config_path: str, keep_publication: bool, yes: bool) -> None:
     from pgsource.plan.assignment import configured_channels, plan_cdc
     from pgsource.state import FileStateStore
 
-    conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot")
+    try:
+        conn = pg.connect(config.source.connection_string, application_name="pgsource-drop-slot", connect_timeout=10)
+    except PgSourceError as exc:
+        _fail(exc)
     try:
         slots = rep.existing_slots(conn)
         try:
@@ -136,8 +145,8 @@ def drop_slot(config_path: str, keep_publication: bool, yes: bool) -> None:
             store.delete(f"cdc/{slot}")
             click.echo(f"slot {slot}: {'dropped' if dropped else 'absent'}")
             if not keep_publication:
-                pubs.drop_publication(conn, publication)
-                click.echo(f"publication {publication}: dropped")
+                dropped = pubs.drop_publication(conn, publication)
+                click.echo(f"publication {publication}: {'dropped' if dropped else 'absent'}")
     finally:
         conn.close()
 
@@ -260,7 +269,42 @@ def verify(config_path: str, table_name: str | None, after: str | None) -> None:
     from pgsource.errors import VerificationError
 
     click.echo("ok: nothing missing" if report.ok else "FAILED: messages missing from Iggy", err=not report.ok)
+    click.echo(f"the messages themselves: pgsource tail --config {config_path}{f' --table {table_name}' if table_name else ''}")
     exit_after_sdk(0 if report.ok else VerificationError.exit_code)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", default=None, help="Only this table's topic (default: every table's).")
+@click.option("-n", "count", type=click.IntRange(min=0), default=None,
+              help="Messages per partition: the last N (default 10); with --from-start the first N (default all).")
+@click.option("--follow", "-f", is_flag=True, help="Then wait for new messages until Ctrl-C.")
+@click.option("--from-start", is_flag=True, help="Start at offset 0 instead of the last N.")
+def tail(config_path: str, table_name: str | None, count: int | None, follow: bool, from_start: bool) -> None:
+    """Print the messages of the configuration's topics, one a line (id, partition, offset, payload), like kcat -C.
+
+    Reading leaves no trace on the server: no consumer offset is stored, no consumer group joined.
+    """
+    config = _load(config_path)
+    import asyncio
+    import signal
+
+    from pgsource.ops.admin.tail import plan_tail, run_tail
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: a clean exit
+    try:
+        plan = plan_tail(config, table_name, count, from_start, follow)
+        printed = asyncio.run(run_tail(config, plan, click.echo, lambda line: click.echo(f"note: {line}", err=True)))
+        if not printed:
+            click.echo(f"note: no messages in {', '.join(config.iggy.stream + '/' + t for t in plan.topics)}", err=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `pgsource tail ... | head`
+        exit_after_sdk(0)
+    except PgSourceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        exit_after_sdk(exc.exit_code)
+    exit_after_sdk(0)
 
 
 def _register_demo() -> None:

@@ -70,6 +70,7 @@ class _Unit:
     committed: PollingOffset | None = None
     held_by: str = ""  # the horizon's holder last logged
     warned_sequence: bool = False  # rows above the sequence were reported
+    beyond_sequence: tuple | None = None  # (key, observations): a read above the sequence, judged at the next one
 
 
 @dataclass
@@ -246,6 +247,7 @@ class PollWorker(QueueWorker):
         unit.horizon = unit.horizon_tracker.observe(activity, sequence)
         unit.observed_at = time.monotonic()
         self._report_holder(unit)
+        self._judge_beyond_sequence(unit)
 
     def _report_holder(self, unit: _Unit) -> None:
         horizon = unit.horizon
@@ -336,11 +338,25 @@ class PollWorker(QueueWorker):
 
     def _warn_beyond_sequence(self, unit: _Unit, hi_key) -> None:
         """Rows above the sequence were given their ids by the client: their range seals only once
-        the sequence passes them (nextval may still hand out those ids); say so once."""
+        the sequence passes them (nextval may still hand out those ids); say so once.
+
+        Above the value observed *before* the read is not enough: rows committed between that
+        observation and the read's snapshot took later values of the sequence. The suspicion is
+        judged at the next observation, made after the read (``_judge_beyond_sequence``).
+        """
         tracker = unit.horizon_tracker
-        if tracker is None or unit.warned_sequence or tracker.last_sequence is None:
+        if tracker is None or unit.warned_sequence or tracker.last_sequence is None or unit.beyond_sequence:
             return
         if unit.reader.tracking.kind is TrackingKind.SEQUENCE and hi_key > tracker.last_sequence:
+            unit.beyond_sequence = (hi_key, tracker.observations)
+
+    def _judge_beyond_sequence(self, unit: _Unit) -> None:
+        tracker = unit.horizon_tracker
+        if unit.beyond_sequence is None or tracker.observations <= unit.beyond_sequence[1]:
+            return
+        hi_key, _ = unit.beyond_sequence
+        unit.beyond_sequence = None
+        if hi_key > tracker.last_sequence:  # still above a value read after the read: nextval never gave it
             log.warning(
                 "%s: %s: rows with %s above its sequence %s (at %d) were given their values by the client;"
                 " the committed offset stays below them until the sequence passes them (set source.lag to seal"

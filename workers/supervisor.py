@@ -91,6 +91,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until a signal or a fatal error; the process exit code."""
+        for signum in (signal.SIGTERM, signal.SIGINT):  # queued from the first moment: a stop during the
+            signal.signal(signum, lambda signum, frame: self._signals.append(signum))  # checks is a clean stop
         try:
             self._lock.acquire()
         except PgSourceError as exc:
@@ -107,9 +109,12 @@ class Supervisor:
             for problem in report.problems:
                 log.error("%s", problem)
             return report.exit_code
+        if self._signals:
+            log.info("received %s before the workers started, stopping", signal.Signals(self._signals[0]).name)
+            return 0
         # CDC: the table → slot map comes from the configuration and the database (the check read it)
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
-        for note in report.notes:
+        for note in report.notes + report.warnings:
             log.warning("%s", note)
         record_shard(self.config)
         if self.config.shard is not None:

@@ -198,6 +198,15 @@ class SourceConfig(BaseModel):
     primary_key_column: str | None = None  # the key of delete/mark and partitions (default: the catalog's)
     verbose_logging: bool = False  # INFO lines for every batch
 
+    @field_validator("late_commits", mode="before")
+    @classmethod
+    def _late_commits_words(cls, value):
+        """YAML 1.1 reads an unquoted ``off`` (and ``no``, ``false``) as false, ``on``/``yes``/``true`` as
+        true: the documented ``late_commits: off`` must not need quotes."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
     @field_validator("payload_format", mode="before")
     @classmethod
     def _payload_alias(cls, value):

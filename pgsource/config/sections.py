@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pgsource.config.address import Address, parse_address
 from pgsource.config.duration import Duration, format_duration, parse_duration
 from pgsource.config.secrets import resolve_iggy_files
 from pgsource.config.size import parse_size
@@ -129,10 +130,18 @@ class IggyConfig(BaseModel):
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port")
+        parse_address(value)  # one grammar (pgsource/config/address.py); the error says the expected form
         return value
+
+    @property
+    def server(self) -> Address:
+        """``address`` parsed: host (without brackets) and port."""
+        return parse_address(self.address)
+
+    @property
+    def tls_domain(self) -> str:
+        """The name Iggy's certificate must carry: ``tls.domain``, else the host of ``address``."""
+        return self.tls.domain or self.server.host
 
 
     @field_validator("topic")

@@ -11,13 +11,28 @@ from dataclasses import dataclass, field
 from pgsource.cdc.publication_shapes import review_shapes
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
 from pgsource.config.model import Config
-from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError
+from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
 from pgsource.pg import connect as pg
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
-from pgsource.pg.horizon import TrackingKind, describe_tracking
-from pgsource.pg.query import build_custom_probe, build_custom_query, build_poll_plan, cdc_payload_problem
+from pgsource.pg.grants import (
+    build_role_grant,
+    build_schema_grant,
+    build_table_grants,
+    owned_sequence,
+    schema_usage_missing,
+    sequence_select_missing,
+)
+from pgsource.pg.horizon import XID8_OID, TrackingKind, can_see_all_sessions, describe_tracking
+from pgsource.pg.indexes import build_create_index, has_keyset_index
+from pgsource.pg.query import (
+    CTID,
+    build_custom_probe,
+    build_custom_query,
+    build_poll_plan,
+    cdc_payload_problem,
+)
 from pgsource.pg.row_filter import build_filter_probe
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
@@ -33,7 +48,10 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     assignment: dict[str, list[WorkUnit]] | None = None  # CDC: worker → units, from config and database
 
+    warnings: list[str] = field(default_factory=list)  # not in the way of a start, worth knowing (run logs them)
+    grants: list[str] = field(default_factory=list)  # what the user lacks, as SQL to copy (check prints it)
     config_error: bool = False  # a problem lies in the configuration itself (exit 2, not 3)
+    unreachable: bool = False  # PostgreSQL could not be reached at all (exit 75, as in every command)
 
     @property
     def ok(self) -> bool:
@@ -41,6 +59,8 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
+        if self.unreachable:
+            return SourceUnavailable.exit_code
         return ConfigError.exit_code if self.config_error else PrerequisiteError.exit_code
 
 
@@ -53,6 +73,7 @@ def check_prerequisites(config: Config) -> CheckReport:
     except PgSourceError as exc:
         report.problems.append(str(exc))
         report.config_error = isinstance(exc, ConfigError)
+        report.unreachable = exc.exit_code == SourceUnavailable.exit_code
         return report
     try:
         for table in source.tables:
@@ -72,6 +93,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                         payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
                         primary_key_column=source.primary_key_column,
                     )
+                    _advise(conn, config, report, info, plan)
                     tracking = None
                     if source.late_commits == "auto":
                         tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
@@ -93,6 +115,44 @@ def check_prerequisites(config: Config) -> CheckReport:
     finally:
         conn.close()
     return report
+
+
+def _advise(conn, config: Config, report: CheckReport, info, plan) -> None:
+    """Beyond the problems: a table no index serves (a warning with the CREATE INDEX that would), and
+    the grants polling the table needs and the user lacks, as SQL (issue 23). Read from the catalog
+    by oid, so that it works without USAGE on the table's schema (itself a grant to print)."""
+    source = config.source
+    if not has_keyset_index(conn, info.oid, plan.tracking_column):
+        index = build_create_index(conn, info.schema, info.name, tuple(c for c in plan.position_columns if c != CTID))
+        report.warnings.append(
+            f"table {info.qualified}: no index leads with its tracking column {plan.tracking_column!r}: every batch"
+            f" scans the whole table, slow once it is large; the index that serves the keyset query: {index}")
+    wanted: list[tuple[str | None, str]] = [(None, "SELECT")]
+    if source.delete_after_read:
+        wanted.append((None, "DELETE"))
+    if source.processed_column:
+        wanted.append((source.processed_column, "UPDATE"))
+    lacking = [item for item in wanted if missing_privileges(conn, info.oid, [item])]
+    no_usage = schema_usage_missing(conn, info.schema)
+    sequence, roles = None, []
+    if source.late_commits == "auto" and info.column(plan.tracking_column).base_oid != XID8_OID:
+        owned = owned_sequence(conn, info.oid, plan.tracking_column)
+        if owned is not None and sequence_select_missing(conn, owned[1]):
+            sequence = owned[0]
+        elif owned is None and not no_usage:  # a nextval() default of a sequence the column does not own
+            tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+            if tracking.kind is TrackingKind.SEQUENCE and missing_privileges(conn, info.oid, [], tracking.sequence):
+                sequence = tracking.sequence
+        if not can_see_all_sessions(conn):
+            roles.append(build_role_grant(conn, "pg_read_all_stats"))
+    if no_usage:
+        report.grants.append(build_schema_grant(conn, info.schema))
+    if lacking or sequence:
+        report.grants += build_table_grants(conn, info.schema, info.name, lacking, sequence)
+    report.grants += [grant for grant in roles if grant not in report.grants]
+    if no_usage:  # nothing else of the table can be checked without it
+        raise PrerequisiteError(f"table {info.qualified}: the PostgreSQL user lacks USAGE on schema {info.schema};"
+                                f" grant it ({build_schema_grant(conn, info.schema)})")
 
 
 def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
@@ -178,6 +238,7 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
         )
     if not can_replicate(conn):
         report.problems.append("the PostgreSQL user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)")
+        report.grants.append(build_role_grant(conn, "REPLICATION"))
     slots = rep.existing_slots(conn)
     relations = pubs.describe_relations(conn, source.tables)
     report.problems += cdc_table_problems(conn, config)

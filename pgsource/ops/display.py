@@ -5,12 +5,18 @@ file or a container log; ``PGSOURCE_PROGRESS=0`` turns it off). Rows done are th
 committed offsets' row counts, read from ``state.dir`` twice a second (what Iggy
 acknowledged, not what was merely read); the total is the planner's estimate
 (``pg_class.reltuples``, divided among a table's chunks), else a count bounded to 5 s,
-else unknown (rows and rate, no ETA). Drawn with ``rich``. Log lines written by the
-worker processes meanwhile may leave a stale copy of the bars above them.
+else unknown (rows and rate, no ETA). Drawn with ``rich``.
+
+While the bars are live, every line written to the supervisor's stderr goes through the same
+console (``LinesAbove``): its own log records and those of the workers and the publisher,
+which inherit that stderr. So logs scroll above the live bars instead of garbling them.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 
 from pgsource.config.model import Config
@@ -29,11 +35,12 @@ class BulkLoadDisplay:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
         self.store = FileStateStore(config.state.dir)
+        self.lines = LinesAbove()
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
             TextColumn("{task.fields[rate]}", style="progress.data.speed"),
             TextColumn("{task.fields[eta]}", style="progress.remaining"),
-            console=Console(stderr=True), refresh_per_second=2,
+            console=Console(file=self.lines.terminal), refresh_per_second=2, redirect_stderr=False,
         )
         self.tasks = {}
         self._since: dict[str, tuple[float, int]] = {}  # key -> (when, rows) at the start: the rate's base
@@ -45,6 +52,7 @@ class BulkLoadDisplay:
             self._since[unit.key] = (time.monotonic(), self._rows(unit.key) or 0)
         self._refreshed = 0.0
         self.progress.start()
+        self.lines.start(self.progress.console)
 
     @classmethod
     def start(cls, config: Config, assignment: dict[str, list[WorkUnit]]) -> BulkLoadDisplay | None:
@@ -82,7 +90,51 @@ class BulkLoadDisplay:
 
     def close(self) -> None:
         self.refresh()
+        self.lines.stop()  # the last lines above the bars, then stderr is the terminal again
         self.progress.stop()
+
+
+class LinesAbove:
+    """Lines written to this process's stderr (fd 2), printed through a rich console.
+
+    fd 2 becomes a pipe, read by a thread that prints each line with ``console.print``: while a
+    live display runs, rich prints it above the display. Processes started meanwhile inherit the
+    pipe as their stderr, so their lines take the same way. ``stop`` puts the terminal back.
+    """
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self._terminal_fd = os.dup(2)
+        self.terminal = os.fdopen(os.dup(self._terminal_fd), "w", encoding="utf-8", errors="replace", buffering=1)
+        self._read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._console = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="pgsource-lines-above", daemon=True)
+
+    def start(self, console) -> None:
+        self._console = console
+        self._thread.start()
+
+    def stop(self, drain: float = 2.0) -> None:
+        """Give fd 2 back to the terminal; print what is still in the pipe (bounded: a process that
+        outlives us may hold the pipe open; the thread then forwards its lines to the terminal)."""
+        sys.stderr.flush()
+        os.dup2(self._terminal_fd, 2)
+        self._thread.join(drain)
+        with self._lock:
+            self._console = None
+
+    def _pump(self) -> None:
+        with os.fdopen(self._read, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                with self._lock:
+                    if self._console is not None:
+                        self._console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+                    else:
+                        self.terminal.write(line + "\n")
 
 
 def _estimates(config: Config, units: list[WorkUnit]) -> dict[str, int | None]:

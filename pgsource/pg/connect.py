@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extras
 
-from pgsource.errors import ConfigError, SourceUnavailable
+from pgsource.errors import ConfigError, SourceLoginRefused, SourceUnavailable
 
 # libpq's message for a string it cannot parse quotes a piece of it, which may be the password.
 INVALID_DSN = (
@@ -35,7 +35,7 @@ def connect(dsn: str, *, application_name: str = "pgsource", autocommit: bool = 
         connection = psycopg2.connect(dsn, options=SESSION_OPTIONS, application_name=application_name,
                                       **{**KEEPALIVES, **libpq})
     except psycopg2.OperationalError as exc:
-        raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+        raise connect_error("cannot connect to PostgreSQL", exc) from None
     except psycopg2.ProgrammingError:
         raise ConfigError(INVALID_DSN) from None
     connection.autocommit = True
@@ -61,10 +61,24 @@ def connect_replication(dsn: str, *, application_name: str = "pgsource"):
             **KEEPALIVES,
         )
     except psycopg2.OperationalError as exc:
-        raise SourceUnavailable(f"cannot open a replication connection: {str(exc).strip()}") from None
+        raise connect_error("cannot open a replication connection", exc) from None
     except psycopg2.ProgrammingError:
         raise ConfigError(INVALID_DSN) from None
     return connection
+
+
+# libpq's texts for a server (or TLS) that answered and refused: waiting does not fix these.
+_REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "pg_hba.conf rejects", "does not exist",
+             "is not permitted to log in", "permission denied for database", "no password supplied",
+             "authentication failed", "certificate", "does not match host name", "server does not support ssl")
+
+
+def connect_error(what: str, exc: psycopg2.OperationalError) -> SourceUnavailable:
+    """A failed connect as one line: SourceLoginRefused (3) when the server refused the login,
+    else SourceUnavailable (75: unreachable, starting up, too many clients...)."""
+    reason = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    refused = any(text in reason.lower() for text in _REFUSALS)
+    return (SourceLoginRefused if refused else SourceUnavailable)(f"{what}: {reason}")
 
 
 OperationalError = psycopg2.OperationalError

@@ -139,9 +139,13 @@ def add_tables(conn, name: str, tables: list[TableConfig]) -> None:
         cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(name), targets))
 
 
-def drop_publication(conn, name: str) -> None:
+def drop_publication(conn, name: str) -> bool:
+    """Drop it when it exists; whether there was one to drop."""
     with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+        existed = cur.fetchone() is not None
         cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+    return existed
 
 
 def current_writers(conn, tables: list[TableConfig]) -> set[str]:

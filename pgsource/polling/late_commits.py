@@ -124,6 +124,11 @@ class HorizonTracker:
         """The sequence value read at the latest observation (sequence columns)."""
         return self._last_sequence
 
+    @property
+    def observations(self) -> int:
+        """How many observations were made: a later one saw the database after an earlier read."""
+        return self._observations
+
     def observe(self, activity: Activity, sequence_value: int | None = None) -> Horizon:
         first = self._observations == 0
         self._observations += 1

@@ -15,7 +15,8 @@ and re-sends.
 Failures that no retry can fix raise :class:`~pgsource.errors.SinkRefused` (exit 5):
 a wrong password or missing permission, a missing stream or topic with
 ``create_missing: false``, a topic with fewer partitions than ``iggy.partitions``, a
-create option or name the server refuses. Everything else (the server down,
+create option or name the server refuses (but a server that refuses the options the SDK itself
+adds gets the topic created again without options: ``pgsource/sink/topics.py``). Everything else (the server down,
 restarting, slow, a topic deleted under us) is a ``SinkError`` the publisher retries.
 """
 
@@ -39,7 +40,7 @@ from pgsource.encode.frames import (
     split_partition_frames,
 )
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.sink import sockets
+from pgsource.sink import sockets, topics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ WAIT_SLICE = 1.0  # an SDK call is waited for in slices of this, calling ``on_wa
 _PERMANENT = (
     "invalid credentials",  # 42, or an Eviction frame with reason InvalidCredentials
     "unauthorized",  # 41: the user lacks the permission
-    "unsupported option key",  # 4041: the server refuses a create option the SDK sends
+    "unsupported option key",  # 4041: the server refuses a create option (the SDK's own: retried without, topics.py)
     "invalid option value",  # 4042
     "invalid stream name",  # 1013
     "invalid topic name",  # 2014
@@ -78,7 +79,7 @@ class IggySink:
         self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
         self._told: set[tuple[str, str]] = set()  # existing topics whose differing settings were logged
-        self._port = int(config.address.rsplit(":", 1)[1])
+        self._port = config.server.port
 
     # -- connection ---------------------------------------------------------------------
 
@@ -190,9 +191,17 @@ class IggySink:
             if not self.config.create_missing:
                 raise SinkRefused(f"{where} does not exist and iggy.create_missing is false")
             what = f"{self.config.partitions} partition(s), {settings.describe()}"
-            created = await self._create(
-                client.create_topic(stream, topic, self.config.partitions, **_topic_options(settings)),
-                f"{where}: creating it with {what}")
+            try:
+                created = await self._create(
+                    client.create_topic(stream, topic, self.config.partitions, **_topic_options(settings)),
+                    f"{where}: creating it with {what}")
+            except SinkRefused as exc:
+                if not topics.refuses_options(exc):
+                    raise
+                body = topics.encode_create_topic_request(stream, topic, self.config.partitions)
+                if await self._create(client.send_binary_request(topics.CREATE_TOPIC_CODE, body), f"{where}: creating it"):
+                    log.warning("%s", topics.describe_fallback(self.config.address, where, self.config.partitions, settings))
+                created = False
             if created:
                 log.info("created %s with %s", where, what)
             details = await self._call(client.get_topic(stream, topic), f"{where}: reading topic")
@@ -294,7 +303,7 @@ def _tls_options(config: IggyConfig) -> dict:
     if not tls.enabled:
         return {}
     options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
-               "tls_domain": tls.domain or config.address.rpartition(":")[0].strip("[]")}
+               "tls_domain": config.tls_domain}
     if tls.ca_file:
         options["tls_ca_file"] = tls.ca_file
     return options

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--username", default="iggy")
     parser.add_argument("--password", default="iggy")
+    parser.add_argument("--refuse-sdk-topic-options", action="store_true",
+                        help="refuse the create-topic options apache-iggy 0.9.0 sends (UnsupportedOptionKey), as a"
+                             " server older than the SDK does (the 0.9.0-edge.5 snapshot)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     parent = os.getppid()
 
-    standin = IggyStandIn(args.host, args.port, args.username, args.password).start()
+    standin = IggyStandIn(args.host, args.port, args.username, args.password,
+                          accept_wheel_topic_options=not args.refuse_sdk_topic_options).start()
     print(standin.address, flush=True)
     try:
         while not stop.wait(0.5):

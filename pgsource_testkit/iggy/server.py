@@ -244,6 +244,16 @@ class IggyStandIn:
                 return 0
             return self._storage.topic(stream, topic)[1].messages_count
 
+    def consumer_offsets(self, stream: str, topic: str) -> dict[tuple[int, int, bytes], int]:
+        """Every consumer offset stored for a topic: (partition, consumer kind, consumer id) → offset
+        (what a reader that must leave no trace, ``pgsource tail``, is checked against)."""
+        with self._storage.lock:
+            stream_found = self._storage.find_stream(stream)
+            if stream_found is None or topic not in [t.name for t in stream_found.topics.values()]:
+                return {}
+            partitions = self._storage.topic(stream, topic)[1].partitions
+            return {(p.id, *consumer): offset for p in partitions for consumer, offset in p.consumer_offsets.items()}
+
     def last_stored_at(self, stream: str, topic: str) -> int:
         """When the newest batch of a topic was stored (server time, µs since the epoch; 0 when none),
         without decoding any message."""

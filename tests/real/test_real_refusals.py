@@ -63,24 +63,26 @@ def test_a_topic_with_fewer_partitions_than_configured(real_iggy, real_pg_dsn, r
 def test_creating_the_topic_with_the_wheels_options(real_iggy, real_pg_dsn, real_stream, tmp_path):
     """apache-iggy 0.9.0 always sends the create-topic options ``durability`` and
     ``consumer_offset_durability``. A server older than the wheel (the 2026-08-21 source
-    snapshot) refuses them with UnsupportedOptionKey: pgsource stops with exit 5 and says how to
-    go on (create the topic, create_missing: false). A server that accepts them gets the topic."""
-    if real_iggy.refuses_wheel_topic_options:
-        code, log = _run_until_exit(real_iggy, real_pg_dsn, real_stream, tmp_path, partitions=2)
-        assert code == 5
-        assert (f"Iggy topic {real_stream}/t: creating it with 2 partition(s), message_expiry server_default,"
-                " max_size server_default, compression none: Unsupported option key") in log
-        return
+    snapshot) refuses them with UnsupportedOptionKey: pgsource creates the topic again without
+    options and says so once (WARNING, naming what was not applied). A server that accepts them
+    gets the topic with them. Either way the rows arrive, in the configured partitions."""
     execute(real_pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     execute(real_pg_dsn, "INSERT INTO t SELECT generate_series(1, 10)")
     config = write_config(tmp_path, real_pg_dsn, real_iggy.address, source={"tables": ["t"], "late_commits": "off"},
-                          iggy=real_iggy.iggy_section(real_stream, partitions=2))
+                          iggy=real_iggy.iggy_section(real_stream, partitions=2,
+                                                      topic_settings={"message_expiry": "7d"}))
     service = start_service(config)
     try:
         wait_for(lambda: message_count(real_iggy, real_stream, "t") >= 10, 60, 0.2, message="10 rows")
     finally:
         assert stop_service(service) == 0
     assert len(reader.partition_counts(real_iggy, real_stream, "t")) == 2
+    log = config.with_suffix(".log").read_text()
+    fallback = "refused the create-topic options apache-iggy 0.9.0 sends"
+    if real_iggy.refuses_wheel_topic_options:
+        assert log.count(fallback) == 1 and "iggy.topic_settings NOT applied: message_expiry 7d" in log, log
+    else:
+        assert fallback not in log
 
 
 def _delete_topic(server, stream: str, topic: str) -> None:

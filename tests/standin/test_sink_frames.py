@@ -188,8 +188,7 @@ def test_every_call_is_bounded_when_the_server_freezes():
         asyncio.run(scenario(server))
 
 
-@pytest.mark.parametrize("case", ["wrong password", "missing topic", "missing stream", "too few partitions",
-                                  "refused create options"])
+@pytest.mark.parametrize("case", ["wrong password", "missing topic", "missing stream", "too few partitions"])
 def test_failures_no_retry_can_fix_are_refusals(case):
     parts = frames.encode_partition_frames([1], [0], ["x"])
 
@@ -214,15 +213,13 @@ def test_failures_no_retry_can_fix_are_refusals(case):
             await _send(sink, parts)
         return str(raised.value)
 
-    with IggyStandIn(accept_wheel_topic_options=case != "refused create options") as server:
+    with IggyStandIn() as server:  # refused create options: tests/standin/test_topic_fallback.py
         message = asyncio.run(scenario(server))
     assert {
         "wrong password": "refused user 'iggy': Invalid credentials",
         "missing topic": "Iggy topic s/t does not exist and iggy.create_missing is false",
         "missing stream": "Iggy stream 's' does not exist and iggy.create_missing is false",
         "too few partitions": "has 1 partition(s), iggy.partitions asks for 3",
-        "refused create options": ("creating it with 1 partition(s), message_expiry server_default, max_size server_default,"
-                                   " compression none: Unsupported option key"),
     }[case] in message
 
 

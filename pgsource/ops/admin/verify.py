@@ -38,16 +38,18 @@ cannot list individual changes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from pgsource.config.model import Config
-from pgsource.errors import ConfigError, SinkError
+from pgsource.errors import ConfigError
 from pgsource.lsn import format_lsn
 from pgsource.ops.admin.common import cdc_slots, connection, find_table, units_of
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, count_rows_upto, iter_rows_upto, normalize_value, slot_stats
 from pgsource.state import FileStateStore, PollingOffset, SlotProgress
+from pgsource.state.lock import holder
 
 SHOWN = 20  # missing ids listed one per line; the rest are counted
 
@@ -69,13 +71,10 @@ def verify(config: Config, table_name: str, after: str | None = None) -> VerifyR
 
 
 def _read_ids(config: Config, topic: str) -> list[tuple[int, int]] | None:
+    """Every (partition, id) of the topic; SinkUnavailable (75) when Iggy cannot be reached."""
     from pgsource.sink.reader import read_message_ids
 
-    iggy = config.iggy
-    try:
-        return asyncio.run(read_message_ids(iggy.address, iggy.username, iggy.password, iggy.stream, topic))
-    except (RuntimeError, OSError) as exc:
-        raise SinkError(f"Iggy at {iggy.address}: reading {iggy.stream}/{topic}: {exc}") from None
+    return asyncio.run(read_message_ids(config.iggy, config.iggy.stream, topic))
 
 
 def _verify_polling(config: Config, table_name: str, after: str | None) -> VerifyReport:
@@ -139,6 +138,7 @@ def _verify_cdc(config: Config, table_name: str | None) -> VerifyReport:
 
     store = FileStateStore(config.state.dir)
     report = VerifyReport()
+    running = holder(config.state.dir)  # a pgsource running on this state.dir confirms the slot meanwhile
     with connection(config, "verify") as conn:
         planned = cdc_slots(conn, config)
         workers = {worker: units for worker, (_, units) in planned.items()}
@@ -167,9 +167,32 @@ def _verify_cdc(config: Config, table_name: str | None) -> VerifyReport:
             f" {format_lsn(acknowledged) if acknowledged else 'not recorded'}, newest commit in Iggy"
             f" {format_lsn(newest) if newest else 'none'}, {found.unconfirmed_bytes} byte(s) of WAL after the confirmed position"
         )
+        if acknowledged and found.confirmed_lsn > acknowledged and running:
+            acknowledged = _wait_for_record(store, slot, found, acknowledged, report)
         if acknowledged and found.confirmed_lsn > acknowledged:
             report.missing.append(
                 f"slot {slot} is confirmed at {format_lsn(found.confirmed_lsn)}, beyond what pgsource recorded as"
                 f" acknowledged ({format_lsn(acknowledged)}): something else advanced it; changes in between may be lost"
             )
     return report
+
+
+RECORD_WAIT = 15.0  # seconds: a running worker copies its confirmed LSN into the record every 10 s
+
+
+def _wait_for_record(store: FileStateStore, slot: str, found, acknowledged: int, report: VerifyReport) -> int:
+    """A running pgsource confirms the slot as Iggy acknowledges and records that position every 10 s:
+    a slot ahead of the record is in flight, not lost. Its own walsender holding the slot (streaming)
+    is the only one that can have moved it; else (the SQL transport) the record catches up within 10 s."""
+    if found.active_pid is not None:
+        report.lines.append(f"slot {slot}: in flight: the running pgsource (walsender pid {found.active_pid}) confirmed"
+                            f" {format_lsn(found.confirmed_lsn)}; its record is written every 10 s")
+        return found.confirmed_lsn
+    deadline = time.monotonic() + RECORD_WAIT
+    while time.monotonic() < deadline:
+        stored = store.load(f"cdc/{slot}", SlotProgress)
+        if stored is not None and stored.lsn >= found.confirmed_lsn:
+            return stored.lsn
+        time.sleep(0.2)
+    return acknowledged
+
