@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pgsource.cdc.change_batch import ChangeBatch, tables_of  # noqa: F401 (re-exported: the worker imports them here)
 from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.transaction_markers import TransactionMarkers
 from pgsource.config.model import Config, Operation, Partitioning
@@ -35,7 +36,7 @@ from pgsource.config.names import message_name
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.batch import MessageBatch, new_message_batch
+from pgsource.encode.batch import new_message_batch
 from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
 from pgsource.encode.frames import TXN_INDEX
 from pgsource.encode.ids import cdc_message_id, key_partition
@@ -59,49 +60,6 @@ class _RelationState:
     partition_positions: list[int] = field(default_factory=list)  # the catalog key, in key order
     start_lsn: int = 0  # changes of transactions committing before it are not sent (a table's cut)
     payload_position: int | None = None  # payload_column: the column whose value is the message
-
-
-@dataclass
-class ChangeBatch:
-    """Messages encoded from one slice of the change stream."""
-
-    topic_messages: dict[str, MessageBatch] = field(default_factory=dict)  # payloads are bytes here
-    count: int = 0
-    last_commit_end: int | None = None  # end LSN of the last transaction fully contained
-    commit_time: float = 0.0
-
-    def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
-        ids, parts, payloads, header_list = self.topic_messages.get(topic) or self.topic_messages.setdefault(
-            topic, new_message_batch())
-        ids.append(message_id)
-        parts.append(partition)
-        payloads.append(payload)
-        header_list.append(headers)
-        self.count += 1
-
-
-def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int, int]]:
-    """Per table (the messages' ``table`` header, as ``table_name`` names it) of one topic's
-    messages: (messages, frame bytes). Header dicts are shared per transaction, table and
-    operation, so the common case (one table) costs one pass at C speed; several tables in
-    one topic are counted message by message."""
-    shared = dict(zip(map(id, headers), headers))
-    names = {header.get("table", "") for header in shared.values()}  # "": transaction markers
-    if len(names) == 1:
-        return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
-    from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
-
-    def size(header: dict) -> int:
-        encoded = encode_user_headers(header)  # (before, after) around a txn_index of ~4 digits
-        return len(encoded) if isinstance(encoded, bytes) else len(encoded[0]) + len(encoded[1]) + 23
-
-    sizes = {key: FRAME_HEADER_SIZE + size(header) for key, header in shared.items()}
-    out: dict[str, list[int]] = {name: [0, 0] for name in names}
-    for payload, header in zip(payloads, headers):
-        entry = out[header.get("table", "")]
-        entry[0] += 1
-        entry[1] += sizes[id(header)] + len(payload)
-    return {name: (count, size) for name, (count, size) in out.items()}
 
 
 class ChangeEncoder:
