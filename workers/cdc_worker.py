@@ -36,6 +36,7 @@ import logging
 import time
 
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.slot_lifecycle import SlotPreparation
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
@@ -63,7 +64,7 @@ LINGER = 0.005
 REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
-class CdcWorker(SlotPreparation, QueueWorker):
+class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
@@ -89,18 +90,22 @@ class CdcWorker(SlotPreparation, QueueWorker):
         self.spec.backends(self.conn)
         self._copying = False
         self.identity = rep.system_identity(self.conn)
-        infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        self.infos = infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
         self._check_tables()
+        trees = self._partition_trees()  # before any snapshot: see pgsource/cdc/identity.py
         record = self._prepare_slot()
         if record is None:
             self._unfinished = True
             return
-        self.record = record
+        self.record = record = self._identify(record)
         by_name = {table.qualified: (table.schema_, table.name) for table in self.tables}
         starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts)
+        oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
+        if self._settle_partitions(record, trees) is None:
+            self._unfinished = True
 
     def _check_tables(self) -> None:
         from pgsource.ops.checks import cdc_table_problems
@@ -133,6 +138,7 @@ class CdcWorker(SlotPreparation, QueueWorker):
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
             self.notify()
+            self._watch_tables()
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit)
             if self.progress.in_flight:
@@ -244,6 +250,7 @@ class CdcWorker(SlotPreparation, QueueWorker):
         try:
             while not self._should_stop():
                 self.notify()
+                self._watch_tables(self._flush_batch)
                 message = read()
                 if message is not None:
                     batch = self._batch

@@ -129,6 +129,12 @@ class SlotProgress:
     version: every configured table of its publication). ``generation`` goes into the ids of
     the initial snapshot's messages (the consistent point of its first attempt, kept by a
     redo); ``joins`` are the tables added while the slot was already streaming.
+
+    A table is captured by its identity, not its name: ``oids`` holds the relation each of
+    ``tables`` was (a start refuses a name that now denotes another one), ``partitions`` the
+    partitions of a partitioned table whose rows were delivered (one attached later gets a
+    snapshot), ``rejoin`` the tables ``pgsource rejoin`` asked to take anew (joined with a
+    snapshot at the next start). Records without them (older versions) are read as empty.
     """
 
     kind: ClassVar[str] = "slot"
@@ -142,6 +148,9 @@ class SlotProgress:
     tables: tuple[str, ...] = field(default_factory=tuple)
     generation: int = 0
     joins: tuple[TableJoin, ...] = field(default_factory=tuple)
+    oids: tuple[tuple[str, int], ...] = field(default_factory=tuple)  # (table, pg_class oid), sorted
+    partitions: tuple[tuple[str, tuple[int, ...]], ...] = field(default_factory=tuple)  # (table, partition oids)
+    rejoin: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +163,9 @@ class SlotProgress:
             "tables": list(self.tables),
             "generation": self.generation,
             "joins": [join.to_json() for join in self.joins],
+            "oids": dict(self.oids),
+            "partitions": {table: list(oids) for table, oids in self.partitions},
+            "rejoin": list(self.rejoin),
         }
 
     @classmethod
@@ -168,7 +180,19 @@ class SlotProgress:
             tuple(raw.get("tables", ())),
             int(raw.get("generation", 0)),
             tuple(TableJoin.from_json(join) for join in raw.get("joins", ())),
+            tuple(sorted((str(table), int(oid)) for table, oid in (raw.get("oids") or {}).items())),
+            tuple(sorted((str(table), tuple(sorted(int(o) for o in oids)))
+                         for table, oids in (raw.get("partitions") or {}).items())),
+            tuple(str(table) for table in raw.get("rejoin", ())),
         )
+
+    @property
+    def oid_of(self) -> dict[str, int]:
+        return dict(self.oids)
+
+    @property
+    def partitions_of(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.partitions)
 
     @property
     def streamed(self) -> bool:
