@@ -266,7 +266,7 @@ class Backfill:
 
 @dataclass(frozen=True)
 class BackfillRecord:
-    """The backfills of one slot (``cdc/<slot>.backfills``, beside the slot's record): the running
+    """The backfills of one slot (``cdc-backfills/<slot>``, beside the slot's record): the running
     ones, and the last finished ones (so that a request the slot replays is not run twice)."""
 
     kind: ClassVar[str] = "backfills"
@@ -290,8 +290,15 @@ class BackfillRecord:
 
 
 def backfills_key(slot: str) -> str:
-    """Where a slot's backfills are kept: beside its record (``cdc/<slot>``); a slot name holds no dot."""
-    return f"cdc/{slot}.backfills"
+    """Where a slot's backfills are kept: beside its record (``cdc/<slot>``), under a prefix of their
+    own (whatever reads every ``cdc/`` key reads slot records)."""
+    return f"cdc-backfills/{slot}"
+
+
+def shapes_key(slot: str | None = None, table: str | None = None) -> str:
+    """Where the announced shapes are kept: a slot's (``cdc-shapes/<slot>``), or a polled table's
+    (``polling-shapes/<reference>``)."""
+    return f"cdc-shapes/{slot}" if slot is not None else f"polling-shapes/{table}"
 
 
 @dataclass(frozen=True)
@@ -313,7 +320,7 @@ class TableShape:
 
 @dataclass(frozen=True)
 class ShapeRecord:
-    """The shapes consumers were told of (``cdc/<slot>.shapes``, ``shapes/<table>`` in polling): the
+    """The shapes consumers were told of (``cdc-shapes/<slot>``, ``polling-shapes/<table>``): the
     baseline a start compares the table's columns with, so a change made while pgsource was
     stopped is announced too."""
 
