@@ -37,6 +37,7 @@ import time
 
 from pgsource.cdc.backfill_driver import BackfillDriving
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.slot_lifecycle import SlotPreparation
 from pgsource.errors import PgSourceError, PrerequisiteError
@@ -50,7 +51,7 @@ from pgsource.pg.types import load_table_types, load_type_catalog, load_type_nam
 from pgsource.pipeline.channel import Empty, get_event, put_event
 from pgsource.pipeline.events import encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
-from pgsource.state import FileStateStore, ShapeRecord
+from pgsource.state import FileStateStore, ShapeRecord, shapes_key
 from workers.base import QueueWorker, WorkerSpec
 
 log = logging.getLogger("pgsource.cdc")
@@ -65,7 +66,7 @@ LINGER = 0.005
 REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
-class CdcWorker(SlotPreparation, BackfillDriving, QueueWorker):
+class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
@@ -91,22 +92,26 @@ class CdcWorker(SlotPreparation, BackfillDriving, QueueWorker):
         self.spec.backends(self.conn)
         self._copying = False
         self.identity = rep.system_identity(self.conn)
-        infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        self.infos = infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
         self._check_tables()
+        trees = self._partition_trees()  # before any snapshot: see pgsource/cdc/identity.py
         record = self._prepare_slot()
         if record is None:
             self._unfinished = True
             return
-        self.record = record
+        self.record = record = self._identify(record)
         by_name = {table.qualified: (table.schema_, table.name) for table in self.tables}
         starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
-        self.shapes_key = f"{self.key}.shapes"
+        oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
+        self.shapes_key = shapes_key(self.slot)
         self.shapes = SchemaWatch(self.store.load(self.shapes_key, ShapeRecord))
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts,
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
                                      shapes=self.shapes, load_type_names=self._load_type_names)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
         self._start_backfills()
+        if self._settle_partitions(record, trees) is None:
+            self._unfinished = True
 
     def _check_tables(self) -> None:
         from pgsource.ops.checks import cdc_table_problems
@@ -150,6 +155,7 @@ class CdcWorker(SlotPreparation, BackfillDriving, QueueWorker):
         limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
         while not self._should_stop():
             self.notify()
+            self._watch_tables()
             self._backfill_step(force=True)  # between peeks: the connection is free
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit)
@@ -264,6 +270,7 @@ class CdcWorker(SlotPreparation, BackfillDriving, QueueWorker):
         try:
             while not self._should_stop():
                 self.notify()
+                self._watch_tables(self._flush_batch)
                 message = read()
                 if message is not None:
                     batch = self._batch

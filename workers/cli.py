@@ -1,4 +1,5 @@
-"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``snapshot``, ``verify`` and ``tail``.
+"""The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``rejoin``,
+``snapshot``, ``verify`` and ``tail``.
 
 The admin commands' logic is in ``pgsource/ops/admin/``; here they are parsed, confirmed
 (only when stdin is a terminal; ``--yes`` skips the question) and printed.
@@ -243,6 +244,27 @@ def snapshot(config_path: str, table_name: str, where: str | None, chunk_size: i
     except PgSourceError as exc:
         _fail(exc)
     click.echo(requested.describe())
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", required=True, help="A table of source.tables.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (it is asked only on a terminal).")
+def rejoin(config_path: str, table_name: str, yes: bool) -> None:
+    """CDC: take a table anew at the next start (joined with a snapshot), after the relation its slot
+    captured was replaced under its name or dropped from the publication (the service must be stopped)."""
+    config = _load(config_path)
+    from pgsource.ops.admin.rejoin import apply_rejoin, plan_rejoin
+    from pgsource.ops.admin.reset import check_not_running
+
+    try:
+        check_not_running(config)
+        plan = plan_rejoin(config, table_name)
+        _confirm(f"Take {plan.table} anew in slot {plan.slot} at the next start (its rows sent again as a snapshot)?", yes)
+        apply_rejoin(config, plan)
+    except PgSourceError as exc:
+        _fail(exc)
+    click.echo(f"rejoin {plan.table}: the next start joins it to slot {plan.slot} with a snapshot of its rows")
 
 
 @main.command()

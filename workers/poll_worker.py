@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from pgsource.errors import PrerequisiteError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.horizon import TrackingKind
@@ -38,7 +39,16 @@ from pgsource.pipeline.channel import Empty, get_event, put_event
 from pgsource.pipeline.events import AckEvent, encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
 from pgsource.plan.assignment import WorkUnit
-from pgsource.polling.late_commits import Horizon, HorizonTracker, ReadRange, SentIds, sealed, tracking_key
+from pgsource.polling.guard import check_late_commit_guard
+from pgsource.polling.late_commits import (
+    Horizon,
+    HorizonTracker,
+    ReadRange,
+    SentIds,
+    below_horizon,
+    sealed,
+    tracking_key,
+)
 from pgsource.rows.reader import ReadBatch, TableReader
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
@@ -71,6 +81,7 @@ class _Unit:
     held_by: str = ""  # the horizon's holder last logged
     warned_sequence: bool = False  # rows above the sequence were reported
     beyond_sequence: tuple | None = None  # (key, observations): a read above the sequence, judged at the next one
+    hidden: set = field(default_factory=set)  # (pid, backend_start) of sessions with track_activities off, reported
 
 
 @dataclass
@@ -129,7 +140,7 @@ class PollWorker(QueueWorker):
 
     def _open(self, unit: WorkUnit | None) -> _Unit:
         source = self.spec.config.source
-        reader = TableReader(self.conn, self.spec.config, unit.table if unit else None)
+        reader = TableReader(self.conn, self.spec.config, unit.table if unit else None, guard=check_late_commit_guard)
         key = unit.key if unit else "polling/custom_query"
         stored = self.store.load(key, PollingOffset)
         if unit is not None and unit.chunks > 1:
@@ -139,8 +150,9 @@ class PollWorker(QueueWorker):
             start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
         log.info("%s: %s from %s", self.spec.name, reader.table_name, start.position if start else "the start")
         state = _Unit(key, reader, start, ProgressTracker(start), rows=start.rows if start else 0, committed=stored)
-        if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE):
-            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone)
+        if reader.late_commits and reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE) and reader.time_zone:
+            state.horizon_tracker = HorizonTracker(reader.tracking.kind, reader.tracking.type_oid, reader.time_zone,
+                                                   reader.tracking.rounding)
         if reader.plan is not None and not reader.late_commits and not reader.exact:
             log.warning("%s: %s: late_commits is off: rows that commit after later rows were read are missed",
                         self.spec.name, reader.table_name)
@@ -239,15 +251,47 @@ class PollWorker(QueueWorker):
             self._observe(unit)
 
     def _observe(self, unit: _Unit) -> None:
-        """The horizon, observed in its own statements before the next data snapshot."""
+        """The horizon, observed in its own statements before the next data snapshot.
+
+        The catalog entries of the column (its default, its sequence's settings) are read with
+        the activity, after the sequence's value: a change (``ALTER SEQUENCE ... CACHE 50``) is seen
+        before this observation's horizon seals anything. The worker then plans the table again
+        from its committed offset (a restart: ``TableChanged``), which refuses what no horizon
+        protects any more (CACHE > 1: exit 3) and goes on after a harmless change. A sequence that
+        went back (setval, RESTART) stops the table (exit 3): its next ids lie below ids read."""
         tracking = unit.reader.tracking
-        with self.spec.statement(f"observing the transactions in progress for {unit.reader.table_name}"):
+        reader = unit.reader
+        with self.spec.statement(f"observing the transactions in progress for {reader.table_name}"):
             sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
-            activity = hz.observe_activity(self.conn)
+            activity = hz.observe_activity(self.conn, tracking.watch)
+        problem = hz.watch_problem(tracking, activity.fingerprint)
+        if problem is not None:
+            reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
+            raise TableChanged(f"table {reader.table_name}: {problem}; planning it again from its committed offset")
+        last = unit.horizon_tracker.last_sequence
+        if sequence is not None and last is not None and sequence < last:
+            raise PrerequisiteError(
+                f"table {reader.table_name}: sequence {tracking.sequence} went back while running ({last} -> {sequence}:"
+                " setval or RESTART): ids handed out now lie below ids already read, and would be missed. The committed"
+                f" offset stays where it was; to read them, pgsource reset --config FILE --table {reader.table_name} --to {sequence}")
+        self._report_hidden(unit, activity)
         unit.horizon = unit.horizon_tracker.observe(activity, sequence)
         unit.observed_at = time.monotonic()
         self._report_holder(unit)
         self._judge_beyond_sequence(unit)
+
+    def _report_hidden(self, unit: _Unit, activity: hz.Activity) -> None:
+        """Once per session with track_activities = off: it holds the committed offset while it exists."""
+        hidden = {(tx.pid, tx.started): tx for tx in activity.transactions if tx.hidden}
+        for identity in hidden.keys() - unit.hidden:
+            tx = hidden[identity]
+            log.warning(
+                "%s: %s: pid %s (role %s) runs with track_activities = off: its transactions cannot be seen, so the"
+                " committed offset stays where this session was first seen for as long as it exists (rows are"
+                " still sent); turn track_activities on for that role", self.spec.name, unit.reader.table_name,
+                tx.pid, tx.role or "?",
+            )
+        unit.hidden = set(hidden)
 
     def _report_holder(self, unit: _Unit) -> None:
         horizon = unit.horizon
@@ -286,6 +330,7 @@ class PollWorker(QueueWorker):
             if rows:
                 late.after = unit.reader.offset_after(rows).position
                 new = [row for row, message_id in zip(rows, unit.reader.encoder.message_ids(rows)) if message_id not in r.sent]
+                self._report_below_horizon(unit, r, new)
                 if new:
                     late.outstanding += 1
                     self._queue_rows(unit, new, r.hi, lambda late=late: self._late_batch_done(unit, late))
@@ -296,6 +341,26 @@ class PollWorker(QueueWorker):
                 unit.unsealed.popleft()
                 if not late.outstanding:
                     self._release(unit, r.hold)
+
+    def _report_below_horizon(self, unit: _Unit, range_: ReadRange, rows: list[tuple]) -> None:
+        """Rows a re-read found below the horizon observed before their range was read: their values
+        were written by the client (or a trigger), which the guard cannot protect; rows like them in
+        ranges already sealed were missed. Versioned reads (delete/mark) also re-find updated rows:
+        not counted there."""
+        reader = unit.reader
+        if not rows or unit.horizon_tracker is None or reader.plan is None or reader.plan.versioned:
+            return
+        found = below_horizon(range_, [tracking_key(row[0], reader.tracking.type_oid) for row in rows])
+        if found:
+            self.metrics.rows_below_horizon.labels(reader.table_name, self.spec.name).inc(found)
+            log.warning(
+                "%s: %s: %d row(s) re-read below the horizon observed before their range was read: %s was written"
+                " by the client (or a trigger), not by the writing transaction's %s; such rows are sent when a"
+                " re-read finds them, but missed in ranges already complete (set source.lag, or let the %s)",
+                self.spec.name, reader.table_name, found, reader.tracking.column,
+                "sequence" if reader.tracking.kind is TrackingKind.SEQUENCE else "clock",
+                "sequence fill it" if reader.tracking.kind is TrackingKind.SEQUENCE else "default fill it",
+            )
 
     def _late_batch_done(self, unit: _Unit, late: _LateRead) -> None:
         late.outstanding -= 1
@@ -323,7 +388,8 @@ class PollWorker(QueueWorker):
             if not at_once:  # a transaction in progress may still commit a row into this range
                 hold = ("sealed", next(self._holds))
                 unit.progress.sent(hold)
-                unit.unsealed.append(ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([])))
+                unit.unsealed.append(ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([]),
+                                               horizon.key if horizon is not None else None))
         seq = self._queue_rows(unit, read.rows, encoded_after.position, None, keep_ids=hold is not None)
         if seq is None:
             return
@@ -496,7 +562,7 @@ class _HealthHooks:
 def _tracking_epoch(reader: TableReader, text: str) -> float | None:
     """Epoch seconds of a time tracking value (timestamptz, timestamp in the writers' TimeZone, date); else None."""
     tracking = reader.tracking
-    if tracking is None or tracking.kind is not TrackingKind.TIME:
+    if tracking is None or tracking.type_oid not in (hz.TIMESTAMPTZ_OID, hz.TIMESTAMP_OID, hz.DATE_OID):
         return None
     try:
         key = tracking_key(text, tracking.type_oid)
@@ -507,7 +573,7 @@ def _tracking_epoch(reader: TableReader, text: str) -> float | None:
     if tracking.type_oid == hz.DATE_OID:
         return key * 86400.0
     seconds = key / 1e6
-    if tracking.type_oid == hz.TIMESTAMP_OID:  # local time of the writers' zone: shift to UTC
+    if tracking.type_oid == hz.TIMESTAMP_OID and reader.time_zone:  # local time of the writers' zone: shift to UTC
         from datetime import datetime, timezone
         from zoneinfo import ZoneInfo
 

@@ -24,6 +24,7 @@ batch).
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
 from pgsource.lsn import format_lsn
 
+log = logging.getLogger("pgsource.cdc")
+
 
 @dataclass
 class _RelationState:
@@ -60,6 +63,7 @@ class _RelationState:
     partition_positions: list[int] = field(default_factory=list)  # the catalog key, in key order
     start_lsn: int = 0  # changes of transactions committing before it are not sent (a table's cut)
     payload_position: int | None = None  # payload_column: the column whose value is the message
+    relation_name: str | None = None  # the relation's name now, when it is not the configured one (a rename)
 
 
 class ChangeEncoder:
@@ -70,11 +74,16 @@ class ChangeEncoder:
     (pgoutput's key flags would name every column under REPLICA IDENTITY FULL). ``starts``:
     per table, the cut below which its changes are covered by its snapshot (a table that
     joined a streaming slot): changes of transactions committing before it are skipped.
+    ``oids``: the configured tables by the oid they had at boot. Given, a relation is captured
+    by its oid, whatever it is called now (a rename, a schema renamed, SET SCHEMA): its
+    messages keep the configured name (``table_name``, topic, partitions), and a user header
+    ``relation`` names it as it is now. Without it (a tool, a test), by (schema, name).
     """
 
     def __init__(self, config: Config, slot: str, load_types: Callable[[list[int]], dict], *,
                  keys: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
                  starts: Mapping[tuple[str, str], int] | None = None,
+                 oids: Mapping[int, object] | None = None,
                  shapes: SchemaWatch | None = None,
                  load_type_names: Callable[[list[tuple[int, int]]], dict] | None = None) -> None:
         source = config.source
@@ -86,6 +95,8 @@ class ChangeEncoder:
         self.partitions = config.iggy.partitions
         self.partitioning = config.iggy.partitioning
         self.tables = {(t.schema_, t.name): t for t in source.tables}
+        self.oids = dict(oids or {})
+        self._renamed: set[tuple[int, str]] = set()  # (oid, name) of renamed relations already logged
         self.payload_column = source.payload_column
         self.payload_format = source.payload_format.value
         self.keys = dict(keys or {})
@@ -175,7 +186,12 @@ class ChangeEncoder:
 
     def _relation(self, relation: po.Relation, out: ChangeBatch) -> None:
         schema = relation.namespace or "pg_catalog"
-        table = self.tables.get((schema, relation.name))
+        table = self.oids.get(relation.oid) if self.oids else self.tables.get((schema, relation.name))
+        current = message_name(schema, relation.name)
+        if table is not None:  # keys, cuts, names: the configured table's, whatever it is called now
+            schema, name = table.schema_, table.name
+        else:
+            name = relation.name
         oids = [c.type_oid for c in relation.columns if c.type_oid not in self.types]
         if oids and table is not None:
             self.types.update(self.load_types(oids))
@@ -183,18 +199,24 @@ class ChangeEncoder:
         keys = output_names(names, self.snake_case)
         decoders = compile_relation(relation, self.types, keys) if table is not None else []
         key_positions = [i for i, c in enumerate(relation.columns) if c.is_key]
-        catalog_key = self.keys.get((schema, relation.name))
+        catalog_key = self.keys.get((schema, name))
         if catalog_key is None:  # not given (a tool, a test): pgoutput's flags
             partition_positions = key_positions
         else:
             partition_positions = [names.index(k) for k in catalog_key if k in names]
-        qualified = message_name(schema, relation.name)
+        qualified = message_name(schema, name)
         topic = self.config.iggy.topic_for(table) if table is not None else ""
         state = _RelationState(
             relation, qualified, topic, decoders, key_positions,
             [decoders[i] for i in key_positions] if decoders else [], table is not None,
-            partition_positions=partition_positions, start_lsn=self.starts.get((schema, relation.name), 0),
+            partition_positions=partition_positions, start_lsn=self.starts.get((schema, name), 0),
+            relation_name=current if current != qualified else None,
         )
+        if state.relation_name and (relation.oid, current) not in self._renamed:
+            self._renamed.add((relation.oid, current))
+            log.warning("table %s is now named %s (oid %d): still captured by its oid; its messages keep table_name"
+                        " %s, topic and partitions, with a user header relation: %s", qualified, current,
+                        relation.oid, qualified, current)
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE or not partition_positions:
             state.partition = key_partition(qualified, self.partitions)
         if table is not None and self.payload_column is not None:
@@ -241,6 +263,8 @@ class ChangeEncoder:
             headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text}
             if self.txn_headers:  # txn_index "": each message's position, from its id (pgsource/encode/frames.py)
                 headers |= {"xid": self._xid_text, TXN_INDEX: ""}
+            if state.relation_name:
+                headers["relation"] = state.relation_name
             parts = self._parts[(oid, operation)] = (prefix, suffix, headers)
         return parts
 

@@ -6,7 +6,7 @@ columns (as messages name them, with ``format_type`` types) with the shape consu
 told of: the same, or the first ever seen, is nothing to say; another is a change to announce
 before the first change of the new shape.
 
-The baseline is durable (``cdc/<slot>.shapes``) so that a change made while pgsource was
+The baseline is durable (``cdc-shapes/<slot>``) so that a change made while pgsource was
 stopped is announced at the next start. A new shape becomes the baseline only once the slot
 is confirmed past the transaction that first used it (``confirmed``): until then the slot
 would replay that transaction after a crash, and the announcement is made again (same id).

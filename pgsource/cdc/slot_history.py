@@ -51,3 +51,54 @@ def identity_problem(slot: str, stored: SlotProgress | None, now: SystemIdentity
         " failover to a standby). To accept the gap: drop the slot (SELECT pg_drop_replication_slot("
         f"'{slot}')) and start with source.on_missing_slot: snapshot"
     )
+
+
+REJOIN = "pgsource rejoin --config FILE --table {table}"
+
+
+def table_identity_problem(slot: str, publication: str, table: str, recorded: int, now) -> tuple[str, str] | None:
+    """(kind, line) when configured ``table`` is no longer the relation ``slot`` captured under it
+    (``recorded``: its oid in the slot's record; ``now``: ``pgsource.pg.publications.RelationNow``).
+
+    ``renamed`` and ``dropped``: the name denotes nothing now (while streaming, the relation is
+    still captured by its oid, or its changes end with the DROP; a start must be told the new
+    name). ``replaced`` (another relation under the name: a swap) and ``unpublished`` (its
+    publication lost it: ALTER PUBLICATION ... DROP TABLE): its changes are no longer in the
+    slot; the way forward is an explicit rejoin, never a silent join from a new cut."""
+    rejoin = REJOIN.format(table=table)
+    if now.oid == 0 and recorded:
+        if now.recorded_name:
+            return "renamed", (
+                f"table {table}, captured by slot {slot} as oid {recorded}, is now named {now.recorded_name}: put"
+                f" {now.recorded_name} in source.tables (the topic, table_name and partitions follow the configured name),"
+                " or rename it back")
+        return "dropped", (
+            f"table {table} does not exist: it was dropped (oid {recorded}, captured by slot {slot}; its changes up to"
+            " the DROP were delivered); remove it from source.tables")
+    if recorded and now.oid and now.oid != recorded:
+        return "replaced", (
+            f"table {table} is no longer the relation slot {slot} captured (oid {recorded}, now {now.oid}): it was"
+            " replaced under the same name, and the new relation is not captured. To take it as a new table (its rows"
+            f" sent as a snapshot, then its changes): {rejoin}")
+    if now.oid and not now.published:
+        return "unpublished", (
+            f"table {table} is no longer in publication {publication}, which slot {slot} streams (ALTER PUBLICATION ..."
+            f" DROP TABLE?): its changes since were not decoded. To take it again (its rows sent as a snapshot, then"
+            f" its changes): {rejoin}")
+    return None
+
+
+def rename_captured(record: SlotProgress, renames: dict[str, str]) -> SlotProgress:
+    """The record with tables renamed (old → new configured name): the same relations (same oids),
+    which the configuration now names by their new names."""
+    import dataclasses
+
+    def new(name: str) -> str:
+        return renames.get(name, name)
+
+    return dataclasses.replace(
+        record, tables=tuple(sorted(new(name) for name in record.tables)),
+        oids=tuple(sorted((new(name), oid) for name, oid in record.oids)),
+        partitions=tuple(sorted((new(name), oids) for name, oids in record.partitions)),
+        joins=tuple(dataclasses.replace(join, table=new(join.table)) for join in record.joins),
+    )

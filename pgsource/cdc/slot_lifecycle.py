@@ -66,9 +66,11 @@ class SlotPreparation:
         if stored is not None and not stored.streamed:
             return self._redo_initial_snapshot(stored, publication)
         record = stored if slot_was_used(stored) else SlotProgress(self.slot, SnapshotPhase.NONE, lsn=state.confirmed_flush_lsn)
+        record = self._check_identities(record)  # pgsource/cdc/identity.py: renamed, replaced, unpublished, rejoin
+        every = not record.tables and not record.rejoin  # a record of an older version: all its publication holds
         captured = [
             t.qualified for t in self.tables
-            if publication is not None and publication.holds(t) and (not record.tables or t.qualified in record.tables)
+            if publication is not None and publication.holds(t) and (every or t.qualified in record.tables)
         ]
         joining = [t for t in self.tables if t.qualified not in captured]
         if joining:
@@ -169,8 +171,10 @@ class SlotPreparation:
         after its cut keeps that cut (``with snapshot: never`` it is simply done); its rows are
         read again in a new snapshot, the stream then replays its changes since the cut.
         """
-        snapshot = self.spec.config.source.snapshot == "initial"
         names = [t.qualified for t in tables]
+        # with snapshot: initial every joining table's rows; tables `pgsource rejoin` named, always
+        with_rows = set(names) if self.spec.config.source.snapshot == "initial" else set(record.rejoin) & set(names)
+        snapshot = bool(with_rows)
         joins = {join.table: join for join in record.joins}
         for name in names:
             if name not in joins or joins[name].done:  # a table that left and comes back joins anew
@@ -194,9 +198,12 @@ class SlotPreparation:
         if snapshot:
             # The tables cut now are read in the cut's snapshot; those cut by an interrupted
             # attempt, in a new one (their stream then replays the changes since their cut).
-            earlier = [t for t in tables if t not in cut_now]
+            earlier = [t for t in tables if t not in cut_now and t.qualified in with_rows]
             generations = {name: joins[name].generation for name in names}
-            if cut_now and not self._snapshot(reader, cut_now, generations):
+            rows_now = [t for t in cut_now if t.qualified in with_rows]
+            if reader is not None and not rows_now:
+                reader.close()
+            elif rows_now and not self._snapshot(reader, rows_now, generations):
                 return None
             if earlier and not self._snapshot(self._snapshot_reader(None), earlier, generations):
                 return None
@@ -251,11 +258,12 @@ class SlotPreparation:
             rep.begin_repeatable_read(reader)
         return reader
 
-    def _snapshot(self, reader, tables: list, generations: dict[str, int]) -> bool:
-        """Send the rows and wait until Iggy acknowledged every one; False if stopped before."""
+    def _snapshot(self, reader, tables: list, generations: dict[str, int], relations=None) -> bool:
+        """Send the rows and wait until Iggy acknowledged every one; False if stopped before.
+        ``relations``: per table, the partition to read instead (``pgsource/cdc/identity.py``)."""
         try:
             read = send_snapshot(reader, self.spec.config, tables, generations, self._send, self._waiting,
-                                 worker=self.spec.name)
+                                 worker=self.spec.name, relations=relations)
             commit(reader)
         finally:
             reader.close()

@@ -32,9 +32,12 @@ from pgsource.rows.reader import TableReader
 
 
 def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],
-                  send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool], worker: str = "") -> bool:
+                  send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool], worker: str = "",
+                  relations: dict[str, tuple[str, str]] | None = None) -> bool:
     """Read every row of ``tables`` on ``conn`` (already in its snapshot) and ``send`` them in
-    batches; False when asked to stop before the last row was read.
+    batches; False when asked to stop before the last row was read. ``relations``: per table,
+    another relation to read instead, (schema, name) (a partition attached to it: its rows go
+    out as the table's).
 
     Progress per table: ``pgsource_cdc_snapshot_estimated_rows`` (the planner's estimate, set
     when the table's snapshot starts) and ``pgsource_cdc_snapshot_rows_read_total``."""
@@ -42,6 +45,9 @@ def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: 
 
     metrics = Metrics.get()
     readers = [TableReader(conn, config, table, by_identity=True) for table in tables]
+    for table, reader in zip(tables, readers):
+        if relations and table.qualified in relations:
+            reader.read_from(*relations[table.qualified])
     for table, reader in zip(tables, readers):
         estimate = estimated_rows(conn, table.schema_, table.name)
         if estimate is not None:

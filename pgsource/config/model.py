@@ -70,6 +70,7 @@ class TableConfig(BaseModel):
     tracking_column: str | None = None
     chunks: int = Field(1, ge=1, le=1024)
     lag: OptionalDuration = None  # overrides source.lag for this table
+    tracking_filled_by: Literal["default", "trigger"] | None = None  # overrides source.tracking_filled_by for this table
     shard: int | None = Field(None, ge=0)  # pins the table to this shard (else a hash of its name picks one)
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
@@ -131,8 +132,8 @@ class TableConfig(BaseModel):
 CDC_ONLY_KEYS = ("publication_name", "replication_slot", "capture_operations", "cdc_backend", "cdc_transport",
                  "snapshot", "on_missing_slot", "backfill_chunk_size", "transaction_markers")
 POLLING_ONLY_KEYS = ("tracking_column", "initial_offset", "custom_query", "delete_after_read", "processed_column",
-                     "allow_non_unique_tracking", "late_commits", "lag")
-TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag")
+                     "allow_non_unique_tracking", "late_commits", "lag", "tracking_filled_by")
+TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag", "tracking_filled_by")
 
 
 class SourceConfig(BaseModel):
@@ -187,6 +188,10 @@ class SourceConfig(BaseModel):
     # what they commit late (docs/delivery.md "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
     lag: Duration = 0.0  # seal a read range only this long after it was read (values no horizon protects)
+    # Where a time tracking column's values come from: "default" reads its default in the catalog
+    # (only the transaction's clock is guarded); "trigger" declares that a BEFORE trigger sets it
+    # from now()/clock_timestamp() (trigger bodies are not parsed: docs/delivery.md).
+    tracking_filled_by: Literal["default", "trigger"] = "default"
     # A statement failing for a reason that may pass (deadlock, lock timeout, cancel) is retried
     # this often, after retry_delay, then twice that...; a worker dying in the same statement
     # more often than this in a row stops the service (exit 8). Connection outages retry forever.

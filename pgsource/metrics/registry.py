@@ -39,6 +39,12 @@ class Metrics:
             "Polling: the PostgreSQL backend pid of the transaction holding the committed offset (0 = none)",
             ["table", "worker"], multiprocess_mode="livemax",
         )
+        self.rows_below_horizon = Counter(
+            "pgsource_source_rows_below_horizon_total",
+            "Polling: rows a re-read found below the late-commit horizon observed before their range was read"
+            " (values written by the client: rows like them in ranges already complete were missed)",
+            ["table", "worker"],
+        )
         self.offset_age = Gauge(
             "pgsource_source_offset_age_seconds",
             "Polling, time tracking columns: now minus the tracking value of the newest acknowledged row",

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgsource.cdc.publication_shapes import review_shapes
-from pgsource.cdc.slot_history import identity_problem, missing_slot_problem
+from pgsource.cdc.slot_history import identity_problem, missing_slot_problem, table_identity_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
 from pgsource.pg import connect as pg
+from pgsource.pg import horizon as hz
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
@@ -37,7 +38,7 @@ from pgsource.pg.row_filter import build_filter_probe
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
-from pgsource.rows.reader import check_late_commit_guard
+from pgsource.polling.guard import check_late_commit_guard
 from pgsource.state import FileStateStore, SlotProgress
 
 
@@ -76,6 +77,8 @@ def check_prerequisites(config: Config) -> CheckReport:
         report.unreachable = exc.exit_code == SourceUnavailable.exit_code
         return report
     try:
+        horizons: list[tuple[str, object]] = []  # (table, tracking) read behind a late-commit horizon
+        missing: dict[str, str] = {}  # CDC: a table not found, which a slot's record may explain better
         for table in source.tables:
             try:
                 info = describe_table(conn, table.schema_, table.name)
@@ -96,18 +99,24 @@ def check_prerequisites(config: Config) -> CheckReport:
                     _advise(conn, config, report, info, plan)
                     tracking = None
                     if source.late_commits == "auto":
-                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column))
+                        tracking = describe_tracking(conn, info, info.column(plan.tracking_column),
+                                                     table.tracking_filled_by or source.tracking_filled_by)
                         if tracking.kind is not TrackingKind.XID8:
                             lag = table.lag if table.lag is not None else source.lag
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
+                            horizons.append((table.qualified, tracking))
                     _check_polling_privileges(conn, config, info, tracking)
                     _check_row_filter(conn, table)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
+                missing[table.qualified] = str(exc)
+        report.notes += horizon_notes(conn, config, horizons)
         if source.custom_query and not source.cdc:
             _check_custom_query(conn, config, report)
         if source.cdc:
             _check_cdc(conn, config, report)
+            explained = _check_captured_tables(conn, config, report)
+            report.problems = [p for p in report.problems if not any(missing.get(t) == p for t in explained)]
         _check_connections(config, report)
         shard_problem = check_shard(config)
         if shard_problem:
@@ -183,6 +192,37 @@ def _check_row_filter(conn, table) -> None:
         result_columns(conn, build_filter_probe(table.schema_, table.name, table.predicate), {})
     except pg.DatabaseError as exc:
         raise PrerequisiteError(f"table {table.qualified}: {key}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def horizon_notes(conn, config: Config, horizons: list[tuple[str, object]]) -> list[str]:
+    """What ``check`` can see in advance of sessions the horizon cannot read: roles (or the server)
+    with ``track_activities = off``, and roles whose TimeZone differs from the one a timestamp
+    column is compared in. A superuser's own ``SET`` in a session cannot be seen in advance."""
+    guarded = [name for name, tracking in horizons if tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE)]
+    if not guarded:
+        return []
+    notes = []
+    held = f"pgsource holds the committed offset of {', '.join(guarded)} where such a session is first seen, for as"
+    held += " long as it exists (rows are still sent; docs/delivery.md, \"Rows that commit late\")"
+    if server_setting(conn, "track_activities") == "off":
+        notes.append(f"track_activities is off for pgsource's own session (the server's, the database's or the role's"
+                     f" setting): sessions with it off hide their transactions; {held}")
+    for role, database, value in hz.role_settings(conn, "track_activities"):
+        if value.strip().lower() in ("off", "false", "no", "0", "of", "f", "n"):
+            who = f"role {role}" if role else "every role"
+            where = f"in database {database}" if database else "in every database"
+            notes.append(f"track_activities is off for {who} {where}: its sessions hide their transactions; {held}")
+    local = [name for name, tracking in horizons
+             if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID and not tracking.zone]
+    if local:
+        zone = hz.database_time_zone(config.source.connection_string)
+        for role, database, value in hz.role_settings(conn, "TimeZone"):
+            if role and value.strip("'\" ") != zone:
+                notes.append(
+                    f"role {role} has TimeZone {value!r} {'in this database' if database else 'in every database'}, the"
+                    f" database's is {zone!r}: if it writes {', '.join(local)}, its local times are another zone's;"
+                    " use timestamptz, or a source.lag that covers the difference")
+    return notes
 
 
 def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
@@ -292,6 +332,41 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
             rep.check_slot(conn, state)
         except PrerequisiteError as exc:
             report.problems.append(str(exc))
+
+
+def _check_captured_tables(conn, config: Config, report: CheckReport) -> set[str]:
+    """Every slot record in state.dir: a configured table it captured that is now another relation,
+    renamed, dropped, or out of its publication (``pgsource/cdc/slot_history.py``); returns those tables.
+
+    Every record, not only the slots planned now: a table its publication lost would be planned
+    onto any slot, and joined there from a new cut, silently."""
+    source = config.source
+    configured = {table.qualified: table for table in source.tables}
+    store = FileStateStore(config.state.dir)
+    explained: set[str] = set()
+    try:
+        keys = [key for key in store.keys() if key.startswith("cdc/")]
+    except PgSourceError as exc:
+        report.problems.append(str(exc))
+        return explained
+    for key in keys:
+        try:
+            record = store.load(key, SlotProgress)
+        except PgSourceError:
+            continue  # reported with its slot
+        if record is None or not record.slot.startswith(source.replication_slot):
+            continue
+        publication = source.publication_name + record.slot[len(source.replication_slot):]
+        oid_of = record.oid_of
+        check = [(configured[name], oid_of[name]) for name in record.tables
+                 if name in configured and name in oid_of and name not in record.rejoin]
+        found = pubs.relations_now(conn, publication, check)
+        for table, recorded in check:
+            problem = table_identity_problem(record.slot, publication, table.qualified, recorded, found[table.qualified])
+            if problem is not None:
+                report.problems.append(problem[1])
+                explained.add(table.qualified)
+    return explained
 
 
 def _check_capturable(relations: dict, report: CheckReport) -> None:

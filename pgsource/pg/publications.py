@@ -214,3 +214,87 @@ def table_cut(conn, publication: str, lock: list[TableConfig], add: list[TableCo
         raise
     finally:
         conn.autocommit = True
+
+
+@dataclass(frozen=True)
+class RelationNow:
+    """What a configured table's name, and the relation a slot captured under it, are now."""
+
+    oid: int  # the relation the configured name denotes now (0: none)
+    recorded_name: str  # table_name of the relation the slot captured, now ("": it no longer exists)
+    published: bool  # that relation (else the one the name denotes) is in the slot's publication
+
+
+def relations_now(conn, publication: str, tables: list[tuple[TableConfig, int]]) -> dict[str, RelationNow]:
+    """Per configured table (with the oid a slot's record holds for it, 0 if none), what its name
+    and that oid denote now, and whether the publication still holds it: one statement, cheap
+    enough to ask every few seconds while streaming."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "WITH published AS (SELECT c.oid FROM pg_publication_tables pt"
+            "   JOIN pg_namespace n ON n.nspname = pt.schemaname"
+            "   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename WHERE pt.pubname = %s)"
+            " SELECT coalesce((SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "                  WHERE n.nspname = t.schema AND c.relname = t.name AND c.relkind IN ('r', 'p')), 0)::int8,"
+            "        (SELECT ARRAY[n.nspname::text, c.relname::text] FROM pg_class c"
+            "           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.recorded),"
+            "        EXISTS (SELECT 1 FROM published p WHERE p.oid = t.recorded),"
+            "        EXISTS (SELECT 1 FROM published p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "                WHERE p.oid = c.oid AND n.nspname = t.schema AND c.relname = t.name)"
+            " FROM unnest(%s::text[], %s::text[], %s::oid[]) WITH ORDINALITY AS t(schema, name, recorded, ord)"
+            " ORDER BY t.ord",
+            (publication, [t.schema_ for t, _ in tables], [t.name for t, _ in tables], [oid for _, oid in tables]),
+        )
+        rows = cur.fetchall()
+    from pgsource.config.names import message_name
+
+    out = {}
+    for (table, recorded), (oid, name, recorded_published, named_published) in zip(tables, rows):
+        out[table.qualified] = RelationNow(
+            int(oid), message_name(*name) if name else "", recorded_published if recorded else named_published)
+    return out
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition (any level) of a partitioned table."""
+
+    oid: int
+    parent: int
+    schema: str
+    name: str
+    attached: bool  # joined its parent after it was created (ATTACH PARTITION), not created as a partition
+
+
+def partition_trees(conn, roots: list[int]) -> dict[int, list[Partition]]:
+    """Every partition of each partitioned table in ``roots`` (by oid), at every level.
+
+    ``attached``: the row type of the partition is older than its ``pg_inherits`` entry, so
+    it existed (and may have held rows) before it became a partition; ``CREATE TABLE ...
+    PARTITION OF`` makes both in one transaction (a table created, filled and attached in
+    one transaction is taken as created empty: docs/cdc.md)."""
+    if not roots:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.root::int8, p.relid::int8, p.parentrelid::int8, n.nspname::text, c.relname::text,"
+            "       ty.xmin::text <> i.xmin::text"
+            " FROM unnest(%s::oid[]) AS r(root) CROSS JOIN LATERAL pg_partition_tree(r.root) p"
+            " JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_type ty ON ty.oid = c.reltype"
+            " JOIN pg_inherits i ON i.inhrelid = p.relid AND i.inhparent = p.parentrelid"
+            " WHERE p.level > 0 ORDER BY p.level, p.relid",
+            (roots,),
+        )
+        rows = cur.fetchall()
+    out: dict[int, list[Partition]] = {root: [] for root in roots}
+    for root, oid, parent, schema, name, attached in rows:
+        out[int(root)].append(Partition(int(oid), int(parent), schema, name, bool(attached)))
+    return out
+
+
+def published_partitioned(conn, oids: list[int]) -> list[int]:
+    """Those of ``oids`` that are partitioned tables."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT oid::int8 FROM pg_class WHERE oid = ANY(%s::oid[]) AND relkind = 'p'", (oids,))
+        return [int(row[0]) for row in cur.fetchall()]

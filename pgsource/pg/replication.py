@@ -153,6 +153,13 @@ def current_flush_lsn(conn) -> int:
         return parse_lsn(cur.fetchone()[0])
 
 
+def current_insert_lsn(conn) -> int:
+    """Where the WAL ends now, flushed or not: every commit so far lies before it."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+        return parse_lsn(cur.fetchone()[0])
+
+
 def build_peek(slot: str, publication: str, upto_lsn: int, upto_changes: int) -> tuple[str, tuple]:
     """The SQL path: changes since the slot's confirmed LSN, without consuming them."""
     query = (

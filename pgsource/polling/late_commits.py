@@ -23,7 +23,10 @@ in its own statement *before* the data snapshot it is used for:
 - a prepared (2PC) transaction outlives its session: its bound is the one its session
   had while we saw it running (matched by xid), else the previous horizon; one that was
   already there at the first observation, or a session whose start we may not see,
-  holds the horizon where it is (``-inf``) until it ends.
+  holds the horizon where it is (``-inf``) until it ends;
+- a session with ``track_activities = off`` shows no transaction at all: it counts as a
+  transaction begun at its ``backend_start`` (time columns) or first seen when it was first
+  seen (sequences), for as long as the session exists.
 
 A range read when ``hi < H`` already is sealed at once; otherwise it is re-read once the
 horizon passes ``hi`` (through the tracking column's index), and the row versions that
@@ -113,6 +116,7 @@ class HorizonTracker:
     kind: TrackingKind
     type_oid: int
     time_zone: str = "UTC"
+    rounding: int = 0  # µs a stored value may lie below the clock it was taken from (a column's precision)
     _observations: int = 0
     _last_sequence: int | None = None  # the sequence value read at the previous observation
     _bounds: dict[tuple, float | int] = field(default_factory=dict)  # (pid, start) -> bound, set at first sight
@@ -146,14 +150,14 @@ class HorizonTracker:
     def _time_horizon(self, activity: Activity, first: bool) -> Horizon:
         """In µs UTC (converted to the column's type by ``observe``)."""
         observed = tracking_key(activity.observed_at, TIMESTAMPTZ_OID)
-        best = Horizon(observed - int(START_MARGIN * 1_000_000), "", "")
+        best = Horizon(observed - int(START_MARGIN * 1_000_000) - self.rounding, "", "")
         running_xids: dict[str, float] = {}
         for tx in activity.transactions:
             if tx.prepared:
                 continue
             if tx.started is None:  # another role's session we may not see: its start is unknown
                 return Horizon(NEG_INF, f"pid {tx.pid} (start not visible to this role)", "")
-            start = tracking_key(tx.started, TIMESTAMPTZ_OID)
+            start = tracking_key(tx.started, TIMESTAMPTZ_OID) - self.rounding
             if tx.xid:
                 running_xids[tx.xid] = start
             if start < best.key:
@@ -215,7 +219,44 @@ class HorizonTracker:
 
 def _describe(tx) -> str:
     who = f"pid {tx.pid}"
+    if tx.hidden:
+        return who + f" (role {tx.role}, track_activities off)"
     return who + (f" ({tx.application})" if tx.application else "")
+
+
+DST_MARGIN = 60.0  # seconds a lag must exceed a zone's backward shift by (the horizon's margin, commit delays)
+
+
+def backward_shift(zone: str, *, dates: bool = False, years: int = 10) -> float:
+    """The largest step (seconds) by which the local time of ``zone`` runs back in the coming
+    ``years`` (a daylight-saving fall-back); with ``dates``, only steps that take the local date
+    back (a transition at midnight). 0.0 for a zone whose clock never runs back.
+
+    Sampled every 12 hours (no zone changes its offset twice in 12 hours), each step found by
+    bisection to the second; ``zoneinfo`` holds the rules (the system's tz database or tzdata)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    step = 12 * 3600
+    start = int(dt.datetime.now(dt.timezone.utc).timestamp()) // step * step
+    worst = 0.0
+    previous = dt.datetime.fromtimestamp(start, tz).utcoffset()
+    for moment in range(start + step, start + years * 366 * 86400, step):
+        offset = dt.datetime.fromtimestamp(moment, tz).utcoffset()
+        if offset < previous:
+            low, high = moment - step, moment  # the offset changes in (low, high]
+            while high - low > 1:
+                middle = (low + high) // 2
+                if dt.datetime.fromtimestamp(middle, tz).utcoffset() == offset:
+                    high = middle
+                else:
+                    low = middle
+            before, after = dt.datetime.fromtimestamp(low, tz), dt.datetime.fromtimestamp(high, tz)
+            if not dates or after.date() < before.date():
+                worst = max(worst, (previous - offset).total_seconds())
+        previous = offset
+    return worst
 
 
 class SentIds:
@@ -256,6 +297,16 @@ class ReadRange:
     snapshot: str  # pg_current_snapshot() of the batch's read
     read_at: float  # monotonic seconds
     sent: SentIds  # what that read sent: a re-read sends only the other row versions
+    horizon_key: float | int | None = None  # the horizon observed before that read (None: none)
+
+
+def below_horizon(range_: ReadRange, keys: list[float | int]) -> int:
+    """How many of the tracking keys a re-read of ``range_`` found lie below the horizon observed
+    before its first read: impossible while the guard's premises hold (values from the writing
+    transaction's clock or sequence), so their values were written by the client (or a trigger)."""
+    if range_.horizon_key is None:
+        return 0
+    return sum(1 for key in keys if key < range_.horizon_key)
 
 
 def sealed(range_: ReadRange, horizon: Horizon | None, lag: float, now: float) -> bool:

@@ -7,13 +7,13 @@ offsets of its own: the worker decides which offset to read after and which to c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from pgsource.config.model import Config, TableConfig
 from pgsource.errors import PrerequisiteError, SourceError, TableChanged
 from pgsource.pg import connect as pg
-from pgsource.pg import horizon as hz
 from pgsource.pg.catalog import describe_table
 from pgsource.pg.horizon import TrackingInfo, TrackingKind, describe_tracking
 from pgsource.pg.query import (
@@ -57,7 +57,11 @@ class TableReader:
     _definition: tuple[int, str] | None = None  # (oid, columns) of the table as planned; None: custom_query
     _named_columns = False  # the plan names the columns one by one (not row_to_json(t))
 
-    def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False) -> None:
+    def __init__(self, conn, config: Config, table: TableConfig | None, *, by_identity: bool = False,
+                 guard: Callable[..., str | None] | None = None) -> None:
+        """``guard``: polling's check of what no late-commit horizon protects
+        (``pgsource/polling/guard.py``), returning the zone of a local-time tracking column; the
+        poll worker passes it, readers that only look at offsets (status, verify...) do not."""
         source = config.source
         self.conn = conn
         self.config = config
@@ -68,7 +72,7 @@ class TableReader:
         self.tracking: TrackingInfo | None = None
         self.late_commits = False  # whether reads are held behind a horizon or a lag (see late_commits.py)
         self.lag = 0.0
-        self.time_zone = "UTC"  # writers' default TimeZone, for timestamp/date tracking columns
+        self.time_zone: str | None = "UTC"  # the zone of a timestamp/date tracking column's values (None: unknown)
         self._ack_action: str | None = None
         if source.custom_query and not by_identity:  # once, or once per table with $table
             self.table_name = table.qualified if table is not None else "custom_query"
@@ -114,11 +118,12 @@ class TableReader:
         self._chunk_params: dict[str, object] = {}
         self._sql: dict[Reading, str] = {}
         if not by_identity:
-            self.tracking = describe_tracking(conn, info, info.column(self.tracking_column))
+            self.tracking = describe_tracking(conn, info, info.column(self.tracking_column),
+                                              table.tracking_filled_by or source.tracking_filled_by)
             self.lag = table.lag if table.lag is not None else source.lag
             self.late_commits = source.late_commits == "auto" and self.tracking.kind is not TrackingKind.XID8
-            if self.late_commits:
-                self.time_zone = check_late_commit_guard(conn, config, self.table_name, self.tracking, self.lag)
+            if self.late_commits and guard is not None:
+                self.time_zone = guard(conn, config, self.table_name, self.tracking, self.lag)
             if self.tracking.kind is TrackingKind.XID8 and source.initial_offset is not None:
                 raise PrerequisiteError(f"table {self.table_name}: initial_offset does not apply to an xid8 tracking_column")
         self.encoder = RowEncoder(config, self.table_name, self.plan, self.tracking_column, self._json_at,
@@ -131,6 +136,12 @@ class TableReader:
     def exact(self) -> bool:
         """An xid8 tracking column: rows are cut by snapshots, no horizon needed."""
         return self.tracking is not None and self.tracking.kind is TrackingKind.XID8
+
+    def read_from(self, schema: str, name: str) -> None:
+        """Read the rows of another relation with this table's plan and names: a partition of it
+        (attached while captured), whose rows go out as the table's."""
+        self.plan = replace(self.plan, schema=schema, table=name)
+        self._sql.clear()
 
     def chunk_column(self) -> str:
         """The column a bulk load can be split on; raises naming the table when there is none."""
@@ -254,6 +265,10 @@ class TableReader:
             tries = f" after {source.max_retries} retries" if is_transient(exc) else ""
             raise SourceError(f"{self.table_name}: {what} failed{tries}: {str(exc).strip()}") from None
 
+    def check_definition(self) -> None:
+        """``TableChanged`` when the table's columns are no longer those the plan was made for."""
+        self._check_definition()
+
     def _check_definition(self) -> None:
         """``TableChanged`` when the table's columns are no longer those the plan was made for."""
         if self._definition is None:
@@ -292,38 +307,3 @@ class TableReader:
         acted = {tuple(row) for row in self._execute(self._ack_query, params, f"{self._ack_action} of acknowledged rows",
                                                      rows_json=False)}
         return [identity[:-1] for identity in identities if tuple(identity[:-1]) not in acted]
-
-
-def check_late_commit_guard(conn, config: Config, table_name: str, tracking: TrackingInfo, lag: float) -> str:
-    """Refuse a table whose late commits no horizon can protect, unless ``lag`` covers them.
-
-    Returns the TimeZone writers' sessions get (timestamp/date columns are compared in it).
-    """
-    fix = "set source.lag (the longest a writing transaction stays open, e.g. 10s), or late_commits: off"
-    if lag > 0:
-        return "UTC"
-    if tracking.kind is TrackingKind.OTHER:
-        raise PrerequisiteError(
-            f"table {table_name}: tracking_column {tracking.column!r}: {tracking.why}; pgsource cannot tell when rows"
-            f" with lower values may still commit: {fix}"
-        )
-    if hz.in_recovery(conn):
-        raise PrerequisiteError(f"table {table_name}: reading from a hot standby, whose sessions show no horizon: {fix}")
-    if not hz.can_see_all_sessions(conn):
-        raise PrerequisiteError(
-            f"table {table_name}: this role cannot see other sessions' transactions (pg_stat_activity.xact_start):"
-            f" GRANT pg_read_all_stats TO it, or {fix}"
-        )
-    if tracking.kind is TrackingKind.TIME and tracking.type_oid != hz.TIMESTAMPTZ_OID:
-        zone = hz.database_time_zone(config.source.connection_string)
-        try:
-            from zoneinfo import ZoneInfo
-
-            ZoneInfo(zone)
-        except Exception:  # noqa: BLE001 - an offset string or a zone Python's tz database lacks
-            raise PrerequisiteError(
-                f"table {table_name}: tracking_column {tracking.column!r} has no time zone and the database's"
-                f" TimeZone {zone!r} is unknown here: use timestamptz, or {fix}"
-            ) from None
-        return zone
-    return "UTC"

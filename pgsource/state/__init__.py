@@ -13,8 +13,10 @@ from pgsource.state.records import (
     TableJoin,
     TableShape,
     backfills_key,
+    shapes_key,
 )
 from pgsource.state.store import FileStateStore
 
 __all__ = ["Backfill", "BackfillPhase", "BackfillRecord", "ChunkCuts", "FileStateStore", "PollingOffset", "ShapeRecord",
-           "ShardRecord", "SlotProgress", "SnapshotPhase", "TableJoin", "TableShape", "backfills_key"]
+           "ShardRecord", "SlotProgress", "SnapshotPhase", "TableJoin", "TableShape", "backfills_key",
+           "shapes_key"]

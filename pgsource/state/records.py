@@ -129,6 +129,12 @@ class SlotProgress:
     version: every configured table of its publication). ``generation`` goes into the ids of
     the initial snapshot's messages (the consistent point of its first attempt, kept by a
     redo); ``joins`` are the tables added while the slot was already streaming.
+
+    A table is captured by its identity, not its name: ``oids`` holds the relation each of
+    ``tables`` was (a start refuses a name that now denotes another one), ``partitions`` the
+    partitions of a partitioned table whose rows were delivered (one attached later gets a
+    snapshot), ``rejoin`` the tables ``pgsource rejoin`` asked to take anew (joined with a
+    snapshot at the next start). Records without them (older versions) are read as empty.
     """
 
     kind: ClassVar[str] = "slot"
@@ -142,6 +148,9 @@ class SlotProgress:
     tables: tuple[str, ...] = field(default_factory=tuple)
     generation: int = 0
     joins: tuple[TableJoin, ...] = field(default_factory=tuple)
+    oids: tuple[tuple[str, int], ...] = field(default_factory=tuple)  # (table, pg_class oid), sorted
+    partitions: tuple[tuple[str, tuple[int, ...]], ...] = field(default_factory=tuple)  # (table, partition oids)
+    rejoin: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +163,9 @@ class SlotProgress:
             "tables": list(self.tables),
             "generation": self.generation,
             "joins": [join.to_json() for join in self.joins],
+            "oids": dict(self.oids),
+            "partitions": {table: list(oids) for table, oids in self.partitions},
+            "rejoin": list(self.rejoin),
         }
 
     @classmethod
@@ -168,7 +180,19 @@ class SlotProgress:
             tuple(raw.get("tables", ())),
             int(raw.get("generation", 0)),
             tuple(TableJoin.from_json(join) for join in raw.get("joins", ())),
+            tuple(sorted((str(table), int(oid)) for table, oid in (raw.get("oids") or {}).items())),
+            tuple(sorted((str(table), tuple(sorted(int(o) for o in oids)))
+                         for table, oids in (raw.get("partitions") or {}).items())),
+            tuple(str(table) for table in raw.get("rejoin", ())),
         )
+
+    @property
+    def oid_of(self) -> dict[str, int]:
+        return dict(self.oids)
+
+    @property
+    def partitions_of(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.partitions)
 
     @property
     def streamed(self) -> bool:
@@ -243,7 +267,7 @@ class Backfill:
 
 @dataclass(frozen=True)
 class BackfillRecord:
-    """The backfills of one slot (``cdc/<slot>.backfills``, beside the slot's record): the running
+    """The backfills of one slot (``cdc-backfills/<slot>``, beside the slot's record): the running
     ones, and the last finished ones (so that a request the slot replays is not run twice)."""
 
     kind: ClassVar[str] = "backfills"
@@ -267,8 +291,15 @@ class BackfillRecord:
 
 
 def backfills_key(slot: str) -> str:
-    """Where a slot's backfills are kept: beside its record (``cdc/<slot>``); a slot name holds no dot."""
-    return f"cdc/{slot}.backfills"
+    """Where a slot's backfills are kept: beside its record (``cdc/<slot>``), under a prefix of their
+    own (whatever reads every ``cdc/`` key reads slot records)."""
+    return f"cdc-backfills/{slot}"
+
+
+def shapes_key(slot: str | None = None, table: str | None = None) -> str:
+    """Where the announced shapes are kept: a slot's (``cdc-shapes/<slot>``), or a polled table's
+    (``polling-shapes/<reference>``)."""
+    return f"cdc-shapes/{slot}" if slot is not None else f"polling-shapes/{table}"
 
 
 @dataclass(frozen=True)
@@ -290,7 +321,7 @@ class TableShape:
 
 @dataclass(frozen=True)
 class ShapeRecord:
-    """The shapes consumers were told of (``cdc/<slot>.shapes``, ``shapes/<table>`` in polling): the
+    """The shapes consumers were told of (``cdc-shapes/<slot>``, ``polling-shapes/<table>``): the
     baseline a start compares the table's columns with, so a change made while pgsource was
     stopped is announced too."""
 

@@ -19,6 +19,11 @@ CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01
 """
 
 
+def _changes(iggy) -> list[dict]:
+    """The messages of changes (not the snapshot of an attached partition)."""
+    return [b for b in bodies(iggy, "ev") if b["operation_type"] != "SELECT"]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_changes_of_every_partition_arrive_under_the_parents_name(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, EVENTS)
@@ -35,19 +40,23 @@ def test_changes_of_every_partition_arrive_under_the_parents_name(pg_dsn, iggy, 
         execute(pg_dsn, "CREATE TABLE ev_2027 (LIKE ev INCLUDING ALL)")
         execute(pg_dsn, "ALTER TABLE ev ATTACH PARTITION ev_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')")
         execute(pg_dsn, "INSERT INTO ev VALUES (4, '2027-03-01', 'e')")  # one attached while running
-        wait_for(lambda: len(bodies(iggy, "ev")) >= 5, 30, message="5 changes")
+        wait_for(lambda: len(_changes(iggy)) >= 5, 30, message="5 changes")
     finally:
         assert stop_service(service) == 0
     service = start_service(config)  # a restart finds its publication complete
     try:
         wait_until_capturing(pg_dsn, transport)
         execute(pg_dsn, "DELETE FROM ev WHERE id = 1")
-        wait_for(lambda: len(bodies(iggy, "ev")) >= 6, 30, message="a change after the restart")
+        wait_for(lambda: len(_changes(iggy)) >= 6, 30, message="a change after the restart")
     finally:
         assert stop_service(service) == 0
     received = [(b["table_name"], b["operation_type"], key_of(b)) for _, b, _ in stored(iggy, "ev")]
-    assert received == [("ev", "INSERT", 1), ("ev", "INSERT", 2), ("ev", "UPDATE", 2), ("ev", "INSERT", 3),
-                        ("ev", "INSERT", 4), ("ev", "DELETE", 1)]
+    # ev_2027 was attached: its rows are sent as a snapshot (SELECT) once pgsource sees the attach;
+    # row 4, inserted right after, may be in it too (docs/cdc.md: consumers converge)
+    assert {key for _, operation, key in received if operation == "SELECT"} <= {4}
+    assert [r for r in received if r[1] != "SELECT"] == [
+        ("ev", "INSERT", 1), ("ev", "INSERT", 2), ("ev", "UPDATE", 2), ("ev", "INSERT", 3), ("ev", "INSERT", 4),
+        ("ev", "DELETE", 1)]
     assert [t for t in iggy.topics("pg")] == ["ev"]
 
 

@@ -78,7 +78,8 @@ def test_offset_age_is_now_minus_the_newest_acknowledged_time(pg_dsn, iggy, tmp_
                     " FROM generate_series(1, 300) g")
     newest = query(pg_dsn, "SELECT extract(epoch FROM max(at))::float8 FROM events")[0][0]
     config = write_config(tmp_path, pg_dsn, iggy.address,
-                          source={"tables": [{"name": "events", "tracking_column": "at"}], "batch_size": 100},
+                          source={"tables": [{"name": "events", "tracking_column": "at"}], "batch_size": 100,
+                                  "lag": "1s"},  # values set by the test: no horizon bounds them
                           metrics={"port": port, "host": "127.0.0.1"})
     service = start_service(config)
     age = ("pgsource_source_offset_age_seconds", (("table", "events"), ("worker", "worker-0")))

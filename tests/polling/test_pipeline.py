@@ -57,7 +57,8 @@ def test_ties_at_batch_boundaries_are_neither_lost_nor_duplicated(pg_dsn, iggy, 
         " FROM generate_series(1, 700) g",
     )
     config = write_config(
-        tmp_path, pg_dsn, iggy.address, source={"tables": ["events"], "tracking_column": "updated_at", "batch_size": 5}
+        tmp_path, pg_dsn, iggy.address,
+        source={"tables": ["events"], "tracking_column": "updated_at", "batch_size": 5, "lag": "1s"},  # set by the test
     )
     service = start_service(config)
     try:
