@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pgsource.cdc.change_batch import ChangeBatch, tables_of  # noqa: F401 (re-exported: the worker imports them here)
+from pgsource.cdc.payload_messages import PayloadMessages
 from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.transaction_markers import TransactionMarkers
 from pgsource.config.model import Config, Operation, Partitioning
@@ -38,7 +39,7 @@ from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
 from pgsource.encode.batch import new_message_batch
-from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
+from pgsource.encode.envelope import envelope_parts, envelope_suffix
 from pgsource.encode.frames import TXN_INDEX
 from pgsource.encode.ids import cdc_message_id, key_partition
 from pgsource.encode.markers import SCHEMA_CHANGE, encode_schema_change, schema_change_id
@@ -66,7 +67,7 @@ class _RelationState:
     relation_name: str | None = None  # the relation's name now, when it is not the configured one (a rename)
 
 
-class ChangeEncoder:
+class ChangeEncoder(PayloadMessages):
     """Stateful: feed it every decoded message of the stream, in order.
 
     ``keys``: per captured table (schema, name), its primary key (else unique NOT NULL key)
@@ -375,33 +376,6 @@ class ChangeEncoder:
         for values in (new, old):
             if values is not None:
                 self.on_key(state.table_name, tuple(values[i] for i in state.partition_positions))
-
-    def _payload_change(self, state: _RelationState, oid: int, operation: str, new, old, position: int,
-                        out: ChangeBatch) -> None:
-        """payload_column: the new row's value is the message. A DELETE or TRUNCATE has no new
-        value and sends nothing (an outbox row removed is not a message to repeat)."""
-        if new is None:
-            return
-        value = new[state.payload_position]
-        message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
-        if value is None or value is po.UNCHANGED or value in ("", "\\x"):
-            what = {None: "a NULL", po.UNCHANGED: "an unchanged TOASTed (set REPLICA IDENTITY FULL)"}.get(value, "an empty")
-            key = ", ".join(str(new[i]) for i in state.partition_positions) or "?"
-            raise SourceError(
-                f"table {state.table_name}: {operation} of row {key} (message id {message_id:#x}, lsn {self._lsn_text})"
-                f" has {what} payload_column {self.payload_column!r}; Iggy takes no empty message"
-            )
-        if self.payload_format == "bytea":
-            payload = bytes.fromhex(value[2:]) if value.startswith("\\x") else value.encode()
-        elif self.payload_format == "json_direct":
-            payload = compact_json(value).encode()
-        else:
-            payload = value.encode()
-        _, _, headers = self._envelope(oid, state, operation)
-        partition = state.partition
-        if partition is None:
-            partition = self._partition(state, new, None)
-        self._add(state, out, message_id, partition, payload, headers)
 
     def _partition(self, state: _RelationState, values, old_kind) -> int:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE:
