@@ -208,7 +208,7 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
                     rollback(self.conn)
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
                     self.encoder.type_names.update(load_type_names(self.conn, need.names))
-                    self._peek_skip, self._peek_fed = self._peek_fed, 0
+                    self._peek_skip = self._peek_fed  # every message fed since the peek began, all attempts
                     rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
