@@ -37,6 +37,7 @@ import time
 
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.identity import TableWatch
+from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.slot_lifecycle import SlotPreparation
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
@@ -45,11 +46,11 @@ from pgsource.pg.catalog import describe_table
 from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
-from pgsource.pg.types import load_table_types, load_type_catalog
+from pgsource.pg.types import load_table_types, load_type_catalog, load_type_names
 from pgsource.pipeline.channel import Empty, get_event, put_event
 from pgsource.pipeline.events import encode_batch_event
 from pgsource.pipeline.progress import ProgressTracker
-from pgsource.state import FileStateStore
+from pgsource.state import FileStateStore, ShapeRecord, shapes_key
 from workers.base import QueueWorker, WorkerSpec
 
 log = logging.getLogger("pgsource.cdc")
@@ -102,7 +103,10 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
         starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
         oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids)
+        self.shapes_key = shapes_key(self.slot)
+        self.shapes = SchemaWatch(self.store.load(self.shapes_key, ShapeRecord))
+        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
+                                     shapes=self.shapes, load_type_names=self._load_type_names)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
         if self._settle_partitions(record, trees) is None:
             self._unfinished = True
@@ -118,6 +122,17 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
         if self._copying:  # no other query while the peek's COPY runs: see _peek
             raise _TypesNeeded(oids)
         return load_type_catalog(self.conn, oids)
+
+    def _load_type_names(self, pairs: list[tuple[int, int]]) -> dict:
+        if self._copying:
+            raise _TypesNeeded([], pairs)
+        return load_type_names(self.conn, pairs)
+
+    def _shapes_confirmed(self) -> None:
+        """Shapes the slot is confirmed past become the baseline a restart compares with."""
+        record = self.shapes.confirmed(self._confirmed_lsn) if self.encoder is not None else None
+        if record is not None:
+            self.store.commit(self.shapes_key, record)
 
     def serve(self) -> None:
         if self._unfinished:
@@ -160,6 +175,7 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
             self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
+            self._shapes_confirmed()
         self._remember()
 
     def _peek(self, upto: int, limit: int) -> int:
@@ -188,7 +204,8 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
                     self._copying = False
                     rollback(self.conn)
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
-                    self._peek_skip, self._peek_fed = self._peek_fed, 0
+                    self.encoder.type_names.update(load_type_names(self.conn, need.names))
+                    self._peek_skip = self._peek_fed  # every message fed since the peek began, all attempts
                     rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
@@ -294,6 +311,7 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
             self._confirmed_lsn = target
             self.metrics.offset_commits.labels(self.spec.name).inc()
             self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
+            self._shapes_confirmed()
         self._remember()
 
     def _remember(self, force: bool = False) -> None:
@@ -327,7 +345,8 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
                     raise SystemExit(1)
                 self._take_acks(block=False)
             for table, (count, _) in tables.items():
-                self.metrics.rows_read.labels(table, self.spec.name).inc(count)
+                if table:  # "": the transaction topic's markers
+                    self.metrics.rows_read.labels(table, self.spec.name).inc(count)
             self.metrics.batches_queued.labels(self.spec.name).inc()
             self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
         end = batch.last_commit_end
@@ -370,9 +389,10 @@ def _nothing() -> None:
 
 
 class _TypesNeeded(Exception):
-    def __init__(self, oids: list[int]) -> None:
+    def __init__(self, oids: list[int], names: list[tuple[int, int]] = ()) -> None:
         super().__init__(oids)
         self.oids = oids
+        self.names = list(names)
 
 
 def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:

@@ -183,6 +183,8 @@ def status(config_path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.to_json(), indent=2))
         return
+    from pgsource.ops.admin.status import backfill_line
+
     click.echo(f"mode {found.mode}; {'running: ' + found.running if found.running else 'not running'}")
     for table in found.tables:
         offset = ", ".join(table.offset) if table.offset else ("the start" if table.offset == [] else "nothing committed")
@@ -196,6 +198,8 @@ def status(config_path: str, as_json: bool) -> None:
         click.echo(f"{slot.worker}: slot {slot.slot} {'active (pid ' + str(slot.active_pid) + ')' if slot.active_pid else 'inactive'},"
                    f" wal_status {slot.wal_status}, confirmed {slot.confirmed_lsn}, {slot.bytes_behind} byte(s) behind,"
                    f" {slot.retained_wal_bytes} byte(s) of WAL retained")
+        for backfill in slot.backfills:
+            click.echo(f"{slot.worker}: {backfill_line(backfill)}")
 
 
 @main.command()

@@ -92,6 +92,14 @@ class BackfillRunner(Generic[Row]):
         if backfill is not None:
             self._replace(dataclasses.replace(backfill, estimated_rows=rows))
 
+    def failed(self, backfill_id: str) -> None:
+        """The backfill cannot go on (its chunk's SELECT was refused): it stops, the stream does not."""
+        backfill = self._get(backfill_id)
+        if backfill is not None:
+            self._replace(dataclasses.replace(backfill, phase=BackfillPhase.FAILED))
+        if self.open is not None and self.open.backfill_id == backfill_id:
+            self.open = None
+
     def _cancel(self, table: str) -> str:
         running = [b for b in self.record.running if b.table == table]
         for backfill in running:

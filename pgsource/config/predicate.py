@@ -32,3 +32,11 @@ def predicate_problem(predicate: str) -> str | None:
             return "a ')' closes a parenthesis the predicate did not open"
         i += 1
     return "a '(' is not closed" if depth else None
+
+
+def conjunction(first: str | None, second: str | None) -> str | None:
+    """Both predicates (the table's row filter and a backfill's ``--where``): each was checked to be
+    one expression that keeps to its parentheses, so ``(first) AND (second)`` is exactly both."""
+    if first is None or second is None:
+        return first if second is None else second
+    return "(" + first + ") AND (" + second + ")"

@@ -227,6 +227,7 @@ class BackfillPhase(str, Enum):
     RUNNING = "running"
     DONE = "done"  # every row was read and acknowledged
     CANCELLED = "cancelled"
+    FAILED = "failed"  # the table cannot be backfilled (no key, a --where PostgreSQL refuses): logged
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,11 @@ def test_a_changed_shape_is_applied_at_restart_with_alter_publication(pg_dsn, ig
     finally:
         assert stop_service(service) == 0
     assert len(query(pg_dsn, "SELECT 1 FROM pg_replication_slots")) == len(slot_before) == 1
-    assert [body["data"] for _, body, _ in stored(iggy, "people")] == [
+    messages = [body for _, body, _ in stored(iggy, "people")]
+    assert [body["data"] for body in messages if body["operation_type"] == "INSERT"] == [
         {"id": 1, "tenant": 7, "name": "a"}, {"id": 3, "tenant": 7, "name": "c"}, {"id": 6, "tenant": 8},
     ]
+    assert [body["operation_type"] for body in messages] == ["INSERT", "INSERT", "SCHEMA_CHANGE", "INSERT"]
+    assert [column["name"] for column in messages[2]["data"]["columns"]] == ["id", "tenant"]  # the new shape, announced
+    assert [column["name"] for column in messages[2]["old_data"]["columns"]] == ["id", "tenant", "name"]
     assert query(pg_dsn, "SELECT attnames, rowfilter FROM pg_publication_tables") == [(["id", "tenant"], "(tenant = 8)")]
