@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from pgsource.errors import PrerequisiteError, TableChanged
 from pgsource.pg import connect as pg
@@ -49,6 +50,7 @@ from pgsource.polling.late_commits import (
     sealed,
     tracking_key,
 )
+from pgsource.polling.schema_changes import announce_shape
 from pgsource.rows.reader import ReadBatch, TableReader
 from pgsource.state import ChunkCuts, FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
@@ -125,7 +127,27 @@ class PollWorker(QueueWorker):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if reads_ahead else None
 
     def serve(self) -> None:
+        self._announce_shapes()
         self._loop(self.units, self.watch)
+
+    def _announce_shapes(self) -> None:
+        """A table whose columns changed since consumers were told (pgsource/polling/schema_changes.py):
+        the SCHEMA_CHANGE goes out before its first row; the new shape is recorded once acknowledged."""
+        config = self.spec.config
+        for unit, work in zip(self.units, self.spec.units):
+            reader = unit.reader
+            if reader.plan is None or reader.plan.payload is not None or work.chunk > 0:
+                continue  # custom_query, payload_column: no columns to announce; a table's chunks: the first
+            found = announce_shape(config, self.store, work.table.qualified, reader.table_name, reader.shape)
+            if found is None:
+                continue
+            self._seq += 1
+            event = encode_batch_event(found.messages, worker=self.spec.name, seq=self._seq, stream=config.iggy.stream,
+                                       topic=reader.topic, table=reader.table_name, where=f"table {reader.table_name}")
+            if not put_event(self.batch_queue, event, self._waiting):
+                return
+            log.info("%s: %s: its columns changed; SCHEMA_CHANGE sent before its rows", self.spec.name, reader.table_name)
+            self._queued[self._seq] = _Queued(unit, None, (), partial(self.store.commit, found.key, found.record))
 
     def close(self) -> None:
         try:

@@ -229,7 +229,7 @@ class ChangeEncoder(PayloadMessages):
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
         self._routes = {}
-        if table is not None and self.shapes is not None:
+        if table is not None and self.shapes is not None and self.payload_column is None:
             self._shape(relation, state, keys, out)
 
     def _shape(self, relation: po.Relation, state: _RelationState, names: list[str], out: ChangeBatch) -> None:

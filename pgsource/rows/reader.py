@@ -113,6 +113,11 @@ class TableReader:
         # fails (a column renamed or dropped), so that a change is followed, not taken for bad input.
         self._definition = (info.oid, table_definition(info))
         self._named_columns = not self.plan.whole_row
+        # The columns messages carry, (name in ``data``, format_type): what a schema change announces.
+        # With schema_change_events a plan reading whole rows checks the definition after reads too.
+        types = {column.name: column.type_sql for column in info.columns}
+        self.shape = tuple((key, types[name]) for name, key, _ in self.plan.json_columns)
+        self._named_columns |= source.schema_change_events and self.plan.payload is None
         self._json_at = len(self.plan.select_columns)
         self._bounds = (False, False)
         self._chunk_params: dict[str, object] = {}
@@ -278,7 +283,7 @@ class TableReader:
         if now != planned:
             raise TableChanged(
                 f"table {self.table_name}: its columns changed while running ({planned or 'none'} ->"
-                f" {now or 'none'}: name and type oid); reading it again with its new columns"
+                f" {now or 'none'}: name and type); reading it again with its new columns"
             )
 
     def _custom_sql(self) -> str:
