@@ -335,7 +335,7 @@ class CdcWorker(SlotPreparation, TableWatch, QueueWorker):
             if not messages.ids:
                 continue
             self._seq += 1
-            tables = tables_of(messages.payloads, messages.headers)  # the metrics' table label: the table, not the topic
+            tables = tables_of(messages.payloads, messages.headers, messages.ids)  # the metrics' table label: the table, not the topic
             event = encode_batch_event(messages, worker=self.spec.name, seq=self._seq, stream=stream, topic=topic,
                                        table=next(iter(tables)), where=f"topic {topic}", commit_time=commit_time,
                                        tables=tables if len(tables) > 1 else None)

@@ -76,7 +76,7 @@ class PartitionFrames:
 
 
 TXN_INDEX = "txn_index"  # a CDC change's position in its transaction: filled in from its id (below)
-_POSITION_MASK = (1 << 48) - 1
+POSITION_MASK = (1 << 48) - 1  # a CDC id's position in its transaction
 
 
 def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes | tuple[bytes, bytes]:
@@ -108,7 +108,7 @@ def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes | tuple[byt
 
 
 def _txn_indexed(parts: tuple[bytes, bytes], message_id: int) -> bytes:
-    value = str(message_id & _POSITION_MASK).encode()
+    value = str(message_id & POSITION_MASK).encode()
     return parts[0] + struct.pack("<BI", 2, len(TXN_INDEX)) + TXN_INDEX.encode() + struct.pack("<BI", 2, len(value)) + value + parts[1]
 
 
