@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
@@ -38,10 +39,13 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_REQUEST_FRAMES_BYTES",
     "PartitionFrames",
+    "SendRequest",
     "batch_checksum",
     "encode_frames",
     "encode_partition_frames",
+    "encode_request_prefix",
     "encode_send_request",
+    "encode_send_requests",
     "encode_user_headers",
     "split_partition_frames",
 ]
@@ -63,6 +67,14 @@ _FRAME_TAIL = struct.Struct("<QQIIIIQ")  # id low, id high, offset_delta, timest
 _U64 = struct.Struct("<Q")
 _BATCH_FIELDS = struct.Struct("<QQQQQ")  # partition, base_offset, base_timestamp, origin_timestamp, batch_length
 _HEADER_KINDS = {bytes: 1, str: 2}
+
+
+class SendRequest(NamedTuple):
+    """One SendMessages request body, ready but for the request header the SDK adds."""
+
+    partition: int  # 0-based Iggy partition id
+    count: int  # messages in it
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -226,12 +238,26 @@ def encode_send_request(stream: str, topic: str, part: PartitionFrames, origin_t
     ``origin_timestamp`` is µs since the epoch (the SDK stamps the time of sending);
     partition, base offset and base timestamp stay 0 for the server to fill.
     """
+    return encode_request_prefix(stream, topic, part, origin_timestamp) + part.frames
+
+
+def encode_send_requests(stream: str, topic: str, parts: Sequence[PartitionFrames], origin_timestamp: int) -> list[SendRequest]:
+    """Every request a batch needs: one per partition, more where a partition's frames exceed what
+    one request may carry (``split_partition_frames``; its ``ValueError`` for a message too big
+    for any request)."""
+    return [SendRequest(piece.partition, piece.count, encode_send_request(stream, topic, piece, origin_timestamp))
+            for part in parts for piece in split_partition_frames(part)]
+
+
+def encode_request_prefix(stream: str, topic: str, part: PartitionFrames, origin_timestamp: int) -> bytes:
+    """What goes before ``part.frames`` in its SendMessages body (a few hundred bytes): the batch's
+    builder (``pgsource/pipeline/block.py``) copies the frames once, straight behind it."""
     meta = _identifier(stream) + _identifier(topic) + struct.pack("<BBII", 2, 4, part.partition, part.count)
     header = bytearray(BATCH_HEADER_SIZE)
     _BATCH_FIELDS.pack_into(header, 0, 0, 0, 0, origin_timestamp, BATCH_HEADER_SIZE + len(part.frames))
     struct.pack_into("<I", header, 48, part.count)
     _U64.pack_into(header, 40, batch_checksum(header, part.checksums))
-    return b"".join((struct.pack("<I", len(meta)), meta, header, part.frames))
+    return b"".join((struct.pack("<I", len(meta)), meta, header))
 
 
 def split_partition_frames(part: PartitionFrames, max_bytes: int = MAX_REQUEST_FRAMES_BYTES) -> list[PartitionFrames]:
