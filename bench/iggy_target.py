@@ -55,15 +55,23 @@ async def create_topic_without_options(client, stream: str, topic: str, partitio
     await client.send_binary_request(CREATE_TOPIC, body)
 
 
+async def _connect_client(address: str, username: str, password: str):
+    """A plain SDK client (the bench counts and reads back with the SDK's own calls)."""
+    import apache_iggy as iggy
+
+    client = iggy.IggyClient(iggy.TcpConfig(server_address=address))
+    await client.connect()
+    await client.login_user(username, password)
+    return client
+
+
 class IggyView:
     """The benchmark's own SDK client: counts what Iggy acknowledged, reads it back."""
 
     def __init__(self, target: Target) -> None:
-        from pgsource.sink.reader import connect_client
-
         self.target = target
         self.loop = asyncio.new_event_loop()
-        self.client = self.loop.run_until_complete(connect_client(target.address, target.username, target.password))
+        self.client = self.loop.run_until_complete(_connect_client(target.address, target.username, target.password))
 
     def refuses_wheel_topic_options(self) -> bool:
         """True when the server refuses the create-topic options apache-iggy 0.9.0 sends."""
@@ -94,10 +102,12 @@ class IggyView:
         self.loop.run_until_complete(create())
 
     def count(self, stream: str, topic: str) -> int:
-        from pgsource.sink.reader import topic_message_count
+        async def messages() -> int:
+            details = await self.client.get_topic(stream, topic)
+            return 0 if details is None else sum(partition.messages_count for partition in details.partitions)
 
         try:
-            return self.loop.run_until_complete(topic_message_count(self.client, stream, topic))
+            return self.loop.run_until_complete(messages())
         except RuntimeError:
             return 0
 

@@ -1,13 +1,12 @@
 """``CdcWorker``: one process, one publication, one slot; changes into Iggy, nothing lost.
 
-Progress is one ``ProgressTracker`` (``pgsource/pipeline/progress.py``) per worker, for the
-snapshot and both transports: every batch on the queue is ``sent`` (no position of its
-own), the end LSN of every transaction read completely is ``mark``ed after the batches
-holding its changes, and acks come back as ``acked``. The slot is only ever confirmed up
-to ``committable()``: the end of a transaction whose every message, and every message
-before it, Iggy acknowledged. Idle periods move the slot too, through the same tracker:
-the server's WAL end is ``mark``ed only when no transaction is half-read and nothing read
-is left unsent, so it counts only once everything before it was acknowledged.
+Batches go to the publisher through the outbox (``pgsource/pipeline/outbox.py``); what the
+slot is confirmed up to is decided by the ``SlotCommitter`` (``pgsource/cdc/committer.py``):
+one ``ProgressTracker`` per worker, for the snapshot and both transports, in which every
+batch is ``sent``, the end LSN of every transaction read completely is ``mark``ed after
+the batches holding its changes, and acks come back as ``acked``. The slot is only ever
+confirmed up to ``committable()``: the end of a transaction whose every message, and
+every message before it, Iggy acknowledged.
 
 Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
@@ -31,11 +30,12 @@ interrupted one is done again at the next start.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
+from functools import partial
 
 from pgsource.cdc.backfill_driver import BackfillDriving
+from pgsource.cdc.committer import SlotCommitter, SqlSlotConfirmer, StreamSlotConfirmer
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.schema_watch import SchemaWatch
@@ -48,11 +48,9 @@ from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog, load_type_names
-from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import encode_batch_event
-from pgsource.pipeline.progress import ProgressTracker
+from pgsource.pipeline.block import BlockHead, encode_message_block
 from pgsource.state import FileStateStore, ShapeRecord, shapes_key
-from workers.base import QueueWorker, WorkerSpec
+from workers.base import SourceWorker, WorkerSpec
 
 log = logging.getLogger("pgsource.cdc")
 
@@ -63,21 +61,29 @@ IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load
 # we have whenever the socket is empty" made batches of a few dozen changes, and every batch
 # costs the publisher and Iggy a fixed ~0.2 ms. A partial batch waits this long for more.
 LINGER = 0.005
-REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
 
-class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
+def _in_committer(name: str) -> property:
+    """An attribute of the worker that lives in its ``SlotCommitter`` (read and written there)."""
+    return property(lambda self: getattr(self.committer, name), lambda self, value: setattr(self.committer, name, value))
+
+
+class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, SourceWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
-    def __init__(self, spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
-        super().__init__(spec, batch_queue, ack_queue, status_queue, stop_event)
-        self.progress: ProgressTracker[int] = ProgressTracker(0, order=int)
-        self._recorded_lsn = 0  # the newest position recorded in ``progress``
-        self._confirmed_lsn = 0  # the newest position confirmed to the slot
+    def __init__(self, spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:
+        super().__init__(spec, channel, ack_queue, status_queue, stop_event)
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
+        self._last_seq = 0  # the last batch sent (a backfill chunk with no row left counts as done after it)
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
-        self._remembered_at = time.monotonic()
         self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
+
+    # What SlotPreparation and TableWatch (pgsource/cdc/slot_lifecycle.py, identity.py) read and set:
+    # kept in the committer, which confirms the slot and copies the confirmed LSN into the record.
+    progress = _in_committer("progress")
+    record = _in_committer("record")
+    _recorded_lsn = _in_committer("recorded_lsn")
+    _confirmed_lsn = _in_committer("confirmed_lsn")
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -90,6 +96,10 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         self.key = f"cdc/{self.slot}"
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         self.spec.backends(self.conn)
+        self.committer = SlotCommitter(self.store, self.key, counter=self.metrics.offset_commits.labels(self.name),
+                                       confirmed_gauge=self.metrics.confirmed_lsn.labels(self.name),
+                                       progressed=self.spec.progressed)
+        self.outbox = self.open_outbox(self.committer)
         self._copying = False
         self.identity = rep.system_identity(self.conn)
         self.infos = infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
@@ -106,6 +116,7 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
         self.shapes_key = shapes_key(self.slot)
         self.shapes = SchemaWatch(self.store.load(self.shapes_key, ShapeRecord))
+        self.committer.on_confirmed = self._shapes_confirmed
         self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
                                      shapes=self.shapes, load_type_names=self._load_type_names)
         self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
@@ -130,9 +141,9 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
             raise _TypesNeeded([], pairs)
         return load_type_names(self.conn, pairs)
 
-    def _shapes_confirmed(self) -> None:
+    def _shapes_confirmed(self, lsn: int) -> None:
         """Shapes the slot is confirmed past become the baseline a restart compares with."""
-        record = self.shapes.confirmed(self._confirmed_lsn) if self.encoder is not None else None
+        record = self.shapes.confirmed(lsn)
         if record is not None:
             self.store.commit(self.shapes_key, record)
 
@@ -140,48 +151,38 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         if self._unfinished:
             log.warning("%s: a snapshot was not acknowledged completely; the next start goes on with it", self.spec.name)
             return
-        if self.spec.config.source.cdc_transport == "replication":
-            self._stream_replication()
+        source = self.config.source
+        if source.cdc_transport == "replication":
+            self._stream_replication(source.batch_size)
         else:
-            self._stream_sql()
+            self._stream_sql(source.batch_size, source.max_in_flight_batches)
 
     def close(self) -> None:
         self.conn.close()
 
     # -- the SQL transport -----------------------------------------------------------------
 
-    def _stream_sql(self) -> None:
-        source = self.spec.config.source
-        limit = max(source.batch_size * source.max_in_flight_batches, PEEK_CHANGES)
+    def _stream_sql(self, batch_size: int, max_in_flight: int) -> None:
+        """Peek after peek; ``batch_size`` changes to a batch."""
+        limit = peek_limit(batch_size, max_in_flight)
+        committer = self.committer
+        committer.confirmer = SqlSlotConfirmer(self.conn, self.slot, self.spec.statement)
         while not self._should_stop():
             self.notify()
             self._watch_tables()
             self._backfill_step(force=True)  # between peeks: the connection is free
             upto = rep.current_flush_lsn(self.conn)
-            rows = self._peek(upto, limit)
-            if self.progress.in_flight:
+            rows = self._peek(upto, limit, batch_size)
+            if self.outbox.in_flight:
                 break  # stopping before every message of the peek was acknowledged: the next start re-reads it
-            if rows < limit and not self.encoder.in_transaction and upto > self._recorded_lsn:
-                self.progress.mark(upto)  # the peek read everything before upto
-                self._recorded_lsn = upto
-            self._confirm_sql()
+            if rows < limit and not self.encoder.in_transaction:
+                committer.mark(upto)  # the peek read everything before upto
+            committer.commit_acknowledged()
             if rows == 0:
                 self.stop_event.wait(IDLE_PAUSE)
-        self._confirm_sql()
-        self._remember(force=True)
+        committer.commit_acknowledged(force=True)
 
-    def _confirm_sql(self) -> None:
-        target = self.progress.committable()
-        if target > self._confirmed_lsn:
-            with self.spec.statement(f"advancing slot {self.slot}"):
-                rep.confirm_slot(self.conn, self.slot, target)
-            self._confirmed_lsn = target
-            self.metrics.offset_commits.labels(self.spec.name).inc()
-            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
-            self._shapes_confirmed()
-        self._remember()
-
-    def _peek(self, upto: int, limit: int) -> int:
+    def _peek(self, upto: int, limit: int, batch_size: int) -> int:
         """Queue every change of one peek; wait for all acks. Returns the rows (messages) read.
 
         The peek is read as a binary COPY in chunks (``pgsource/pg/peek.py``): memory stays
@@ -191,7 +192,8 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         statement = build_peek_copy(self.conn, query, params)
         self._peek_batch = ChangeBatch()
         self._peek_fed = self._peek_skip = 0
-        rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
+        feed = partial(self._feed_peek, batch_size=batch_size)
+        rows = BinaryCopyRows(feed, needs_text=self.encoder.needs_text, where=self.spec.name)
         set_autocommit(self.conn, False)
         try:
             while True:
@@ -209,7 +211,7 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
                     self.encoder.type_names.update(load_type_names(self.conn, need.names))
                     self._peek_skip = self._peek_fed  # every message fed since the peek began, all attempts
-                    rows = BinaryCopyRows(self._feed_peek, needs_text=self.encoder.needs_text, where=self.spec.name)
+                    rows = BinaryCopyRows(feed, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
             commit(self.conn)
@@ -228,11 +230,10 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         self._wait_for_acks(deadline=None)
         return rows.rows
 
-    def _feed_peek(self, buf: bytes, text: str | None, spans: list) -> None:
-        """One chunk of the peek's messages into batches; a full batch goes to the queue at once."""
+    def _feed_peek(self, buf: bytes, text: str | None, spans: list, batch_size: int) -> None:
+        """One chunk of the peek's messages into batches; a full batch is sent at once."""
         feed = self.encoder.feed_buffer
         batch = self._peek_batch
-        batch_size = self.spec.config.source.batch_size
         fed = 0
         try:
             for start, end in spans:
@@ -247,12 +248,13 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
         finally:
             self._peek_fed += fed
         self.notify()
-        self._take_acks(block=False)
+        self.outbox.take_acks()
 
     # -- the streaming transport -----------------------------------------------------------
 
-    def _stream_replication(self) -> None:
-        source = self.spec.config.source
+    def _stream_replication(self, batch_size: int) -> None:
+        """Read the stream, ``batch_size`` changes to a batch at most (a partial one waits LINGER)."""
+        source = self.config.source
         timeout = rep.wal_sender_timeout(self.conn)
         self.stream = stream = ReplicationStream(
             source.connection_string, self.slot, self.publication,
@@ -260,11 +262,12 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
             feedback_interval=min(1.0, max(0.1, timeout / 4)) if timeout > 0 else 1.0,
         )
         self.spec.backends(stream.connection)
-        self._tick = self._feedback
+        committer = self.committer
+        committer.confirmer = StreamSlotConfirmer(stream)
+        self._tick = committer.commit_acknowledged
         read = stream.read_message
         encoder = self.encoder
         feed = encoder.feed_buffer
-        batch_size = source.batch_size
         self._batch = ChangeBatch()
         batch_started = 0.0  # when the partial batch got its first change
         try:
@@ -280,28 +283,24 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
                     feed(payload, payload.decode("latin-1") if encoder.needs_text else None, 0, len(payload), batch)
                     if batch.count >= batch_size:  # a large transaction streams out in batches
                         self._flush_batch()
-                        self._feedback()
+                        committer.commit_acknowledged()
                     self._backfill_step()
                     continue
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
                 if linger <= 0:
                     self._flush_batch()  # the socket is drained and the batch waited long enough
-                self._take_acks(block=False)
+                self.outbox.take_acks()
                 batch = self._batch
                 if self._chunk_outs and not batch.count:  # chunks with no row left to send
                     self._send(batch)
                 self._backfill_step()
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
-                    wal_end = stream.wal_end  # nothing half-read, nothing unsent: the server's position
-                    if wal_end > self._recorded_lsn:
-                        self.progress.mark(wal_end)
-                        self._recorded_lsn = wal_end
-                self._feedback()
+                    committer.mark(stream.wal_end)  # nothing half-read, nothing unsent: the server's position
+                committer.commit_acknowledged()
                 stream.wait(min(0.005, linger) if linger > 0 else 0.005)
             self._flush_batch()
-            self._wait_for_acks(deadline=time.monotonic() + self.spec.config.supervisor.stop_timeout)
-            self._feedback(force=True)
-            self._remember(force=True)
+            self._wait_for_acks(deadline=time.monotonic() + self.config.supervisor.stop_timeout)
+            committer.commit_acknowledged(force=True)
         finally:
             self._tick = _nothing
             stream.close()
@@ -312,89 +311,57 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, QueueWorker):
             self._send(batch)
             self._batch = ChangeBatch()
 
-    def _feedback(self, force: bool = False) -> None:
-        target = self.progress.committable()
-        if self.stream.confirm(target, force=force) and target > self._confirmed_lsn:
-            self._confirmed_lsn = target
-            self.metrics.offset_commits.labels(self.spec.name).inc()
-            self.metrics.confirmed_lsn.labels(self.spec.name).set(target)
-            self._shapes_confirmed()
-        self._remember()
-
-    def _remember(self, force: bool = False) -> None:
-        """Copy the confirmed LSN into the slot's record now and then (it names the gap if the slot vanishes)."""
-        now = time.monotonic()
-        if not force and now - self._remembered_at < REMEMBER_EVERY:
-            return
-        self._remembered_at = now
-        if self._confirmed_lsn > self.record.lsn:
-            self.record = dataclasses.replace(self.record, lsn=self._confirmed_lsn)
-            self.store.commit(self.key, self.record)
-
-    # -- queue and acks --------------------------------------------------------------------
+    # -- sending and acks ------------------------------------------------------------------
 
     def _send(self, batch: ChangeBatch) -> None:
-        """Queue the batch's messages (one event per topic), then mark the last transaction it completes."""
-        stream = self.spec.config.iggy.stream
+        """Send the batch's messages (one block per topic), then mark the last transaction it completes."""
         # a batch cut from a transaction larger than batch_size holds no Commit: its transaction's time
         commit_time = batch.commit_time or (self.encoder.transaction_commit_time if self.encoder else 0.0)
         for topic, messages in batch.topic_messages.items():
             if not messages.ids:
                 continue
-            self._seq += 1
-            tables = tables_of(messages.payloads, messages.headers)  # the metrics' table label: the table, not the topic
-            event = encode_batch_event(messages, worker=self.spec.name, seq=self._seq, stream=stream, topic=topic,
-                                       table=next(iter(tables)), where=f"topic {topic}", commit_time=commit_time,
-                                       tables=tables if len(tables) > 1 else None)
-            self.progress.sent(self._seq)
-            while not put_event(self.batch_queue, event, self._waiting):
-                if self.orphaned:  # no publisher will take it: the next start re-reads it
-                    raise SystemExit(1)
-                self._take_acks(block=False)
+            tables = tables_of(messages.payloads, messages.headers, messages.ids)  # the metrics' label: the table
+            head = BlockHead(self.name, self.config.iggy.stream, topic, next(iter(tables)), commit_time,
+                             tables if len(tables) > 1 else None)
+            seq = self.outbox.send(encode_message_block(head, messages, where=f"topic {topic}"), self._waiting_for_room)
+            if seq is None:  # orphaned: no publisher will take it, the next start re-reads it
+                raise SystemExit(1)
+            self.committer.sent(seq)
+            self._last_seq = seq
             for table, (count, _) in tables.items():
                 if table:  # "": the transaction topic's markers
-                    self.metrics.rows_read.labels(table, self.spec.name).inc(count)
-            self.metrics.batches_queued.labels(self.spec.name).inc()
-            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
+                    self.metrics.rows_read.labels(table, self.name).inc(count)
         if self.encoder is not None:
-            self._chunks_sent(self._seq)
-            if not self.progress.in_flight:
-                self._backfills_acked(self._seq)
-        end = batch.last_commit_end
-        if end is not None and end > self._recorded_lsn:
-            self.progress.mark(end)
-            self._recorded_lsn = end
+            self._chunks_sent(self._last_seq, acknowledged=not self.outbox.in_flight)
+        if batch.last_commit_end is not None:
+            self.committer.mark(batch.last_commit_end)
 
     def _waiting(self) -> bool:
-        """put_event's check while the queue is full: keep confirming, and say whether to stop."""
+        """While waiting (a full channel, acks, a snapshot's reads): keep confirming, and say whether to stop."""
         self._tick()
         return super()._waiting()
 
-    def _take_acks(self, block: bool, timeout: float = 0.2) -> None:
-        while self.progress.in_flight:
-            try:
-                ack = get_event(self.ack_queue, timeout=timeout if block else 0.000_001)
-            except Empty:
-                return
-            self.progress.acked(ack.seq)
-            if self.encoder is not None:
-                self._backfills_acked(ack.seq)
-            self.metrics.in_flight.labels(self.spec.name).set(self.progress.in_flight)
-            block = False
+    def _waiting_for_room(self) -> bool:
+        """A CDC batch is sent whatever happens, unless the supervisor is gone: acks are taken meanwhile."""
+        self._waiting()
+        self.outbox.take_acks()
+        return self.orphaned
 
     def _wait_for_acks(self, deadline: float | None) -> None:
-        """Until every queued batch is acknowledged; once stopping, at most ``stop_timeout`` more."""
-        stop_timeout = self.spec.config.supervisor.stop_timeout
-        while self.progress.in_flight:
-            if deadline is None and self._should_stop():
-                deadline = time.monotonic() + stop_timeout
-            if deadline is not None and time.monotonic() > deadline:
-                return
-            if self.watch.orphaned():
-                raise SystemExit(1)
-            self.notify()
-            self._take_acks(block=True)
-            self._tick()
+        """Until every batch sent is acknowledged; once stopping, at most ``stop_timeout`` more."""
+        self.outbox.wait_for_acks(deadline, waiting=self._waiting_or_orphaned)
+
+    def _waiting_or_orphaned(self) -> bool:
+        stop = self._waiting()
+        if self.orphaned:
+            raise SystemExit(1)
+        return stop
+
+
+def peek_limit(batch_size: int, max_in_flight: int) -> int:
+    """Changes one peek reads at most: what may be in flight, and at least PEEK_CHANGES (each peek
+    decodes again from the slot's restart LSN)."""
+    return max(batch_size * max_in_flight, PEEK_CHANGES)
 
 
 def _nothing() -> None:
@@ -408,6 +375,6 @@ class _TypesNeeded(Exception):
         self.names = list(names)
 
 
-def run_cdc_worker(spec: WorkerSpec, batch_queue, ack_queue, status_queue, stop_event) -> None:
+def run_cdc_worker(spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:
     """Process target (module-level so the spawn start method can import it)."""
-    CdcWorker(spec, batch_queue, ack_queue, status_queue, stop_event).run()
+    CdcWorker(spec, channel, ack_queue, status_queue, stop_event).run()

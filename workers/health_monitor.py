@@ -14,10 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import ProbeError
 from pgsource.metrics.scrape import ScrapeCollector
 from pgsource.ops.health import PublisherView, Readiness, SourceProbe, Stuck, WorkerView, judge
+from workers.liveness import Liveness, PublisherLiveness
 
 log = logging.getLogger("pgsource.supervisor")
 
@@ -26,11 +30,35 @@ STALE_AFTER = 5.0  # a judgement older than this is itself a problem
 LOOP_STALLED_AFTER = 30.0  # the supervisor's loop blocks at most ~10 s (watchdog queries)
 
 
+@dataclass(frozen=True)
+class ChildView:
+    """One child as the supervisor knows it."""
+
+    name: str
+    alive: bool
+    connected: bool  # reported "ready" since its last start
+    started_at: float
+    liveness: Liveness | None  # what it shows in shared memory (read here, written by the child)
+
+
+@dataclass(frozen=True)
+class SupervisorView:
+    """What the supervisor shows its health monitor (``Supervisor.view()``): read-only, taken afresh
+    for every judgement, so this thread never reaches into the supervisor's own fields."""
+
+    stopping: bool
+    loop_turned_at: float  # the main loop's last turn (monotonic)
+    children: dict[str, ChildView]  # the publisher and the workers that have been started
+    publisher: PublisherLiveness | None
+    queue_depth: int | None  # batch blocks written and not read yet
+
+
 class HealthMonitor:
-    def __init__(self, supervisor) -> None:
-        self.supervisor = supervisor
-        self.config = supervisor.config
-        self.probe = SourceProbe(self.config, supervisor.assignment)
+    def __init__(self, config: Config, assignment: dict, view: Callable[[], SupervisorView]) -> None:
+        self.config = config
+        self.assignment = assignment
+        self.view = view
+        self.probe = SourceProbe(config, assignment)
         self._readiness = Readiness(False, time.monotonic(), (Stuck("supervisor", "starting"),))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,17 +84,16 @@ class HealthMonitor:
         return readiness.ready, readiness.body()
 
     def healthz(self) -> tuple[bool, dict]:
-        sup = self.supervisor
+        view = self.view()
         now = time.monotonic()
         problems = []
-        tick = getattr(sup, "_tick", 0.0)
-        if now - tick > LOOP_STALLED_AFTER and not sup._stopping:
-            problems.append({"what": "supervisor", "reason": f"its loop has not turned for {now - tick:.0f}s"})
+        if now - view.loop_turned_at > LOOP_STALLED_AFTER and not view.stopping:
+            problems.append({"what": "supervisor", "reason": f"its loop has not turned for {now - view.loop_turned_at:.0f}s"})
         children = {}
-        for name, process in list(sup._processes.items()):
-            if process.is_alive():
+        for name, child in view.children.items():
+            if child.alive:
                 state = "running"
-                silence = self._silence(name, now)
+                silence = self._silence(view, child)
                 if silence:
                     problems.append({"what": name, "reason": silence})
                     state = "silent"
@@ -97,9 +124,9 @@ class HealthMonitor:
             self._stop.wait(EVERY)
 
     def judge(self) -> Readiness:
-        sup = self.supervisor
+        view = self.view()
         now = time.monotonic()
-        if sup._stopping:
+        if view.stopping:
             return Readiness(False, now, (Stuck("supervisor", "stopping"),))
         try:
             self.probe.refresh()
@@ -108,8 +135,8 @@ class HealthMonitor:
         source = self.config.source
         stall_after = self.config.readiness.stall_after
         window = stall_after + (0.0 if source.cdc else source.poll_interval)
-        return judge(now, self._publisher_view(), self._worker_views(), stall_after=stall_after, window=window,
-                     waiting=self.probe.waiting, moved_at=self.probe.moved_at)
+        return judge(now, _publisher_view(view), _worker_views(view, self.assignment), stall_after=stall_after,
+                     window=window, waiting=self.probe.waiting, moved_at=self.probe.moved_at)
 
     def _report(self) -> None:
         from pgsource.metrics import Metrics
@@ -123,40 +150,38 @@ class HealthMonitor:
                 log.warning("not ready: %s", "; ".join(f"{s.what}: {s.reason}" for s in readiness.stuck))
         self._was_ready = readiness.ready
 
-    def _publisher_view(self) -> PublisherView:
-        sup = self.supervisor
-        process = sup._processes.get("publisher")
-        shown = sup.publisher_liveness
-        return PublisherView(process is not None and process.is_alive(), shown.is_connected, shown.error,
-                             shown.sending_since, shown.sending_worker)
-
-    def _worker_views(self) -> list[WorkerView]:
-        sup = self.supervisor
-        views = []
-        for name in sup.assignment:
-            process = sup._processes.get(name)
-            liveness = sup.liveness[name]
-            views.append(WorkerView(
-                name, process is not None and process.is_alive(), name in sup._connected,
-                sup._started_at.get(name, 0.0), liveness.acked_at, liveness.caught_up_at, liveness.waiting_since,
-            ))
-        return views
-
-    def _silence(self, name: str, now: float) -> str:
-        sup = self.supervisor
+    def _silence(self, view: SupervisorView, child: ChildView) -> str:
         timeout = self.config.supervisor.heartbeat_timeout
-        if name == "publisher":
-            silent = sup.publisher_liveness.silent_for()
+        if child.name == PUBLISHER:
+            silent = view.publisher.silent_for()
             limit = timeout + self.config.iggy.send_timeout + LOOP_STALLED_AFTER
             return f"silent for {silent:.0f}s" if silent > limit else ""
-        liveness = sup.liveness.get(name)
+        liveness = child.liveness
         if liveness is None or liveness.running() is not None:
             return ""  # a long statement is the watchdog's to judge (it asks PostgreSQL)
         silent = liveness.silent_for()
         return f"silent for {silent:.0f}s" if silent > 2 * timeout + LOOP_STALLED_AFTER else ""
 
     def _queue_depth(self) -> int | None:
-        try:
-            return self.supervisor.batch_queue.qsize()
-        except (NotImplementedError, OSError, AttributeError):
-            return None
+        return self.view().queue_depth
+
+
+def _publisher_view(view: SupervisorView) -> PublisherView:
+    child = view.children.get(PUBLISHER)
+    shown = view.publisher
+    return PublisherView(child is not None and child.alive, shown.is_connected, shown.error, shown.sending_since,
+                         shown.sending_worker)
+
+
+def _worker_views(view: SupervisorView, assignment: dict) -> list[WorkerView]:
+    views = []
+    for name in assignment:
+        child = view.children.get(name)
+        liveness = child.liveness if child is not None else None
+        views.append(WorkerView(
+            name, child is not None and child.alive, child is not None and child.connected,
+            child.started_at if child is not None else 0.0,
+            liveness.acked_at if liveness else 0.0, liveness.caught_up_at if liveness else 0.0,
+            liveness.waiting_since if liveness else 0.0,
+        ))
+    return views

@@ -1,8 +1,10 @@
 """``PublisherWorker``: the one process that holds an Iggy client.
 
-It takes batches off the shared queue in order, sends each with the real SDK, and only
-when Iggy confirmed the whole batch puts an ``AckEvent`` on the ack queue of the worker
-that made it. A failed send is retried with capped exponential back-off, forever (an
+It takes batch blocks off the shared channel in order (``pgsource/pipeline/channel.py``):
+each arrives as the workers built it, its SendMessages request bodies ready
+(``pgsource/pipeline/block.py``), so the publisher only hands them to the SDK, which adds
+the request header. Only when Iggy confirmed the whole batch does it put an ``AckEvent``
+on the ack queue of the worker that made it. A failed send is retried with capped exponential back-off, forever (an
 Iggy outage must neither lose data nor skip it): the batch that failed is sent again
 before anything after it, so per-worker order and acks stay in sequence. Every SDK call
 is bounded (``iggy.send_timeout``), so a server that stops answering ends in a retry,
@@ -13,9 +15,9 @@ A refusal no retry can fix (``SinkRefused``: wrong password, missing topic with
 ``fatal`` and stops the service with exit code 5.
 
 Liveness: the publisher beats its ``Liveness`` (workers/liveness.py) whenever its
-queue reader comes back (at least every 0.5 s) and while it waits on Iggy, so a
-publisher wedged on the queue (a worker killed inside a ``put``) is killed and the
-pipeline restarted by the supervisor, like a silent worker.
+channel reader comes back (at least every 0.5 s) and while it waits on Iggy; a worker
+killed halfway through writing a block leaves a block the publisher never completes (so
+never sends), and the supervisor restarts the whole pipeline on fresh channels.
 
 The process ends with ``os._exit`` once its queues are flushed: apache-iggy 0.9.0 may
 complete a future from a tokio thread while the interpreter finalizes, which aborts the
@@ -28,7 +30,6 @@ import asyncio
 import atexit
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,12 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import SinkError, SinkRefused
-from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import AckEvent, BatchEvent, StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.block import Block, decode_block
+from pgsource.pipeline.channel import BlockChannel, put_event
+from pgsource.pipeline.events import AckEvent, WorkerState
 from pgsource.sink import IggySink
-from workers.logs import setup_logging
-from workers.parent import ParentWatch
-from workers.tuning import keep_freed_memory
+from workers.base import ChildProcess
 
 log = logging.getLogger("pgsource.publisher")
 
@@ -50,57 +50,47 @@ BACKOFF_MAX = 2.0  # a recovered Iggy is used again within 2 s (and /readyz is 2
 ORPHANED_EXIT_CODE = 1
 FLUSH_SECONDS = 5.0
 RECONNECT_IDLE = 1.0  # seconds between connection attempts while disconnected with nothing to send
+READ_WAIT = 0.5  # seconds the channel reader waits for a block before it reports back (heartbeat)
 
 
-class PublisherWorker:
+class PublisherWorker(ChildProcess):
     """The constructor runs in the parent and touches nothing; ``run()`` runs in the child."""
 
-    def __init__(self, config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None, shown=None,
+    FAILURES = (SinkRefused,)
+    TERM_STOPS = False  # it stops on the supervisor's stop block, after what came before it
+
+    def __init__(self, config: Config, channel: BlockChannel, ack_queues: dict, status_queue, heartbeat=None, shown=None,
                  liveness=None) -> None:
-        self.config = config
-        self.batch_queue = batch_queue
+        super().__init__(PUBLISHER, config, status_queue, heartbeat)
+        self.channel = channel
         self.ack_queues = ack_queues
-        self.status_queue = status_queue
-        self.heartbeat = heartbeat  # the publisher's Liveness (workers/liveness.py), or None
         self.shown = shown  # PublisherLiveness: connected, the send in progress (readiness)
-        self.liveness = liveness or {}  # worker -> Liveness: when Iggy last acknowledged its batch
+        self.acked_shown = liveness or {}  # worker -> Liveness: when Iggy last acknowledged its batch
 
-    def run(self) -> None:
-        setup_logging(config=self.config)
-        keep_freed_memory()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when the StopEvent arrives
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        from pgsource.metrics import Metrics
-
-        self.metrics = Metrics.get()
+    def serve(self) -> None:
         self._last_attempt = 0.0
-        self.watch = ParentWatch()
-        self.beat()
-        put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.READY))
-        code = 1
         try:
             code = asyncio.run(self._main())
-        except SinkRefused as exc:
-            log.error("publisher: %s", exc)
-            put_event(self.status_queue, WorkerStatus(PUBLISHER, WorkerState.FATAL, exc))
-            code = exc.exit_code
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except Exception:
+        except (SinkRefused, SystemExit):
+            raise
+        except Exception:  # noqa: BLE001 - the supervisor restarts the pipeline; say why first
             log.exception("publisher: unexpected error")
-        finally:
-            self._exit(code)
+            code = 1
+        raise SystemExit(code)
 
-    def beat(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.beat()
+    def notify(self) -> None:
+        super().notify()
         if self.shown is not None:
             self.shown.beat()
 
-    def _exit(self, code: int) -> None:
-        """Flush what this process put on its queues (for at most FLUSH_SECONDS: a queue
-        nobody reads any more must not hold the exit), then leave without finalizing the
-        interpreter."""
+    def failed(self, exc: BaseException, when: str) -> None:
+        log.error("publisher: %s", exc)
+        self.report(WorkerState.FATAL, exc)
+        raise SystemExit(exc.exit_code) from None
+
+    def leave(self, code: int) -> None:
+        """Flush what this process put on its queues (for at most FLUSH_SECONDS: a queue nobody
+        reads any more must not hold the exit), then leave without finalizing the interpreter."""
         channels = [*self.ack_queues.values(), self.status_queue]
 
         def flush() -> None:
@@ -121,10 +111,10 @@ class PublisherWorker:
         os._exit(code)
 
     async def _main(self) -> int:
-        sink = IggySink(self.config.iggy, on_wait=self.beat)
+        sink = IggySink(self.config.iggy, on_wait=self.notify)
         loop = asyncio.get_running_loop()
-        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-reader")
-        pending = loop.run_in_executor(reader, self._next_event)
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="channel-reader")
+        pending = loop.run_in_executor(reader, self._next_block)
         try:  # connect while the workers start, not when the first batch is already waiting
             await self._connect(sink)
         except SinkRefused:
@@ -132,29 +122,32 @@ class PublisherWorker:
         except SinkError as exc:
             log.debug("publisher: %s; connecting again with the first batch", exc)
         while True:
-            event = await pending
-            self.beat()
-            if event is None:
-                if self.watch.orphaned():
-                    log.error("publisher: supervisor is gone, exiting")
+            block = await pending
+            self.notify()
+            if block is None:
+                if self._should_stop():
                     return ORPHANED_EXIT_CODE
-                pending = loop.run_in_executor(reader, self._next_event)
+                pending = loop.run_in_executor(reader, self._next_block)
                 await self._reconnect_when_idle(sink)
                 continue
-            if isinstance(event, StopEvent):
+            if block.stop:
                 log.info("publisher: stop requested, queue drained")
                 sink.disconnect()
                 return 0
-            pending = loop.run_in_executor(reader, self._next_event)  # read ahead while sending
-            await self._deliver(sink, event)
+            pending = loop.run_in_executor(reader, self._next_block)  # read ahead while sending
+            await self._deliver(sink, block)
+
+    def _next_block(self) -> Block | None:
+        data = self.channel.get(READ_WAIT)
+        return None if data is None else decode_block(data)
 
     async def _sleep(self, seconds: float) -> None:
         """The back-off, beating meanwhile: waiting out an Iggy outage is not being wedged."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            self.beat()
+            self.notify()
             await asyncio.sleep(min(left, 1.0))
-        self.beat()
+        self.notify()
 
     # -- what readiness and the metrics see (workers/health_monitor.py) --------------------------------
 
@@ -187,36 +180,41 @@ class PublisherWorker:
         if self.shown is not None:
             self.shown.sending(worker)
 
-    def _acknowledged(self, event: BatchEvent, now: float) -> None:
+    def _acknowledged(self, block: Block, started: float) -> None:
+        """Iggy has the whole batch: the metrics, the worker's readiness, and its ack."""
+        now = time.time()
+        metrics, head = self.metrics, block.head
         self._sending(None)
-        size = sum(len(part.frames) for part in event.parts)
-        if event.tables is None:
-            self.metrics.bytes_sent.labels(event.table).inc(size)
+        metrics.send_seconds.observe(time.monotonic() - started)
+        if head.tables is None:
+            metrics.messages_sent.labels(head.table).inc(block.count)
+            metrics.bytes_sent.labels(head.table).inc(block.frame_bytes)
         else:  # CDC, a topic several tables share
-            for table, (_, frame_bytes) in event.tables.items():
-                self.metrics.bytes_sent.labels(table).inc(frame_bytes)
-        self.metrics.batch_messages.labels(event.worker).observe(len(event))
-        self.metrics.batch_bytes.labels(event.worker).observe(size)
-        if event.created:
-            self.metrics.ack_seconds.labels(event.worker).observe(max(0.0, now - event.created))
-        if event.commit_time:
-            self.metrics.commit_to_ack.labels(event.worker).observe(max(0.0, now - event.commit_time))
-        liveness = self.liveness.get(event.worker)
-        if liveness is not None:
-            liveness.acknowledged()
+            for table, (messages, frame_bytes) in head.tables.items():
+                metrics.messages_sent.labels(table).inc(messages)
+                metrics.bytes_sent.labels(table).inc(frame_bytes)
+        metrics.batch_messages.labels(head.worker).observe(block.count)
+        metrics.batch_bytes.labels(head.worker).observe(block.frame_bytes)
+        if block.created:
+            metrics.ack_seconds.labels(head.worker).observe(max(0.0, now - block.created))
+        if head.commit_time:
+            metrics.lag_seconds.labels(head.worker).set(now - head.commit_time)
+            metrics.commit_to_ack.labels(head.worker).observe(max(0.0, now - head.commit_time))
+        shown = self.acked_shown.get(head.worker)
+        if shown is not None:
+            shown.acknowledged()
+        ack_queue = self.ack_queues.get(head.worker)
+        if ack_queue is not None:
+            put_event(ack_queue, AckEvent(head.worker, block.seq, block.count, now))
 
-    def _next_event(self):
-        try:
-            return get_event(self.batch_queue, timeout=0.5)
-        except Empty:
-            return None
-
-    async def _deliver(self, sink: IggySink, event: BatchEvent) -> None:
+    async def _deliver(self, sink: IggySink, block: Block) -> None:
+        """Send ``block`` until Iggy confirmed all of it: retried with capped back-off, for ever."""
         delay = BACKOFF_START
         failures = 0
         confirmed: set[int] = set()  # requests of this batch Iggy already confirmed: not re-sent
         reason = ""
-        self._sending(event.worker)
+        head = block.head
+        self._sending(head.worker)
         while True:
             started = time.monotonic()
             connecting = not sink.connected
@@ -227,7 +225,7 @@ class PublisherWorker:
                     await self._connect(sink)
                     if failures:
                         log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
-                await sink.send_frames(event.stream, event.topic, event.parts, confirmed)
+                await sink.send_requests(head.stream, head.topic, block.requests, confirmed)
                 break
             except SinkRefused:
                 raise
@@ -239,23 +237,11 @@ class PublisherWorker:
                 log.log(level, "publisher: %s; retrying in %.1fs (attempt %d)", exc, delay, failures)
                 sink.disconnect()
                 self._connected(False, str(exc))
-                if self.watch.orphaned():
+                if self._should_stop():
                     raise SystemExit(ORPHANED_EXIT_CODE) from None
                 await self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
-        now = time.time()
-        self.metrics.send_seconds.observe(time.monotonic() - started)
-        if event.tables is None:
-            self.metrics.messages_sent.labels(event.table).inc(len(event))
-        else:
-            for table, (messages, _) in event.tables.items():
-                self.metrics.messages_sent.labels(table).inc(messages)
-        if event.commit_time:
-            self.metrics.lag_seconds.labels(event.worker).set(now - event.commit_time)
-        self._acknowledged(event, now)
-        ack_queue = self.ack_queues.get(event.worker)
-        if ack_queue is not None:
-            put_event(ack_queue, AckEvent(event.worker, event.seq, len(event), now))
+        self._acknowledged(block, started)
 
 
 def _failure_reason(exc: SinkError, connecting: bool) -> str:
@@ -265,7 +251,7 @@ def _failure_reason(exc: SinkError, connecting: bool) -> str:
     return "timeout" if "timed out" in str(exc) else "send"
 
 
-def run_publisher(config: Config, batch_queue, ack_queues: dict, status_queue, heartbeat=None, shown=None,
+def run_publisher(config: Config, channel: BlockChannel, ack_queues: dict, status_queue, heartbeat=None, shown=None,
                   liveness=None) -> None:
     """Process target (module-level so the spawn start method can import it)."""
-    PublisherWorker(config, batch_queue, ack_queues, status_queue, heartbeat, shown, liveness).run()
+    PublisherWorker(config, channel, ack_queues, status_queue, heartbeat, shown, liveness).run()

@@ -52,3 +52,12 @@ class RestartPolicy:
                 f" (last exit code {exit_code}); giving up"
             )
         return now + min(self.backoff * (2 ** (len(history) - 1)), MAX_BACKOFF)
+
+
+def death_cause(exit_code: int | None) -> str:
+    """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
+    if exit_code == SourceUnavailable.exit_code:
+        return "postgresql_unavailable"
+    if exit_code is not None and exit_code < 0:
+        return "signal"
+    return "error"

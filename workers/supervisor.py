@@ -10,9 +10,9 @@ with the spawn method: a libpq connection never crosses a fork.
 When the publisher dies, the batches it had taken but not acknowledged are gone, so the
 workers are restarted with it: they resume from their committed offsets. The same
 happens when a worker is killed by a signal (SIGKILL from the heartbeat check, the OOM
-killer, a crash): it may have died inside a queue ``put``, holding the queue's write lock
-or leaving half a batch in the pipe, which would wedge every other writer and the
-publisher. So the whole pipeline restarts on fresh queues; the old ones are dropped. A
+killer, a crash): it may have died halfway through writing a batch block, holding the
+channel's write lock and leaving half a block in the pipe, which would wedge every other
+writer and the publisher (which never sends half a block, ``pgsource/pipeline/channel.py``). So the whole pipeline restarts on fresh queues; the old ones are dropped. A
 worker that exits by itself (an error it reported, PostgreSQL unavailable) flushed its
 queue on the way out and is restarted alone.
 """
@@ -25,25 +25,25 @@ import shutil
 import signal
 import tempfile
 import time
-from collections import deque
 
 import multiprocess
 
 from pgsource.config.model import PUBLISHER, Config
 from pgsource.errors import PgSourceError, SourceUnavailable
 from pgsource.ops.checks import check_prerequisites
-from pgsource.pipeline.channel import Empty, get_event, put_event
-from pgsource.pipeline.events import StopEvent, WorkerState, WorkerStatus
+from pgsource.pipeline.block import encode_stop_block
+from pgsource.pipeline.channel import BlockChannel, Empty, get_event
+from pgsource.pipeline.events import WorkerState, WorkerStatus
 from pgsource.plan.assignment import WorkUnit, assign_units
 from pgsource.plan.sharding import record_shard
 from pgsource.state.lock import StateLock
 from workers.base import WorkerSpec
-from workers.health_monitor import HealthMonitor
+from workers.health_monitor import ChildView, HealthMonitor, SupervisorView
 from workers.liveness import Liveness, PublisherLiveness
 from workers.poll_worker import run_poll_worker
 from workers.publisher import run_publisher
-from workers.restarts import RestartPolicy
-from workers.stop import StopFlag
+from workers.restarts import RestartPolicy, death_cause
+from workers.stop import SignalPipe, StopFlag
 from workers.tuning import widen_pipe
 from workers.watchdog import Watchdog
 
@@ -53,12 +53,11 @@ DISPLAY_TURN = 0.2  # ... while the bulk-load progress is drawn
 log = logging.getLogger("pgsource.supervisor")
 
 
-
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ctx = multiprocess.get_context("spawn")
-        self._signals: deque[int] = deque()
+        self._signals = SignalPipe()  # SIGTERM/SIGINT, queued; they wake the loop's sleep
         self._stopping = False
         self._exit_code = 0
         self._processes: dict[str, object] = {}
@@ -77,22 +76,20 @@ class Supervisor:
         self._health: HealthMonitor | None = None
         self._lock = StateLock(config.state.dir)
         self._display = None
-        # set in run(): the plan, the shared memory, the queues, the stop flag
+        # set in run(): the plan, the shared memory, the channels, the stop flag
         self.assignment: dict[str, list[WorkUnit]] = {}
         self.liveness: dict[str, Liveness] = {}
         self.publisher_liveness: PublisherLiveness | None = None
         self.stop_event: StopFlag | None = None
-        self.batch_queue = None
+        self.batch_channel: BlockChannel | None = None
         self.status_queue = None
         self.ack_queues: dict[str, object] = {}
-        self._wakeup: tuple[int, int] | None = None  # the signal pipe (read end, write end)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until a signal or a fatal error; the process exit code."""
-        for signum in (signal.SIGTERM, signal.SIGINT):  # queued from the first moment: a stop during the
-            signal.signal(signum, lambda signum, frame: self._signals.append(signum))  # checks is a clean stop
+        self._signals.catch()  # queued from the first moment: a stop during the checks is a clean stop
         try:
             self._lock.acquire()
         except PgSourceError as exc:
@@ -109,8 +106,8 @@ class Supervisor:
             for problem in report.problems:
                 log.error("%s", problem)
             return report.exit_code
-        if self._signals:
-            log.info("received %s before the workers started, stopping", signal.Signals(self._signals[0]).name)
+        if self._signals.first() is not None:
+            log.info("received %s before the workers started, stopping", signal.Signals(self._signals.first()).name)
             return 0
         # CDC: the table → slot map comes from the configuration and the database (the check read it)
         self.assignment = report.assignment if report.assignment is not None else assign_units(self.config, report.sizes)
@@ -124,9 +121,9 @@ class Supervisor:
             log.info("%s: %s", name, ", ".join(u.describe() for u in units) or "custom_query")
         self.liveness = {name: Liveness(self.ctx) for name in [PUBLISHER, *self.assignment]}
         self.publisher_liveness = PublisherLiveness(self.ctx)
-        self._health = HealthMonitor(self)
+        self._health = HealthMonitor(self.config, self.assignment, self.view)
         self._setup_metrics()
-        self._install_signal_handlers()
+        self._signals.install()
         self._open_channels()
         self.stop_event = StopFlag(self.ctx)
         self._display = self._bulk_load_display(report)
@@ -180,21 +177,6 @@ class Supervisor:
 
         return BulkLoadDisplay.start(self.config, self.assignment)
 
-    def _install_signal_handlers(self) -> None:
-        """Signals are queued and a byte is written to the signal pipe, which wakes ``_sleep`` (as
-        gunicorn's arbiter sleeps on its pipe): a SIGTERM is handled at once, not at the next poll."""
-        read, write = os.pipe()
-        os.set_blocking(read, False)
-        os.set_blocking(write, False)
-        try:
-            signal.set_wakeup_fd(write)
-            self._wakeup = (read, write)
-        except ValueError:  # not the main thread (an embedding): the sleep's timeout bounds the delay
-            os.close(read)
-            os.close(write)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, frame: self._signals.append(signum))
-
     def _sleep_timeout(self) -> float:
         """Until the next restart is due, at most IDLE_TURN (the watchdog and /healthz need turns)."""
         timeout = DISPLAY_TURN if self._display is not None else IDLE_TURN
@@ -208,29 +190,32 @@ class Supervisor:
 
         waitables: list = [self.status_queue._reader]
         waitables += [p.sentinel for name, p in self._processes.items() if name not in self._restart_at and p.exitcode is None]
-        if self._wakeup is not None:
-            waitables.append(self._wakeup[0])
-        ready = wait(waitables, timeout)
-        if self._wakeup is not None and self._wakeup[0] in ready:
-            try:
-                while os.read(self._wakeup[0], 512):
-                    pass
-            except BlockingIOError:
-                pass
+        waitables += self._signals.waitables()
+        self._signals.drain(wait(waitables, timeout))
 
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.popleft()
+        for signum in self._signals.take():
             log.info("received %s, stopping", signal.Signals(signum).name)
             self._stopping = True
+
+    def view(self) -> SupervisorView:
+        """What the health monitor may see, read-only (it runs on a thread of its own)."""
+        children = {
+            name: ChildView(name, process.is_alive(), name in self._connected, self._started_at.get(name, 0.0),
+                            self.liveness.get(name))
+            for name, process in list(self._processes.items())
+        }
+        channel = self.batch_channel
+        return SupervisorView(self._stopping, self._tick, children, self.publisher_liveness,
+                              channel.depth() if channel is not None else None)
 
     # -- children --------------------------------------------------------------------------
 
     def _open_channels(self) -> None:
-        """The queues between the processes: at start, and fresh ones for a restarted pipeline."""
-        queue_size = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
-        self.batch_queue = self.ctx.Queue(maxsize=queue_size)
-        widen_pipe(self.batch_queue)
+        """The channels between the processes: at start, and fresh ones for a restarted pipeline."""
+        slots = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
+        self.batch_channel = BlockChannel(self.ctx, slots)
+        widen_pipe(self.batch_channel.pipe_fd())
         self.status_queue = self.ctx.Queue()
         self.ack_queues = {name: self.ctx.Queue() for name in self.assignment}
 
@@ -241,7 +226,7 @@ class Supervisor:
         workers = {name: lv for name, lv in self.liveness.items() if name != PUBLISHER}
         process = self.ctx.Process(
             target=run_publisher,
-            args=(self.config, self.batch_queue, self.ack_queues, self.status_queue, self.liveness[PUBLISHER],
+            args=(self.config, self.batch_channel, self.ack_queues, self.status_queue, self.liveness[PUBLISHER],
                   self.publisher_liveness, workers),
             name=PUBLISHER,
             daemon=False,
@@ -259,7 +244,7 @@ class Supervisor:
         target = self._worker_target()
         process = self.ctx.Process(
             target=target,
-            args=(spec, self.batch_queue, self.ack_queues[name], self.status_queue, self.stop_event),
+            args=(spec, self.batch_channel, self.ack_queues[name], self.status_queue, self.stop_event),
             name=name,
             daemon=False,
         )
@@ -310,7 +295,7 @@ class Supervisor:
                 self.watchdog.after_death(name, self.liveness[name], process.exitcode)
             now = time.monotonic()
             self._connected.discard(name)
-            self._causes.setdefault(name, _death_cause(process.exitcode))
+            self._causes.setdefault(name, death_cause(process.exitcode))
             if process.exitcode != SourceUnavailable.exit_code:  # an outage is waited out, not logged as a crash
                 log.warning("%s exited with code %s", name, process.exitcode)
                 if process.exitcode is not None and process.exitcode < 0:
@@ -373,7 +358,7 @@ class Supervisor:
                     process.join(5)
         publisher = self._processes.get(PUBLISHER)
         if publisher is not None and publisher.is_alive():
-            put_event(self.batch_queue, StopEvent(), lambda: not publisher.is_alive() or time.monotonic() > deadline)
+            self.batch_channel.put(encode_stop_block(), lambda: not publisher.is_alive() or time.monotonic() > deadline)
             publisher.join(max(1.0, deadline - time.monotonic()))
             if publisher.is_alive():
                 log.warning("publisher did not drain in time; killing it (unacknowledged batches will be re-sent)")
@@ -388,18 +373,6 @@ class Supervisor:
             self._metrics_server.shutdown()
         if self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-        if self._wakeup is not None:
-            signal.set_wakeup_fd(-1)
-            for fd in self._wakeup:
-                os.close(fd)
-            self._wakeup = None
+        self._signals.close()
         log.info("stopped")
 
-
-def _death_cause(exit_code: int | None) -> str:
-    """Why a child died, for ``pgsource_supervisor_worker_restarts_total{cause}``."""
-    if exit_code == SourceUnavailable.exit_code:
-        return "postgresql_unavailable"
-    if exit_code is not None and exit_code < 0:
-        return "signal"
-    return "error"

@@ -10,8 +10,8 @@ import fcntl
 def keep_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32 << 20) -> bool:
     """Let glibc reuse freed memory instead of handing it back to the kernel after every batch.
 
-    A batch crosses the queue as one pickled blob of a few hundred KB, written by the
-    worker and read back by the publisher. By default glibc serves blocks that size with
+    A batch crosses the channel as one block of a few hundred KB, built by the worker and
+    read back by the publisher. By default glibc serves blocks that size with
     fresh ``mmap``s, or trims them off the heap once freed, so every batch page-faults its
     memory in again (about 120 faults per 1,000-row batch, kernel time in both processes).
     Raising both thresholds keeps up to ``trim_threshold`` of freed heap for the next
@@ -26,8 +26,8 @@ def keep_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32 <
     return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
 
 
-def widen_pipe(channel, size: int = 1 << 20) -> bool:
-    """Give a queue's pipe ``size`` bytes of kernel buffer (Linux ``F_SETPIPE_SZ``).
+def widen_pipe(fd: int, size: int = 1 << 20) -> bool:
+    """Give the pipe of ``fd`` (the batch channel's) ``size`` bytes of kernel buffer (Linux ``F_SETPIPE_SZ``).
 
     With the default 64 KB, a batch of ~430 KB crosses in seven write/read rounds, each a
     context switch in both processes: 0.2 ms of CPU per batch on each side, half of it
@@ -35,7 +35,7 @@ def widen_pipe(channel, size: int = 1 << 20) -> bool:
     where the kernel refuses (``/proc/sys/fs/pipe-max-size``) or is not Linux.
     """
     try:
-        fcntl.fcntl(channel._writer.fileno(), _F_SETPIPE_SZ, size)
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
     except (AttributeError, OSError, ValueError):
         return False
     return True

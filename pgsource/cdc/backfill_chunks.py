@@ -23,7 +23,8 @@ from pgsource.config.predicate import conjunction
 from pgsource.encode.ids import backfill_message_id
 from pgsource.pg.messages import emit_logical_message
 from pgsource.pg.positions import estimated_rows
-from pgsource.rows.reader import TableReader
+from pgsource.rows.encoder import EncodeSettings
+from pgsource.rows.keyset import KeysetReader, ReadSettings
 from pgsource.state import Backfill, PollingOffset
 
 Key = tuple[str, ...]
@@ -48,7 +49,7 @@ class ChunkReader:
         self.config = config
         self.slot = slot
         self.tables = tables  # by reference
-        self._readers: dict[str, TableReader] = {}  # per backfill id
+        self._readers: dict[str, KeysetReader] = {}  # per backfill id
 
     def estimate(self, backfill: Backfill) -> int:
         table = self.tables[backfill.table]
@@ -59,10 +60,10 @@ class ChunkReader:
         reader = self._reader(backfill)
         token = new_token()
         self._watermark(token, "low")
-        rows = reader.fetch_batch(PollingOffset(after) if after is not None else None)
+        rows = reader.fetch_batch(PollingOffset(after) if after is not None else None, backfill.chunk_size)
         self._watermark(token, "high")
         width = len(reader.plan.position_columns)
-        encoded = reader.encoder.encode_batch(rows, self.config.source.include_metadata, 0)
+        encoded = reader.encoder.encode_batch(rows, 0)
         headers = {"table": reader.table_name, "operation": "SELECT", "backfill": backfill.id,
                    "generation": str(backfill.generation)}
         out: dict[Key, ChunkRow] = {}
@@ -75,15 +76,16 @@ class ChunkReader:
     def forget(self, backfill_id: str) -> None:
         self._readers.pop(backfill_id, None)
 
-    def _reader(self, backfill: Backfill) -> TableReader:
+    def _reader(self, backfill: Backfill) -> KeysetReader:
         reader = self._readers.get(backfill.id)
         if reader is None:
             table = self.tables[backfill.table]
             if backfill.where is not None:
                 predicate = conjunction(table.predicate, backfill.where)
                 table = table.model_copy(update={"row_filter": predicate, "where": None})
-            reader = self._readers[backfill.id] = TableReader(self.conn, self.config, table, by_identity=True)
-            reader.batch_size = backfill.chunk_size
+            reader = self._readers[backfill.id] = KeysetReader.for_snapshot(
+                self.conn, table, self.config.iggy.topic_for(table), ReadSettings.of(self.config.source),
+                EncodeSettings.of(self.config))
         return reader
 
     def _watermark(self, token: str, mark: str) -> None:

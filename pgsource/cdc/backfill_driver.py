@@ -26,7 +26,8 @@ STEP_EVERY = 0.01  # seconds: how often a busy stream is interrupted to see whet
 
 
 class BackfillDriving:
-    """Mixed into ``CdcWorker``: needs ``conn``, ``store``, ``slot``, ``tables``, ``encoder``, ``metrics``, ``spec``."""
+    """Mixed into ``CdcWorker``: needs ``conn``, ``store``, ``slot``, ``tables``, ``encoder``, ``committer``,
+    ``metrics``, ``spec``."""
 
     def _start_backfills(self) -> None:
         config = self.spec.config
@@ -37,6 +38,7 @@ class BackfillDriving:
         self.chunk_reader = ChunkReader(self.conn, config, self.slot, tables)
         self._chunk_outs: list = []  # chunks whose rows are in the batch being built
         self._stepped = 0.0
+        self.committer.on_acked = self._backfills_acked
         self.encoder.on_message = self._on_message
         self.encoder.on_key = self._on_key
         for backfill in self.backfills.record.running:
@@ -90,11 +92,14 @@ class BackfillDriving:
         self.backfills.opened(backfill, token, rows, read)
         self.encoder.watched = self.backfills.watched
 
-    def _chunks_sent(self, seq: int) -> None:
-        """The batch that holds the pending chunks' rows went out as ``seq`` (or, with no rows, after it)."""
+    def _chunks_sent(self, seq: int, acknowledged: bool) -> None:
+        """The batch that holds the pending chunks' rows went out as ``seq`` (or, with no rows, after it);
+        ``acknowledged``: nothing is in flight any more (a chunk with no row left is done at once)."""
         for chunk, rows in self._chunk_outs:
             self.backfills.sent(chunk, seq, rows)
         self._chunk_outs = []
+        if acknowledged:
+            self._backfills_acked(seq)
 
     def _backfills_acked(self, seq: int) -> None:
         """Iggy acknowledged every batch up to ``seq``: commit what the backfills reached."""

@@ -26,25 +26,27 @@ class ChangeBatch:
         self.count += 1
 
 
-def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int, int]]:
+def tables_of(payloads: list[bytes], headers: list[dict], ids: list[int] | None = None) -> dict[str, tuple[int, int]]:
     """Per table (the messages' ``table`` header, as ``table_name`` names it) of one topic's
     messages: (messages, frame bytes). Header dicts are shared per transaction, table and
     operation, so the common case (one table) costs one pass at C speed; several tables in
-    one topic are counted message by message."""
+    one topic are counted message by message (``ids``: for the size of each ``txn_index``)."""
     shared = dict(zip(map(id, headers), headers))
     names = {header.get("table", "") for header in shared.values()}  # "": transaction markers
     if len(names) == 1:
         return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
-    from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
+    from pgsource.encode.frames import FRAME_HEADER_SIZE, POSITION_MASK, TXN_INDEX, encode_user_headers
 
-    def size(header: dict) -> int:
-        encoded = encode_user_headers(header)  # (before, after) around a txn_index of ~4 digits
-        return len(encoded) if isinstance(encoded, bytes) else len(encoded[0]) + len(encoded[1]) + 23
-
-    sizes = {key: FRAME_HEADER_SIZE + size(header) for key, header in shared.items()}
+    encoded = {key: encode_user_headers(header) for key, header in shared.items()}
     out: dict[str, list[int]] = {name: [0, 0] for name in names}
-    for payload, header in zip(payloads, headers):
+    for index, (payload, header) in enumerate(zip(payloads, headers)):
         entry = out[header.get("table", "")]
         entry[0] += 1
-        entry[1] += sizes[id(header)] + len(payload)
+        size = encoded[id(header)]
+        if isinstance(size, tuple):  # before and after the message's own txn_index entry
+            digits = len(str(ids[index] & POSITION_MASK)) if ids is not None else 1
+            size = len(size[0]) + len(size[1]) + 10 + len(TXN_INDEX) + digits
+        else:
+            size = len(size)
+        entry[1] += FRAME_HEADER_SIZE + size + len(payload)
     return {name: (count, size) for name, (count, size) in out.items()}

@@ -1,7 +1,7 @@
 """Snapshots of CDC tables: the rows a table holds at a cut, sent as ``operation_type: SELECT``.
 
-Three cases, one reader (``send_snapshot``, the same keyset reading and encoding as
-polling, on a connection the caller opened in the right snapshot):
+Three cases, one reader (``send_snapshot``: ``KeysetReader``, the same keyset reading and
+encoding as polling, on a connection the caller opened in the right snapshot):
 
 - the initial snapshot (``snapshot: initial``, or ``on_missing_slot: snapshot``): the slot
   is created with ``EXPORT_SNAPSHOT`` and the rows are read in that snapshot, so they are
@@ -28,7 +28,8 @@ from pgsource.cdc.encoder import ChangeBatch
 from pgsource.config.model import Config, TableConfig
 from pgsource.encode.ids import snapshot_message_id
 from pgsource.pg.positions import estimated_rows
-from pgsource.rows.reader import TableReader
+from pgsource.rows.encoder import EncodeSettings
+from pgsource.rows.keyset import KeysetReader, ReadSettings
 
 
 def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: dict[str, int],
@@ -44,7 +45,8 @@ def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: 
     from pgsource.metrics import Metrics
 
     metrics = Metrics.get()
-    readers = [TableReader(conn, config, table, by_identity=True) for table in tables]
+    read, encode = ReadSettings.of(config.source), EncodeSettings.of(config)
+    readers = [KeysetReader.for_snapshot(conn, table, config.iggy.topic_for(table), read, encode) for table in tables]
     for table, reader in zip(tables, readers):
         if relations and table.qualified in relations:
             reader.read_from(*relations[table.qualified])
@@ -53,23 +55,22 @@ def send_snapshot(conn, config: Config, tables: list[TableConfig], generations: 
         if estimate is not None:
             metrics.snapshot_estimate.labels(reader.table_name, worker).set(estimate)
         rows = metrics.snapshot_rows.labels(reader.table_name, worker)
-        if not _send_table(reader, config, generations[table.qualified], send, should_stop, rows.inc):
+        if not _send_table(reader, generations[table.qualified], config.source.batch_size, send, should_stop, rows.inc):
             return False
     return True
 
 
-def _send_table(reader: TableReader, config: Config, generation: int,
+def _send_table(reader: KeysetReader, generation: int, batch_size: int,
                 send: Callable[[ChangeBatch], None], should_stop: Callable[[], bool],
                 counted: Callable[[int], None]) -> bool:
-    include_metadata = config.source.include_metadata
     headers = {"table": reader.table_name, "operation": "SELECT"}  # one dict: encoded once per batch
     offset = None
     rows = 0
     while not should_stop():
-        batch_rows = reader.fetch_batch(offset)
+        batch_rows = reader.fetch_batch(offset, batch_size)
         if not batch_rows:
             return True
-        encoded = reader.encoder.encode_batch(batch_rows, include_metadata, rows)
+        encoded = reader.encoder.encode_batch(batch_rows, rows)
         batch = ChangeBatch()
         for row, partition, payload in zip(batch_rows, encoded.messages.partitions, encoded.messages.payloads):
             message_id = snapshot_message_id(reader.table_name, generation, row[-1])

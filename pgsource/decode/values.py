@@ -37,7 +37,7 @@ change: it is emitted as the JSON string ``UNCHANGED_TOAST``
 from NULL and merge with the row they already have.
 
 For polling to agree, its SELECT base64s every bytea it sends, not only top-level bytea
-columns (``pgsource.pg.query.build_json_value``): bytea[] elements, domains over bytea and
+columns (``pgsource.pg.json_values.build_json_value``): bytea[] elements, domains over bytea and
 bytea attributes of composites would come out of ``row_to_json`` as ``\\x`` hex text.
 
 Speed: ``compile_columns`` picks one small function per column once per Relation;

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
@@ -38,10 +39,13 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_REQUEST_FRAMES_BYTES",
     "PartitionFrames",
+    "SendRequest",
     "batch_checksum",
     "encode_frames",
     "encode_partition_frames",
+    "encode_request_prefix",
     "encode_send_request",
+    "encode_send_requests",
     "encode_user_headers",
     "split_partition_frames",
 ]
@@ -65,6 +69,14 @@ _BATCH_FIELDS = struct.Struct("<QQQQQ")  # partition, base_offset, base_timestam
 _HEADER_KINDS = {bytes: 1, str: 2}
 
 
+class SendRequest(NamedTuple):
+    """One SendMessages request body, ready but for the request header the SDK adds."""
+
+    partition: int  # 0-based Iggy partition id
+    count: int  # messages in it
+    body: bytes
+
+
 @dataclass(frozen=True)
 class PartitionFrames:
     """One partition's share of a batch, ready for the wire (offset deltas 0..count-1)."""
@@ -76,7 +88,7 @@ class PartitionFrames:
 
 
 TXN_INDEX = "txn_index"  # a CDC change's position in its transaction: filled in from its id (below)
-_POSITION_MASK = (1 << 48) - 1
+POSITION_MASK = (1 << 48) - 1  # a CDC id's position in its transaction
 
 
 def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes | tuple[bytes, bytes]:
@@ -108,7 +120,7 @@ def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes | tuple[byt
 
 
 def _txn_indexed(parts: tuple[bytes, bytes], message_id: int) -> bytes:
-    value = str(message_id & _POSITION_MASK).encode()
+    value = str(message_id & POSITION_MASK).encode()
     return parts[0] + struct.pack("<BI", 2, len(TXN_INDEX)) + TXN_INDEX.encode() + struct.pack("<BI", 2, len(value)) + value + parts[1]
 
 
@@ -226,12 +238,26 @@ def encode_send_request(stream: str, topic: str, part: PartitionFrames, origin_t
     ``origin_timestamp`` is µs since the epoch (the SDK stamps the time of sending);
     partition, base offset and base timestamp stay 0 for the server to fill.
     """
+    return encode_request_prefix(stream, topic, part, origin_timestamp) + part.frames
+
+
+def encode_send_requests(stream: str, topic: str, parts: Sequence[PartitionFrames], origin_timestamp: int) -> list[SendRequest]:
+    """Every request a batch needs: one per partition, more where a partition's frames exceed what
+    one request may carry (``split_partition_frames``; its ``ValueError`` for a message too big
+    for any request)."""
+    return [SendRequest(piece.partition, piece.count, encode_send_request(stream, topic, piece, origin_timestamp))
+            for part in parts for piece in split_partition_frames(part)]
+
+
+def encode_request_prefix(stream: str, topic: str, part: PartitionFrames, origin_timestamp: int) -> bytes:
+    """What goes before ``part.frames`` in its SendMessages body (a few hundred bytes): the batch's
+    builder (``pgsource/pipeline/block.py``) copies the frames once, straight behind it."""
     meta = _identifier(stream) + _identifier(topic) + struct.pack("<BBII", 2, 4, part.partition, part.count)
     header = bytearray(BATCH_HEADER_SIZE)
     _BATCH_FIELDS.pack_into(header, 0, 0, 0, 0, origin_timestamp, BATCH_HEADER_SIZE + len(part.frames))
     struct.pack_into("<I", header, 48, part.count)
     _U64.pack_into(header, 40, batch_checksum(header, part.checksums))
-    return b"".join((struct.pack("<I", len(meta)), meta, header, part.frames))
+    return b"".join((struct.pack("<I", len(meta)), meta, header))
 
 
 def split_partition_frames(part: PartitionFrames, max_bytes: int = MAX_REQUEST_FRAMES_BYTES) -> list[PartitionFrames]:

@@ -22,9 +22,15 @@ class Metrics:
     """The service's metrics; one instance per process via ``Metrics.get()``."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        self._source()
+        self._sink()
+        self._cdc()
+        self._supervisor()
 
-        # -- source: the workers ---------------------------------------------------------------
+    def _source(self) -> None:
+        """The workers' families."""
+        from prometheus_client import Counter, Gauge
+
         self.rows_read = Counter("pgsource_source_rows_read_total", "Rows or changes read from PostgreSQL", ["table", "worker"])
         self.batches_queued = Counter("pgsource_source_batches_queued_total", "Batches handed to the publisher", ["worker"])
         self.in_flight = Gauge("pgsource_source_batches_in_flight", "Batches sent but not yet acknowledged", ["worker"],
@@ -51,7 +57,11 @@ class Metrics:
             ["table", "worker"], multiprocess_mode="livemax",
         )
         self.offset_commits = Counter("pgsource_state_offset_commits_total", "Offsets/LSNs committed after acknowledgement", ["worker"])
-        # -- sink: the publisher ---------------------------------------------------------------
+
+    def _sink(self) -> None:
+        """The publisher's families."""
+        from prometheus_client import Counter, Histogram
+
         self.messages_sent = Counter("pgsource_sink_messages_sent_total", "Messages acknowledged by Iggy", ["table"])
         self.bytes_sent = Counter("pgsource_sink_bytes_sent_total",
                                   "Bytes of message frames (header + payload + user headers) acknowledged by Iggy", ["table"])
@@ -71,7 +81,11 @@ class Metrics:
                                         buckets=BATCH_MESSAGES_BUCKETS)
         self.batch_bytes = Histogram("pgsource_sink_batch_size_bytes", "Frame bytes per acknowledged batch", ["worker"],
                                      buckets=BATCH_BYTES_BUCKETS)
-        # -- cdc --------------------------------------------------------------------------------
+
+    def _cdc(self) -> None:
+        """CDC's own families (the CDC workers and, for the commit-to-ack latency, the publisher)."""
+        from prometheus_client import Counter, Gauge, Histogram
+
         self.lag_seconds = Gauge("pgsource_cdc_lag_seconds", "Commit time to Iggy acknowledgement of the last batch", ["worker"],
                                  multiprocess_mode="livemax")
         self.commit_to_ack = Histogram(
@@ -100,7 +114,10 @@ class Metrics:
             "pgsource_cdc_backfill_eta_seconds", "CDC backfill running: seconds left at the rate so far (0: none runs)",
             ["table", "worker"], multiprocess_mode="livemax",
         )
-        # -- supervisor -----------------------------------------------------------------------
+
+    def _supervisor(self) -> None:
+        from prometheus_client import Counter, Gauge
+
         self.restarts = Counter("pgsource_supervisor_worker_restarts_total", "Worker processes restarted, by cause",
                                 ["worker", "cause"])
         self.ready = Gauge("pgsource_health_ready_state", "1 while /readyz answers 200, 0 while it answers 503", [],

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgsource.cdc.publication_shapes import review_shapes
+from pgsource.cdc.payload import cdc_payload_problem
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem, table_identity_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
+from pgsource.ops.shape_checks import check_row_filter, check_shapes
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg import publications as pubs
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import can_replicate, describe_table, missing_privileges, server_setting
+from pgsource.pg.custom_query import build_custom_probe, build_custom_query
 from pgsource.pg.grants import (
     build_role_grant,
     build_schema_grant,
@@ -27,18 +29,13 @@ from pgsource.pg.grants import (
 )
 from pgsource.pg.horizon import XID8_OID, TrackingKind, can_see_all_sessions, describe_tracking
 from pgsource.pg.indexes import build_create_index, has_keyset_index
-from pgsource.pg.query import (
-    CTID,
-    build_custom_probe,
-    build_custom_query,
-    build_poll_plan,
-    cdc_payload_problem,
-)
-from pgsource.pg.row_filter import build_filter_probe
+from pgsource.pg.plan import CTID
 from pgsource.pg.statements import result_columns
 from pgsource.plan.assignment import WorkUnit, assign_units, plan_cdc
 from pgsource.plan.sharding import check_shard, foreign_captures, unsharded_name
 from pgsource.polling.guard import check_late_commit_guard
+from pgsource.polling.reader import PollSettings, plan_polling_table
+from pgsource.rows.keyset import ReadSettings
 from pgsource.state import FileStateStore, SlotProgress
 
 
@@ -84,18 +81,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                 info = describe_table(conn, table.schema_, table.name)
                 report.sizes[table.qualified] = max(info.pages, 1) * 8192
                 if not source.cdc and not source.custom_query:
-                    plan = build_poll_plan(
-                        info,
-                        table.tracking_column or source.tracking_column,
-                        snake_case=source.snake_case_columns,
-                        allow_non_unique=source.allow_non_unique_tracking,
-                        processed_column=source.processed_column,
-                        need_identity=source.delete_after_read or source.processed_column is not None,
-                        columns=table.columns,
-                        exclude_columns=table.exclude_columns,
-                        payload=(source.payload_column, source.payload_format.value) if source.payload_column else None,
-                        primary_key_column=source.primary_key_column,
-                    )
+                    _, plan = plan_polling_table(conn, table, ReadSettings.of(source), PollSettings.of(source), info)
                     _advise(conn, config, report, info, plan)
                     tracking = None
                     if source.late_commits == "auto":
@@ -106,7 +92,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
                             horizons.append((table.qualified, tracking))
                     _check_polling_privileges(conn, config, info, tracking)
-                    _check_row_filter(conn, table)
+                    check_row_filter(conn, table)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
                 missing[table.qualified] = str(exc)
@@ -181,17 +167,6 @@ def _check_polling_privileges(conn, config: Config, info, tracking) -> None:
             f" grant {'it' if len(lacking) == 1 else 'them'} (e.g. GRANT SELECT ON {info.qualified}"
             f"{', ' + sequence if sequence else ''} TO <user>)"
         )
-
-
-def _check_row_filter(conn, table) -> None:
-    """The predicate parsed and planned against the table by PostgreSQL, which says what is wrong."""
-    if table.predicate is None:
-        return
-    key = "row_filter" if table.row_filter is not None else "where"
-    try:
-        result_columns(conn, build_filter_probe(table.schema_, table.name, table.predicate), {})
-    except pg.DatabaseError as exc:
-        raise PrerequisiteError(f"table {table.qualified}: {key}: {str(exc).strip().splitlines()[0]}") from None
 
 
 def horizon_notes(conn, config: Config, horizons: list[tuple[str, object]]) -> list[str]:
@@ -296,42 +271,48 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
     store = FileStateStore(config.state.dir)
     identity = rep.system_identity(conn)
     for units in plan.assignment.values():
-        slot, name = units[0].slot, units[0].publication
-        publication = publications.get(name)
-        tables = [unit.table for unit in units]
-        shapes = review_shapes(conn, publication, [t for t in tables if relations.get(t.qualified) is not None])
-        report.problems += shapes.problems
-        report.notes += shapes.notes + [f"at start, {change.describe(name)}" for change in shapes.changes]
+        publication = publications.get(units[0].publication)
+        check_shapes(conn, publication, units[0].publication, [unit.table for unit in units], relations, report)
         if publication is not None:
-            lacking = [t.qualified for t in tables if not publication.holds(t)]
-            if lacking and not publication.owned:
-                report.problems.append(
-                    f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
-                    f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
-                )
-            partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
-            if partitioned and not publication.via_root:
-                report.problems.append(pubs.via_root_problem(name, partitioned))
-        try:
-            stored = store.load(f"cdc/{slot}", SlotProgress)
-        except PgSourceError as exc:
-            report.problems.append(str(exc))
-            continue
-        where = f"state {store.path(f'cdc/{slot}')}"
-        state = rep.slot_state(conn, slot)
-        if state is None:
-            problem = missing_slot_problem(slot, stored, where)
-            if problem is not None and source.on_missing_slot != "snapshot":
-                report.problems.append(problem)
-            continue
-        problem = identity_problem(slot, stored, identity, where)
-        if problem is not None:
+            _check_publication(publication, units[0].publication, [unit.table for unit in units], relations, report)
+        _check_slot(conn, config, store, identity, units[0].slot, report)
+
+
+def _check_publication(publication, name: str, tables: list, relations: dict, report: CheckReport) -> None:
+    """The publication holds the slot's tables, or pgsource may add them; partitions publish via the root."""
+    lacking = [t.qualified for t in tables if not publication.holds(t)]
+    if lacking and not publication.owned:
+        report.problems.append(
+            f"publication {name} lacks {', '.join(lacking)} and pgsource may not add them (it does not own"
+            f" the publication): ALTER PUBLICATION {name} ADD TABLE {', '.join(lacking)}, as its owner"
+        )
+    partitioned = [t.qualified for t in tables if relations.get(t.qualified) and relations[t.qualified].partitioned]
+    if partitioned and not publication.via_root:
+        report.problems.append(pubs.via_root_problem(name, partitioned))
+
+
+def _check_slot(conn, config: Config, store: FileStateStore, identity, slot: str, report: CheckReport) -> None:
+    """A slot that exists belongs to this database and its record; a missing one may be created."""
+    try:
+        stored = store.load(f"cdc/{slot}", SlotProgress)
+    except PgSourceError as exc:
+        report.problems.append(str(exc))
+        return
+    where = f"state {store.path(f'cdc/{slot}')}"
+    state = rep.slot_state(conn, slot)
+    if state is None:
+        problem = missing_slot_problem(slot, stored, where)
+        if problem is not None and config.source.on_missing_slot != "snapshot":
             report.problems.append(problem)
-        state = rep.wait_until_free(conn, state)
-        try:
-            rep.check_slot(conn, state)
-        except PrerequisiteError as exc:
-            report.problems.append(str(exc))
+        return
+    problem = identity_problem(slot, stored, identity, where)
+    if problem is not None:
+        report.problems.append(problem)
+    state = rep.wait_until_free(conn, state)
+    try:
+        rep.check_slot(conn, state)
+    except PrerequisiteError as exc:
+        report.problems.append(str(exc))
 
 
 def _check_captured_tables(conn, config: Config, report: CheckReport) -> set[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from pgsource.lsn import parse_lsn
-from pgsource.pg.query import PollPlan
+from pgsource.pg.plan import PollPlan
 from pgsource.pg.statements import render
 
 

@@ -1,6 +1,6 @@
 """Running one statement and taking its rows: the cursor calls everything outside ``pg/`` goes through.
 
-The callers build their SQL (``build_*`` in ``pg/query.py`` and its siblings, composed with
+The callers build their SQL (``build_*`` in ``pg/select.py`` and its siblings, composed with
 ``psycopg2.sql``) and decide what a failure means; these functions only open the cursor,
 execute with bound parameters and fetch, so no module above ``pg/`` holds a cursor.
 """

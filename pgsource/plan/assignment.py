@@ -131,10 +131,37 @@ def plan_cdc(config: Config, publications: Mapping[str, object], slots: set[str]
     ``publications``: pgsource's publications by name (``pgsource.pg.publications.load_publications``,
     anything with ``holds(table)``); ``slots``: the names of the replication slots that exist.
     """
-    source = config.source
     configured = configured_channels(config)
+    existing = _existing_channels(config, configured, publications, slots)
+    mapped: dict[str, Channel] = {}
+    if isinstance(config.workers, dict):
+        for worker, tables in config.workers.items():
+            for table in tables:
+                mapped[table] = next(ch for ch in configured if ch.worker == worker)
+    owner = _captured_owners(config, existing, publications, mapped)
+    _place_the_others(config, configured, mapped, owner)
+    assignment: dict[str, list[WorkUnit]] = {}
+    workers: dict[str, Channel] = {}
+    for table in config.source.tables:
+        ch = owner[table.qualified]
+        if workers.setdefault(ch.worker, ch) != ch:
+            raise PrerequisiteError(f"worker name {ch.worker} names two slots ({workers[ch.worker].slot}, {ch.slot})")
+        assignment.setdefault(ch.worker, []).append(WorkUnit(table, slot=ch.slot, publication=ch.publication))
+    notes = [
+        f"publication {name} (slot {ch.slot}) holds none of the configured tables; drop it with its slot"
+        " when it is no longer needed, or it keeps retaining WAL"
+        for name, ch in existing.items()
+        if ch.worker not in assignment and ch.slot in slots
+    ]
+    return CdcPlan(assignment, notes)
+
+
+def _existing_channels(config: Config, configured: list[Channel], publications: Mapping[str, object],
+                       slots: set[str]) -> dict[str, Channel]:
+    """Publication name → its channel: a configured one, or one of an earlier configuration whose slot exists."""
+    source = config.source
     by_tag = {ch.tag: ch for ch in configured}
-    existing: dict[str, Channel] = {}  # publication name → its channel
+    existing: dict[str, Channel] = {}
     for name in publications:
         tag = "" if name == source.publication_name else name[len(source.publication_name) + 1:]
         known = by_tag.get(tag)
@@ -144,14 +171,15 @@ def plan_cdc(config: Config, publications: Mapping[str, object], slots: set[str]
         earlier = channel(config, "", tag)
         if earlier.slot in slots:  # a channel of an earlier configuration: its worker is named by its slot
             existing[name] = channel(config, earlier.slot, tag)
-    mapped: dict[str, Channel] = {}
-    if isinstance(config.workers, dict):
-        for worker, tables in config.workers.items():
-            for table in tables:
-                mapped[table] = next(ch for ch in configured if ch.worker == worker)
+    return existing
+
+
+def _captured_owners(config: Config, existing: dict[str, Channel], publications: Mapping[str, object],
+                     mapped: dict[str, Channel]) -> dict[str, Channel]:
+    """Tables a publication already holds stay with its slot; a table in two, or mapped elsewhere, is refused."""
     owner: dict[str, Channel] = {}
     problems: list[str] = []
-    for table in source.tables:
+    for table in config.source.tables:
         holders = [name for name, ch in existing.items() if publications[name].holds(table)]
         if len(holders) > 1:
             problems.append(
@@ -174,11 +202,17 @@ def plan_cdc(config: Config, publications: Mapping[str, object], slots: set[str]
             owner[table.qualified] = held
     if problems:
         raise PrerequisiteError("\n".join(problems))
+    return owner
+
+
+def _place_the_others(config: Config, configured: list[Channel], mapped: dict[str, Channel],
+                      owner: dict[str, Channel]) -> None:
+    """Tables no slot captures yet: where the mapping says, else to the configured channel with the fewest."""
     counts = {ch.slot: 0 for ch in configured}
     for ch in owner.values():
         if ch.slot in counts:
             counts[ch.slot] += 1
-    for table in source.tables:
+    for table in config.source.tables:
         if table.qualified in owner:
             continue
         target = mapped.get(table.qualified)
@@ -186,20 +220,6 @@ def plan_cdc(config: Config, publications: Mapping[str, object], slots: set[str]
             target = min(configured, key=lambda ch: (counts[ch.slot], configured.index(ch)))
         owner[table.qualified] = target
         counts[target.slot] += 1
-    assignment: dict[str, list[WorkUnit]] = {}
-    workers: dict[str, Channel] = {}
-    for table in source.tables:
-        ch = owner[table.qualified]
-        if workers.setdefault(ch.worker, ch) != ch:
-            raise PrerequisiteError(f"worker name {ch.worker} names two slots ({workers[ch.worker].slot}, {ch.slot})")
-        assignment.setdefault(ch.worker, []).append(WorkUnit(table, slot=ch.slot, publication=ch.publication))
-    notes = [
-        f"publication {name} (slot {ch.slot}) holds none of the configured tables; drop it with its slot"
-        " when it is no longer needed, or it keeps retaining WAL"
-        for name, ch in existing.items()
-        if ch.worker not in assignment and ch.slot in slots
-    ]
-    return CdcPlan(assignment, notes)
 
 
 def _tag(worker: str) -> str:

@@ -1,9 +1,9 @@
 """Polling's schema-change events: a table's columns against the shape consumers were last told of.
 
-A read checks the table's definition after every statement (``TableReader``): a change stops
+A read checks the table's definition after every statement (``KeysetReader``): a change stops
 the table's reader before the rows read with the old plan are sent, and the table is opened
 again with its new columns. Opening it compares the columns its messages carry
-(``TableReader.shape``) with the shape recorded in ``state.dir`` (``polling-shapes/<table>``):
+(``KeysetReader.shape``) with the shape recorded in ``state.dir`` (``polling-shapes/<table>``):
 the first one is recorded as the baseline; another one is announced, with the same
 ``SCHEMA_CHANGE`` message CDC sends (``pgsource/encode/markers.py``), before any row of the new
 shape, and recorded once Iggy acknowledged it (a crash before sends it again, same id: its

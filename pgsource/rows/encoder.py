@@ -1,4 +1,4 @@
-"""``RowEncoder``: rows a ``TableReader`` read become messages (polling's twin of ``ChangeEncoder``).
+"""``RowEncoder``: rows a reader read (``pgsource/rows/keyset.py``) become messages (polling's twin of ``ChangeEncoder``).
 
 Per row: the SPEC's envelope around the row's JSON (or the ``payload_column``'s value as it
 is), a deterministic id (XXH3-128 of the table and the row's position, and its ``xmin`` where
@@ -17,12 +17,25 @@ from pgsource.encode.envelope import compact_json, envelope_parts, iso_timestamp
 from pgsource.encode.frames import MAX_PAYLOAD
 from pgsource.encode.ids import key_partition, polling_message_id, polling_message_ids
 from pgsource.errors import SourceError
-from pgsource.pg.query import XMIN, PollPlan
+from pgsource.pg.plan import XMIN, PollPlan
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What encoding rows takes of the configuration."""
+
+    partitions: int  # iggy.partitions
+    partitioning: Partitioning = Partitioning.PRIMARY_KEY
+    include_metadata: bool = True  # the SPEC's envelope around the row (source.include_metadata)
+
+    @classmethod
+    def of(cls, config: Config) -> EncodeSettings:
+        return cls(config.iggy.partitions, config.iggy.partitioning, config.source.include_metadata)
 
 
 @dataclass
 class EncodedBatch:
-    """A batch ready for the queue, plus what the worker needs once it is acknowledged."""
+    """A batch ready to send, plus what the worker needs once it is acknowledged."""
 
     messages: MessageBatch
     identities: list[tuple] | None  # (key values..., xmin) per row, for delete/mark after the ack
@@ -31,17 +44,18 @@ class EncodedBatch:
 class RowEncoder:
     """Encodes the rows of one table (or one custom_query); ``plan`` is None for a custom_query."""
 
-    def __init__(self, config: Config, table_name: str, plan: PollPlan | None, tracking_column: str, json_at: int,
-                 *, acts_on_rows: bool) -> None:
+    def __init__(self, settings: EncodeSettings, table_name: str, plan: PollPlan | None, tracking_column: str,
+                 json_at: int, *, acts_on_rows: bool) -> None:
         self.table_name = table_name
         self.plan = plan
         self.tracking_column = tracking_column
-        self.partitions = config.iggy.partitions
-        self.partitioning = config.iggy.partitioning
+        self.partitions = settings.partitions
+        self.partitioning = settings.partitioning
+        self.include_metadata = settings.include_metadata
         self._json_at = json_at
         self.acts_on_rows = acts_on_rows
 
-    def encode_batch(self, rows: list[tuple], include_metadata: bool, read_rows: int) -> EncodedBatch:
+    def encode_batch(self, rows: list[tuple], read_rows: int) -> EncodedBatch:
         """Messages for ``rows``: envelope, deterministic id, partition (``read_rows``: the rows read
         before them, which ``partitioning: balanced`` counts on).
 
@@ -55,7 +69,7 @@ class RowEncoder:
         ids = self.message_ids(rows)
         if self.plan is not None and self.plan.payload is not None:
             payloads = self._payloads(rows, ids)
-        elif include_metadata:
+        elif self.include_metadata:
             prefix, suffix = envelope_parts(self.table_name, "SELECT", iso_timestamp())
             payloads = [prefix + row[json_at] + suffix for row in rows]
         else:

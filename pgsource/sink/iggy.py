@@ -26,19 +26,14 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import apache_iggy as iggy
 
 from pgsource.config.duration import format_duration
 from pgsource.config.model import IggyConfig, TopicSettingsConfig
-from pgsource.encode.frames import (
-    SEND_MESSAGES_CODE,
-    PartitionFrames,
-    encode_send_request,
-    split_partition_frames,
-)
+from pgsource.encode.frames import SEND_MESSAGES_CODE, PartitionFrames, SendRequest, encode_send_requests
 from pgsource.errors import SinkError, SinkRefused
 from pgsource.sink import sockets, topics
 
@@ -238,41 +233,43 @@ class IggySink:
     async def send_frames(
         self, stream: str, topic: str, parts: list[PartitionFrames], confirmed: set[int] | None = None
     ) -> int:
-        """Send one encoded batch; returns the messages confirmed (all of them, or it raises).
+        """Send one batch of frames: its requests built here (``encode_send_requests``), then
+        ``send_requests``. The service's publisher gets its requests ready-made from the workers."""
+        try:
+            requests = encode_send_requests(stream, topic, parts, time.time_ns() // 1000)
+        except ValueError as exc:
+            raise SinkRefused(f"sending to {stream}/{topic}: {exc}") from None
+        return await self.send_requests(stream, topic, requests, confirmed)
 
-        One request per partition, and more when a partition's frames exceed what one
-        request may carry. ``confirmed`` (kept by the caller across retries of the same
-        batch) collects the requests Iggy already confirmed, which a retry skips.
+    async def send_requests(
+        self, stream: str, topic: str, requests: Sequence[SendRequest], confirmed: set[int] | None = None
+    ) -> int:
+        """Send one batch as its ready SendMessages bodies; returns the messages confirmed (all of
+        them, or it raises). The SDK adds only the request header.
+
+        ``confirmed`` (kept by the caller across retries of the same batch) collects the
+        requests Iggy already confirmed, which a retry skips.
         """
         client = self._require()
         await self.ensure_topic(stream, topic)
         sent = 0
-        ordinal = 0
-        for part in parts:
+        for ordinal, request in enumerate(requests):
+            if confirmed is not None and ordinal in confirmed:
+                sent += request.count
+                continue
+            what = f"sending {request.count} messages to {stream}/{topic}"
             try:
-                pieces = split_partition_frames(part)
-            except ValueError as exc:
-                raise SinkRefused(f"sending to {stream}/{topic}: {exc}") from None
-            for piece in pieces:
-                if confirmed is not None and ordinal in confirmed:
-                    sent += piece.count
-                    ordinal += 1
-                    continue
-                body = encode_send_request(stream, topic, piece, time.time_ns() // 1000)
-                what = f"sending {piece.count} messages to {stream}/{topic}"
-                try:
-                    reply = await self._call(client.send_binary_request(SEND_MESSAGES_CODE, body), what)
-                except SinkError as exc:
-                    if _is_not_found(exc):
-                        self._known.discard((stream, topic))  # look again (and re-create) before the retry
-                    raise
-                partition = decode_send_confirmation(reply)
-                if partition is not None and partition != piece.partition:
-                    raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {partition}, not {piece.partition}")
-                if confirmed is not None:
-                    confirmed.add(ordinal)
-                sent += piece.count
-                ordinal += 1
+                reply = await self._call(client.send_binary_request(SEND_MESSAGES_CODE, request.body), what)
+            except SinkError as exc:
+                if _is_not_found(exc):
+                    self._known.discard((stream, topic))  # look again (and re-create) before the retry
+                raise
+            partition = decode_send_confirmation(reply)
+            if partition is not None and partition != request.partition:
+                raise SinkError(f"sending to {stream}/{topic}: Iggy confirmed partition {partition}, not {request.partition}")
+            if confirmed is not None:
+                confirmed.add(ordinal)
+            sent += request.count
         return sent
 
     def _require(self) -> iggy.IggyClient:

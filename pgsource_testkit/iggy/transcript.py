@@ -43,38 +43,26 @@ the session of the replayed login, as the SDK does after its own login.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xxhash import xxh3_64_intdigest
 
 from . import wire
+from .masking import normalise_reply
+from .proxy import RecordingProxy
+from .wire import frame_size, request_kind
+
+__all__ = ["Exchange", "RecordingProxy", "Transcript", "build_login", "build_request", "exchange", "frame_size",
+           "generate_request", "login_session", "normalise_reply", "replay", "request_kind", "with_session"]
 
 NO_REPLY_SECONDS = 0.4  # how long "no reply" waits; the stand-in answers in microseconds
-EVICTION = 13
-
-_KEEP_REPLY = ((48, 52), (60, 61), (200, 208), (208, 209), (216, 220))
-_KEEP_EVICTION = ((48, 52), (60, 61), (144, 152), (255, 256))
 
 
 # -- frames -------------------------------------------------------------------------------
-
-
-def frame_size(header: bytes | memoryview) -> int:
-    return struct.unpack_from("<I", header, wire.SIZE_AT)[0]
-
-
-def request_kind(request: bytes) -> tuple[int, int]:
-    """(operation, legacy command code) of a request frame; the code is 0 unless op 2."""
-    operation = request[wire.REQ_OPERATION_AT]
-    code = wire.read_u32(memoryview(request), wire.REQ_CODE_AT) if operation == wire.OP_NON_REPLICATED else 0
-    return operation, code
 
 
 def with_session(request: bytes, session: int) -> bytes:
@@ -159,111 +147,6 @@ def _max_send_body(stream: str, topic: str, body_size: int) -> bytes:
     out = body(second)
     assert len(out) == body_size, (len(out), body_size)
     return out
-
-
-# -- normalisation ------------------------------------------------------------------------
-
-
-def normalise_reply(request: bytes, reply: bytes) -> bytes:
-    """``reply`` with everything the masking rule (module docstring) hides set to zero."""
-    out = bytearray(wire.HEADER_SIZE)
-    keep = _KEEP_EVICTION if reply[wire.COMMAND_AT] == EVICTION else _KEEP_REPLY
-    for start, end in keep:
-        out[start:end] = reply[start:end]
-    body = bytearray(reply[wire.HEADER_SIZE :])
-    if reply[wire.COMMAND_AT] == wire.COMMAND_REPLY and not wire.read_u32(memoryview(reply), wire.REPLY_STATUS_AT):
-        try:
-            body = _mask_body(request, body)
-        except (IndexError, struct.error, ValueError):
-            pass  # a body the masks do not understand is compared as it is
-    struct.pack_into("<I", out, wire.SIZE_AT, wire.HEADER_SIZE + len(body))  # of the masked body
-    return bytes(out) + bytes(body)
-
-
-def _mask_body(request: bytes, body: bytearray) -> bytearray:
-    operation, code = request_kind(request)
-    if operation == wire.OP_REGISTER and body[:4] == b"\x00\x00\x00\x00" and len(body) >= 20:
-        body[8:16] = bytes(8)  # session
-        return body[:20] + wire.encode_name("*")  # server version
-    if operation in (wire.OP_CREATE_STREAM, wire.OP_CREATE_TOPIC) and body[:4] == b"\x00\x00\x00\x00":
-        mask = _mask_stream_details if operation == wire.OP_CREATE_STREAM else _mask_topic_details
-        mask(body, 4)
-        return body
-    if operation != wire.OP_NON_REPLICATED or not body:
-        return body
-    if code == wire.CODE_GET_STREAM:
-        _mask_stream_details(body, 0)
-    elif code == wire.CODE_GET_STREAMS:
-        pos = 0
-        while pos < len(body):
-            pos = _mask_stream_header(body, pos)
-    elif code == wire.CODE_GET_TOPIC:
-        _mask_topic_details(body, 0)
-    elif code == wire.CODE_GET_TOPICS:
-        pos = 4
-        for _ in range(wire.read_u32(memoryview(body), 0)):
-            pos = _mask_topic_header(body, pos)
-    elif code == wire.CODE_POLL_MESSAGES:
-        _mask_poll(body)
-    elif code == wire.CODE_GET_CLUSTER_METADATA:
-        return _mask_cluster_metadata(body)
-    return body
-
-
-def _mask_stream_header(body: bytearray, pos: int) -> int:
-    body[pos + 4 : pos + 12] = bytes(8)  # created_at
-    pos += 32  # id, created_at, topics_count, size, messages_count
-    pos += 1 + body[pos]  # name
-    return pos + 4 + wire.read_u32(memoryview(body), pos)  # options
-
-
-def _mask_stream_details(body: bytearray, pos: int) -> None:
-    topics = wire.read_u32(memoryview(body), pos + 12)
-    pos = _mask_stream_header(body, pos)
-    for _ in range(topics):
-        pos = _mask_topic_header(body, pos)
-
-
-def _mask_topic_header(body: bytearray, pos: int) -> int:
-    body[pos + 4 : pos + 12] = bytes(8)  # created_at
-    pos += 49
-    pos += 1 + body[pos]  # name
-    pos += 4 + wire.read_u32(memoryview(body), pos)  # options
-    return pos + 4 + wire.read_u32(memoryview(body), pos)  # derived options
-
-
-def _mask_topic_details(body: bytearray, pos: int) -> None:
-    partitions = wire.read_u32(memoryview(body), pos + 12)
-    pos = _mask_topic_header(body, pos)
-    for _ in range(partitions):
-        body[pos + 4 : pos + 12] = bytes(8)  # partition created_at
-        pos += 40
-
-
-def _mask_poll(body: bytearray) -> None:
-    pos, end = 16, len(body)
-    while pos + wire.BATCH_HEADER_SIZE <= end:
-        length = struct.unpack_from("<Q", body, pos + 32)[0]
-        body[pos + wire.BATCH_BASE_TIMESTAMP_AT : pos + wire.BATCH_BASE_TIMESTAMP_AT + 8] = bytes(8)
-        body[pos + wire.BATCH_CHECKSUM_AT : pos + wire.BATCH_CHECKSUM_AT + 8] = bytes(8)
-        if length < wire.BATCH_HEADER_SIZE:
-            break
-        pos += length
-
-
-def _mask_cluster_metadata(body: bytearray) -> bytearray:
-    view = memoryview(body)
-    name_len = wire.read_u32(view, 0)
-    pos = 4 + name_len
-    nodes = wire.read_u32(view, pos)
-    out = bytearray(body[: pos + 4])
-    pos += 4
-    for _ in range(nodes):
-        pos += 4 + wire.read_u32(view, pos)  # node name
-        pos += 4 + wire.read_u32(view, pos)  # ip
-        out += struct.pack("<I", 1) + b"*" + struct.pack("<I", 1) + b"*" + bytes(8) + body[pos + 8 : pos + 10]
-        pos += 10
-    return out + body[pos:]
 
 
 # -- files --------------------------------------------------------------------------------
@@ -394,93 +277,3 @@ def replay(address: str, transcript: Transcript, no_reply_seconds: float = NO_RE
         for sock in sockets.values():
             sock.close()
     return out
-
-
-# -- recording ----------------------------------------------------------------------------
-
-
-class RecordingProxy:
-    """A TCP proxy in a thread: forwards to ``upstream`` and records the frames of each
-    connection in order (client → server requests, server → client replies).
-
-    A request whose size is over ``store_limit`` is recorded by its size only (the
-    transcript regenerates it). A connection the server closed is marked ``closed``.
-    """
-
-    def __init__(self, upstream: str, store_limit: int = 1 << 20) -> None:
-        self.upstream = upstream
-        self.store_limit = store_limit
-        self.connections: list[list[tuple[str, bytes | int, float]]] = []
-        self.closed_by_server: list[bool] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="iggy-recording-proxy")
-        self._server = None
-        self.port = 0
-
-    def start(self) -> RecordingProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        async def close() -> None:
-            self._server.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, client_reader, client_writer) -> None:
-        host, port = self.upstream.rsplit(":", 1)
-        server_reader, server_writer = await asyncio.open_connection(host, int(port))
-        index = len(self.connections)
-        self.connections.append([])
-        self.closed_by_server.append(False)
-        frames = self.connections[index]
-        up = asyncio.create_task(self._pump(client_reader, server_writer, frames, "request"))
-        down = asyncio.create_task(self._pump(server_reader, client_writer, frames, "reply"))
-        done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        if down in done:
-            self.closed_by_server[index] = True
-        for task in pending:
-            task.cancel()
-        for writer in (client_writer, server_writer):
-            writer.close()
-
-    async def _pump(self, reader, writer, frames: list, direction: str) -> None:
-        try:
-            while True:
-                header = await reader.readexactly(wire.HEADER_SIZE)
-                size = frame_size(header)
-                if size > self.store_limit:
-                    frames.append((direction, size, time.monotonic()))
-                    writer.write(header)
-                    remaining = size - wire.HEADER_SIZE
-                    while remaining:
-                        chunk = await reader.read(min(remaining, 1 << 20))
-                        if not chunk:
-                            return
-                        writer.write(chunk)
-                        remaining -= len(chunk)
-                        await writer.drain()
-                    continue
-                body = await reader.readexactly(size - wire.HEADER_SIZE)
-                frames.append((direction, header + body, time.monotonic()))
-                writer.write(header + body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-
-    def mark(self) -> tuple[int, int]:
-        """(connection count, frames in the last connection): where the next step starts."""
-        if not self.connections:
-            return 0, 0
-        return len(self.connections), len(self.connections[-1])

@@ -365,3 +365,15 @@ def encode_cluster_metadata(name: str, node: str, ip: str, tcp_port: int) -> byt
 
 def encode_login_reply(user_id: int, session: int, protocol: int, server_version: str) -> bytes:
     return struct.pack("<IQI", user_id, session, protocol) + encode_name(server_version)
+
+
+def frame_size(header: bytes | memoryview) -> int:
+    """The size of a frame (header included), read from its header."""
+    return struct.unpack_from("<I", header, SIZE_AT)[0]
+
+
+def request_kind(request: bytes) -> tuple[int, int]:
+    """(operation, legacy command code) of a request frame; the code is 0 unless op 2."""
+    operation = request[REQ_OPERATION_AT]
+    code = read_u32(memoryview(request), REQ_CODE_AT) if operation == OP_NON_REPLICATED else 0
+    return operation, code

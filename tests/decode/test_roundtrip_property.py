@@ -1,7 +1,7 @@
 """Random values of every supported type survive PostgreSQL → JSON → parse exactly, in both modes.
 
 Each example inserts one row of random values (bound parameters), reads it the way polling
-does (``TableReader``: PostgreSQL's ``row_to_json``) and the way CDC does (the row's
+does (``PollingReader``: PostgreSQL's ``row_to_json``) and the way CDC does (the row's
 pgoutput bytes from a real slot, through ``decode_message`` and both row functions, C and
 Python, and the general decoder). The polling JSON parses back to exactly the values that
 were inserted (integers, numerics digit for digit, floats bit for bit, text, bytes, times
@@ -30,7 +30,7 @@ from pgsource.decode import rowjson
 from pgsource.decode.values import compile_relation, decode_tuple_json
 from pgsource.pg import connect as pg
 from pgsource.pg.types import load_type_catalog
-from pgsource.rows.reader import TableReader
+from pgsource.polling.reader import open_reader
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
 _json = st.recursive(
@@ -109,8 +109,9 @@ def roundtrip(pg_dsn):
         cur.execute(sql.SQL("CREATE TABLE rt (id bigserial PRIMARY KEY, {}); CREATE PUBLICATION rt_pub FOR TABLE rt")
                     .format(columns))
         cur.execute("SELECT pg_create_logical_replication_slot('rt_slot', 'pgoutput')")
-    config = Config.model_validate({"source": {"connection_string": pg_dsn, "mode": "polling", "tables": ["rt"]}})
-    reader = TableReader(conn, config, config.source.tables[0])
+    config = Config.model_validate({"source": {"connection_string": pg_dsn, "mode": "polling", "tables": ["rt"],
+                                               "include_metadata": False}})
+    reader = open_reader(conn, config, config.source.tables[0])
     yield conn, reader
     conn.close()
 
@@ -141,7 +142,7 @@ def test_random_values_of_every_type_survive_both_modes_exactly(roundtrip, row):
         cur.execute(sql.SQL("TRUNCATE rt; INSERT INTO rt ({}) VALUES ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
             sql.SQL(", ").join(sql.SQL("({})::{}").format(sql.Literal(b), sql.SQL(kind)) for b, (_, kind, *_) in zip(bound, COLUMNS))))
-    [polled] = reader.encoder.encode_batch(reader.fetch_batch(None), False, 0).messages.payloads
+    [polled] = reader.encoder.encode_batch(reader.fetch_batch(None, 1000), 0).messages.payloads
     got = json.loads(polled, parse_float=Decimal, parse_int=_Int)
     assert list(got) == ["id", *names]
     for name, _, _, _, same in COLUMNS:

@@ -16,7 +16,8 @@ import pytest
 from psycopg2 import sql
 
 from pgsource.pg import connect as pg
-from pgsource.rows.reader import TableReader
+from pgsource.rows.encoder import EncodeSettings
+from pgsource.rows.keyset import KeysetReader, ReadSettings
 from tests.support import (
     bodies,
     execute,
@@ -174,17 +175,19 @@ def test_custom_query_and_initial_offset_bind_hostile_values(hostile_db, iggy, t
 
 
 def test_snapshot_reader_of_hostile_names(hostile_db):
-    """The CDC initial snapshot reads a table with TableReader(by_identity=True): same quoting."""
+    """The CDC initial snapshot reads a table with KeysetReader.for_snapshot: same quoting."""
     from pgsource.config.model import Config
 
     config = Config.model_validate({"source": {"connection_string": "x", "mode": "cdc",
                                                "tables": [{"schema": SCHEMA, "name": CHUNKED}]}})
     conn = pg.connect(hostile_db)
     try:
-        reader = TableReader(conn, config, config.source.tables[0], by_identity=True)
+        table = config.source.tables[0]
+        reader = KeysetReader.for_snapshot(conn, table, config.iggy.topic_for(table), ReadSettings.of(config.source),
+                                           EncodeSettings(1, include_metadata=False))
         offset, names = None, []
-        while rows := reader.fetch_batch(offset):
-            encoded = reader.encoder.encode_batch(rows, False, len(names))
+        while rows := reader.fetch_batch(offset, 1000):
+            encoded = reader.encoder.encode_batch(rows, len(names))
             names += [json.loads(p)[NAME] for p in encoded.messages.payloads]
             offset = reader.offset_after(rows, len(names) - len(rows))
     finally:

@@ -15,14 +15,8 @@ import pytest
 from psycopg2 import sql
 
 from pgsource.pg.catalog import describe_table
-from pgsource.pg.query import (
-    PollPlan,
-    Reading,
-    build_poll_plan,
-    build_select_batch,
-    position_params,
-    snapshot_params,
-)
+from pgsource.pg.plan import PollPlan, build_poll_plan
+from pgsource.pg.select import Reading, build_select_batch, position_params, snapshot_params
 from pgsource.pg.statements import fetch_all
 from pgsource.pg.types import load_column_types
 from tests.support import execute

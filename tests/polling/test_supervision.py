@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import sys
+import termios
 import time
 from urllib.parse import urlparse
 
@@ -13,14 +16,48 @@ from psycopg2 import sql
 from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
 
 
-def _worker_pid(service_pid: int, pg_port: int) -> int | None:
-    """The child that holds a connection to PostgreSQL (the poll worker, not the publisher)."""
+def _child_connected_to(service_pid: int, port: int) -> int | None:
+    """The child of the service with a TCP connection to ``port``."""
     for child in psutil.Process(service_pid).children():
         try:
-            if any(c.raddr and c.raddr.port == pg_port for c in child.net_connections(kind="tcp")):
+            if any(c.raddr and c.raddr.port == port for c in child.net_connections(kind="tcp")):
                 return child.pid
         except psutil.NoSuchProcess:
             continue
+    return None
+
+
+def _worker_pid(service_pid: int, pg_port: int) -> int | None:
+    """The child that holds a connection to PostgreSQL (the poll worker, not the publisher)."""
+    return _child_connected_to(service_pid, pg_port)
+
+
+def _publisher_pid(service_pid: int, iggy_port: int) -> int | None:
+    """The child connected to Iggy (the publisher)."""
+    return _child_connected_to(service_pid, iggy_port)
+
+
+def _batch_channel_fill(pid: int) -> tuple[int, int] | None:
+    """(bytes waiting, capacity) of the batch channel in process ``pid``: the one pipe widened to 1 MB.
+
+    The pipe is opened again through /proc (one more reader of it, which never reads), to ask
+    the kernel how much of it is written and not read yet."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(path).startswith("pipe:"):
+                continue
+            probe = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            capacity = fcntl.fcntl(probe, 1032)  # F_GETPIPE_SZ
+            if capacity >= 1 << 20:
+                waiting = bytearray(4)
+                fcntl.ioctl(probe, termios.FIONREAD, waiting)
+                return int.from_bytes(waiting, sys.byteorder), capacity
+        finally:
+            os.close(probe)
     return None
 
 
@@ -125,6 +162,39 @@ def test_workers_killed_mid_send_do_not_wedge_the_others(pg_dsn, iggy, tmp_path)
         assert stop_service(service) == 0
     for table in ("a", "b"):
         assert sorted({m["data"]["id"] for m in bodies(iggy, table)}) == list(range(1, 30001))
+
+
+def test_a_worker_killed_halfway_through_writing_a_batch_never_makes_the_publisher_send_half_of_it(
+        pg_dsn, iggy, tmp_path):
+    """kill -9 while the worker's block (2 MB, twice the channel's pipe) is half written: the pipe is
+    full, so the block in it is incomplete. The publisher never sends that half (it returns a block
+    only once all of it was read); the supervisor restarts the pipeline on fresh channels, and every
+    row arrives whole, none torn, none lost."""
+    port = urlparse(pg_dsn).port
+    payload = "x" * 2000
+    execute(pg_dsn, sql.SQL("CREATE TABLE big (id serial PRIMARY KEY, payload text)"))
+    execute(pg_dsn, sql.SQL("INSERT INTO big (payload) SELECT %s FROM generate_series(1, 8000)"), (payload,))
+    config = write_config(tmp_path, pg_dsn, iggy.address, source={"tables": ["big"], "batch_size": 1000},
+                          supervisor={"restart_backoff": "100ms", "stop_timeout": "10s"})
+    iggy.set_latency(1.0)  # every send takes a second: the channel fills behind the first batches
+    service = start_service(config)
+    try:
+        publisher = wait_for(lambda: _publisher_pid(service.pid, iggy.port), 30, message="the publisher")
+        worker = wait_for(lambda: _worker_pid(service.pid, port), 30, message="the worker")
+        fill = wait_for(lambda: (f := _batch_channel_fill(publisher)) and f[0] > f[1] - 4096 and f, 60,
+                        message="the batch channel's pipe to be full")
+        assert fill[0] < 2_000_000  # a full pipe holds less than one block: the block in it is half written
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: _gone(worker), 30, message="the killed worker to be gone")
+        wait_for(lambda: "restarting the publisher and every worker on fresh queues" in config.with_suffix(".log").read_text(),
+                 30, message="the pipeline restart")
+        iggy.set_latency(0)
+        wait_for(lambda: len({m["data"]["id"] for m in bodies(iggy, "big")}) == 8000, 120, message="every row")
+    finally:
+        assert stop_service(service) == 0
+    messages = bodies(iggy, "big")
+    assert sorted({m["data"]["id"] for m in messages}) == list(range(1, 8001))
+    assert all(m["data"]["payload"] == payload for m in messages)  # none torn
 
 
 def test_a_statement_longer_than_the_heartbeat_timeout_is_not_killed(pg_dsn, iggy, tmp_path):

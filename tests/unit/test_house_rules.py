@@ -10,6 +10,9 @@
   testkit and the benchmarks alike.
 - ``pgsource/`` never imports ``workers/``, and ``pg/`` imports nothing of pgsource above it
   but the error tree, the configuration's records and the naming of keys.
+- Small modules with one job: at most 400 lines each, and functions of at most 60 lines;
+  a longer function says why in its docstring, in a sentence that starts ``Why long:``
+  (in ``pgsource/``, ``workers/`` and ``pgsource_testkit/``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+SIZED_FOLDERS = ("pgsource", "workers", "pgsource_testkit")
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 LIBPQ_METHODS = {
     "cursor", "execute", "executemany", "fetchone", "fetchall", "fetchmany", "copy_expert", "copy_from",
     "copy_to", "mogrify", "commit", "rollback", "start_replication", "start_replication_expert",
@@ -114,4 +120,25 @@ def test_pg_stands_on_nothing_above_it():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pgsource"):
                 if not node.module.startswith(allowed):
                     offenders.append(f"{_where(path, node)} {node.module}")
+    assert offenders == [], "\n".join(offenders)
+
+
+def test_modules_have_at_most_400_lines():
+    offenders = []
+    for path in _modules(*SIZED_FOLDERS):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            offenders.append(f"{path.relative_to(ROOT)}: {lines} lines")
+    assert offenders == [], "\n".join(offenders)
+
+
+def test_functions_have_at_most_60_lines_or_say_why():
+    offenders = []
+    for path in _modules(*SIZED_FOLDERS):
+        for node in ast.walk(_tree(path)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES and "Why long:" not in (ast.get_docstring(node) or ""):
+                offenders.append(f"{_where(path, node)} {node.name}: {lines} lines")
     assert offenders == [], "\n".join(offenders)

@@ -62,10 +62,10 @@ def plan_reset(config: Config, table_name: str, to: str | None) -> list[OffsetMo
         start = (str(config.source.initial_offset),)
         return [OffsetMove("polling/custom_query", before, PollingOffset((to,) if to is not None else start))]
     table = find_table(config, table_name)
-    from pgsource.rows.reader import TableReader
+    from pgsource.polling.reader import open_reader
 
     with connection(config, "reset") as conn:
-        reader = TableReader(conn, config, table)
+        reader = open_reader(conn, config, table)
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
         if to is not None and exact:
             raise ConfigError(f"reset --to: table {table.qualified} is read by xid8 snapshots; only --to-start applies")

@@ -75,7 +75,7 @@ def collect_status(config: Config) -> Status:
 
 
 def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
-    from pgsource.rows.reader import TableReader
+    from pgsource.polling.reader import open_reader
 
     out = []
     if config.source.custom_query and not config.source.tables:
@@ -84,7 +84,7 @@ def _tables(config: Config, store: FileStateStore, conn) -> list[TableStatus]:
                             stored.rows if stored else 0, None, committed_at(store, "polling/custom_query"),
                             "rows behind are unknown for a custom_query")]
     for table in config.source.tables:
-        reader = TableReader(conn, config, table)
+        reader = open_reader(conn, config, table)
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
         for unit in units_of(config, table):
             stored = store.load(unit.key, PollingOffset)

@@ -78,7 +78,7 @@ def _read_ids(config: Config, topic: str) -> list[tuple[int, int]] | None:
 
 
 def _verify_polling(config: Config, table_name: str, after: str | None) -> VerifyReport:
-    from pgsource.rows.reader import TableReader
+    from pgsource.polling.reader import open_reader
 
     if table_name == "custom_query":
         raise ConfigError("verify: custom_query rows cannot be recomputed without running the query; not supported")
@@ -89,7 +89,7 @@ def _verify_polling(config: Config, table_name: str, after: str | None) -> Verif
     expected: dict[int, str] = {}  # id -> the row's position, to name it
     processed = 0
     with connection(config, "verify", 600.0) as conn:
-        reader = TableReader(conn, config, table)
+        reader = open_reader(conn, config, table)
         plan = reader.plan
         exact = reader.tracking is not None and reader.tracking.kind is TrackingKind.XID8
         start = (normalize_value(conn, plan.position_types[0], after),) if after is not None else ()

@@ -127,11 +127,11 @@ class SourceProbe:
         return None
 
     def _reader(self, conn, unit: WorkUnit):
-        from pgsource.rows.reader import TableReader
+        from pgsource.polling.reader import open_reader
 
         reader = self._readers.get(unit.table.qualified)
         if reader is None:
-            reader = self._readers[unit.table.qualified] = TableReader(conn, self.config, unit.table)
+            reader = self._readers[unit.table.qualified] = open_reader(conn, self.config, unit.table)
         return reader
 
     def _ask(self, question):
