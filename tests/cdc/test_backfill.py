@@ -140,7 +140,7 @@ def test_a_backfill_killed_in_the_middle_goes_on_after_its_last_acknowledged_chu
 def test_what_a_backfill_cannot_do_is_refused_before_anything_is_written(pg_dsn, iggy, tmp_path):
     execute(pg_dsn, "CREATE TABLE keyless (v int); CREATE TABLE t (id int PRIMARY KEY, v int)")
     config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["keyless", "t"])
-    before = query(pg_dsn, "SELECT pg_current_wal_lsn()::text")[0][0]
+    execute(pg_dsn, "SELECT pg_create_logical_replication_slot('probe', 'test_decoding')")  # sees any request written
     refused = run_cli("snapshot", "--config", str(config), "--table", "keyless")
     assert refused.returncode == 3
     assert refused.stderr.strip() == ("error: table keyless has no primary key or unique NOT NULL key: a backfill reads"
@@ -150,4 +150,11 @@ def test_what_a_backfill_cannot_do_is_refused_before_anything_is_written(pg_dsn,
     assert bad.returncode == 2 and bad.stderr.strip() == 'error: --where: column "nope" does not exist'
     unknown = run_cli("snapshot", "--config", str(config), "--table", "missing")
     assert unknown.returncode == 2 and "--table missing: not in source.tables" in unknown.stderr
-    assert query(pg_dsn, "SELECT pg_current_wal_lsn()::text")[0][0] == before  # no request was written
+    def written() -> int:
+        return query(pg_dsn, "SELECT count(*) FROM pg_logical_slot_peek_changes('probe', NULL, NULL)"
+                             " WHERE data LIKE %s", ("%pgsource.backfill%",))[0][0]
+
+    assert written() == 0  # no request was written
+    assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
+    assert written() == 1  # (the probe does see one)
+    execute(pg_dsn, "SELECT pg_drop_replication_slot('probe')")
