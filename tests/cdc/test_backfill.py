@@ -158,3 +158,25 @@ def test_what_a_backfill_cannot_do_is_refused_before_anything_is_written(pg_dsn,
     assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
     assert written() == 1  # (the probe does see one)
     execute(pg_dsn, "SELECT pg_drop_replication_slot('probe')")
+
+
+def test_a_cancelled_backfill_stops_and_the_stream_goes_on(pg_dsn, iggy, tmp_path):
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);"
+                    " INSERT INTO t SELECT g, 0, 'n' FROM generate_series(1, 50000) g")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["t"], backfill_chunk_size=100, batch_size=100)
+    service = start_service(config)
+    try:
+        wait_until_capturing(pg_dsn, "replication")
+        assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
+        wait_for(lambda: (_record(tmp_path) and _record(tmp_path).backfills[-1].rows >= 300), 60, message="some chunks")
+        cancel = run_cli("snapshot", "--config", str(config), "--table", "t", "--cancel")
+        assert cancel.returncode == 0 and cancel.stdout.startswith("cancel of the backfill of t requested: id ")
+        wait_for(lambda: _phase(tmp_path) is BackfillPhase.CANCELLED, 30, message="the backfill cancelled")
+        execute(pg_dsn, "UPDATE t SET v = 1 WHERE id = 50000")
+        wait_slot_caught_up(pg_dsn)
+    finally:
+        assert stop_service(service) == 0
+    bodies = [body for _, body, _ in stored(iggy, "t")]
+    assert 300 <= sum(b["operation_type"] == "SELECT" for b in bodies) < 50000
+    assert bodies[-1]["operation_type"] == "UPDATE" and bodies[-1]["data"]["v"] == 1
+    assert "backfill of t cancelled" in config.with_suffix(".log").read_text()
