@@ -90,18 +90,17 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
 
 
 def build_table_definition() -> sql.SQL:
-    """The columns of a table (``%s``: its oid) as ``name type,name type...`` in column order (types as
-    ``format_type`` prints them, typmods included); a read that checks the table compares it with
-    ``table_definition`` of its plan's columns."""
+    """The columns of a table (``%s``: its oid) as ``name oid,name oid...`` in column order; a read
+    that names the columns one by one compares it with ``table_definition`` of its plan's columns."""
     return sql.SQL(
-        "SELECT coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum), '')"
+        "SELECT coalesce(string_agg(a.attname || ' ' || a.atttypid::text, ',' ORDER BY a.attnum), '')"
         " FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
     )
 
 
 def table_definition(info: TableInfo) -> str:
     """What ``build_table_definition`` returns for the table described by ``info``."""
-    return ",".join(f"{column.name} {column.type_sql}" for column in info.columns)
+    return ",".join(f"{column.name} {column.type_oid}" for column in info.columns)
 
 
 def _row_filter(plan: PollPlan) -> sql.Composable:

@@ -230,5 +230,5 @@ class KeysetReader:
         if now != planned:
             raise TableChanged(
                 f"table {self.table_name}: its columns changed while running ({planned or 'none'} ->"
-                f" {now or 'none'}: name and type); reading it again with its new columns"
+                f" {now or 'none'}: name and type oid); reading it again with its new columns"
             )
