@@ -21,11 +21,13 @@ Two transports share the pgoutput decoder and ``ChangeEncoder``:
 
 Never ``pg_logical_slot_get_changes``: it consumes changes before they are delivered.
 
-Boot prepares the slot (``_prepare_slot``, ``pgsource/cdc/slot_lifecycle.py``): a missing slot is created only on the first
-start (``pgsource/cdc/slot_history.py``); the initial snapshot and the snapshots of tables that join
-an existing slot (``pgsource/pg/publications.py``, ``pgsource/cdc/snapshot.py``) must be
-acknowledged completely before the slot's record says so and streaming begins; an
-interrupted one is done again at the next start.
+Boot prepares the slot (``SlotLifecycle.prepare``, ``pgsource/cdc/slot_lifecycle.py``): a missing
+slot is created only on the first start (``pgsource/cdc/slot_history.py``); the plan's snapshots
+(the initial one, those of tables that join an existing slot) go out through the outbox and
+must be acknowledged completely before the slot's record says so (``SlotLifecycle.finish``)
+and streaming begins; an interrupted one is done again at the next start. While streaming,
+``TableWatch`` (``pgsource/cdc/identity.py``) follows the tables by OID. The slot's record has
+one owner, ``SlotRecords`` (``pgsource/cdc/slot_record.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from pgsource.cdc.committer import SlotCommitter, SqlSlotConfirmer, StreamSlotCo
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.schema_watch import SchemaWatch
-from pgsource.cdc.slot_lifecycle import SlotPreparation
+from pgsource.cdc.slot_lifecycle import SlotLifecycle
+from pgsource.cdc.slot_plan import SlotNames, SlotSettings
+from pgsource.cdc.slot_record import SlotRecords
+from pgsource.cdc.snapshot import SnapshotConnections, SnapshotSender, SnapshotSettings
 from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
@@ -63,12 +68,7 @@ IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load
 LINGER = 0.005
 
 
-def _in_committer(name: str) -> property:
-    """An attribute of the worker that lives in its ``SlotCommitter`` (read and written there)."""
-    return property(lambda self: getattr(self.committer, name), lambda self, value: setattr(self.committer, name, value))
-
-
-class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, SourceWorker):
+class CdcWorker(BackfillDriving, SourceWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:
@@ -78,13 +78,6 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, SourceWorker):
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
-    # What SlotPreparation and TableWatch (pgsource/cdc/slot_lifecycle.py, identity.py) read and set:
-    # kept in the committer, which confirms the slot and copies the confirmed LSN into the record.
-    progress = _in_committer("progress")
-    record = _in_committer("record")
-    _recorded_lsn = _in_committer("recorded_lsn")
-    _confirmed_lsn = _in_committer("confirmed_lsn")
-
     # -- boot ------------------------------------------------------------------------------
 
     def boot(self) -> None:
@@ -93,36 +86,52 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, SourceWorker):
         self.slot, self.publication = units[0].slot, units[0].publication
         self.tables = [unit.table for unit in units]
         self.store = FileStateStore(config.state.dir)
-        self.key = f"cdc/{self.slot}"
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.spec.name}")
         self.spec.backends(self.conn)
-        self.committer = SlotCommitter(self.store, self.key, counter=self.metrics.offset_commits.labels(self.name),
+        self.records = SlotRecords(self.store, self.slot)  # the slot's record: its one owner
+        self.committer = SlotCommitter(self.records, counter=self.metrics.offset_commits.labels(self.name),
                                        confirmed_gauge=self.metrics.confirmed_lsn.labels(self.name),
                                        progressed=self.spec.progressed)
         self.outbox = self.open_outbox(self.committer)
         self._copying = False
-        self.identity = rep.system_identity(self.conn)
-        self.infos = infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
+        self.infos = {table.qualified: describe_table(self.conn, table.schema_, table.name) for table in self.tables}
         self._check_tables()
-        trees = self._partition_trees()  # before any snapshot: see pgsource/cdc/identity.py
-        record = self._prepare_slot()
-        if record is None:
+        names = SlotNames(self.name, self.slot, self.publication)
+        oids = {name: info.oid for name, info in self.infos.items()}
+        connections = SnapshotConnections(config.source.connection_string, self.name, ours=self.spec.backends)
+        snapshots = self._snapshot_sender(connections, config.source.batch_size)
+        self.table_watch = TableWatch(self.conn, names, self.tables, oids, self.records, snapshots, self.spec.statement)
+        trees = self.table_watch.partition_trees()  # before any snapshot: see pgsource/cdc/identity.py
+        lifecycle = SlotLifecycle(self.conn, names, self.tables, oids, self.records, SlotSettings.of(config.source),
+                                  connections, pause=self._pause)
+        plan = lifecycle.prepare()
+        self.committer.start(plan.start_lsn)
+        if not snapshots.deliver(plan.snapshots):
             self._unfinished = True
             return
-        self.record = record = self._identify(record)
-        by_name = {table.qualified: (table.schema_, table.name) for table in self.tables}
-        starts = {by_name[join.table]: join.start_lsn for join in record.joins if join.table in by_name}
+        lifecycle.finish(plan)
+        self.encoder = self._change_encoder(plan.starts(self.tables))
+        self._start_backfills()
+        if not self.table_watch.settle(trees):
+            self._unfinished = True
+
+    def _snapshot_sender(self, connections: SnapshotConnections, batch_size: int) -> SnapshotSender:
+        """Snapshots go out through this worker's outbox, ``batch_size`` rows to a batch."""
+        return SnapshotSender(SnapshotSettings.of(self.spec.config, self.tables), batch_size, connections,
+                              send=self._send, waiting=self._waiting, acknowledged=self._all_acknowledged)
+
+    def _change_encoder(self, starts: dict[tuple[str, str], int]) -> ChangeEncoder:
+        """The encoder of the slot's changes; ``starts``: per joined table, its cut."""
+        infos = self.infos
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
         oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
         self.shapes_key = shapes_key(self.slot)
         self.shapes = SchemaWatch(self.store.load(self.shapes_key, ShapeRecord))
         self.committer.on_confirmed = self._shapes_confirmed
-        self.encoder = ChangeEncoder(config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
-                                     shapes=self.shapes, load_type_names=self._load_type_names)
-        self.encoder.types.update(load_table_types(self.conn, list(by_name.values())))
-        self._start_backfills()
-        if self._settle_partitions(record, trees) is None:
-            self._unfinished = True
+        encoder = ChangeEncoder(self.spec.config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
+                                shapes=self.shapes, load_type_names=self._load_type_names)
+        encoder.types.update(load_table_types(self.conn, [(table.schema_, table.name) for table in self.tables]))
+        return encoder
 
     def _check_tables(self) -> None:
         from pgsource.ops.checks import cdc_table_problems
@@ -356,6 +365,22 @@ class CdcWorker(SlotPreparation, TableWatch, BackfillDriving, SourceWorker):
         if self.orphaned:
             raise SystemExit(1)
         return stop
+
+    def _all_acknowledged(self) -> bool:
+        """Wait until Iggy acknowledged every batch sent (a snapshot's); False: stopped before."""
+        self._wait_for_acks(deadline=None)
+        return self.outbox.in_flight == 0
+
+    def _pause(self, seconds: float) -> None:
+        """The slot's preparation waits (for a join's writers or lock): alive meanwhile; a stop ends
+        the process (the next start goes on)."""
+        if self._waiting():
+            raise SystemExit(0)
+        self.stop_event.wait(seconds)
+
+    def _watch_tables(self, before_snapshot=None) -> None:
+        """Between reads: the tables still the relations captured (``TableWatch.look``)."""
+        self.table_watch.look(self.committer.confirmed_lsn, before_snapshot)
 
 
 def peek_limit(batch_size: int, max_in_flight: int) -> int:

@@ -1,4 +1,4 @@
-"""``BackfillDriving``: the CDC worker's side of backfills (mixed into ``CdcWorker``, like ``SlotPreparation``).
+"""``BackfillDriving``: the CDC worker's side of backfills (mixed into ``CdcWorker``).
 
 It wires ``BackfillRunner`` (what to do) to the worker's stream and outbox (doing it):
 requests and watermarks come from the encoder (``on_message``), the keys of a backfilled

@@ -11,21 +11,21 @@ acknowledged.
 
 How the slot is told depends on the transport (``SqlSlotConfirmer``: advance it;
 ``StreamSlotConfirmer``: status updates on the stream). Now and then the confirmed LSN is
-copied into the slot's record in ``state.dir`` (it names the gap if the slot vanishes).
+copied into the slot's record in ``state.dir`` (it names the gap if the slot vanishes),
+through ``SlotRecords`` (``slot_record.py``), the record's one owner.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from pgsource.cdc.slot_record import SlotRecords
 from pgsource.pg import replication as rep
 from pgsource.pipeline.committer import Committer
 from pgsource.pipeline.progress import ProgressTracker
-from pgsource.state import FileStateStore, SlotProgress
 
 REMEMBER_EVERY = 10.0  # seconds between copies of the confirmed LSN into the slot's record
 
@@ -65,12 +65,10 @@ class StreamSlotConfirmer:
 class SlotCommitter(Committer):
     """See the module docstring; ``confirmer`` is set once the slot streams (snapshots only send)."""
 
-    def __init__(self, store: FileStateStore, key: str, *, counter=None, confirmed_gauge=None,
+    def __init__(self, records: SlotRecords | None, *, counter=None, confirmed_gauge=None,
                  progressed: Callable[[], None] | None = None) -> None:
         super().__init__(counter=counter, progressed=progressed)
-        self.store = store
-        self.key = key  # where the slot's record is stored
-        self.record: SlotProgress | None = None  # the slot's record, once the slot is prepared
+        self.records = records  # the slot's record, which ``remember`` keeps up with the confirmed LSN
         self.progress: ProgressTracker[int] = ProgressTracker(0, order=int)
         self.recorded_lsn = 0  # the newest position recorded in ``progress``
         self.confirmed_lsn = 0  # the newest position confirmed to the slot
@@ -119,9 +117,7 @@ class SlotCommitter(Committer):
     def remember(self, force: bool = False) -> None:
         """Copy the confirmed LSN into the slot's record now and then (it names the gap if the slot vanishes)."""
         now = time.monotonic()
-        if self.record is None or (not force and now - self._remembered_at < REMEMBER_EVERY):
+        if self.records is None or self.records.record is None or (not force and now - self._remembered_at < REMEMBER_EVERY):
             return
         self._remembered_at = now
-        if self.confirmed_lsn > self.record.lsn:
-            self.record = dataclasses.replace(self.record, lsn=self.confirmed_lsn)
-            self.store.commit(self.key, self.record)
+        self.records.confirmed(self.confirmed_lsn)

@@ -1,9 +1,14 @@
-"""``TableWatch``: a CDC worker follows its tables by identity (their OIDs), not by name.
+"""A CDC worker follows its tables by identity (their OIDs), not by name.
 
-Mixed into ``CdcWorker`` (``workers/cdc_worker.py``). The encoder already captures a relation by
-the OID it had at boot, so a rename (of the table or its schema, or SET SCHEMA) loses
-nothing. What the stream cannot show is read from the catalog every ``WATCH_EVERY``
-seconds, in one statement (two with partitioned tables), on the worker's own connection:
+At start (``check_identities``, called while the slot is prepared): a table configured
+under a new name (renamed while pgsource was stopped, same OID) stays captured; a name
+that now denotes another relation, or a table its publication lost, is refused.
+
+While streaming (``TableWatch``, which the CDC worker asks between reads). The encoder
+already captures a relation by the OID it had at boot, so a rename (of the table or its
+schema, or SET SCHEMA) loses nothing. What the stream cannot show is read from the catalog
+every ``WATCH_EVERY`` seconds, in one statement (two with partitioned tables), on the
+worker's own connection:
 
 - a configured name that now denotes another relation (a swap under the same name), or a
   table its publication no longer holds (ALTER PUBLICATION ... DROP TABLE): their changes
@@ -27,8 +32,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from pgsource.cdc.slot_history import rename_captured, table_identity_problem
+from pgsource.cdc.slot_history import rename_captured, renamed_while_stopped, table_identity_problem
+from pgsource.cdc.slot_plan import SlotNames, SnapshotWork
+from pgsource.cdc.slot_record import SlotRecords
+from pgsource.cdc.snapshot import SnapshotSender
+from pgsource.config.model import TableConfig
 from pgsource.errors import PrerequisiteError
 from pgsource.lsn import format_lsn
 from pgsource.pg import publications as pubs
@@ -40,106 +51,112 @@ log = logging.getLogger("pgsource.cdc")
 WATCH_EVERY = 2.0  # seconds between looks at the catalog while streaming
 
 
+def check_identities(conn, names: SlotNames, tables: list[TableConfig], oids: dict[str, int],
+                     record: SlotProgress) -> SlotProgress:
+    """At start, before any join: a table the configuration now names by its new name (renamed,
+    same oid) stays captured; one whose name denotes another relation, or that its publication
+    lost, is refused (exit 3); those ``pgsource rejoin`` named leave the captured ones (they join).
+    ``oids``: each configured table's oid now."""
+    renames = renamed_while_stopped(record, oids)
+    if renames:
+        record = rename_captured(record, renames)
+        log.info("%s: %s: renamed while pgsource was stopped, still captured by slot %s", names.worker,
+                 ", ".join(f"{old} -> {new}" for old, new in renames.items()), names.slot)
+    oid_of, rejoin = record.oid_of, set(record.rejoin)
+    check = [t for t in tables if t.qualified in record.tables and t.qualified in oid_of and t.qualified not in rejoin]
+    found = pubs.relations_now(conn, names.publication, [(t, oid_of[t.qualified]) for t in check])
+    problems = [table_identity_problem(names.slot, names.publication, t.qualified, oid_of[t.qualified],
+                                       found[t.qualified]) for t in check]
+    if any(problems):
+        raise PrerequisiteError("; ".join(problem[1] for problem in problems if problem))
+    if rejoin:
+        record = dataclasses.replace(record, tables=tuple(name for name in record.tables if name not in rejoin))
+    return record
+
+
 class TableWatch:
-    """The periodic catalog check and the partition snapshots of a CDC worker."""
+    """The periodic catalog check of a streaming slot's tables, and the snapshots of attached partitions.
 
-    _watched_at = 0.0
-    _halt: tuple[str, int] | None = None  # (why, lsn): stop once everything before lsn is confirmed
-    _dropped: frozenset[str] = frozenset()
+    Inputs: the worker's connection, the slot's names, its configured tables and their OIDs at
+    boot (``oids``), the record's owner (the captured OIDs, the partitions delivered), the
+    snapshot sender (partitions' rows), and ``statement`` (marks a catalog look that may take
+    long, for the supervisor's heartbeat)."""
 
-    def _watch_tables(self, before_snapshot=None) -> None:
-        """Every ``WATCH_EVERY`` seconds: the tables' identities and partitions (module docstring)."""
-        if self._halt is not None and self._confirmed_lsn >= self._halt[1]:
+    def __init__(self, conn, names: SlotNames, tables: list[TableConfig], oids: dict[str, int],
+                 records: SlotRecords, snapshots: SnapshotSender,
+                 statement: Callable[[str], AbstractContextManager]) -> None:
+        self.conn = conn
+        self.names = names
+        self.tables = tables
+        self.oids = oids
+        self.records = records
+        self.snapshots = snapshots
+        self._statement = statement
+        self._watched_at = 0.0
+        self._halt: tuple[str, int] | None = None  # (why, lsn): stop once everything before lsn is confirmed
+        self._dropped: frozenset[str] = frozenset()
+
+    def look(self, confirmed_lsn: int, before_snapshot: Callable[[], None] | None = None) -> None:
+        """Every ``WATCH_EVERY`` seconds: the tables' identities and partitions (module docstring).
+        ``confirmed_lsn``: the slot's confirmed position (a halt waits for it); ``before_snapshot``
+        sends what was read of the stream before a partition's rows (the snapshot is newer)."""
+        if self._halt is not None and confirmed_lsn >= self._halt[1]:
             raise PrerequisiteError(self._halt[0])
         now = time.monotonic()
         if now - self._watched_at < WATCH_EVERY:
             return
         self._watched_at = now
-        oid_of = self.record.oid_of
+        names, record = self.names, self.records.record
+        oid_of = record.oid_of
         tables = [t for t in self.tables if t.qualified in oid_of]
-        with self.spec.statement(f"looking up the tables of slot {self.slot}"):
-            found = pubs.relations_now(self.conn, self.publication, [(t, oid_of[t.qualified]) for t in tables])
+        with self._statement(f"looking up the tables of slot {names.slot}"):
+            found = pubs.relations_now(self.conn, names.publication, [(t, oid_of[t.qualified]) for t in tables])
         for table in tables:
-            problem = table_identity_problem(self.slot, self.publication, table.qualified, oid_of[table.qualified],
-                                       found[table.qualified])
-            if problem is None:
-                continue
-            kind, line = problem
-            if kind == "dropped" and table.qualified not in self._dropped:
-                self._dropped |= {table.qualified}
-                log.warning("%s: table %s (oid %d) was dropped; its changes up to the DROP are delivered, the stream"
-                            " goes on; remove it from source.tables before the next start", self.spec.name,
-                            table.qualified, oid_of[table.qualified])
-            elif kind in ("replaced", "unpublished") and self._halt is None:
-                lsn = rep.current_insert_lsn(self.conn)  # after every commit so far, the swap's included
-                self._halt = (line, lsn)
-                log.error("%s: %s; stopping once every change before %s is delivered", self.spec.name, line,
-                          format_lsn(lsn))
-        if self.record.partitions:
+            problem = table_identity_problem(names.slot, names.publication, table.qualified, oid_of[table.qualified],
+                                             found[table.qualified])
+            if problem is not None:
+                self._noticed(table, oid_of[table.qualified], *problem)
+        if record.partitions:
             self._deliver_partitions(before_snapshot)
 
-    def _check_identities(self, record: SlotProgress) -> SlotProgress:
-        """At start, before any join: a table the configuration now names by its new name (renamed,
-        same oid) stays captured; one whose name denotes another relation, or that its publication
-        lost, is refused (exit 3); those ``pgsource rejoin`` named leave the captured ones (they join)."""
-        configured = {t.qualified for t in self.tables}
-        by_oid = {oid: name for name, oid in record.oids}
-        renames = {}
-        for name in sorted(configured - set(record.tables)):
-            old = by_oid.get(self.infos[name].oid)
-            if old is not None and old not in configured:
-                renames[old] = name
-        if renames:
-            record = rename_captured(record, renames)
-            log.info("%s: %s: renamed while pgsource was stopped, still captured by slot %s", self.spec.name,
-                     ", ".join(f"{old} -> {new}" for old, new in renames.items()), self.slot)
-        oid_of, rejoin = record.oid_of, set(record.rejoin)
-        check = [t for t in self.tables if t.qualified in record.tables and t.qualified in oid_of and t.qualified not in rejoin]
-        found = pubs.relations_now(self.conn, self.publication, [(t, oid_of[t.qualified]) for t in check])
-        problems = [table_identity_problem(self.slot, self.publication, t.qualified, oid_of[t.qualified], found[t.qualified])
-                    for t in check]
-        if any(problems):
-            raise PrerequisiteError("; ".join(problem[1] for problem in problems if problem))
-        if rejoin:
-            record = dataclasses.replace(record, tables=tuple(name for name in record.tables if name not in rejoin))
-        return record
+    def _noticed(self, table: TableConfig, oid: int, kind: str, line: str) -> None:
+        """A dropped table: a WARNING once, the stream goes on. Replaced or unpublished: stop once
+        every change before now is confirmed (``look`` raises then)."""
+        if kind == "dropped" and table.qualified not in self._dropped:
+            self._dropped |= {table.qualified}
+            log.warning("%s: table %s (oid %d) was dropped; its changes up to the DROP are delivered, the stream"
+                        " goes on; remove it from source.tables before the next start", self.names.worker,
+                        table.qualified, oid)
+        elif kind in ("replaced", "unpublished") and self._halt is None:
+            lsn = rep.current_insert_lsn(self.conn)  # after every commit so far, the swap's included
+            self._halt = (line, lsn)
+            log.error("%s: %s; stopping once every change before %s is delivered", self.names.worker, line,
+                      format_lsn(lsn))
 
-    def _identify(self, record: SlotProgress) -> SlotProgress:
-        """The record with the oid of each table it captures (as configured now) and no rejoin left
-        for a table that joined."""
-        oids = {**record.oid_of, **{name: info.oid for name, info in self.infos.items()}}
-        record = dataclasses.replace(
-            record, oids=tuple(sorted((name, oid) for name, oid in oids.items() if name in record.tables)),
-            rejoin=tuple(name for name in record.rejoin if name not in record.tables))
-        self.store.commit(self.key, record)
-        return record
-
-    def _partition_trees(self) -> dict[str, dict[int, pubs.Partition]]:
+    def partition_trees(self) -> dict[str, dict[int, pubs.Partition]]:
         """The partitions of the configured partitioned tables now, by table (read before any snapshot
         of them: a partition attached after this look is snapshotted again, never missed)."""
-        roots = {info.oid: name for name, info in self.infos.items()}
+        roots = {oid: name for name, oid in self.oids.items()}
         partitioned = pubs.published_partitioned(self.conn, list(roots))
         trees = pubs.partition_trees(self.conn, partitioned)
         return {roots[root]: {p.oid: p for p in parts} for root, parts in trees.items()}
 
-    def _settle_partitions(self, record: SlotProgress, trees: dict[str, dict[int, pubs.Partition]]) -> SlotProgress | None:
-        """At start: partitions attached while stopped get their snapshot; tables without a list
-        (first start, a join, an older record) take the one read before their snapshot."""
-        self.record = record
-        known = record.partitions_of
+    def settle(self, trees: dict[str, dict[int, pubs.Partition]]) -> bool:
+        """At start, once the slot is prepared: partitions attached while stopped get their snapshot;
+        tables without a list (first start, a join, an older record) take ``trees``, read before
+        their snapshot. False when stopped before those rows were all acknowledged."""
+        known = self.records.record.partitions_of
         fresh = {name: tuple(sorted(tree)) for name, tree in trees.items() if name not in known}
         if fresh:
-            self.record = dataclasses.replace(record, partitions=tuple(sorted({**known, **fresh}.items())))
-            self.store.commit(self.key, self.record)
-        if not self._deliver_partitions(None, trees):
-            return None
-        return self.record
+            self.records.save(dataclasses.replace(self.records.record,
+                                                  partitions=tuple(sorted({**known, **fresh}.items()))))
+        return self._deliver_partitions(None, trees)
 
     def _deliver_partitions(self, before_snapshot, trees=None) -> bool:
         """Snapshot every partition attached since the record's list; False when stopped before its
         rows were all acknowledged (the list is not updated: the next start sends them again)."""
-        trees = self._partition_trees() if trees is None else trees
-        known = self.record.partitions_of
+        trees = self.partition_trees() if trees is None else trees
+        known = self.records.record.partitions_of
         by_name = {t.qualified: t for t in self.tables}
         for name, tree in trees.items():
             if name not in known or set(tree) == set(known[name]):
@@ -147,20 +164,18 @@ class TableWatch:
             new = {oid: part for oid, part in tree.items() if oid not in known[name]}
             for part in _to_snapshot(new):
                 log.warning("%s: partition %s was attached to %s while captured; sending its rows as %s (SELECT)",
-                            self.spec.name, _name(part), name, name)
+                            self.names.worker, _name(part), name, name)
                 if before_snapshot is not None:
                     before_snapshot()  # what was read of the stream goes first: the snapshot is newer
                 generation = rep.current_flush_lsn(self.conn)
-                reader = self._snapshot_reader(None)
-                if not self._snapshot(reader, [by_name[name]], {name: generation},
-                                      relations={name: (part.schema, part.name)}):
+                work = SnapshotWork([by_name[name]], {name: generation}, relations={name: (part.schema, part.name)})
+                if not self.snapshots.deliver([work]):
                     return False
             partitions = {**known, name: tuple(sorted(tree))}
-            self.record = dataclasses.replace(self.record, partitions=tuple(sorted(partitions.items())))
-            self.store.commit(self.key, self.record)
-            known = self.record.partitions_of
+            record = self.records.save(dataclasses.replace(self.records.record,
+                                                           partitions=tuple(sorted(partitions.items()))))
+            known = record.partitions_of
         return True
-
 
 def _to_snapshot(new: dict[int, pubs.Partition]) -> list[pubs.Partition]:
     """The new partitions whose rows are not in any change: those attached (not created as a

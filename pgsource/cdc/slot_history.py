@@ -11,6 +11,8 @@ tables). Creating the slot on the very first start is not a gap.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pgsource.lsn import format_lsn
 from pgsource.pg.replication import SystemIdentity
 from pgsource.state import SlotProgress
@@ -91,7 +93,6 @@ def table_identity_problem(slot: str, publication: str, table: str, recorded: in
 def rename_captured(record: SlotProgress, renames: dict[str, str]) -> SlotProgress:
     """The record with tables renamed (old → new configured name): the same relations (same oids),
     which the configuration now names by their new names."""
-    import dataclasses
 
     def new(name: str) -> str:
         return renames.get(name, name)
@@ -102,3 +103,25 @@ def rename_captured(record: SlotProgress, renames: dict[str, str]) -> SlotProgre
         partitions=tuple(sorted((new(name), oids) for name, oids in record.partitions)),
         joins=tuple(dataclasses.replace(join, table=new(join.table)) for join in record.joins),
     )
+
+
+def renamed_while_stopped(record: SlotProgress, oids: dict[str, int]) -> dict[str, str]:
+    """Old → new name of each captured table that the configuration now names by another name: the
+    relation (``oids``: configured name → its oid now) is the one the record captured under the old
+    name, which is configured no more."""
+    by_oid = {oid: name for name, oid in record.oids}
+    renames = {}
+    for name in sorted(set(oids) - set(record.tables)):
+        old = by_oid.get(oids[name])
+        if old is not None and old not in oids:
+            renames[old] = name
+    return renames
+
+
+def with_oids(record: SlotProgress, oids: dict[str, int]) -> SlotProgress:
+    """The record with the oid of each table it captures (as configured now, ``oids``) and no
+    rejoin left for a table that joined."""
+    known = {**record.oid_of, **oids}
+    return dataclasses.replace(
+        record, oids=tuple(sorted((name, oid) for name, oid in known.items() if name in record.tables)),
+        rejoin=tuple(name for name in record.rejoin if name not in record.tables))

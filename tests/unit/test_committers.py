@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgsource.cdc.committer import SlotCommitter
+from pgsource.cdc.slot_record import SlotRecords
 from pgsource.pipeline.block import BlockHead
 from pgsource.pipeline.progress import ProgressTracker
 from pgsource.polling.committer import OffsetCommitter
@@ -105,7 +106,7 @@ class _Confirmer:
 
 def test_the_slot_is_confirmed_only_to_the_end_of_a_transaction_every_batch_of_which_was_acknowledged():
     commits, gauge = _Count(), _Count()
-    committer = SlotCommitter(None, "cdc/s", counter=commits, confirmed_gauge=gauge)
+    committer = SlotCommitter(None, counter=commits, confirmed_gauge=gauge)
     committer.start(100)
     committer.confirmer = confirmer = _Confirmer()
     committer.sent(1)  # a transaction's first half
@@ -126,19 +127,20 @@ def test_the_slot_is_confirmed_only_to_the_end_of_a_transaction_every_batch_of_w
 
 def test_the_confirmed_lsn_is_remembered_in_the_slots_record(tmp_path):
     store = FileStateStore(str(tmp_path))
-    committer = SlotCommitter(store, "cdc/s")
+    records = SlotRecords(store, "s")
+    committer = SlotCommitter(records)
     committer.start(100)
     committer.confirmer = _Confirmer()
-    committer.record = SlotProgress("s", lsn=100)
+    records.save(SlotProgress("s", lsn=100, tables=("public.t",)))
     committer.sent(1)
     committer.mark(300)
     committer.acked(1)
     committer.commit_acknowledged(force=True)
-    assert store.load("cdc/s", SlotProgress).lsn == 300
+    assert store.load("cdc/s", SlotProgress) == SlotProgress("s", lsn=300, tables=("public.t",))
 
 
 def test_nothing_is_confirmed_before_the_slot_streams():
-    committer = SlotCommitter(None, "cdc/s")
+    committer = SlotCommitter(None)
     committer.start(100)
     committer.sent(1)
     committer.mark(200)
