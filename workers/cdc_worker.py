@@ -125,9 +125,9 @@ class CdcWorker(BackfillDriving, SourceWorker):
         infos = self.infos
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
         oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
-        self.shapes_key = shapes_key(self.slot)
-        self.shapes = SchemaWatch(self.store.load(self.shapes_key, ShapeRecord))
-        self.committer.on_confirmed = self._shapes_confirmed
+        key = shapes_key(self.slot)  # shapes the slot is confirmed past: the baseline a restart compares with
+        self.shapes = SchemaWatch(self.store.load(key, ShapeRecord), commit=partial(self.store.commit, key))
+        self.committer.on_confirmed = self.shapes.confirmed
         encoder = ChangeEncoder(self.spec.config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
                                 shapes=self.shapes, load_type_names=self._load_type_names)
         encoder.types.update(load_table_types(self.conn, [(table.schema_, table.name) for table in self.tables]))
@@ -149,12 +149,6 @@ class CdcWorker(BackfillDriving, SourceWorker):
         if self._copying:
             raise _TypesNeeded([], pairs)
         return load_type_names(self.conn, pairs)
-
-    def _shapes_confirmed(self, lsn: int) -> None:
-        """Shapes the slot is confirmed past become the baseline a restart compares with."""
-        record = self.shapes.confirmed(lsn)
-        if record is not None:
-            self.store.commit(self.shapes_key, record)
 
     def serve(self) -> None:
         if self._unfinished:

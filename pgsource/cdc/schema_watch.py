@@ -14,6 +14,7 @@ would replay that transaction after a crash, and the announcement is made again 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgsource.state.records import ShapeRecord, TableShape
@@ -31,8 +32,9 @@ class ShapeChange:
 class SchemaWatch:
     """The announced shapes, and the ones waiting for the slot to move past them."""
 
-    def __init__(self, record: ShapeRecord | None) -> None:
+    def __init__(self, record: ShapeRecord | None, commit: Callable[[ShapeRecord], None] | None = None) -> None:
         self.record = record or ShapeRecord()
+        self.commit_record = commit  # makes the baseline durable (the CDC worker's state store)
         self._current: dict[str, Columns] = {shape.table: shape.columns for shape in self.record.tables}
         self._pending: list[tuple[int, TableShape]] = []  # (end LSN it needs confirmed, shape)
 
@@ -50,11 +52,13 @@ class SchemaWatch:
         return ShapeChange(table, old, columns)
 
     def confirmed(self, lsn: int) -> ShapeRecord | None:
-        """The slot is confirmed up to ``lsn``: the record to commit when shapes became the baseline."""
+        """The slot is confirmed up to ``lsn``: the record (committed) when shapes became the baseline."""
         ready = [shape for needed, shape in self._pending if needed <= lsn]
         if not ready:
             return None
         self._pending = [(needed, shape) for needed, shape in self._pending if needed > lsn]
         for shape in ready:
             self.record = self.record.with_shape(shape)
+        if self.commit_record is not None:
+            self.commit_record(self.record)
         return self.record
