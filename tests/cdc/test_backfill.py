@@ -180,3 +180,54 @@ def test_a_cancelled_backfill_stops_and_the_stream_goes_on(pg_dsn, iggy, tmp_pat
     assert 300 <= sum(b["operation_type"] == "SELECT" for b in bodies) < 50000
     assert bodies[-1]["operation_type"] == "UPDATE" and bodies[-1]["data"]["v"] == 1
     assert "backfill of t cancelled" in config.with_suffix(".log").read_text()
+
+
+def test_a_running_backfill_shows_its_progress_in_metrics_and_status_chunk_by_chunk(pg_dsn, iggy, tmp_path):
+    """--chunk-size sets the chunk: progress moves 200 rows at a time; /metrics has the rows sent,
+    the planner's estimate and an ETA while it runs (0 once done); ``status`` shows it running."""
+    from pgsource_testkit.postgres import free_port
+    from tests.polling.test_metrics import scrape
+
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);"
+                    " INSERT INTO t SELECT g, 0, 'n' FROM generate_series(1, 30000) g; ANALYZE t")
+    port = free_port()
+    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["t"], batch_size=100,
+                        sections={"metrics": {"port": port, "host": "127.0.0.1"}})
+    labels = (("table", "t"), ("worker", "worker-0"))
+    service = start_service(config)
+    try:
+        wait_until_capturing(pg_dsn, "replication")
+        result = run_cli("snapshot", "--config", str(config), "--table", "t", "--chunk-size", "200")
+        assert result.returncode == 0, result.stderr
+        request_id = result.stdout.split("id ", 1)[1].split(",", 1)[0]
+        seen: set[int] = set()
+
+        def running_figures():
+            record = _record(tmp_path)
+            if not record or not record.backfills or record.backfills[-1].phase is not BackfillPhase.RUNNING:
+                return None
+            seen.add(record.backfills[-1].rows)
+            samples = scrape(port)
+            sent = samples.get(("pgsource_cdc_backfill_rows_total", labels), 0)
+            eta = samples.get(("pgsource_cdc_backfill_eta_seconds", labels), 0)
+            return samples if sent >= 1000 and eta > 0 else None
+
+        samples = wait_for(running_figures, 60, interval=0.1, message="a running backfill's figures")
+        assert samples[("pgsource_cdc_backfill_estimated_rows", labels)] == 30000
+        status = run_cli("status", "--config", str(config))
+        assert f"worker-0: backfill {request_id} of t: " in status.stdout and " of ~30000 row(s) sent" in status.stdout
+        wait_for(lambda: _phase(tmp_path) is BackfillPhase.DONE, 120, message="the backfill done")
+
+        def every_row_counted():
+            samples = scrape(port)
+            return samples if samples.get(("pgsource_cdc_backfill_rows_total", labels)) == 30000 else None
+
+        done = wait_for(every_row_counted, 30, message="every row counted")
+        assert done[("pgsource_cdc_backfill_eta_seconds", labels)] == 0
+        assert "backfill" not in run_cli("status", "--config", str(config)).stdout  # none runs any more
+    finally:
+        assert stop_service(service) == 0
+    assert _record(tmp_path).backfills[-1].chunk_size == 200
+    assert all(rows % 200 == 0 for rows in seen)  # acknowledged a whole chunk of 200 at a time,
+    assert any(rows % 1000 for rows in seen)  # not the default's 1000
+    assert sum(body["operation_type"] == "SELECT" for _, body, _ in stored(iggy, "t")) == 30000
