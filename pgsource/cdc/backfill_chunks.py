@@ -21,7 +21,7 @@ from pgsource.cdc.watermarks import Watermark, new_token
 from pgsource.config.model import Config, TableConfig
 from pgsource.config.predicate import conjunction
 from pgsource.encode.ids import backfill_message_id
-from pgsource.pg.messages import emit_logical_message
+from pgsource.pg.messages import emit_flushed_message, emit_logical_message
 from pgsource.pg.positions import estimated_rows
 from pgsource.rows.encoder import EncodeSettings
 from pgsource.rows.keyset import KeysetReader, ReadSettings
@@ -89,4 +89,8 @@ class ChunkReader:
         return reader
 
     def _watermark(self, token: str, mark: str) -> None:
-        emit_logical_message(self.conn, False, WATERMARK_PREFIX, Watermark(self.slot, token, mark).to_json())
+        content = Watermark(self.slot, token, mark).to_json()
+        if mark == "high":  # back in the stream (the chunk's rows out) now, not at the WAL writer's next round
+            emit_flushed_message(self.conn, WATERMARK_PREFIX, content)
+        else:
+            emit_logical_message(self.conn, False, WATERMARK_PREFIX, content)

@@ -99,7 +99,10 @@ def test_a_backfill_under_concurrent_writes_of_the_same_keys(pg_dsn, iggy, tmp_p
     messages = _check(pg_dsn, iggy, request_id)
     selected = [m for _, body, m in messages if body["operation_type"] == "SELECT"]
     assert len({m.id for m in selected}) == len(selected)  # each key once
-    assert len(selected) > ROWS // 2 and writer.statements > 200  # the writes really overlapped the backfill
+    assert len(selected) > ROWS // 2 and writer.statements > 200
+    order = [body["operation_type"] for _, body, _ in messages]
+    first, last = order.index("SELECT"), len(order) - 1 - order[::-1].index("SELECT")
+    assert any(op != "SELECT" for op in order[first:last])  # changes came between the chunks: they overlapped
     assert _record(tmp_path).backfills[-1].rows == len(selected)
 
 
@@ -114,11 +117,13 @@ def test_a_backfill_killed_in_the_middle_goes_on_after_its_last_acknowledged_chu
         result = run_cli("snapshot", "--config", str(config), "--table", "t", "--where", "id % 2 = 0 OR v > 0")
         assert result.returncode == 0, result.stderr
         request_id = result.stdout.split("id ", 1)[1].split(",", 1)[0]
-        wait_for(lambda: (_record(tmp_path) and _record(tmp_path).backfills[-1].rows >= 2000), 60,
+        wait_for(lambda: (_record(tmp_path) and _record(tmp_path).backfills[-1].rows >= 2000), 60, interval=0.01,
                  message="some chunks acknowledged")
+        iggy.freeze()  # the kill comes in the middle, however fast the backfill goes
         execute(pg_dsn, "UPDATE t SET v = 1 WHERE id IN (9999, 10000, 19999); DELETE FROM t WHERE id = 19998")
     finally:
         kill_service(service)
+        iggy.freeze(False)
     stopped_at = _record(tmp_path).backfills[-1]
     assert stopped_at.phase is BackfillPhase.RUNNING and 0 < stopped_at.rows < 10000
     status = run_cli("status", "--config", str(config))
@@ -183,8 +188,9 @@ def test_a_cancelled_backfill_stops_and_the_stream_goes_on(pg_dsn, iggy, tmp_pat
 
 
 def test_a_running_backfill_shows_its_progress_in_metrics_and_status_chunk_by_chunk(pg_dsn, iggy, tmp_path):
-    """--chunk-size sets the chunk: progress moves 200 rows at a time; /metrics has the rows sent,
-    the planner's estimate and an ETA while it runs (0 once done); ``status`` shows it running."""
+    """--chunk-size sets the chunk: progress moves 300 rows at a time. Held still (Iggy frozen), a
+    running backfill is in /metrics (rows sent, the planner's estimate, an ETA) and in ``status``,
+    with the same figures; once done, every row is counted and the ETA is 0."""
     from pgsource_testkit.postgres import free_port
     from tests.polling.test_metrics import scrape
 
@@ -194,40 +200,99 @@ def test_a_running_backfill_shows_its_progress_in_metrics_and_status_chunk_by_ch
     config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["t"], batch_size=100,
                         sections={"metrics": {"port": port, "host": "127.0.0.1"}})
     labels = (("table", "t"), ("worker", "worker-0"))
+    seen: set[int] = set()  # the acknowledged rows the record showed
+
+    def running_rows() -> int | None:
+        record = _record(tmp_path)
+        if not record or not record.backfills or record.backfills[-1].phase is not BackfillPhase.RUNNING:
+            return None
+        seen.add(record.backfills[-1].rows)
+        return record.backfills[-1].rows
+
+    def unchanged() -> int | None:  # the same rows at two looks half a second apart
+        rows, last = running_rows(), seen_last[:]
+        seen_last[:] = [rows]
+        return rows if last == [rows] else None
+
+    seen_last: list = []
+
+    def figures_of(rows: int):
+        samples = scrape(port)
+        return samples if samples.get(("pgsource_cdc_backfill_rows_total", labels)) == rows else None
+
     service = start_service(config)
     try:
         wait_until_capturing(pg_dsn, "replication")
-        result = run_cli("snapshot", "--config", str(config), "--table", "t", "--chunk-size", "200")
+        result = run_cli("snapshot", "--config", str(config), "--table", "t", "--chunk-size", "300")
         assert result.returncode == 0, result.stderr
         request_id = result.stdout.split("id ", 1)[1].split(",", 1)[0]
-        seen: set[int] = set()
-
-        def running_figures():
-            record = _record(tmp_path)
-            if not record or not record.backfills or record.backfills[-1].phase is not BackfillPhase.RUNNING:
-                return None
-            seen.add(record.backfills[-1].rows)
-            samples = scrape(port)
-            sent = samples.get(("pgsource_cdc_backfill_rows_total", labels), 0)
-            eta = samples.get(("pgsource_cdc_backfill_eta_seconds", labels), 0)
-            return samples if sent >= 1000 and eta > 0 else None
-
-        samples = wait_for(running_figures, 60, interval=0.1, message="a running backfill's figures")
-        assert samples[("pgsource_cdc_backfill_estimated_rows", labels)] == 30000
-        status = run_cli("status", "--config", str(config))
-        assert f"worker-0: backfill {request_id} of t: " in status.stdout and " of ~30000 row(s) sent" in status.stdout
+        wait_for(lambda: (running_rows() or 0) >= 3000, 60, interval=0.01, message="3000 rows acknowledged")
+        iggy.freeze()
+        try:
+            rows = wait_for(unchanged, 10, interval=0.5, message="the backfill held still")
+            samples = wait_for(lambda: figures_of(rows), 10, message="the metrics of the rows acknowledged")
+            assert samples[("pgsource_cdc_backfill_estimated_rows", labels)] == 30000
+            assert samples[("pgsource_cdc_backfill_eta_seconds", labels)] > 0
+            status = run_cli("status", "--config", str(config))
+            assert f"worker-0: backfill {request_id} of t: {rows} of ~30000 row(s) sent" in status.stdout
+        finally:
+            iggy.freeze(False)
         wait_for(lambda: _phase(tmp_path) is BackfillPhase.DONE, 120, message="the backfill done")
-
-        def every_row_counted():
-            samples = scrape(port)
-            return samples if samples.get(("pgsource_cdc_backfill_rows_total", labels)) == 30000 else None
-
-        done = wait_for(every_row_counted, 30, message="every row counted")
+        done = wait_for(lambda: figures_of(30000), 30, message="every row counted")
         assert done[("pgsource_cdc_backfill_eta_seconds", labels)] == 0
         assert "backfill" not in run_cli("status", "--config", str(config)).stdout  # none runs any more
     finally:
         assert stop_service(service) == 0
-    assert _record(tmp_path).backfills[-1].chunk_size == 200
-    assert all(rows % 200 == 0 for rows in seen)  # acknowledged a whole chunk of 200 at a time,
-    assert any(rows % 1000 for rows in seen)  # not the default's 1000
+    assert _record(tmp_path).backfills[-1].chunk_size == 300
+    assert len(seen - {0}) >= 2 and all(rows % 300 == 0 for rows in seen)  # whole chunks of 300,
+    assert any(rows % 1000 for rows in seen)  # not of the default's 1000
     assert sum(body["operation_type"] == "SELECT" for _, body, _ in stored(iggy, "t")) == 30000
+
+
+def test_a_backfill_requested_while_stopped_runs_at_the_start_and_a_second_one_has_new_ids(pg_dsn, iggy, tmp_path):
+    """The request waits in the slot while the service is stopped; a later backfill of the same rows
+    is a new generation: new ids, so a consumer that drops repeated ids does not drop it."""
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);"
+                    " INSERT INTO t SELECT g, 0, 'n' FROM generate_series(1, 500) g")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "sql", tables=["t"], backfill_chunk_size=200)
+    service = start_service(config)
+    wait_until_capturing(pg_dsn, "sql")
+    assert stop_service(service) == 0
+    first = run_cli("snapshot", "--config", str(config), "--table", "t")
+    assert first.returncode == 0 and "a stopped one at its next start" in first.stdout
+    service = start_service(config)
+    try:
+        wait_for(lambda: _phase(tmp_path) is BackfillPhase.DONE, 60, message="the first backfill done")
+        assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
+        wait_for(lambda: len(_record(tmp_path).backfills) == 2 and _phase(tmp_path) is BackfillPhase.DONE, 60,
+                 message="the second backfill done")
+    finally:
+        assert stop_service(service) == 0
+    by_request: dict[str, set[int]] = {}
+    for _, body, message in stored(iggy, "t"):
+        assert body["operation_type"] == "SELECT"
+        by_request.setdefault(message.headers["backfill"], set()).add(message.id)
+    first_ids, second_ids = by_request.values()
+    assert len(first_ids) == len(second_ids) == 500 and not first_ids & second_ids
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_backfill_does_not_wait_for_the_wal_writer_between_chunks(pg_dsn, iggy, tmp_path, transport):
+    """A chunk's rows go out when its high watermark comes back in the stream; a non-transactional
+    message alone reached the walsender only when the WAL writer flushed (every wal_writer_delay): 5
+    chunks a second by default. Here the WAL writer waits 10 s: 20 chunks still take seconds."""
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, 0 FROM"
+                    " generate_series(1, 2000) g")
+    execute(pg_dsn, "ALTER SYSTEM SET wal_writer_delay = '10s'")
+    execute(pg_dsn, "SELECT pg_reload_conf()")
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"], backfill_chunk_size=100)
+    service = start_service(config)
+    try:
+        wait_until_capturing(pg_dsn, transport)
+        assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
+        wait_for(lambda: _phase(tmp_path) is BackfillPhase.DONE, 30, message="20 chunks within 30 s")
+    finally:
+        execute(pg_dsn, "ALTER SYSTEM RESET wal_writer_delay")
+        execute(pg_dsn, "SELECT pg_reload_conf()")
+        assert stop_service(service) == 0
+    assert sum(body["operation_type"] == "SELECT" for _, body, _ in stored(iggy, "t")) == 2000
