@@ -47,9 +47,12 @@ class BackfillDriving:
 
     def _on_message(self, message, out) -> None:
         if message.prefix == BACKFILL_PREFIX:
+            before = self.backfills.record
             line = self.backfills.request(message.content, message.lsn)
             if line:
                 log.info("%s: %s", self.spec.name, line)
+            if self.backfills.record is not before:  # a start or a cancel: durable now, not at the next ack
+                self.store.commit(self.backfills_key, self.backfills.record)  # (a replay of it changes nothing)
             self.encoder.watched = self.backfills.watched
         elif message.prefix == WATERMARK_PREFIX:
             chunk = self.backfills.watermark(message.content)

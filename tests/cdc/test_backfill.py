@@ -165,13 +165,14 @@ def test_what_a_backfill_cannot_do_is_refused_before_anything_is_written(pg_dsn,
     execute(pg_dsn, "SELECT pg_drop_replication_slot('probe')")
 
 
-def test_a_cancelled_backfill_stops_and_the_stream_goes_on(pg_dsn, iggy, tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_cancelled_backfill_stops_and_the_stream_goes_on(pg_dsn, iggy, tmp_path, transport):
     execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);"
                     " INSERT INTO t SELECT g, 0, 'n' FROM generate_series(1, 50000) g")
-    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["t"], backfill_chunk_size=100, batch_size=100)
+    config = cdc_config(tmp_path, pg_dsn, iggy, transport, tables=["t"], backfill_chunk_size=100, batch_size=100)
     service = start_service(config)
     try:
-        wait_until_capturing(pg_dsn, "replication")
+        wait_until_capturing(pg_dsn, transport)
         assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
         wait_for(lambda: (_record(tmp_path) and _record(tmp_path).backfills[-1].rows >= 300), 60, message="some chunks")
         cancel = run_cli("snapshot", "--config", str(config), "--table", "t", "--cancel")
