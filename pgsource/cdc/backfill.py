@@ -143,10 +143,11 @@ class BackfillRunner(Generic[Row]):
         self._last_read[backfill.id] = _END if finished else opened.last_key
         return ChunkOut(backfill, rows, opened.last_key, finished)
 
-    def changed(self, table: str, key: Key) -> None:
-        """A change of ``table`` for ``key`` came in the stream."""
+    def changed(self, table: str, key: Key, unseen: bool = False) -> None:
+        """A change of ``table`` for ``key`` came in the stream (``unseen``: by a transaction the open
+        chunk's snapshot did not see)."""
         if self.open is not None and self._table_of_open() == table:
-            self.open.window.changed(key)
+            self.open.window.changed(key, unseen)
 
     def truncated(self, table: str) -> None:
         if self.open is not None and self._table_of_open() == table:

@@ -14,6 +14,8 @@ A row's id is ``backfill_message_id(table, generation, key)``; its headers name 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgsource.cdc.backfill_request import WATERMARK_PREFIX
@@ -23,11 +25,13 @@ from pgsource.config.predicate import conjunction
 from pgsource.encode.ids import backfill_message_id
 from pgsource.pg.messages import emit_flushed_message, emit_logical_message
 from pgsource.pg.positions import estimated_rows
+from pgsource.pg.visibility import begin_snapshot, end_snapshot
 from pgsource.rows.encoder import EncodeSettings
 from pgsource.rows.keyset import KeysetReader, ReadSettings
 from pgsource.state import Backfill, PollingOffset
 
 Key = tuple[str, ...]
+log = logging.getLogger("pgsource.cdc")
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,23 @@ class ChunkReader:
         self.slot = slot
         self.tables = tables  # by reference
         self._readers: dict[str, KeysetReader] = {}  # per backfill id
+        self.streamed: dict[int, None] = {}  # xids of the last transactions streamed, oldest first
+        self.running: set[int] = set()  # xids running for the last chunk's snapshot
 
     def estimate(self, backfill: Backfill) -> int:
         table = self.tables[backfill.table]
         return estimated_rows(self.conn, table.schema_, table.name) or 0
 
-    def read_chunk(self, backfill: Backfill, after: Key | None) -> tuple[str, dict[Key, ChunkRow], int]:
-        """(the chunk's token, its rows by key in key order, how many the SELECT returned)."""
+    def read_chunk(self, backfill: Backfill, after: Key | None) -> tuple[str, dict[Key, ChunkRow], int] | None:
+        """(the chunk's token, its rows by key in key order, how many the SELECT returned); None: not now
+        (its watermarks, written, match no open chunk)."""
         reader = self._reader(backfill)
         token = new_token()
         self._watermark(token, "low")
-        rows = reader.fetch_batch(PollingOffset(after) if after is not None else None, backfill.chunk_size)
+        rows: list[tuple] = []
+        offset = PollingOffset(after) if after is not None else None
+        if not self._read_in_one_snapshot(lambda: rows.extend(reader.fetch_batch(offset, backfill.chunk_size))):
+            return None  # a transaction committed but not yet visible: the chunk is read again later
         self._watermark(token, "high")
         width = len(reader.plan.position_columns)
         encoded = reader.encoder.encode_batch(rows, 0)
@@ -72,6 +82,24 @@ class ChunkReader:
             out[key] = ChunkRow(reader.topic, backfill_message_id(reader.table_name, backfill.generation, key),
                                 partition, payload.encode() if isinstance(payload, str) else payload, headers)
         return token, out, len(rows)
+
+    def _read_in_one_snapshot(self, read: Callable[[], None]) -> bool:
+        """``read`` in a snapshot taken after the low watermark; False (nothing read): the snapshot misses a
+        transaction the stream brought already (``pgsource/pg/visibility.py``): a chunk read now would hold
+        a row older than that change. ``running``: the snapshot's running transactions."""
+        ok = False
+        try:
+            self.running = begin_snapshot(self.conn)
+            unseen = self.running & self.streamed.keys()
+            if unseen:
+                log.info("backfill chunk put off: transaction(s) %s streamed, not yet visible",
+                         ", ".join(map(str, sorted(unseen))))
+                return False
+            read()
+            ok = True
+            return True
+        finally:
+            end_snapshot(self.conn, ok)
 
     def forget(self, backfill_id: str) -> None:
         self._readers.pop(backfill_id, None)

@@ -22,7 +22,8 @@ from pgsource.state import BackfillRecord, backfills_key
 
 log = logging.getLogger("pgsource.cdc")
 
-STEP_EVERY = 0.01  # seconds: how often a busy stream is interrupted to see whether a chunk is due
+STEP_EVERY = 0.01
+STREAMED_KEPT = 100_000  # xids of the last transactions streamed, checked against a chunk's snapshot  # seconds: how often a busy stream is interrupted to see whether a chunk is due
 
 
 class BackfillDriving:
@@ -41,6 +42,8 @@ class BackfillDriving:
         self.committer.on_acked = self._backfills_acked
         self.encoder.on_message = self._on_message
         self.encoder.on_key = self._on_key
+        self.encoder.on_begin = self._on_begin
+        self._xid = 0  # the transaction the stream is in
         for backfill in self.backfills.record.running:
             log.info("%s: backfill %s of %s goes on after key %s", self.spec.name, backfill.id, backfill.table,
                      backfill.last_key)
@@ -63,11 +66,19 @@ class BackfillDriving:
             self._chunk_outs.append((chunk, len(chunk.rows)))
             self.encoder.watched = self.backfills.watched
 
+    def _on_begin(self, xid: int) -> None:
+        """Every transaction's xid, backfill or not: one streamed before a request may still be unseen."""
+        self._xid = xid
+        streamed = self.chunk_reader.streamed
+        streamed[xid] = None
+        if len(streamed) > STREAMED_KEPT:  # a transaction invisible longer than that is not caught
+            del streamed[next(iter(streamed))]
+
     def _on_key(self, table: str, key) -> None:
         if key is None:
             self.backfills.truncated(table)
-        else:
-            self.backfills.changed(table, key)
+        else:  # a transaction the chunk's snapshot did not see, streamed before its low watermark: drop too
+            self.backfills.changed(table, key, unseen=self._xid in self.chunk_reader.running)
 
     def _backfill_step(self, force: bool = False) -> None:
         """Read the chunk that is due, if any (never during a peek's COPY: the caller knows)."""
@@ -85,13 +96,16 @@ class BackfillDriving:
             self.metrics.backfill_estimate.labels(backfill.table, self.spec.name).set(estimate)
         try:
             with self.spec.statement(f"reading a backfill chunk of {backfill.table}"):
-                token, rows, read = self.chunk_reader.read_chunk(backfill, after)
+                chunk = self.chunk_reader.read_chunk(backfill, after)
         except (SourceError, PrerequisiteError) as exc:  # no key, a --where PostgreSQL refuses: this backfill ends
             log.error("%s: backfill %s of %s stops: %s", self.spec.name, backfill.id, backfill.table, exc)
             self.backfills.failed(backfill.id)
             self.chunk_reader.forget(backfill.id)
             self.store.commit(self.backfills_key, self.backfills.record)
             return
+        if chunk is None:  # put off (pgsource/pg/visibility.py): due again at a later step
+            return
+        token, rows, read = chunk
         self.backfills.opened(backfill, token, rows, read)
         self.encoder.watched = self.backfills.watched
 

@@ -119,6 +119,7 @@ class ChangeEncoder(PayloadMessages):
         self.watched: set[str] = set()
         self.on_key: Callable[[str, tuple | None], None] | None = None
         self.on_message: Callable[[po.Message, ChangeBatch], None] | None = None
+        self.on_begin: Callable[[int], None] | None = None  # each transaction's xid
         self.relations: dict[int, _RelationState] = {}
         self._begin: po.Begin | None = None
         self._commit_lsn = 0  # of the transaction in progress
@@ -164,6 +165,8 @@ class ChangeEncoder(PayloadMessages):
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
             self._lsn_text = format_lsn(message.final_lsn)
             self._xid_text = str(message.xid)
+            if self.on_begin is not None:
+                self.on_begin(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
             self._routes = {}

@@ -84,9 +84,12 @@ class ChunkWindow(Generic[Row]):
             return rows
         return None
 
-    def changed(self, key: tuple[str, ...]) -> None:
-        """A change of the table, for ``key``, read from the stream (INSERT, UPDATE's old and new key, DELETE)."""
-        if self.state is WindowState.OPEN and self.rows.pop(key, None) is not None:
+    def changed(self, key: tuple[str, ...], unseen: bool = False) -> None:
+        """A change of the table, for ``key``, read from the stream (INSERT, UPDATE's old and new key, DELETE);
+        ``unseen``: by a transaction the chunk's snapshot did not see (committed before the low watermark
+        but not yet visible: ``pgsource/pg/visibility.py``), which drops the row before the low one too."""
+        opened = self.state is WindowState.OPEN or (unseen and self.state is WindowState.READ)
+        if opened and self.rows.pop(key, None) is not None:
             self.dropped.append(key)
 
     def truncated(self) -> None:

@@ -297,3 +297,53 @@ def test_a_backfill_does_not_wait_for_the_wal_writer_between_chunks(pg_dsn, iggy
         execute(pg_dsn, "SELECT pg_reload_conf()")
         assert stop_service(service) == 0
     assert sum(body["operation_type"] == "SELECT" for _, body, _ in stored(iggy, "t")) == 2000
+
+
+def test_a_change_streamed_before_it_is_visible_is_not_overwritten_by_an_older_chunk_row(pg_dsn, iggy, tmp_path):
+    """With synchronous replication a commit is in the WAL (and streamed) before other sessions see it:
+    a chunk read then would hold the row before that change, and send it after. The chunk waits."""
+    import psycopg2
+
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);"
+                    " INSERT INTO t SELECT g, 0, 'n' FROM generate_series(1, 1000) g")
+    database = query(pg_dsn, "SELECT current_database()")[0][0]
+    execute(pg_dsn, psycopg2.sql.SQL("ALTER DATABASE {} SET synchronous_commit = local").format(
+        psycopg2.sql.Identifier(database)))  # only the session below waits for the standby that never answers
+    execute(pg_dsn, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+    execute(pg_dsn, "SELECT pg_reload_conf()")
+    config = cdc_config(tmp_path, pg_dsn, iggy, "replication", tables=["t"], backfill_chunk_size=100)
+    waiting = psycopg2.connect(pg_dsn)
+    pid = waiting.get_backend_pid()
+
+    def commit_waiting_for_the_standby() -> None:
+        with waiting.cursor() as cur:
+            cur.execute("SET synchronous_commit = on")
+            cur.execute("UPDATE t SET v = 1 WHERE id = 5")
+        try:
+            waiting.commit()  # committed locally; waits until cancelled below
+        except psycopg2.Error:
+            pass
+
+    writer = threading.Thread(target=commit_waiting_for_the_standby, daemon=True)
+    service = start_service(config)
+    try:
+        wait_until_capturing(pg_dsn, "replication")
+        writer.start()
+        wait_for(lambda: "pg" in iggy.streams() and "t" in iggy.topics("pg") and stored(iggy, "t"), 30,
+                 message="the update streamed")
+        assert query(pg_dsn, "SELECT v FROM t WHERE id = 5") == [(0,)]  # not visible yet
+        assert run_cli("snapshot", "--config", str(config), "--table", "t").returncode == 0
+        wait_for(lambda: "backfill chunk put off" in config.with_suffix(".log").read_text(), 30,
+                 message="the chunk put off")
+        execute(pg_dsn, "SELECT pg_cancel_backend(%s)", (pid,))  # the commit becomes visible
+        writer.join(10)
+        wait_for(lambda: _phase(tmp_path) is BackfillPhase.DONE, 30, message="the backfill done")
+        wait_slot_caught_up(pg_dsn)
+    finally:
+        execute(pg_dsn, "ALTER SYSTEM RESET synchronous_standby_names")
+        execute(pg_dsn, "SELECT pg_reload_conf()")
+        writer.join(10)
+        waiting.close()
+        assert stop_service(service) == 0
+    assert replay(stored(iggy, "t"))[5]["v"] == 1
+    assert _check(pg_dsn, iggy, _record(tmp_path).backfills[-1].id)
