@@ -25,6 +25,15 @@ def test_rows_changed_between_the_watermarks_are_dropped_the_others_go_out_at_th
     assert window.watermark(Watermark("s", "t1", "high")) is None
 
 
+def test_a_change_the_chunks_snapshot_did_not_see_drops_its_row_before_the_low_watermark_too():
+    window = _window()
+    window.changed(("1",), unseen=True)  # committed before the low watermark, not visible to the SELECT
+    window.changed(("2",))  # seen by the SELECT: its row holds it
+    window.watermark(Watermark("s", "t1", "low"))
+    assert window.watermark(Watermark("s", "t1", "high")) == ["row 2", "row 3"]
+    assert window.dropped == [("1",)]
+
+
 def test_watermarks_of_another_attempt_are_ignored():
     window = _window()
     assert window.watermark(Watermark("s", "old", "low")) is None
