@@ -12,7 +12,10 @@ EXTENSIONS: list[Extension] = [
     # libxxhash.so.0 is on every Debian with apt (libapt-pkg depends on it); no -dev headers needed
     Extension("pgsource.encode._frames", ["pgsource/encode/_frames.c"], libraries=[":libxxhash.so.0"]),
     # twin: pgsource/decode/rowjson.py (the CDC hot path: pgoutput TupleData -> payload bytes)
-    Extension("pgsource.decode._rowjson", ["pgsource/decode/_rowjson.c"]),
+    Extension("pgsource.decode._rowjson", ["pgsource/decode/_rowjson.c"], depends=["pgsource/decode/_jsonvalue.h"]),
+    # twin: pgsource/rows/copyjson.py (polling: a batch's COPY text -> Iggy frames in one pass)
+    Extension("pgsource.rows._copyjson", ["pgsource/rows/_copyjson.c"], depends=["pgsource/decode/_jsonvalue.h"],
+              libraries=[":libxxhash.so.0"]),
 ]
 
 

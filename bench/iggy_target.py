@@ -24,15 +24,19 @@ def process_cpu_seconds(pid: int | None) -> float:
 class Target:
     """The Iggy the benchmark writes to: the stand-in it starts, or a real server (--iggy)."""
 
-    def __init__(self, address: str, kind: str, pid: int | None, username: str = "iggy", password: str = "iggy") -> None:
+    def __init__(self, address: str, kind: str, pid: int | None, username: str = "iggy", password: str = "iggy",
+                 pids: list[int] | None = None) -> None:
         self.address = address
         self.kind = kind  # "stand-in" | "iggy-server"
         self.pid = pid  # its process on this machine, for CPU; None when unknown
+        self.pids = pids  # every node of a cluster (--iggy-pids): CPU is their sum
         self.username = username
         self.password = password
         self.precreate = False  # True: the server refuses the wheel's create-topic options
 
     def cpu_seconds(self) -> float:
+        if self.pids:
+            return sum(process_cpu_seconds(pid) for pid in self.pids)
         return process_cpu_seconds(self.pid)
 
 

@@ -27,6 +27,12 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     source = cdc_source(dsn, slot, args.cdc_transport.split(",")[0], args.batch_size)
     service = Service(os.path.join(workdir, stream), source, view, stream)
     service.start()
+    tail = None
+    if getattr(args, "latency_visible", False):
+        from bench.visible import Tail
+
+        tail = Tail(view.target, stream, TABLE)
+        tail.start()
     per_txn = args.latency_txn_rows
     interval = per_txn / args.latency_rate
     transactions = int(args.latency_seconds / interval)
@@ -57,6 +63,7 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     finally:
         conn.close()
         service.stop()
+        arrivals = tail.stop()[1:] if tail is not None else None
     messages = view.read_all(stream, TABLE, expected)[1:]
     view.drop(stream)
     drop_slots(dsn, [slot])
@@ -75,4 +82,16 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
         "peak_rss_mb": service.sampler.peak_rss / 2**20,
     }
     log(f"latency: p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms")
+    if arrivals is not None:
+        figures.update(_visible(arrivals, tail.error))
+        log(f"latency until readable: p50 {figures['visible_p50_ms']:.1f} ms, p99 {figures['visible_p99_ms']:.1f} ms")
     return figures
+
+
+def _visible(arrivals: list, error: str | None) -> dict:
+    """Commit → the first poll that returned the change (``--latency-visible``, bench/visible.py)."""
+    lags = sorted(received - datetime.fromisoformat(json.loads(payload)["timestamp"].replace("Z", "+00:00")).timestamp()
+                  for received, payload in arrivals)
+    return {"visible_changes": len(lags), "visible_error": error,
+            "visible_p50_ms": percentile(lags, 50) * 1000 if lags else float("nan"),
+            "visible_p99_ms": percentile(lags, 99) * 1000 if lags else float("nan")}

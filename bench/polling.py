@@ -30,6 +30,7 @@ def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir:
     service.sampler.backend_finder = lambda: pgsource_backends(dsn)
     try:
         first = wait_until(lambda: view.count(stream, TABLE) > 0, service, 120, "the first message")
+        at_first = steady_mark(service, view, stream)
         done = wait_until(
             lambda: view.count(stream, TABLE) >= rows and service.committed_rows() >= rows,
             service, 600, f"{rows} messages acknowledged and committed",
@@ -39,9 +40,29 @@ def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir:
     finally:
         service.stop()
     by_role = {role: seconds / rows * 1e6 for role, seconds in service.sampler.cpu_by_role().items()}
+    steady = steady_figures(service, view, at_first, rows, done)
     figures = service.figures(view, stream, rows, started, done, iggy_cpu)
     seconds = figures.pop("seconds")  # the JSON keeps startup_seconds second
-    return {"seconds": seconds, "startup_seconds": first - started, **figures, "cpu_s_per_m_rows_by_process": by_role}
+    return {"seconds": seconds, "startup_seconds": first - started, **figures, "cpu_s_per_m_rows_by_process": by_role,
+            **steady}
+
+
+def steady_mark(service: Service, view: IggyView, stream: str, topic: str = TABLE) -> tuple:
+    """CPU by process, messages in Iggy and the time, once the first message arrived (start-up is over)."""
+    service.sampler.sample()
+    service.sampler.classify()
+    return service.sampler.cpu_by_role(), view.count(stream, topic), view.target.cpu_seconds(), time.perf_counter()
+
+
+def steady_figures(service: Service, view: IggyView, mark: tuple, rows: int, done: float) -> dict:
+    """From the first message to the end, start-up left out: CPU µs per row by process (what the scale
+    model multiplies, bench/RESULTS.md) and rows/s."""
+    by_role, count, iggy, when = mark
+    left = max(1, rows - count)
+    now = service.sampler.cpu_by_role()
+    per_row = {role: (seconds - by_role.get(role, 0.0)) / left * 1e6 for role, seconds in now.items()}
+    per_row["iggy"] = (view.target.cpu_seconds() - iggy) / left * 1e6
+    return {"steady_rows_per_s": left / max(1e-9, done - when), "steady_cpu_us_per_row_by_process": per_row}
 
 
 def run_polling_family(args, dsn: str, view: IggyView, workdir: str) -> dict:
@@ -53,9 +74,11 @@ def run_polling_family(args, dsn: str, view: IggyView, workdir: str) -> dict:
             runs.append(run_polling(args, dsn, view, workers, run, workdir))
             figures = runs[-1]
             cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["cpu_s_per_m_rows_by_process"].items()))
+            steady = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["steady_cpu_us_per_row_by_process"].items()))
             log(f"polling workers={workers}: {figures['rows_per_s']:,.0f} rows/s"
                 f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB;"
-                f" CPU s/M rows: {cpu}, {view.target.kind} {figures['iggy_cpu_s_per_m_rows']:.2f}")
+                f" CPU s/M rows: {cpu}, {view.target.kind} {figures['iggy_cpu_s_per_m_rows']:.2f};"
+                f" after the first message {figures['steady_rows_per_s']:,.0f} rows/s, CPU µs/row: {steady}")
             if figures["delivered"] != args.rows:
                 log(f"WARNING: {figures['delivered']} messages delivered for {args.rows} rows")
         out[f"workers_{workers}"] = summarize(runs)

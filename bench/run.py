@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iggy", metavar="HOST:PORT", help="a real Iggy server instead of the stand-in")
     parser.add_argument("--iggy-username", default="iggy")
     parser.add_argument("--iggy-password", default="iggy")
+    parser.add_argument("--iggy-pids", help="comma-separated pids whose CPU is the server's (a cluster's nodes; bench/cluster.py)")
+    parser.add_argument("--latency-visible", action="store_true",
+                        help="latency also until a consumer's poll returns the change (bench/visible.py)")
     args = parser.parse_args(argv)
     if args.profile:
         profile_into(args.profile)
@@ -82,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     postgres = LocalPostgres().start()
     standin = None
     if args.iggy:
-        target = Target(args.iggy, "iggy-server", local_listener_pid(args.iggy), args.iggy_username, args.iggy_password)
+        pids = [int(pid) for pid in args.iggy_pids.split(",")] if args.iggy_pids else None
+        target = Target(args.iggy, "iggy-server", local_listener_pid(args.iggy), args.iggy_username, args.iggy_password, pids)
     else:
         standin = IggyStandInProcess().start()
         target = Target(standin.address, "stand-in", standin.pid)
-    results["iggy"] = {"kind": target.kind, "address": target.address, "pid": target.pid}
+    results["iggy"] = {"kind": target.kind, "address": target.address, "pid": target.pid, "pids": target.pids}
     try:
         database = postgres.create_database("bench")
         dsn = postgres.dsn(database)

@@ -13,9 +13,13 @@ a row into it holds the offset until the horizon passes it, and is then re-read 
 the row versions its first read could not see. A crash therefore re-reads only what was
 not committed, and those messages carry the same deterministic ids.
 
-Reading ahead: when a read returned a full batch, the read of the batch after it starts
+Batches are read by COPY where the C build and the server allow it: several batches in one
+statement, each framed while it arrives (``pgsource/polling/batches.py``); they wait in the
+unit's ``pending`` until the outbox takes them, one by one, as the row path's would.
+
+Reading ahead: when a read returned a full batch, the read of the batches after it starts
 at once on a helper thread (psycopg2 lets go of the GIL while PostgreSQL works), while
-this thread encodes and queues the batch it has. It pays only while there are more cores
+this thread queues the batches it has. It pays only while there are more cores
 than workers (1 worker on 2 cores: +26 % rows/s), so it is off otherwise, and for tables
 whose acknowledgements run SQL (delete/mark).
 """
@@ -25,21 +29,23 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from pgsource.errors import PrerequisiteError, TableChanged
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg.horizon import TrackingKind
-from pgsource.pipeline.block import encode_message_block
+from pgsource.pipeline.block import encode_block
+from pgsource.polling.batches import Batch
 from pgsource.polling.committer import OffsetCommitter, Work
-from pgsource.polling.late_commits import ReadRange, SentIds, below_horizon, sealed, tracking_key
+from pgsource.polling.late_commits import ReadRange, below_horizon, sealed, tracking_key
 from pgsource.polling.offset_age import OffsetAge
-from pgsource.polling.schema_changes import announce_shape
+from pgsource.polling.schema_changes import send_changed_shapes
 from pgsource.polling.unit import PollUnit, open_unit
-from pgsource.rows.keyset import ReadBatch
 from pgsource.state import FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
 from workers.base import SourceWorker
@@ -65,39 +71,31 @@ class PollWorker(SourceWorker):
         config = self.config
         self.store = FileStateStore(config.state.dir)
         self.conn = pg.connect(config.source.connection_string, application_name=f"pgsource-{self.name}")
+        self._conn_lock = threading.Lock()  # a read-ahead's COPY and this thread's statements take turns
         self.spec.backends(self.conn)
         self.units = [open_unit(self.conn, config, self.store, unit, self.name) for unit in self.spec.units] or [
             open_unit(self.conn, config, self.store, None, self.name)]
         self.offset_age = OffsetAge(self.metrics.offset_age, self.name)
         self.committer = OffsetCommitter(
             self.units, OffsetWriter(self.store, config.state.commit_interval), resend=self._send_rows,
-            statement=self.spec.statement, offset_age=self.offset_age,
+            statement=self._statement, offset_age=self.offset_age,
             counter=self.metrics.offset_commits.labels(self.name), progressed=self.spec.progressed)
         self.outbox = self.open_outbox(self.committer)
         self._finished = False
         reads_ahead = self.spec.workers_total < _cores() and not any(u.reader.acts_on_rows for u in self.units)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if reads_ahead else None
 
-    def serve(self) -> None:
-        self._announce_shapes()
-        self._loop(self.units, self.config.source.batch_size)
+    @contextmanager
+    def _statement(self, what: str):
+        """Statements on the worker's connection, one at a time across threads: psycopg2 lets go of the
+        connection between the chunks of a COPY, so a statement from this thread while the read-ahead's
+        COPY runs would break both (PGRES_COPY_OUT)."""
+        with self._conn_lock, self.spec.statement(what):
+            yield
 
-    def _announce_shapes(self) -> None:
-        """A table whose columns changed since consumers were told (pgsource/polling/schema_changes.py):
-        the SCHEMA_CHANGE goes out, and is acknowledged, before its first row; then the shape is recorded."""
-        for unit, work in zip(self.units, self.spec.units):
-            reader = unit.reader
-            if reader.plan is None or reader.plan.payload is not None or work.chunk > 0:
-                continue  # custom_query, payload_column: no columns to announce; a table's chunks: the first
-            found = announce_shape(self.config, self.store, work.table.qualified, reader.table_name, reader.shape)
-            if found is None:
-                continue
-            if self.outbox.send(encode_message_block(unit.head, found.messages, where=f"table {unit.head.table}")) is None:
-                return  # stopping while the channel is full
-            if not self.outbox.wait_for_acks():
-                return  # stopped before Iggy acknowledged it: the next start sends it again
-            self.store.commit(found.key, found.record)
-            log.info("%s: %s: its columns changed; SCHEMA_CHANGE sent before its rows", self.name, reader.table_name)
+    def serve(self) -> None:
+        send_changed_shapes(self.config, self.store, self.units, self.spec.units, self.outbox, self.name)
+        self._loop(self.units, self.config.source.batch_size)
 
     def close(self) -> None:
         try:
@@ -133,13 +131,14 @@ class PollWorker(SourceWorker):
                 if unit.unsealed:
                     self._reread_sealed(unit, max_in_flight, batch_size)
                 read = self._read(unit, batch_size)
-                if len(read.rows) < batch_size:
+                if read.rows < batch_size:
                     unit.next_poll = time.monotonic() + source.poll_interval
                     self._caught_up()
-                elif self._reader is not None:  # a full batch: more may follow, start reading them now
+                elif self._reader is not None and not unit.pending:  # a full batch: more may follow, read them now
                     self._observe_if_stale(unit)  # before that read's snapshot
                     unit.ahead_horizon = unit.horizon
-                    unit.ahead = self._reader.submit(self._read_batch, unit, read.after, batch_size)
+                    unit.ahead = self._reader.submit(self._read_batches, unit, read.after, batch_size,
+                                                     unit.rows + read.rows)
                 if read.rows:
                     read_any = True
                     self._queue_read(unit, read)
@@ -156,16 +155,25 @@ class PollWorker(SourceWorker):
                 outbox.take_acks(timeout=0.5)
         self._finish()
 
-    def _read(self, unit: PollUnit, batch_size: int) -> ReadBatch:
-        """The batch after ``unit.read_after``: the read-ahead's result if one is under way."""
-        ahead, unit.ahead = unit.ahead, None
-        if ahead is not None:
-            return replace(ahead.result(), horizon=unit.ahead_horizon)
-        return replace(self._read_batch(unit, unit.read_after, batch_size), horizon=unit.horizon)
+    def _read(self, unit: PollUnit, batch_size: int) -> Batch:
+        """The batch after ``unit.read_after``: one its last read left pending, the read-ahead's, or a new read's."""
+        if not unit.pending:
+            ahead, unit.ahead = unit.ahead, None
+            if ahead is not None:
+                batches, horizon = ahead.result(), unit.ahead_horizon
+            else:
+                batches, horizon = self._read_batches(unit, unit.read_after, batch_size, unit.rows), unit.horizon
+            for batch in batches:
+                batch.horizon = horizon
+            unit.pending.extend(batches)
+        batch = unit.pending.popleft()
+        if batch.error is not None:
+            raise batch.error
+        return batch
 
-    def _read_batch(self, unit: PollUnit, after: PollingOffset | None, batch_size: int) -> ReadBatch:
-        with self.spec.statement(f"reading a batch of {unit.reader.table_name}"):
-            return unit.reader.read_batch(after, batch_size)
+    def _read_batches(self, unit: PollUnit, after: PollingOffset | None, batch_size: int, read_rows: int) -> list[Batch]:
+        with self._statement(f"reading a batch of {unit.reader.table_name}"):
+            return unit.batches.read(after, batch_size, read_rows)
 
     def _finish(self) -> None:
         """Graceful stop: wait (bounded) for the acks of batches already sent, then commit them."""
@@ -192,12 +200,13 @@ class PollWorker(SourceWorker):
         went back (setval, RESTART) stops the table (exit 3): its next ids lie below ids read."""
         tracking = unit.reader.tracking
         reader = unit.reader
-        with self.spec.statement(f"observing the transactions in progress for {reader.table_name}"):
+        with self._statement(f"observing the transactions in progress for {reader.table_name}"):
             sequence = hz.read_sequence(self.conn, tracking.sequence) if tracking.kind is TrackingKind.SEQUENCE else None
             activity = hz.observe_activity(self.conn, tracking.watch)
         problem = hz.watch_problem(tracking, activity.fingerprint)
         if problem is not None:
-            reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
+            with self._statement(f"checking the columns of {reader.table_name}"):
+                reader.check_definition()  # a column changed (ALTER ... TYPE rewrites the default too): that first
             raise TableChanged(f"table {reader.table_name}: {problem}; planning it again from its committed offset")
         last = unit.horizon_tracker.last_sequence
         if sequence is not None and last is not None and sequence < last:
@@ -254,7 +263,7 @@ class PollWorker(SourceWorker):
                     return
                 late = unit.unsealed[0] = _LateRead(late)
             r = late.range
-            with self.spec.statement(f"re-reading late rows of {unit.reader.table_name}"):
+            with self._statement(f"re-reading late rows of {unit.reader.table_name}"):
                 rows = unit.reader.read_late_rows(r.lo, r.hi, r.snapshot, batch_size, late.after)
             if rows:
                 late.after = unit.reader.offset_after(rows).position
@@ -291,11 +300,11 @@ class PollWorker(SourceWorker):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _queue_read(self, unit: PollUnit, read: ReadBatch) -> None:
+    def _queue_read(self, unit: PollUnit, read: Batch) -> None:
         """A batch from the read frontier: sent, its range held if it may still get late rows."""
         reader = unit.reader
         lo = unit.read_after.position if unit.read_after is not None and unit.read_after.position else None
-        encoded_after = replace(read.after, rows=unit.rows + len(read.rows))
+        encoded_after = replace(read.after, rows=unit.rows + read.rows)
         unsealed = None
         if reader.late_commits:
             hi = encoded_after.position
@@ -305,16 +314,16 @@ class PollWorker(SourceWorker):
             self._warn_beyond_sequence(unit, hi_key)
             if not at_once:  # a transaction in progress may still commit a row into this range
                 hold = self.committer.open_work(unit, open=True)
-                unsealed = ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), SentIds([]),
+                unsealed = ReadRange(hold, lo, hi, hi_key, read.snapshot, time.monotonic(), read.sent_ids(),
                                      horizon.key if horizon is not None else None)
                 unit.unsealed.append(unsealed)
         work = self.committer.open_work(unit, encoded_after)
-        seq = self._send_rows(work, read.rows, encoded_after.position, keep_ids=unsealed)
+        seq = self._send_batch(work, read, encoded_after.position)
         if seq is None:
             return
         if self.config.source.verbose_logging:
             log.info("%s: %s: %d row(s) after %s, up to %s (batch %d%s)", self.name, reader.table_name,
-                     len(read.rows), lo or "the start", encoded_after.position, seq,
+                     read.rows, lo or "the start", encoded_after.position, seq,
                      ", held until transactions in progress end" if unsealed is not None else "")
         unit.read_after = encoded_after
 
@@ -347,21 +356,19 @@ class PollWorker(SourceWorker):
             )
             unit.warned_sequence = True
 
-    def _send_rows(self, work: Work, rows: list[tuple], hi: tuple, keep_ids: ReadRange | None = None) -> int | None:
-        """Encode ``rows`` as one batch of ``work`` and send it; its seq (None when stopping: not sent).
+    def _send_rows(self, work: Work, rows: list[tuple], hi: tuple) -> int | None:
+        """Rows read again (late commits, updated before their delete/mark) as one batch of ``work``."""
+        return self._send_batch(work, work.unit.batches.frame_rows(rows, work.unit.rows), hi)
 
-        ``keep_ids``: the batch opens an unsealed range, whose re-read must know what it sent.
-        """
+    def _send_batch(self, work: Work, batch: Batch, hi: tuple) -> int | None:
+        """Send ``batch`` (framed) as one block of ``work``; its seq (None when stopping: not sent)."""
         unit = work.unit
-        encoded = unit.reader.encoder.encode_batch(rows, unit.rows)
-        if keep_ids is not None:
-            keep_ids.sent = SentIds(encoded.messages.ids)
-        seq = self.outbox.send(encode_message_block(unit.head, encoded.messages, where=f"table {unit.head.table}"))
+        seq = self.outbox.send(encode_block(unit.head, batch.parts, where=f"table {unit.head.table}"))
         if seq is None:
             return None  # stopping while the channel is full: this batch was never sent, nothing to commit
-        self.committer.sent(seq, work, encoded.identities, hi)
-        unit.rows += len(rows)
-        self.metrics.rows_read.labels(unit.head.table, self.name).inc(len(rows))
+        self.committer.sent(seq, work, batch.identities, hi)
+        unit.rows += batch.rows
+        self.metrics.rows_read.labels(unit.head.table, self.name).inc(batch.rows)
         return seq
 
     def _caught_up(self) -> None:

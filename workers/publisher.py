@@ -138,8 +138,7 @@ class PublisherWorker(ChildProcess):
             await self._deliver(sink, block)
 
     def _next_block(self) -> Block | None:
-        data = self.channel.get(READ_WAIT)
-        return None if data is None else decode_block(data)
+        return self.channel.get(READ_WAIT, decode_block)
 
     async def _sleep(self, seconds: float) -> None:
         """The back-off, beating meanwhile: waiting out an Iggy outage is not being wedged."""
@@ -167,7 +166,7 @@ class PublisherWorker(ChildProcess):
         self._last_attempt = time.monotonic()
         try:
             await self._connect(sink)
-            log.info("publisher: connected to Iggy at %s", self.config.iggy.address)
+            log.info("publisher: connected to Iggy at %s", sink.address)
         except SinkError as exc:
             log.debug("publisher: %s", exc)
 
@@ -224,7 +223,7 @@ class PublisherWorker(ChildProcess):
                 if connecting:
                     await self._connect(sink)
                     if failures:
-                        log.info("publisher: connected to Iggy at %s again", self.config.iggy.address)
+                        log.info("publisher: connected to Iggy at %s again", sink.address)
                 await sink.send_requests(head.stream, head.topic, block.requests, confirmed)
                 break
             except SinkRefused:

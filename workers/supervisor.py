@@ -214,6 +214,8 @@ class Supervisor:
     def _open_channels(self) -> None:
         """The channels between the processes: at start, and fresh ones for a restarted pipeline."""
         slots = max(4, len(self.assignment) * self.config.source.max_in_flight_batches + 2)
+        if self.batch_channel is not None:
+            self.batch_channel.close()  # the old children are gone: its pipe and shared ring go with them
         self.batch_channel = BlockChannel(self.ctx, slots)
         widen_pipe(self.batch_channel.pipe_fd())
         self.status_queue = self.ctx.Queue()

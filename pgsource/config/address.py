@@ -6,7 +6,7 @@ Refused, each with one line that says the expected form: a URL (``http://...``: 
 speaks Iggy's TCP protocol, not HTTP), a missing port, a bare IPv6 address (``::1:8090``
 cannot be split into address and port), a port outside 1-65535, anything else.
 
-One address today; a list of seed nodes later parses each element with ``parse_address``
+``iggy.address`` may also be a list of seed nodes (a cluster's): each element is parsed with ``parse_address``
 (the first one's host is then the default ``iggy.tls.domain``).
 """
 

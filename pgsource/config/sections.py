@@ -127,20 +127,37 @@ class IggyConfig(BaseModel):
     def _secret_files(cls, value):
         return resolve_iggy_files(value)
 
+    @field_validator("address", mode="before")
+    @classmethod
+    def _seed_list(cls, value):
+        """A list of seed nodes (a cluster) is kept as ``host:port,host:port`` (see ``seeds``)."""
+        if isinstance(value, list):
+            if not value or not all(isinstance(seed, str) for seed in value):
+                raise ValueError("a list of seed nodes needs at least one, each a host:port string")
+            return ",".join(seed.strip() for seed in value)
+        return value
+
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        parse_address(value)  # one grammar (pgsource/config/address.py); the error says the expected form
-        return value
+        seeds = [seed.strip() for seed in value.split(",")]
+        for seed in seeds:
+            parse_address(seed)  # one grammar (pgsource/config/address.py); the error says the expected form
+        return ",".join(seeds)
+
+    @property
+    def seeds(self) -> list[str]:
+        """The nodes pgsource may connect through, in order: one, or a cluster's (``address: [a:8090, b:8090]``)."""
+        return self.address.split(",")
 
     @property
     def server(self) -> Address:
-        """``address`` parsed: host (without brackets) and port."""
-        return parse_address(self.address)
+        """The first seed of ``address`` parsed: host (without brackets) and port."""
+        return parse_address(self.seeds[0])
 
     @property
     def tls_domain(self) -> str:
-        """The name Iggy's certificate must carry: ``tls.domain``, else the host of ``address``."""
+        """The name Iggy's certificate must carry: ``tls.domain``, else the host of ``address`` (its first seed)."""
         return self.tls.domain or self.server.host
 
 

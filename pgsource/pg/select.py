@@ -54,8 +54,16 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
     snapshots), limit. Columns: ``plan.select_columns`` as text, the JSON, then the
     snapshot when ``reading.snapshot``.
     """
+    selected = sql.SQL(", ").join([*(_column_text(c) for c in plan.select_columns), _row_json(plan)])
+    return build_batch_query(plan, reading, selected)
+
+
+def build_batch_query(plan: PollPlan, reading: Reading, selected: sql.Composable,
+                      extra: sql.Composable | None = None) -> sql.Composed:
+    """``SELECT selected [, snapshot] FROM the table WHERE <the reading's conditions> ORDER BY position
+    LIMIT %(limit)s``: the batch query of ``build_select_batch`` with a select list of the caller's
+    (the COPY read names its columns one by one); ``extra``: one more condition."""
     table = sql.Identifier(plan.schema, plan.table)
-    selected = sql.SQL(", ").join(_column_text(c) for c in plan.select_columns)
     conditions = []
     if reading.offset_width:
         conditions.append(_compare(plan, reading.offset_width, ">", "o"))
@@ -82,10 +90,12 @@ def build_select_batch(plan: PollPlan, reading: Reading = Reading()) -> sql.Comp
         conditions.append(sql.SQL("t.{} IS NOT TRUE").format(sql.Identifier(plan.processed_column)))
     if plan.row_filter:
         conditions.append(_row_filter(plan))
+    if extra is not None:
+        conditions.append(extra)
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns)
     snapshot = sql.SQL(", (SELECT pg_current_snapshot()::text)") if reading.snapshot else sql.SQL("")
-    return sql.SQL("SELECT {}, {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
-        selected, _row_json(plan), snapshot, table, sql.SQL(" AND ").join(conditions), order
+    return sql.SQL("SELECT {}{} FROM {} AS t WHERE {} ORDER BY {} LIMIT %(limit)s").format(
+        selected, snapshot, table, sql.SQL(" AND ").join(conditions), order
     )
 
 
@@ -145,6 +155,12 @@ def position_params(prefix: str, values: tuple) -> dict[str, object]:
     return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
+def by_key_params(keys: list[tuple], hi: tuple) -> dict[str, object]:
+    """The bound values of ``build_rows_by_key``: one array per key column, the range's end."""
+    columns = list(zip(*keys))
+    return {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
+
+
 def build_key_bounds(plan: PollPlan) -> sql.Composed:
     """``min`` and ``max`` of the tracking column: where a bulk load is cut into chunks."""
     column = sql.Identifier(plan.tracking_column)
@@ -171,12 +187,14 @@ def build_acknowledged_rows(plan: PollPlan, action: str) -> sql.Composed:
         table, sql.Identifier(plan.processed_column), source, match, returning)
 
 
-def build_rows_by_key(plan: PollPlan) -> sql.Composed:
+def build_rows_by_key(plan: PollPlan, selected: sql.Composable | None = None) -> sql.Composed:
     """The current version of some rows (by key, ``k0..`` arrays) up to the position ``u0..``, in position order.
 
     After an ack, the rows whose version changed meanwhile are read again this way and
-    published, before their range counts as done.
+    published, before their range counts as done. ``selected``: another select list (the COPY read's).
     """
+    if selected is None:
+        selected = sql.SQL(", ").join([*(_column_text(c) for c in plan.select_columns), _row_json(plan)])
     table = sql.Identifier(plan.schema, plan.table)
     keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.identity)
     arrays = sql.SQL(", ").join(sql.Placeholder(f"k{i}") + sql.SQL("::" + t + "[]") for i, t in enumerate(plan.identity_types))
@@ -186,8 +204,7 @@ def build_rows_by_key(plan: PollPlan) -> sql.Composed:
     if plan.row_filter:
         conditions.append(_row_filter(plan))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in plan.position_columns)
-    return sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {}").format(
-        sql.SQL(", ").join(_column_text(c) for c in plan.select_columns), _row_json(plan), table,
-        sql.SQL(" AND ").join(conditions), order)
+    return sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY {}").format(
+        selected, table, sql.SQL(" AND ").join(conditions), order)
 
 

@@ -84,3 +84,12 @@ def rollback(conn) -> None:
 
 def set_autocommit(conn, on: bool) -> None:
     conn.autocommit = on
+
+
+def copy_to(conn, statement: Statement, params: Params, sink) -> None:
+    """Run ``COPY (...) TO STDOUT`` with bound values into ``sink``, a file-like whose ``write`` gets
+    the output as bytes (psycopg2 calls it once per row). A COPY takes no server-side parameters:
+    the values are bound on this side, as psycopg2 binds every statement's."""
+    with conn.cursor() as cur:
+        text = cur.mogrify(render(statement, conn), params) if params is not None else render(statement, conn)
+        cur.copy_expert(text, sink)

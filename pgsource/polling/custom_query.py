@@ -9,14 +9,18 @@ frontier are not re-read (the worker says so at start).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from pgsource.config.model import Config, TableConfig
 from pgsource.pg.custom_query import build_custom_query, build_custom_select
 from pgsource.pg.statements import render
 from pgsource.rows.encoder import EncodeSettings, RowEncoder
-from pgsource.rows.keyset import ReadBatch, ReadSettings, fetch_rows
+from pgsource.rows.keyset import ReadBatch, ReadSettings, fetch_rows, run_guarded
 from pgsource.state import PollingOffset
+
+T = TypeVar("T")
 
 
 class CustomQueryReader:
@@ -53,11 +57,19 @@ class CustomQueryReader:
 
     def read_batch(self, offset: PollingOffset | None, batch_size: int) -> ReadBatch:
         """The rows after ``offset`` (bound as ``$offset``, ``batch_size`` as ``$limit``) and the next offset."""
-        now = datetime.now(timezone.utc)
-        params = {"offset": offset.position[0] if offset else None, "limit": batch_size,
-                  "now": now, "now_unix": int(now.timestamp())}
-        rows = fetch_rows(self.conn, self._sql(), params, self.settings, self.table_name, "reading a batch")
+        rows = fetch_rows(self.conn, self._sql(), self.custom_params(offset, batch_size), self.settings,
+                          self.table_name, "reading a batch")
         return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
+
+    def custom_params(self, offset: PollingOffset | None, batch_size: int) -> dict[str, object]:
+        """The bound values of a read after ``offset`` (the row read and the COPY read share them)."""
+        now = datetime.now(timezone.utc)
+        return {"offset": offset.position[0] if offset else None, "limit": batch_size, "now": now,
+                "now_unix": int(now.timestamp())}
+
+    def guarded(self, run: Callable[[], T], what: str) -> T:
+        """``run()``, one statement (a COPY), retried and its errors named as ``fetch_rows``'s."""
+        return run_guarded(run, self.settings, self.table_name, what)
 
     def offset_after(self, rows: list[tuple], rows_before: int = 0) -> PollingOffset:
         """Where the read after ``rows`` starts: the last row's tracking value."""

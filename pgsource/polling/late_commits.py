@@ -268,6 +268,13 @@ class SentIds:
         self._blob = b"".join(sorted(i.to_bytes(16, "big") for i in ids))
         self._count = len(ids)
 
+    @classmethod
+    def from_sorted(cls, blob: bytes) -> SentIds:
+        """From 16-byte big-endian ids already sorted (the COPY read's, ``copyjson.sort_ids``)."""
+        kept = cls([])
+        kept._blob, kept._count = blob, len(blob) // 16
+        return kept
+
     def __contains__(self, message_id: int) -> bool:
         key = message_id.to_bytes(16, "big")
         blob, low, high = self._blob, 0, self._count

@@ -17,7 +17,14 @@ from pgsource.errors import PrerequisiteError
 from pgsource.pg.catalog import TableInfo
 from pgsource.pg.horizon import TrackingInfo, TrackingKind, describe_tracking
 from pgsource.pg.plan import PollPlan
-from pgsource.pg.select import build_acknowledged_rows, build_rows_by_key, position_params, snapshot_params
+from pgsource.pg.select import (
+    Reading,
+    build_acknowledged_rows,
+    build_rows_by_key,
+    by_key_params,
+    position_params,
+    snapshot_params,
+)
 from pgsource.pg.statements import render
 from pgsource.rows.encoder import EncodeSettings
 from pgsource.rows.keyset import KeysetReader, ReadBatch, ReadSettings, fetch_rows, plan_table, read_params
@@ -100,20 +107,37 @@ class PollingReader(KeysetReader):
     def read_batch(self, offset: PollingOffset | None, batch_size: int) -> ReadBatch:
         """The batch after ``offset`` (at most ``batch_size`` rows), the snapshot it was read in (late
         commits, xid8) and the next offset."""
+        reading, params = self.batch_reading(offset, batch_size)
+        rows = fetch_rows(self.conn, self._query(reading), params, self.settings, self.table_name, "reading a batch",
+                          **self._checks())
+        last = tuple(rows[-1][:len(self.plan.position_columns)]) if rows else None
+        snapshot = rows[0][-1] if rows and reading.snapshot else None
+        return ReadBatch(rows, *self.next_offset(offset, reading, len(rows), last, snapshot, batch_size))
+
+    def batch_reading(self, offset: PollingOffset | None, batch_size: int) -> tuple[Reading, dict[str, object]]:
+        """The batch read after ``offset``: xid8 cuts by snapshots, late commits ask for the read's snapshot."""
         position = offset.position if offset else ()
         if self.exact:
             tick = offset.tick if offset else None
             params = read_params(position, batch_size, self._chunk_params, after=offset.snapshot if offset else None,
                                  tick=tick)
-            reading = self._reading(len(position), exact=2 if tick else 1, snapshot=True)
-            rows = fetch_rows(self.conn, self._query(reading), params, self.settings, self.table_name, "reading a batch",
-                              **self._checks())
-            tick = tick or (rows[0][-1] if rows else None)
-            return ReadBatch(rows, tick, self._exact_after(offset, rows, tick, batch_size))
-        params = read_params(position, batch_size, self._chunk_params)
-        rows = fetch_rows(self.conn, self._query(self._reading(len(position), snapshot=self.late_commits)), params,
-                          self.settings, self.table_name, "reading a batch", **self._checks())
-        return ReadBatch(rows, rows[0][-1] if rows and self.late_commits else None, self.offset_after(rows) if rows else offset)
+            return self._reading(len(position), exact=2 if tick else 1, snapshot=True), params
+        return (self._reading(len(position), snapshot=self.late_commits),
+                read_params(position, batch_size, self._chunk_params))
+
+    def next_offset(self, offset: PollingOffset | None, reading: Reading, count: int, last: tuple | None,
+                    snapshot: str | None, batch_size: int) -> tuple[str | None, PollingOffset | None]:
+        if reading.exact:
+            tick = offset.tick if offset and offset.tick else snapshot
+            return tick, self._exact_after(offset, count, last, tick, batch_size)
+        return snapshot, PollingOffset(last, count, self.chunk) if count else offset
+
+    def late_reading(self, lo: tuple | None, hi: tuple, snapshot: str, batch_size: int,
+                     after: tuple | None = None) -> tuple[Reading, dict[str, object]]:
+        """The ``Reading`` and bound values of a re-read of ``(lo, hi]`` (see ``read_late_rows``)."""
+        start = after if after is not None else (lo or ())
+        params = read_params(start, batch_size, self._chunk_params, **position_params("u", hi), **snapshot_params(snapshot))
+        return self._reading(len(start), upto=True, invisible=True), params
 
     def read_late_rows(self, lo: tuple | None, hi: tuple, snapshot: str, batch_size: int,
                        after: tuple | None = None) -> list[tuple]:
@@ -123,20 +147,18 @@ class PollingReader(KeysetReader):
         older than the snapshot's xmin (the caller drops those the first read sent, by id);
         ``batch_size`` rows at most, ``after`` continues a range larger than one batch.
         """
-        start = after if after is not None else (lo or ())
-        params = read_params(start, batch_size, self._chunk_params, **position_params("u", hi), **snapshot_params(snapshot))
-        return fetch_rows(self.conn, self._query(self._reading(len(start), upto=True, invisible=True)), params,
-                          self.settings, self.table_name, "re-reading late rows", **self._checks())
+        reading, params = self.late_reading(lo, hi, snapshot, batch_size, after)
+        return fetch_rows(self.conn, self._query(reading), params, self.settings, self.table_name,
+                          "re-reading late rows", **self._checks())
 
-    def _exact_after(self, offset: PollingOffset | None, rows: list[tuple], tick: str | None,
+    def _exact_after(self, offset: PollingOffset | None, count: int, last: tuple | None, tick: str | None,
                      batch_size: int) -> PollingOffset | None:
         """xid8: inside a tick, after the last row; a short batch ends the tick (the next cuts after it)."""
         rows_before = offset.rows if offset else 0
-        if len(rows) < batch_size:
-            return PollingOffset((), rows_before + len(rows), self.chunk, snapshot=tick) if tick else offset
-        width = len(self.plan.position_columns)
-        return PollingOffset(tuple(rows[-1][:width]), rows_before + len(rows), self.chunk,
-                             snapshot=offset.snapshot if offset else None, tick=tick)
+        if count < batch_size:
+            return PollingOffset((), rows_before + count, self.chunk, snapshot=tick) if tick else offset
+        return PollingOffset(last, rows_before + count, self.chunk, snapshot=offset.snapshot if offset else None,
+                             tick=tick)
 
     # -- after the acknowledgement -----------------------------------------------------------
 
@@ -157,7 +179,6 @@ class PollingReader(KeysetReader):
 
     def read_rows_by_key(self, keys: list[tuple], hi: tuple) -> list[tuple]:
         """The current versions of ``keys`` up to ``hi`` (rows updated between a read and its ack)."""
-        columns = list(zip(*keys))
-        params = {**{f"k{i}": list(values) for i, values in enumerate(columns)}, **position_params("u", hi)}
-        return fetch_rows(self.conn, self._by_key_query, params, self.settings, self.table_name,
+        return fetch_rows(self.conn, self._by_key_query, by_key_params(keys, hi), self.settings, self.table_name,
                           "reading rows updated since they were sent", **self._checks())
+

@@ -12,6 +12,7 @@ generation, the count of changes recorded, only moves once it is acknowledged).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,7 +20,10 @@ from pgsource.config.model import Config, Partitioning
 from pgsource.encode.batch import MessageBatch, new_message_batch
 from pgsource.encode.ids import key_partition
 from pgsource.encode.markers import SCHEMA_CHANGE, encode_schema_change, schema_change_id
+from pgsource.pipeline.block import encode_message_block
 from pgsource.state import FileStateStore, ShapeRecord, TableShape, shapes_key
+
+log = logging.getLogger("pgsource.polling")
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,21 @@ def announce_shape(config: Config, store: FileStateStore, reference: str, table_
         messages.payloads.append(payload)
         messages.headers.append(headers)
     return ShapeAnnouncement(messages, key, record.with_shape(TableShape(reference, shape, generation)))
+
+
+def send_changed_shapes(config: Config, store: FileStateStore, units, works, outbox, worker: str) -> None:
+    """A table whose columns changed since consumers were told: the SCHEMA_CHANGE goes out, and is
+    acknowledged, before its first row; then the shape is recorded (the poll worker, before it reads)."""
+    for unit, work in zip(units, works):
+        reader = unit.reader
+        if reader.plan is None or reader.plan.payload is not None or work.chunk > 0:
+            continue  # custom_query, payload_column: no columns to announce; a table's chunks: the first
+        found = announce_shape(config, store, work.table.qualified, reader.table_name, reader.shape)
+        if found is None:
+            continue
+        if outbox.send(encode_message_block(unit.head, found.messages, where=f"table {unit.head.table}")) is None:
+            return  # stopping while the channel is full
+        if not outbox.wait_for_acks():
+            return  # stopped before Iggy acknowledged it: the next start sends it again
+        store.commit(found.key, found.record)
+        log.info("%s: %s: its columns changed; SCHEMA_CHANGE sent before its rows", worker, reader.table_name)

@@ -21,6 +21,7 @@ from pgsource.config.model import Config, TableConfig
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pipeline.block import BlockHead
 from pgsource.pipeline.progress import ProgressTracker
+from pgsource.polling.batches import BatchReader
 from pgsource.polling.guard import check_late_commit_guard
 from pgsource.polling.late_commits import Horizon, HorizonTracker
 from pgsource.polling.reader import open_reader
@@ -47,9 +48,11 @@ class PollUnit:
     read_after: PollingOffset | None
     progress: ProgressTracker
     head: BlockHead  # the names its batches carry to the publisher
+    batches: BatchReader | None = None  # reads and frames its batches (by COPY where it can)
     rows: int = 0
     next_poll: float = 0.0
-    ahead: Future | None = None  # the read of the batch after ``read_after``, already under way
+    pending: deque = field(default_factory=deque)  # Batch: read by one COPY, not sent yet (in read order)
+    ahead: Future | None = None  # the read of the batches after ``read_after``, already under way
     ahead_horizon: Horizon | None = None  # the horizon observed before that read started
     horizon_tracker: HorizonTracker | None = None
     horizon: Horizon | None = None
@@ -74,9 +77,12 @@ def open_unit(conn, config: Config, store: FileStateStore, unit: PlannedUnit | N
     start = stored
     if start is None and source.initial_offset is not None:
         start = PollingOffset((str(source.initial_offset),), chunk=reader.chunk)
-    log.info("%s: %s from %s", worker, reader.table_name, start.position if start else "the start")
+    batches = BatchReader(reader)
+    log.info("%s: %s from %s, read by %s", worker, reader.table_name, start.position if start else "the start",
+             "COPY" if batches.copy is not None else "rows")
     head = BlockHead(worker, config.iggy.stream, reader.topic, reader.table_name)
-    state = PollUnit(key, reader, start, ProgressTracker(start), head, rows=start.rows if start else 0, committed=stored)
+    state = PollUnit(key, reader, start, ProgressTracker(start), head, batches, rows=start.rows if start else 0,
+                     committed=stored)
     if reader.late_commits:
         state.time_zone = check_late_commit_guard(conn, config, reader.table_name, reader.tracking, reader.lag)
         if reader.tracking.kind in (TrackingKind.TIME, TrackingKind.SEQUENCE) and state.time_zone:

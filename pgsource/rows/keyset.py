@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from pgsource.config.model import SourceConfig, TableConfig
 from pgsource.errors import PrerequisiteError, SourceError, TableChanged
@@ -35,6 +36,7 @@ from pgsource.pg.types import load_column_types
 from pgsource.rows.encoder import EncodeSettings, RowEncoder
 from pgsource.state import PollingOffset
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ReadSettings:
@@ -100,6 +102,12 @@ def fetch_rows(conn, statement: str, params, settings: ReadSettings, where: str,
             check_rows()
         return rows
 
+    return run_guarded(run, settings, where, what, check_failure)
+
+
+def run_guarded(run: Callable[[], T], settings: ReadSettings, where: str, what: str,
+                check_failure: Callable[[], None] | None = None) -> T:
+    """``run()`` (one statement, e.g. a COPY) as ``fetch_rows`` runs its own: retried, errors named."""
     try:
         return with_retries(run, retries=settings.max_retries, delay=settings.retry_delay, what=f"{where}: {what}")
     except pg.DatabaseError as exc:
@@ -134,6 +142,7 @@ class KeysetReader:
         # later: its reads check them after every statement. Any plan checks them when a statement
         # fails (a column renamed or dropped), so that a change is followed, not taken for bad input.
         self._definition = (info.oid, table_definition(info))
+        self.column_types = {column.name: column.type_oid for column in info.columns}
         self._named_columns = not plan.whole_row or settings.watch_shape
         # The columns messages carry, (name in ``data``, format_type): what a schema change announces.
         types = {column.name: column.type_sql for column in info.columns}
@@ -193,11 +202,26 @@ class KeysetReader:
 
     def read_batch(self, offset: PollingOffset | None, batch_size: int) -> ReadBatch:
         """The batch after ``offset`` (at most ``batch_size`` rows) and where the next read starts."""
-        position = offset.position if offset else ()
-        params = read_params(position, batch_size, self._chunk_params)
-        rows = fetch_rows(self.conn, self._query(self._reading(len(position))), params, self.settings, self.table_name,
+        reading, params = self.batch_reading(offset, batch_size)
+        rows = fetch_rows(self.conn, self._query(reading), params, self.settings, self.table_name,
                           "reading a batch", **self._checks())
         return ReadBatch(rows, None, self.offset_after(rows) if rows else offset)
+
+    def batch_reading(self, offset: PollingOffset | None, batch_size: int) -> tuple[Reading, dict[str, object]]:
+        """What the read of the batch after ``offset`` is (the row read and the COPY read share it):
+        its ``Reading`` and bound values."""
+        position = offset.position if offset else ()
+        return self._reading(len(position)), read_params(position, batch_size, self._chunk_params)
+
+    def next_offset(self, offset: PollingOffset | None, reading: Reading, count: int, last: tuple | None,
+                    snapshot: str | None, batch_size: int) -> tuple[str | None, PollingOffset | None]:
+        """(the snapshot to report, where the next read starts) after a read of ``count`` rows, ``last``
+        the position values of the last one, ``snapshot`` the snapshot column of the first."""
+        return snapshot, PollingOffset(last, count, self.chunk) if count else offset
+
+    def guarded(self, run: Callable[[], T], what: str) -> T:
+        """``run()``, one statement of this table's (a COPY), retried and its errors named as ``fetch_rows``'s."""
+        return run_guarded(run, self.settings, self.table_name, what, self._check_definition)
 
     def offset_after(self, rows: list[tuple], rows_before: int = 0) -> PollingOffset:
         """Where the read after ``rows`` starts (the position values of the last row); ``rows_before``:

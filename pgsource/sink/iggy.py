@@ -31,6 +31,7 @@ from datetime import timedelta
 
 import apache_iggy as iggy
 
+from pgsource.config.address import parse_address
 from pgsource.config.duration import format_duration
 from pgsource.config.model import IggyConfig, TopicSettingsConfig
 from pgsource.encode.frames import SEND_MESSAGES_CODE, PartitionFrames, SendRequest, encode_send_requests
@@ -74,17 +75,44 @@ class IggySink:
         self._foreign: set | None = None  # connections to the server that existed before ours: other clients'
         self._known: set[tuple[str, str]] = set()
         self._told: set[tuple[str, str]] = set()  # existing topics whose differing settings were logged
-        self._port = config.server.port
+        self._ports = {parse_address(seed).port for seed in config.seeds}  # every seed's (a cluster's nodes)
+        self._next_seed = 0  # where the next connect starts: after the seed used last (see connect)
+        self.address = config.seeds[0]  # the seed the client connected through
 
     # -- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect and log in; ``SinkError`` (with the address) when Iggy does not answer,
-        ``SinkRefused`` when it refuses the credentials."""
+        """Connect and log in through one of the seeds; ``SinkError`` (naming each address) when
+        none answers, ``SinkRefused`` when one refuses the credentials.
+
+        With several seeds (``iggy.address`` a list: a cluster's nodes) they are tried in order,
+        starting after the one this sink connected through last: a reconnect follows a failure,
+        and the node behind it may be the one that is gone. The SDK then follows the cluster from
+        the node it reached (to the leader, and over the roster it learns when a node is lost).
+        """
         self.disconnect()
         self._shut_ours()  # what an earlier, abandoned client of this sink may have redialled since
+        seeds = self.config.seeds
+        failures = []
+        for step in range(len(seeds)):
+            index = (self._next_seed + step) % len(seeds)
+            try:
+                await self._connect_to(seeds[index])
+            except SinkRefused:
+                raise
+            except SinkError as exc:
+                failures.append(str(exc))
+                continue
+            self._next_seed = (index + 1) % len(seeds)
+            if failures:
+                log.info("connected to Iggy through %s (%s)", seeds[index], "; ".join(failures))
+            return
+        self._next_seed = 0
+        raise SinkError("; ".join(failures))
+
+    async def _connect_to(self, address: str) -> None:
         tcp = iggy.TcpConfig(
-            server_address=self.config.address,
+            server_address=address,
             auto_login=iggy.AutoLogin.username_password(self.config.username, self.config.password),
             # One immediate redial at most (reestablish_after 0): a request pending on a connection
             # that was shut fails at once instead of after the SDK's 5 s re-establish delay.
@@ -92,17 +120,18 @@ class IggySink:
                 max_retries=0, interval=timedelta(milliseconds=200), reestablish_after=timedelta(0)
             ),
             nodelay=True,
-            **_tls_options(self.config),
+            **_tls_options(self.config, address),
         )
-        self._foreign = sockets.connections_to(self._port)  # other clients' connections, never touched
+        self._foreign = sockets.connections_to_any(self._ports)  # other clients' connections, never touched
         client = iggy.IggyClient(tcp)
-        where = f"Iggy at {self.config.address}"
+        where = f"Iggy at {address}"
         try:  # auto-login: connect() logs in (a login_user after it would log out and in again)
             await self._call(client.connect(), where)
         except SinkRefused as exc:
             reason = str(exc).removeprefix(f"{where}: ")
             raise SinkRefused(f"{where} refused user {self.config.username!r}: {reason}") from None
         self._client = client
+        self.address = address
         self._known.clear()
 
     @property
@@ -120,7 +149,7 @@ class IggySink:
         """Shut every connection to the server that is not another client's (see ``_foreign``)."""
         if self._foreign is None:  # never connected: nothing here is ours
             return 0
-        return sockets.shut_down(self._port, sockets.connections_to(self._port) - self._foreign)
+        return sockets.shut_down_any(sockets.connections_to_any(self._ports) - self._foreign)
 
     # -- bounded SDK calls ---------------------------------------------------------------
 
@@ -294,13 +323,13 @@ def decode_send_confirmation(reply: bytes) -> int | None:
 _CONFIRMATION = struct.Struct("<IIIQ")
 
 
-def _tls_options(config: IggyConfig) -> dict:
+def _tls_options(config: IggyConfig, address: str) -> dict:
     """``iggy.tls`` as TcpConfig's keywords (none when TLS is off: the SDK's defaults stay)."""
     tls = config.tls
     if not tls.enabled:
         return {}
     options = {"tls_enabled": True, "tls_validate_certificate": tls.validate_certificate,
-               "tls_domain": config.tls_domain}
+               "tls_domain": tls.domain or parse_address(address).host}  # each seed's own name
     if tls.ca_file:
         options["tls_ca_file"] = tls.ca_file
     return options

@@ -50,16 +50,27 @@ class TopicReader:
         self._client: iggy.IggyClient | None = None
 
     async def connect(self) -> TopicReader:
-        tcp = iggy.TcpConfig(
-            server_address=self.config.address,
-            auto_login=iggy.AutoLogin.username_password(self.config.username, self.config.password),
-            reconnection=iggy.TcpReconnectionConfig(max_retries=0, interval=timedelta(milliseconds=200)),
-            **_tls_options(self.config),
-        )
-        client = iggy.IggyClient(tcp)
-        await self._bounded(client.connect(), "connecting")
-        self._client = client
-        return self
+        """Through the first seed of ``iggy.address`` that answers (one, or a cluster's nodes)."""
+        seeds = self.config.seeds
+        for seed in seeds:
+            tcp = iggy.TcpConfig(
+                server_address=seed,
+                auto_login=iggy.AutoLogin.username_password(self.config.username, self.config.password),
+                reconnection=iggy.TcpReconnectionConfig(max_retries=0, interval=timedelta(milliseconds=200)),
+                **_tls_options(self.config, seed),
+            )
+            client = iggy.IggyClient(tcp)
+            try:
+                await self._bounded(client.connect(), "connecting")
+            except SinkRefused:
+                raise
+            except SinkError:
+                if seed == seeds[-1]:
+                    raise
+                continue
+            self._client = client
+            return self
+        raise SinkUnavailable(f"Iggy at {self.config.address}: no address")
 
     async def partitions(self, stream: str, topic: str) -> list[PartitionEnd] | None:
         """The topic's partitions, or None when the stream or the topic does not exist."""

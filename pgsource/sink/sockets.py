@@ -78,3 +78,23 @@ def shut_down(port: int, endpoints: set[Endpoint]) -> int:
         if _inspect(fd, wanted) in wanted:
             count += 1
     return count
+
+
+def connections_to_any(ports: set[int]) -> set[tuple[Endpoint, int]]:
+    """(local endpoint, peer port) of every connected TCP socket of this process to one of ``ports``
+    (the nodes of a cluster listen on several)."""
+    found = set()
+    for fd in _socket_descriptors():
+        endpoint = _inspect(fd, None)
+        if endpoint is not None and endpoint[1] in ports:
+            found.add(endpoint)
+    return found
+
+
+def shut_down_any(connections: set[tuple[Endpoint, int]]) -> int:
+    """Shut down (both directions) these connections of this process, as ``connections_to_any`` names them."""
+    count = 0
+    for fd in _socket_descriptors():
+        if _inspect(fd, connections) in connections:
+            count += 1
+    return count

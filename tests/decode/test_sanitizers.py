@@ -1,11 +1,13 @@
 """The C extensions under AddressSanitizer and UndefinedBehaviorSanitizer, fed fuzz inputs.
 
-Both extensions are compiled again with ``-fsanitize=address,undefined`` into a temporary
+The three extensions are compiled again with ``-fsanitize=address,undefined`` into a temporary
 directory; a child interpreter (the sanitizer runtime preloaded, since python itself is
 not instrumented) loads them in place of the normal builds and runs deterministic fuzz
 inputs: random, truncated and mangled TupleData through ``_rowjson.Plan`` (every column
 kind, converters that fail or return odd things), random ids, payloads and headers through
-``_frames.encode_frames``, and damaged batches through ``_frames.index_frames``. Any
+``_frames.encode_frames``, damaged batches through ``_frames.index_frames``, and random plans
+and COPY text (escapes, NULLs, invalid UTF-8, stray tabs, rows cut by any chunking) through
+``_copyjson.CopyPlan`` (``tests/decode/test_copyjson.py``'s generator). Any
 out-of-bounds access, use after free, signed overflow or misaligned load aborts the child
 with the sanitizer's report. A deliberately broken extension proves the harness sees one.
 """
@@ -23,7 +25,7 @@ import pytest
 
 from tests.support import REPO
 
-FUZZ_SECONDS = 10  # per extension family; the whole test stays within ~30 s on a loaded machine
+FUZZ_SECONDS = 8  # per extension family; the whole test (3 families) stays within ~45 s on a loaded machine
 
 
 def _runtime() -> str:
@@ -50,7 +52,8 @@ def _run(script: str, modules: dict[str, Path], timeout: float = 120) -> subproc
     code = "import importlib.util, sys\n" + loader + textwrap.dedent(script)
     env = {"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_PRELOAD": _runtime(),
            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86",
-           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87", "PYTHONHASHSEED": "0"}
+           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87", "PYTHONHASHSEED": "0",
+           "PYTHONMALLOC": "malloc"}  # every PyMem/bytes buffer from malloc, so ASan sees its bounds too
     return subprocess.run([sys.executable, "-c", code], cwd=str(REPO), env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -163,13 +166,33 @@ while time.monotonic() < deadline:
 print("frames", count)
 """
 
+_COPYJSON_FUZZ = r"""
+import random, time
+from pgsource.rows import _copyjson, copyjson
+assert copyjson._copyjson is _copyjson and _copyjson.__file__.endswith("_sanitized.so")
+from tests.decode.test_copyjson import feed, random_copy, random_plan
+
+rng = random.Random(20261202)
+deadline, count = time.monotonic() + SECONDS, 0
+while time.monotonic() < deadline:
+    plan, makers, fields = random_plan(rng, True)
+    exclude = _copyjson.sort_ids(b"".join(rng.getrandbits(128).to_bytes(16, "big") for _ in range(rng.randint(0, 3))))
+    sink = plan.batch(b"<" * rng.randint(0, 3000), b">", rng.randint(0, 9), exclude or None, rng.choice([0, 0, 1, 2, 5]))
+    result = feed(sink, random_copy(rng, makers, fields, rng.randint(0, 12)), rng)
+    assert isinstance(result, (tuple, list)) and result
+    count += 1
+print("copyjson", count)
+"""
+
 
 @pytest.mark.timeout(180)
 def test_c_extensions_under_asan_and_ubsan(tmp_path):
     rowjson = _compile(REPO / "pgsource/decode/_rowjson.c", tmp_path / "rowjson_sanitized.so")
     frames = _compile(REPO / "pgsource/encode/_frames.c", tmp_path / "frames_sanitized.so", "-l:libxxhash.so.0")
-    modules = {"pgsource.decode._rowjson": rowjson, "pgsource.encode._frames": frames}
-    for name, script in (("rowjson", _ROWJSON_FUZZ), ("frames", _FRAMES_FUZZ)):
+    copyjson = _compile(REPO / "pgsource/rows/_copyjson.c", tmp_path / "copyjson_sanitized.so", "-l:libxxhash.so.0")
+    modules = {"pgsource.decode._rowjson": rowjson, "pgsource.encode._frames": frames,
+               "pgsource.rows._copyjson": copyjson}
+    for name, script in (("rowjson", _ROWJSON_FUZZ), ("frames", _FRAMES_FUZZ), ("copyjson", _COPYJSON_FUZZ)):
         done = _run(f"SECONDS = {FUZZ_SECONDS}\n" + textwrap.dedent(script), modules)
         report = done.stderr[-6000:]
         assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, report

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from tests.faults.harness import MODES, Run, wait
+from tests.support import batch_channel_fill
 
 OUTAGE = 3.0  # seconds an outage lasts (the issue's "30 s", sized for CI)
 ORPHAN_GRACE = 15.0  # seconds the children of a killed supervisor may take to notice and exit
@@ -75,6 +76,32 @@ def kill_publisher(run: Run) -> None:
     run.end_fault()
     wait(lambda: run.publisher_pid() != victim, 60, "a new publisher")
     settle(run)
+
+
+def kill_worker_mid_block(run: Run) -> None:
+    """kill -9 while the worker's block is half written into the batch channel: Iggy answers each send
+    after a second, so the shared ring and the pipe fill behind the publisher; 8,000 rows of 2 KB (blocks
+    of 2 MB, more than a ring slot: they cross the pipe) are being read when the pipe is full and the
+    worker dies inside its write. The half block is never sent (the stand-in checks every frame of
+    every batch), the pipeline restarts on fresh channels, and every committed row arrives."""
+    begin(run, batch_size=1000)
+    run.iggy.set_latency(1.0)
+    run.execute("INSERT INTO t (writer, note) SELECT 98, repeat('x', 2000) FROM generate_series(1, 8000)")
+    publisher = run.publisher_pid()
+    wait(lambda: (fill := batch_channel_fill(publisher)) is not None and fill[0] > fill[1] - 4096 or run.died(),
+         60, "the batch channel's pipe to be full", interval=0.01)
+    victim = run.worker_pid()
+    fill = batch_channel_fill(publisher)
+    os.kill(victim, signal.SIGKILL)
+    run.begin_fault()
+    if fill is None or fill[0] <= fill[1] - 4096:
+        run.problem(f"the pipe was not full when the worker was killed ({fill}): no block was half written")
+    run.iggy.set_latency(0)
+    run.end_fault()
+    wait(lambda: run.worker_pid() != victim, 60, "a new worker")
+    settle(run)
+    if "restarting the publisher and every worker on fresh queues" not in run.log():
+        run.problem("the pipeline was not restarted on fresh channels after the worker died mid-block")
 
 
 def kill_supervisor(run: Run) -> None:
@@ -427,4 +454,5 @@ SCENARIOS = (
     Scenario("10 SIGTERM initial snapshot", sigterm_initial_snapshot, weight=3),
     Scenario("11 DDL while running", ddl_while_running),
     Scenario("12 200k-row transaction, kill -9", big_transaction_killed, weight=6),
+    Scenario("13 kill -9 worker mid-block", kill_worker_mid_block, weight=2),
 )

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import sys
-import termios
 import time
 from urllib.parse import urlparse
 
 import psutil
 from psycopg2 import sql
 
-from tests.support import bodies, execute, start_service, stop_service, wait_for, write_config
+from tests.support import (
+    batch_channel_fill,
+    bodies,
+    execute,
+    start_service,
+    stop_service,
+    wait_for,
+    write_config,
+)
 
 
 def _child_connected_to(service_pid: int, port: int) -> int | None:
@@ -35,30 +40,6 @@ def _worker_pid(service_pid: int, pg_port: int) -> int | None:
 def _publisher_pid(service_pid: int, iggy_port: int) -> int | None:
     """The child connected to Iggy (the publisher)."""
     return _child_connected_to(service_pid, iggy_port)
-
-
-def _batch_channel_fill(pid: int) -> tuple[int, int] | None:
-    """(bytes waiting, capacity) of the batch channel in process ``pid``: the one pipe widened to 1 MB.
-
-    The pipe is opened again through /proc (one more reader of it, which never reads), to ask
-    the kernel how much of it is written and not read yet."""
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        path = f"/proc/{pid}/fd/{fd}"
-        try:
-            if not os.readlink(path).startswith("pipe:"):
-                continue
-            probe = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            capacity = fcntl.fcntl(probe, 1032)  # F_GETPIPE_SZ
-            if capacity >= 1 << 20:
-                waiting = bytearray(4)
-                fcntl.ioctl(probe, termios.FIONREAD, waiting)
-                return int.from_bytes(waiting, sys.byteorder), capacity
-        finally:
-            os.close(probe)
-    return None
 
 
 def _gone(pid: int) -> bool:
@@ -181,7 +162,7 @@ def test_a_worker_killed_halfway_through_writing_a_batch_never_makes_the_publish
     try:
         publisher = wait_for(lambda: _publisher_pid(service.pid, iggy.port), 30, message="the publisher")
         worker = wait_for(lambda: _worker_pid(service.pid, port), 30, message="the worker")
-        fill = wait_for(lambda: (f := _batch_channel_fill(publisher)) and f[0] > f[1] - 4096 and f, 60,
+        fill = wait_for(lambda: (f := batch_channel_fill(publisher)) and f[0] > f[1] - 4096 and f, 60,
                         message="the batch channel's pipe to be full")
         assert fill[0] < 2_000_000  # a full pipe holds less than one block: the block in it is half written
         os.kill(worker, signal.SIGKILL)

@@ -9,6 +9,9 @@ Which server (the first that applies):
 2. ``PGSOURCE_TEST_IGGY=HOST:PORT`` (credentials ``PGSOURCE_TEST_IGGY_USERNAME`` /
    ``PGSOURCE_TEST_IGGY_PASSWORD``, default ``iggy``/``iggy``): a running server. Tests that
    need to control the server process skip, saying so. PostgreSQL is the private cluster.
+   With ``PGSOURCE_TEST_IGGY_CLUSTER=3`` as well, the server of the session is a replicated
+   cluster of that many nodes of the binary on loopback (``tests/real/cluster.py``), and the
+   cluster tests (``test_real_cluster*.py``) run; without it they skip, saying so.
 3. A container engine with ``docker compose``: ``deploy/docker-compose.yml`` (the
    ``apache/iggy:0.9.0`` and ``postgres:15`` images); the server is controlled with
    ``docker compose stop/start/pause/unpause``.
@@ -38,6 +41,7 @@ import pytest
 from psycopg2 import sql
 
 from tests.real import reader
+from tests.real.cluster import IggyCluster
 from tests.real.server import IggyServerProcess, free_port, login_works
 
 HERE = Path(__file__).resolve().parent
@@ -67,12 +71,28 @@ def _engine_problem() -> str | None:
     return None
 
 
+def _cluster_size() -> tuple[int | None, str]:
+    """(nodes, why not) from ``PGSOURCE_TEST_IGGY_CLUSTER``: None when unset or unusable."""
+    value = os.environ.get("PGSOURCE_TEST_IGGY_CLUSTER", "")
+    if not value:
+        return None, ("needs a replicated Iggy: set PGSOURCE_TEST_IGGY_SERVER=/path/to/iggy-server and"
+                      " PGSOURCE_TEST_IGGY_CLUSTER=3")
+    if not value.isdigit() or int(value) < 3:
+        return None, f"PGSOURCE_TEST_IGGY_CLUSTER={value}: give the number of nodes, at least 3"
+    if not os.environ.get("PGSOURCE_TEST_IGGY_SERVER"):
+        return None, "PGSOURCE_TEST_IGGY_CLUSTER needs PGSOURCE_TEST_IGGY_SERVER=/path/to/iggy-server as well"
+    return int(value), ""
+
+
 def _mode() -> tuple[str | None, str]:
-    """(mode, why not) — mode is "binary", "address", "compose" or None."""
+    """(mode, why not) — mode is "binary", "cluster", "address", "compose" or None."""
     if os.environ.get("PGSOURCE_TEST_IGGY_SERVER"):
         binary = os.environ["PGSOURCE_TEST_IGGY_SERVER"]
         if not os.access(binary, os.X_OK):
             return None, f"PGSOURCE_TEST_IGGY_SERVER={binary} is not an executable"
+        if os.environ.get("PGSOURCE_TEST_IGGY_CLUSTER"):
+            size, problem = _cluster_size()
+            return ("cluster", "") if size else (None, problem)
         return "binary", ""
     if os.environ.get("PGSOURCE_TEST_IGGY"):
         return "address", ""
@@ -84,6 +104,7 @@ def _mode() -> tuple[str | None, str]:
 
 
 MODE, WHY_NOT = _mode()
+CLUSTER_SIZE, WHY_NO_CLUSTER = _cluster_size()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -128,13 +149,54 @@ class ComposeControl:
         self._compose("unpause")
 
 
+class WholeClusterControl:
+    """Every node of a cluster at once: the outage tests' "server" restarted, stopped, frozen."""
+
+    def __init__(self, cluster: IggyCluster) -> None:
+        self.cluster = cluster
+
+    def stop(self) -> None:
+        for node in self.cluster.nodes:
+            node.stop()
+
+    def start(self) -> None:
+        for node in self.cluster.nodes:
+            node.launch()
+        self.cluster.wait_until_serving()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        import time
+
+        self.stop()
+        if down_for:
+            time.sleep(down_for)  # the outage itself is what is being tested
+        self.start()
+
+    def freeze(self) -> None:
+        for node in self.cluster.nodes:
+            node.freeze()
+
+    def thaw(self) -> None:
+        for node in self.cluster.nodes:
+            node.thaw()
+
+
 @dataclass
 class RealIggy:
-    address: str
+    address: str  # what pgsource's iggy.address is set to
     username: str
     password: str
-    control: object | None  # IggyServerProcess or ComposeControl: restart(down_for), stop(), start(), freeze(), thaw()
+    control: object | None  # IggyServerProcess, ComposeControl or WholeClusterControl: restart(down_for), stop(), start(), freeze(), thaw()
     refuses_wheel_topic_options: bool = False
+    cluster: IggyCluster | None = None  # the nodes, one by one (cluster mode)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where a reader may connect, in order (every node of a cluster, the running ones first)."""
+        if self.cluster is None:
+            return [self.address]
+        nodes = sorted(self.cluster.nodes, key=lambda node: not node.running)
+        return [node.address for node in nodes]
 
     def iggy_section(self, stream: str, **keys) -> dict:
         """The ``iggy:`` section of a pgsource config for this server."""
@@ -199,18 +261,22 @@ def real_iggy(compose_stack, tmp_path_factory) -> RealIggy:
     """The real server of this session (see the module docstring)."""
     username = os.environ.get("PGSOURCE_TEST_IGGY_USERNAME", "iggy")
     password = os.environ.get("PGSOURCE_TEST_IGGY_PASSWORD", "iggy")
-    server = None
+    server = cluster = None
     if MODE == "binary":
         server = IggyServerProcess(os.environ["PGSOURCE_TEST_IGGY_SERVER"],
                                    data_dir=str(tmp_path_factory.mktemp("iggy-session"))).start()
         address, control = server.address, None
+    elif MODE == "cluster":
+        server = cluster = IggyCluster(os.environ["PGSOURCE_TEST_IGGY_SERVER"], CLUSTER_SIZE,
+                                       data_dir=str(tmp_path_factory.mktemp("iggy-cluster"))).start()
+        address, control = cluster_address(cluster), None
     elif MODE == "address":
         address, control = os.environ["PGSOURCE_TEST_IGGY"], None
     else:
         address, control = f"127.0.0.1:{os.environ['PGSOURCE_IGGY_PORT']}", ComposeControl(compose_stack)
         _wait_for(lambda: login_works(address, username, password), 120, f"Iggy at {address}")
     try:
-        yield RealIggy(address, username, password, control, _probe_topic_options(address, username, password))
+        yield RealIggy(address, username, password, control, _probe_topic_options(address.split(",")[0], username, password), cluster)
     finally:
         if server is not None:
             server.close()
@@ -225,11 +291,30 @@ def controlled_iggy(real_iggy, tmp_path) -> RealIggy:
     if MODE == "compose":
         yield real_iggy
         return
+    if MODE == "cluster":
+        with IggyCluster(os.environ["PGSOURCE_TEST_IGGY_SERVER"], CLUSTER_SIZE, data_dir=str(tmp_path / "iggy")) as cluster:
+            yield RealIggy(cluster_address(cluster), "iggy", "iggy", WholeClusterControl(cluster),
+                           real_iggy.refuses_wheel_topic_options, cluster)
+        return
     server = IggyServerProcess(os.environ["PGSOURCE_TEST_IGGY_SERVER"], data_dir=str(tmp_path / "iggy")).start()
     try:
         yield RealIggy(server.address, "iggy", "iggy", server, real_iggy.refuses_wheel_topic_options)
     finally:
         server.close()
+
+
+def cluster_address(cluster: IggyCluster) -> str:
+    """``iggy.address`` for pgsource against a cluster: every node, as a seed list."""
+    return ",".join(cluster.addresses)
+
+
+@pytest.fixture
+def iggy_cluster(real_iggy, tmp_path) -> RealIggy:
+    """A cluster of its own for a test that kills, stops or freezes single nodes."""
+    if MODE != "cluster":
+        pytest.skip(f"cluster test: {WHY_NO_CLUSTER}")
+    with IggyCluster(os.environ["PGSOURCE_TEST_IGGY_SERVER"], CLUSTER_SIZE, data_dir=str(tmp_path / "iggy")) as cluster:
+        yield RealIggy(cluster_address(cluster), "iggy", "iggy", None, real_iggy.refuses_wheel_topic_options, cluster)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------

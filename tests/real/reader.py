@@ -37,10 +37,22 @@ class Stored:
 
 
 async def _client(iggy) -> iggy_sdk.IggyClient:
-    client = iggy_sdk.IggyClient(iggy_sdk.TcpConfig(server_address=iggy.address))
-    await asyncio.wait_for(client.connect(), CALL_TIMEOUT)
-    await asyncio.wait_for(client.login_user(iggy.username, iggy.password), CALL_TIMEOUT)
-    return client
+    """A client of the server, or of the first node of a cluster that answers (a node may be down)."""
+    addresses = getattr(iggy, "addresses", [iggy.address])
+    for address in addresses:
+        tcp = iggy_sdk.TcpConfig(server_address=address)
+        if len(addresses) > 1:  # fail fast on a node that is down, and try the next
+            tcp = iggy_sdk.TcpConfig(server_address=address, reconnection=iggy_sdk.TcpReconnectionConfig(max_retries=0))
+        client = iggy_sdk.IggyClient(tcp)
+        try:
+            await asyncio.wait_for(client.connect(), CALL_TIMEOUT)
+            await asyncio.wait_for(client.login_user(iggy.username, iggy.password), CALL_TIMEOUT)
+        except (RuntimeError, OSError):
+            if address == addresses[-1]:
+                raise
+            continue  # the next node
+        return client
+    raise RuntimeError("no address to read from")
 
 
 async def _read_topic(iggy, stream: str, topic: str) -> list[Stored]:

@@ -48,12 +48,13 @@ def login_works(address: str, username: str = USERNAME, password: str = PASSWORD
 class IggyServerProcess:
     """One ``iggy-server`` on loopback; ``restart`` keeps the data directory and the ports."""
 
-    def __init__(self, binary: str, data_dir: str | None = None, log_path: str | None = None) -> None:
+    def __init__(self, binary: str, data_dir: str | None = None, log_path: str | None = None,
+                 ports: dict[str, int] | None = None) -> None:
         self.binary = binary
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="iggy-data-")
         os.makedirs(self.data_dir, exist_ok=True)
-        self.ports = {name: free_port() for name in ("tcp", "http", "quic", "websocket")}
+        self.ports = ports or {name: free_port() for name in ("tcp", "http", "quic", "websocket")}
         self.log_path = log_path or os.path.join(self.data_dir, "server.out")
         self.process: subprocess.Popen | None = None
         self._log = None
@@ -79,13 +80,11 @@ class IggyServerProcess:
             "IGGY_SYSTEM_LOGGING_FILE_ENABLED": "false",
         }
 
+    def arguments(self) -> list[str]:
+        return ["--with-default-root-credentials"]
+
     def start(self, timeout: float = 60.0) -> IggyServerProcess:
-        env = {**os.environ, **self.environment()}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [self.binary, "--with-default-root-credentials"], cwd=self.data_dir, env=env,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -95,6 +94,15 @@ class IggyServerProcess:
                 return self
             time.sleep(0.1)  # the pace of this condition loop
         raise RuntimeError(f"iggy-server at {self.address} did not accept a login within {timeout:.0f}s")
+
+    def launch(self) -> None:
+        """Start the process and return at once (a cluster node answers only once its peers are up)."""
+        env = {**os.environ, **self.environment()}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [self.binary, *self.arguments()], cwd=self.data_dir, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (a graceful shutdown that flushes), SIGKILL after ``timeout``; the exit code."""
