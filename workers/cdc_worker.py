@@ -36,9 +36,11 @@ import logging
 import time
 from functools import partial
 
+from pgsource.cdc.backfill_driver import BackfillDriving
 from pgsource.cdc.committer import SlotCommitter, SqlSlotConfirmer, StreamSlotConfirmer
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
 from pgsource.cdc.identity import TableWatch
+from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.slot_lifecycle import SlotLifecycle
 from pgsource.cdc.slot_plan import SlotNames, SlotSettings
 from pgsource.cdc.slot_record import SlotRecords
@@ -50,9 +52,9 @@ from pgsource.pg.catalog import describe_table
 from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
 from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
-from pgsource.pg.types import load_table_types, load_type_catalog
+from pgsource.pg.types import load_table_types, load_type_catalog, load_type_names
 from pgsource.pipeline.block import BlockHead, encode_message_block
-from pgsource.state import FileStateStore
+from pgsource.state import FileStateStore, ShapeRecord, shapes_key
 from workers.base import SourceWorker, WorkerSpec
 
 log = logging.getLogger("pgsource.cdc")
@@ -66,12 +68,13 @@ IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load
 LINGER = 0.005
 
 
-class CdcWorker(SourceWorker):
+class CdcWorker(BackfillDriving, SourceWorker):
     """Streams one slot; see the module docstring for when the slot is confirmed."""
 
     def __init__(self, spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:
         super().__init__(spec, channel, ack_queue, status_queue, stop_event)
         self._tick = _nothing  # run in every wait: the streaming transport's feedback
+        self._last_seq = 0  # the last batch sent (a backfill chunk with no row left counts as done after it)
         self._unfinished = False  # a snapshot is not acknowledged completely: do not stream
         self.encoder: ChangeEncoder | None = None  # made once the slot is ready (snapshots are sent before)
 
@@ -108,6 +111,7 @@ class CdcWorker(SourceWorker):
             return
         lifecycle.finish(plan)
         self.encoder = self._change_encoder(plan.starts(self.tables))
+        self._start_backfills()
         if not self.table_watch.settle(trees):
             self._unfinished = True
 
@@ -121,7 +125,11 @@ class CdcWorker(SourceWorker):
         infos = self.infos
         keys = {(info.schema, info.name): info.identity for info in infos.values()}
         oids = {infos[table.qualified].oid: table for table in self.tables}  # captured by oid, not by name
-        encoder = ChangeEncoder(self.spec.config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids)
+        key = shapes_key(self.slot)  # shapes the slot is confirmed past: the baseline a restart compares with
+        self.shapes = SchemaWatch(self.store.load(key, ShapeRecord), commit=partial(self.store.commit, key))
+        self.committer.on_confirmed = self.shapes.confirmed
+        encoder = ChangeEncoder(self.spec.config, self.slot, self._load_types, keys=keys, starts=starts, oids=oids,
+                                shapes=self.shapes, load_type_names=self._load_type_names)
         encoder.types.update(load_table_types(self.conn, [(table.schema_, table.name) for table in self.tables]))
         return encoder
 
@@ -136,6 +144,11 @@ class CdcWorker(SourceWorker):
         if self._copying:  # no other query while the peek's COPY runs: see _peek
             raise _TypesNeeded(oids)
         return load_type_catalog(self.conn, oids)
+
+    def _load_type_names(self, pairs: list[tuple[int, int]]) -> dict:
+        if self._copying:
+            raise _TypesNeeded([], pairs)
+        return load_type_names(self.conn, pairs)
 
     def serve(self) -> None:
         if self._unfinished:
@@ -160,6 +173,7 @@ class CdcWorker(SourceWorker):
         while not self._should_stop():
             self.notify()
             self._watch_tables()
+            self._backfill_step(force=True)  # between peeks: the connection is free
             upto = rep.current_flush_lsn(self.conn)
             rows = self._peek(upto, limit, batch_size)
             if self.outbox.in_flight:
@@ -198,7 +212,8 @@ class CdcWorker(SourceWorker):
                     self._copying = False
                     rollback(self.conn)
                     self.encoder.types.update(load_type_catalog(self.conn, need.oids))
-                    self._peek_skip, self._peek_fed = self._peek_fed, 0
+                    self.encoder.type_names.update(load_type_names(self.conn, need.names))
+                    self._peek_skip = self._peek_fed  # every message fed since the peek began, all attempts
                     rows = BinaryCopyRows(feed, needs_text=self.encoder.needs_text, where=self.spec.name)
                 finally:
                     self._copying = False
@@ -272,12 +287,16 @@ class CdcWorker(SourceWorker):
                     if batch.count >= batch_size:  # a large transaction streams out in batches
                         self._flush_batch()
                         committer.commit_acknowledged()
+                    self._backfill_step()
                     continue
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
                 if linger <= 0:
                     self._flush_batch()  # the socket is drained and the batch waited long enough
                 self.outbox.take_acks()
                 batch = self._batch
+                if self._chunk_outs and not batch.count:  # chunks with no row left to send
+                    self._send(batch)
+                self._backfill_step()
                 if not encoder.in_transaction and not batch.count and batch.last_commit_end is None:
                     committer.mark(stream.wal_end)  # nothing half-read, nothing unsent: the server's position
                 committer.commit_acknowledged()
@@ -304,15 +323,19 @@ class CdcWorker(SourceWorker):
         for topic, messages in batch.topic_messages.items():
             if not messages.ids:
                 continue
-            tables = tables_of(messages.payloads, messages.headers)  # the metrics' table label: the table, not the topic
+            tables = tables_of(messages.payloads, messages.headers, messages.ids)  # the metrics' label: the table
             head = BlockHead(self.name, self.config.iggy.stream, topic, next(iter(tables)), commit_time,
                              tables if len(tables) > 1 else None)
             seq = self.outbox.send(encode_message_block(head, messages, where=f"topic {topic}"), self._waiting_for_room)
             if seq is None:  # orphaned: no publisher will take it, the next start re-reads it
                 raise SystemExit(1)
             self.committer.sent(seq)
+            self._last_seq = seq
             for table, (count, _) in tables.items():
-                self.metrics.rows_read.labels(table, self.name).inc(count)
+                if table:  # "": the transaction topic's markers
+                    self.metrics.rows_read.labels(table, self.name).inc(count)
+        if self.encoder is not None:
+            self._chunks_sent(self._last_seq, acknowledged=not self.outbox.in_flight)
         if batch.last_commit_end is not None:
             self.committer.mark(batch.last_commit_end)
 
@@ -365,9 +388,10 @@ def _nothing() -> None:
 
 
 class _TypesNeeded(Exception):
-    def __init__(self, oids: list[int]) -> None:
+    def __init__(self, oids: list[int], names: list[tuple[int, int]] = ()) -> None:
         super().__init__(oids)
         self.oids = oids
+        self.names = list(names)
 
 
 def run_cdc_worker(spec: WorkerSpec, channel, ack_queue, status_queue, stop_event) -> None:

@@ -1,5 +1,5 @@
 """The ``pgsource`` command: ``run``, ``check``, ``demo``, ``drop-slot``, ``status``, ``reset``, ``rejoin``,
-``verify`` and ``tail``.
+``snapshot``, ``verify`` and ``tail``.
 
 The admin commands' logic is in ``pgsource/ops/admin/``; here they are parsed, confirmed
 (only when stdin is a terminal; ``--yes`` skips the question) and printed.
@@ -183,6 +183,8 @@ def status(config_path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.to_json(), indent=2))
         return
+    from pgsource.ops.admin.status import backfill_line
+
     click.echo(f"mode {found.mode}; {'running: ' + found.running if found.running else 'not running'}")
     for table in found.tables:
         offset = ", ".join(table.offset) if table.offset else ("the start" if table.offset == [] else "nothing committed")
@@ -196,6 +198,8 @@ def status(config_path: str, as_json: bool) -> None:
         click.echo(f"{slot.worker}: slot {slot.slot} {'active (pid ' + str(slot.active_pid) + ')' if slot.active_pid else 'inactive'},"
                    f" wal_status {slot.wal_status}, confirmed {slot.confirmed_lsn}, {slot.bytes_behind} byte(s) behind,"
                    f" {slot.retained_wal_bytes} byte(s) of WAL retained")
+        for backfill in slot.backfills:
+            click.echo(f"{slot.worker}: {backfill_line(backfill)}")
 
 
 @main.command()
@@ -222,6 +226,24 @@ def reset(config_path: str, table_name: str, to: str | None, to_start: bool, yes
     except PgSourceError as exc:
         _fail(exc)
     click.echo(f"reset {table_name}: {len(moves)} offset(s) moved")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML (or JSON) file.")
+@click.option("--table", "table_name", required=True, help="A table of source.tables, captured in mode: cdc.")
+@click.option("--where", "where", default=None, help="Only the rows matching this SQL predicate (checked by PostgreSQL).")
+@click.option("--chunk-size", "chunk_size", default=None, type=int, help="Rows per chunk (default: source.backfill_chunk_size).")
+@click.option("--cancel", is_flag=True, help="Cancel the table's running backfill instead.")
+def snapshot(config_path: str, table_name: str, where: str | None, chunk_size: int | None, cancel: bool) -> None:
+    """Backfill one CDC table while the stream goes on (docs/cdc.md, "Backfills"); running service or not."""
+    config = _load(config_path)
+    from pgsource.ops.admin.backfill import request_backfill
+
+    try:
+        requested = request_backfill(config, table_name, where, chunk_size, cancel)
+    except PgSourceError as exc:
+        _fail(exc)
+    click.echo(requested.describe())
 
 
 @main.command()

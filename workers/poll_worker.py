@@ -44,6 +44,7 @@ from pgsource.polling.batches import Batch
 from pgsource.polling.committer import OffsetCommitter, Work
 from pgsource.polling.late_commits import ReadRange, below_horizon, sealed, tracking_key
 from pgsource.polling.offset_age import OffsetAge
+from pgsource.polling.schema_changes import send_changed_shapes
 from pgsource.polling.unit import PollUnit, open_unit
 from pgsource.state import FileStateStore, PollingOffset
 from pgsource.state.writer import OffsetWriter
@@ -93,6 +94,7 @@ class PollWorker(SourceWorker):
             yield
 
     def serve(self) -> None:
+        send_changed_shapes(self.config, self.store, self.units, self.spec.units, self.outbox, self.name)
         self._loop(self.units, self.config.source.batch_size)
 
     def close(self) -> None:

@@ -73,6 +73,8 @@ class SlotCommitter(Committer):
         self.recorded_lsn = 0  # the newest position recorded in ``progress``
         self.confirmed_lsn = 0  # the newest position confirmed to the slot
         self.confirmer: SlotConfirmer | None = None
+        self.on_confirmed: Callable[[int], None] | None = None  # told each position the slot is confirmed up to
+        self.on_acked: Callable[[int], None] | None = None  # told each batch Iggy acknowledged (backfills)
         self._gauge = confirmed_gauge
         self._remembered_at = time.monotonic()
 
@@ -94,6 +96,8 @@ class SlotCommitter(Committer):
 
     def acked(self, seq: int) -> None:
         self.progress.acked(seq)
+        if self.on_acked is not None:  # acks come in the order batches were sent: every one up to seq
+            self.on_acked(seq)
 
     def commit_acknowledged(self, force: bool = False) -> None:
         """Confirm the slot up to what is committable (the confirmer decides when it speaks)."""
@@ -106,6 +110,8 @@ class SlotCommitter(Committer):
             self._counted()
             if self._gauge is not None:
                 self._gauge.set(target)
+            if self.on_confirmed is not None:
+                self.on_confirmed(target)
         self.remember(force)
 
     def remember(self, force: bool = False) -> None:

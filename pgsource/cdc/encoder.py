@@ -29,14 +29,20 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pgsource.cdc.change_batch import ChangeBatch, tables_of  # noqa: F401 (re-exported: the worker imports them here)
+from pgsource.cdc.payload_messages import PayloadMessages
+from pgsource.cdc.schema_watch import SchemaWatch
+from pgsource.cdc.transaction_markers import TransactionMarkers
 from pgsource.config.model import Config, Operation, Partitioning
 from pgsource.config.names import message_name
 from pgsource.decode import pgoutput as po
 from pgsource.decode.rowjson import NATIVE, RowJson, compile_row_json
 from pgsource.decode.values import compile_relation, decode_tuple_json
-from pgsource.encode.batch import MessageBatch, new_message_batch
-from pgsource.encode.envelope import compact_json, envelope_parts, envelope_suffix
+from pgsource.encode.batch import new_message_batch
+from pgsource.encode.envelope import envelope_parts, envelope_suffix
+from pgsource.encode.frames import TXN_INDEX
 from pgsource.encode.ids import cdc_message_id, key_partition
+from pgsource.encode.markers import SCHEMA_CHANGE, encode_schema_change, schema_change_id
 from pgsource.encode.names import output_names
 from pgsource.errors import SourceError
 from pgsource.lsn import format_lsn
@@ -61,46 +67,7 @@ class _RelationState:
     relation_name: str | None = None  # the relation's name now, when it is not the configured one (a rename)
 
 
-@dataclass
-class ChangeBatch:
-    """Messages encoded from one slice of the change stream."""
-
-    topic_messages: dict[str, MessageBatch] = field(default_factory=dict)  # payloads are bytes here
-    count: int = 0
-    last_commit_end: int | None = None  # end LSN of the last transaction fully contained
-    commit_time: float = 0.0
-
-    def add(self, topic: str, message_id: int, partition: int, payload: bytes, headers: dict) -> None:
-        ids, parts, payloads, header_list = self.topic_messages.get(topic) or self.topic_messages.setdefault(
-            topic, new_message_batch())
-        ids.append(message_id)
-        parts.append(partition)
-        payloads.append(payload)
-        header_list.append(headers)
-        self.count += 1
-
-
-def tables_of(payloads: list[bytes], headers: list[dict]) -> dict[str, tuple[int, int]]:
-    """Per table (the messages' ``table`` header, as ``table_name`` names it) of one topic's
-    messages: (messages, frame bytes). Header dicts are shared per transaction, table and
-    operation, so the common case (one table) costs one pass at C speed; several tables in
-    one topic are counted message by message."""
-    shared = dict(zip(map(id, headers), headers))
-    names = {header["table"] for header in shared.values()}
-    if len(names) == 1:
-        return {names.pop(): (len(payloads), 0)}  # bytes: the caller has the frames
-    from pgsource.encode.frames import FRAME_HEADER_SIZE, encode_user_headers
-
-    sizes = {key: FRAME_HEADER_SIZE + len(encode_user_headers(header)) for key, header in shared.items()}
-    out: dict[str, list[int]] = {name: [0, 0] for name in names}
-    for payload, header in zip(payloads, headers):
-        entry = out[header["table"]]
-        entry[0] += 1
-        entry[1] += sizes[id(header)] + len(payload)
-    return {name: (count, size) for name, (count, size) in out.items()}
-
-
-class ChangeEncoder:
+class ChangeEncoder(PayloadMessages):
     """Stateful: feed it every decoded message of the stream, in order.
 
     ``keys``: per captured table (schema, name), its primary key (else unique NOT NULL key)
@@ -117,7 +84,9 @@ class ChangeEncoder:
     def __init__(self, config: Config, slot: str, load_types: Callable[[list[int]], dict], *,
                  keys: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
                  starts: Mapping[tuple[str, str], int] | None = None,
-                 oids: Mapping[int, object] | None = None) -> None:
+                 oids: Mapping[int, object] | None = None,
+                 shapes: SchemaWatch | None = None,
+                 load_type_names: Callable[[list[tuple[int, int]]], dict] | None = None) -> None:
         source = config.source
         self.slot = slot
         self.config = config
@@ -135,6 +104,22 @@ class ChangeEncoder:
         self.starts = dict(starts or {})
         self.load_types = load_types
         self.types: dict[int, object] = {}
+        # transaction_markers: headers and messages put xid and txn_index in the headers
+        # (txn_index filled in from each message's id when its frames are made); messages adds
+        # the BEGIN and COMMIT messages (pgsource/cdc/transaction_markers.py)
+        self.txn_headers = source.transaction_markers != "off"
+        self.markers = (TransactionMarkers(slot, config.iggy.transaction_topic)
+                        if source.transaction_markers == "messages" else None)
+        # schema changes: the announced shapes, and format_type names of (type oid, typmod)
+        self.shapes = shapes if source.schema_change_events else None
+        self.load_type_names = load_type_names
+        self.type_names: dict[tuple[int, int], str] = {}
+        # backfills: the tables whose changes' keys are reported to ``on_key`` (the fast path skips
+        # them), and logical decoding messages to ``on_message`` (prefix, content, lsn)
+        self.watched: set[str] = set()
+        self.on_key: Callable[[str, tuple | None], None] | None = None
+        self.on_message: Callable[[po.Message, ChangeBatch], None] | None = None
+        self.on_begin: Callable[[int], None] | None = None  # each transaction's xid
         self.relations: dict[int, _RelationState] = {}
         self._begin: po.Begin | None = None
         self._commit_lsn = 0  # of the transaction in progress
@@ -180,21 +165,30 @@ class ChangeEncoder:
             self._commit_seconds = message.commit_ts / 1e6 + 946_684_800
             self._lsn_text = format_lsn(message.final_lsn)
             self._xid_text = str(message.xid)
+            if self.on_begin is not None:
+                self.on_begin(message.xid)
             self._id_base = cdc_message_id(message.final_lsn, self.slot, 0)
             self._parts = {}
             self._routes = {}
+            if self.markers is not None:
+                self.markers.start(message.xid, message.final_lsn, self._lsn_text, self._timestamp)
         elif kind is po.Commit:
+            if self.markers is not None:
+                self.markers.finish(out.add)
             out.last_commit_end = message.end_lsn
             out.commit_time = self._commit_seconds
             self._begin = None
             self._routes = {}
         elif kind is po.Relation:
-            self._relation(message)
+            self._relation(message, out)
+        elif kind is po.Message:
+            if self.on_message is not None:
+                self.on_message(message, out)
         elif kind is po.Truncate:
             for oid in message.relation_oids:
                 self._change(oid, "TRUNCATE", None, None, None, out)
 
-    def _relation(self, relation: po.Relation) -> None:
+    def _relation(self, relation: po.Relation, out: ChangeBatch) -> None:
         schema = relation.namespace or "pg_catalog"
         table = self.oids.get(relation.oid) if self.oids else self.tables.get((schema, relation.name))
         current = message_name(schema, relation.name)
@@ -238,6 +232,26 @@ class ChangeEncoder:
         self.relations[relation.oid] = state
         self._parts = {key: value for key, value in self._parts.items() if key[0] != relation.oid}
         self._routes = {}
+        if table is not None and self.shapes is not None and self.payload_column is None:
+            self._shape(relation, state, keys, out)
+
+    def _shape(self, relation: po.Relation, state: _RelationState, names: list[str], out: ChangeBatch) -> None:
+        """A captured relation's columns against the announced shape: a SCHEMA_CHANGE before the
+        first change of another shape (in each partition the table's changes may go to)."""
+        pairs = [(c.type_oid, c.typmod) for c in relation.columns]
+        missing = [pair for pair in pairs if pair not in self.type_names]
+        if missing and self.load_type_names is not None:
+            self.type_names.update(self.load_type_names(missing))
+        columns = tuple((name, self.type_names.get(pair, str(pair[0]))) for name, pair in zip(names, pairs))
+        change = self.shapes.seen(state.table_name, columns, self._commit_lsn)
+        if change is None:
+            return
+        payload = encode_schema_change(state.table_name, self._timestamp, change.old, change.new)
+        headers = {"table": state.table_name, "operation": SCHEMA_CHANGE, "lsn": self._lsn_text}
+        partitions = [state.partition] if state.partition is not None else range(self.partitions)
+        for partition in partitions:
+            message_id = schema_change_id(state.table_name, self._commit_lsn, change.new, partition)
+            out.add(state.topic, message_id, partition, payload, headers)
 
     def _envelope(self, oid: int, state: _RelationState, operation: str) -> tuple:
         """(prefix, suffix, headers) of ``operation`` on a relation in this transaction, built once.
@@ -250,7 +264,9 @@ class ChangeEncoder:
                 prefix, suffix = (part.encode() for part in envelope_parts(state.table_name, operation, self._timestamp))
             else:
                 prefix = suffix = b""
-            headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text, "xid": self._xid_text}
+            headers = {"table": state.table_name, "operation": operation, "lsn": self._lsn_text}
+            if self.txn_headers:  # txn_index "": each message's position, from its id (pgsource/encode/frames.py)
+                headers |= {"xid": self._xid_text, TXN_INDEX: ""}
             if state.relation_name:
                 headers["relation"] = state.relation_name
             parts = self._parts[(oid, operation)] = (prefix, suffix, headers)
@@ -274,7 +290,7 @@ class ChangeEncoder:
                 self._position += 1
                 return
             if route is not False:
-                row, prefix, suffix, partition, headers, ids, parts, payloads, header_list = route
+                row, prefix, suffix, partition, headers, ids, parts, payloads, header_list, tally = route
                 payload = row(b, s, start + 6, end, prefix, suffix)
                 if payload is not None:
                     position = self._position
@@ -283,6 +299,8 @@ class ChangeEncoder:
                     payloads.append(payload)
                     header_list.append(headers)
                     out.count += 1
+                    if tally is not None:
+                        tally[0] += 1
                     self._position = position + 1
                     return
         self.feed(po.decode_message(b[start:end]), out)
@@ -298,14 +316,15 @@ class ChangeEncoder:
             return False
         oid = _I32(head, 1)[0]
         state = self.relations.get(oid)
-        if state is None or state.row is None:
-            return False
+        if state is None or state.row is None or state.table_name in self.watched:
+            return False  # (a table being backfilled: its keys are reported, on the general path)
         operation = "UPDATE" if head[0] == 85 else "INSERT"
         if not self._captured_ops[operation] or self._commit_lsn < state.start_lsn:
             return _SKIP
+        tally = self.markers.tally(state.table_name, out.add) if self.markers is not None else None
         prefix, suffix, headers = self._envelope(oid, state, operation)
         lists = out.topic_messages.get(state.topic) or out.topic_messages.setdefault(state.topic, new_message_batch())
-        return (state.row, prefix, suffix, state.partition, headers, *lists)
+        return (state.row, prefix, suffix, state.partition, headers, *lists, tally)
 
     def _change(self, oid: int, operation: str, new, old, old_kind, out: ChangeBatch) -> None:
         state = self.relations.get(oid)
@@ -317,6 +336,8 @@ class ChangeEncoder:
         self._position += 1
         if not state.captured or operation not in self.operations or self._commit_lsn < state.start_lsn:
             return
+        if state.table_name in self.watched:
+            self._report_keys(state, operation, new, old)
         if new is not None and old is not None and old_kind == "O" and po.UNCHANGED in new:
             new = tuple(o if n is po.UNCHANGED else n for n, o in zip(new, old))  # FULL gives the value
         if state.payload_position is not None:
@@ -341,34 +362,23 @@ class ChangeEncoder:
         partition = state.partition
         if partition is None:
             partition = self._partition(state, new if new is not None else old, old_kind)
+        self._add(state, out, message_id, partition, payload, headers)
+
+    def _add(self, state: _RelationState, out: ChangeBatch, message_id: int, partition: int, payload: bytes,
+             headers: dict) -> None:
+        """A change's message into the batch (counted for its transaction's COMMIT message)."""
+        if self.markers is not None:
+            self.markers.tally(state.table_name, out.add)[0] += 1
         out.add(state.topic, message_id, partition, payload, headers)
 
-    def _payload_change(self, state: _RelationState, oid: int, operation: str, new, old, position: int,
-                        out: ChangeBatch) -> None:
-        """payload_column: the new row's value is the message. A DELETE or TRUNCATE has no new
-        value and sends nothing (an outbox row removed is not a message to repeat)."""
-        if new is None:
+    def _report_keys(self, state: _RelationState, operation: str, new, old) -> None:
+        """The keys a change of a table being backfilled touches (its old and new key; a TRUNCATE: None)."""
+        if operation == TRUNCATE:
+            self.on_key(state.table_name, None)
             return
-        value = new[state.payload_position]
-        message_id = self._id_base | (position & 0xFFFF_FFFF_FFFF)
-        if value is None or value is po.UNCHANGED or value in ("", "\\x"):
-            what = {None: "a NULL", po.UNCHANGED: "an unchanged TOASTed (set REPLICA IDENTITY FULL)"}.get(value, "an empty")
-            key = ", ".join(str(new[i]) for i in state.partition_positions) or "?"
-            raise SourceError(
-                f"table {state.table_name}: {operation} of row {key} (message id {message_id:#x}, lsn {self._lsn_text})"
-                f" has {what} payload_column {self.payload_column!r}; Iggy takes no empty message"
-            )
-        if self.payload_format == "bytea":
-            payload = bytes.fromhex(value[2:]) if value.startswith("\\x") else value.encode()
-        elif self.payload_format == "json_direct":
-            payload = compact_json(value).encode()
-        else:
-            payload = value.encode()
-        _, _, headers = self._envelope(oid, state, operation)
-        partition = state.partition
-        if partition is None:
-            partition = self._partition(state, new, None)
-        out.add(state.topic, message_id, partition, payload, headers)
+        for values in (new, old):
+            if values is not None:
+                self.on_key(state.table_name, tuple(values[i] for i in state.partition_positions))
 
     def _partition(self, state: _RelationState, values, old_kind) -> int:
         if self.partitions == 1 or self.partitioning is Partitioning.TABLE:

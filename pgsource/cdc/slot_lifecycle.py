@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from pgsource.cdc.identity import check_identities
+from pgsource.cdc.publication_shapes import apply_shape_changes, review_shapes
 from pgsource.cdc.slot_history import identity_problem, slot_was_used, with_oids
 from pgsource.cdc.slot_plan import (
     SlotNames,
@@ -79,6 +80,7 @@ class SlotLifecycle:
         self.identity = rep.system_identity(self.conn)
         publication = pubs.load_publications(self.conn, self.settings.publication_name).get(self.names.publication)
         self._check_publication(publication)
+        self._apply_shapes(publication)
         state = rep.slot_state(self.conn, self.slot)
         if state is None:
             return self._create(stored, publication)
@@ -118,6 +120,16 @@ class SlotLifecycle:
         partitioned = [name for name, rel in relations.items() if rel is not None and rel.partitioned]
         if partitioned:
             raise PrerequisiteError(pubs.via_root_problem(self.names.publication, partitioned))
+
+    def _apply_shapes(self, publication: pubs.Publication | None) -> None:
+        """Column lists and row filters as configured: refused ones stop the start (PostgreSQL's
+        reason), changed ones are altered in the publication now, before any change is read."""
+        review = review_shapes(self.conn, publication, self.tables)
+        if review.problems:
+            raise PrerequisiteError("; ".join(review.problems))
+        for note in review.notes:
+            log.warning("%s: %s", self.names.worker, note)
+        apply_shape_changes(self.conn, self.names.publication, review.changes, self.names.worker)
 
     def _create(self, stored: SlotProgress | None, publication: pubs.Publication | None) -> SlotPlan:
         """A missing slot: the publication first (pgoutput reads it in the catalog as of each change

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from pgsource.config.duration import Duration, OptionalDuration
 from pgsource.config.names import message_name, parse_table_reference, table_reference
+from pgsource.config.predicate import predicate_problem
 from pgsource.config.secrets import resolve_source_files
 from pgsource.config.sections import (  # noqa: F401  (re-exported: the model's records, one import)
     _FROZEN,
@@ -74,6 +75,7 @@ class TableConfig(BaseModel):
     columns: list[str] | None = None  # only these columns in `data` (and in a CDC publication's column list)
     exclude_columns: list[str] = Field(default_factory=list)  # every column but these
     row_filter: str | None = None  # an SQL predicate on the row: polling's WHERE, a CDC publication's WHERE
+    where: str | None = None  # row_filter's other name (the issue's and `pgsource snapshot --where`'s word)
 
     @model_validator(mode="after")
     def _one_column_list(self):
@@ -81,7 +83,20 @@ class TableConfig(BaseModel):
             raise ValueError("columns and exclude_columns exclude each other: give one list")
         if self.columns is not None and not self.columns:
             raise ValueError("columns: list at least one column (or leave it out for all)")
+        if self.row_filter is not None and self.where is not None:
+            raise ValueError("where and row_filter are one key (where is row_filter's other name): give one")
+        for key in ("row_filter", "where"):
+            value = getattr(self, key)
+            problem = "an empty predicate (leave it out for every row)" if value is not None and not value.strip() else (
+                predicate_problem(value) if value is not None else None)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         return self
+
+    @property
+    def predicate(self) -> str | None:
+        """The row filter, by either of its names (``row_filter`` or ``where``)."""
+        return self.row_filter if self.row_filter is not None else self.where
 
 
     @model_validator(mode="before")
@@ -115,7 +130,7 @@ class TableConfig(BaseModel):
 
 # Keys only one mode reads; given explicitly in the other mode they are refused (not ignored).
 CDC_ONLY_KEYS = ("publication_name", "replication_slot", "capture_operations", "cdc_backend", "cdc_transport",
-                 "snapshot", "on_missing_slot")
+                 "snapshot", "on_missing_slot", "backfill_chunk_size", "transaction_markers")
 POLLING_ONLY_KEYS = ("tracking_column", "initial_offset", "custom_query", "delete_after_read", "processed_column",
                      "allow_non_unique_tracking", "late_commits", "lag", "tracking_filled_by")
 TABLE_POLLING_ONLY_KEYS = ("tracking_column", "lag", "tracking_filled_by")
@@ -158,6 +173,17 @@ class SourceConfig(BaseModel):
     # snapshot of every table (operation_type SELECT), then the stream.
     on_missing_slot: Literal["fail", "snapshot"] = "fail"
     max_in_flight_batches: int = Field(8, ge=1, le=1024)
+    # CDC: rows per chunk of a backfill (`pgsource snapshot`), read between two watermarks; the
+    # stream waits at most one chunk's SELECT, and one chunk is what a backfill holds in memory.
+    backfill_chunk_size: int = Field(1000, ge=1, le=1_000_000)
+    # CDC: where a consumer learns a change's transaction. headers: xid and txn_index (its
+    # position in the transaction) in every change's headers; messages: those, and a BEGIN and a
+    # COMMIT message (xid, commit LSN and time; COMMIT: the messages per table) in
+    # iggy.transaction_topic; off: neither. docs/cdc.md, "Transaction boundaries".
+    transaction_markers: Literal["headers", "messages", "off"] = "headers"
+    # CDC and polling: a table's columns changed (added, dropped, renamed, retyped): one
+    # SCHEMA_CHANGE message with the old and new columns before the first row of the new shape.
+    schema_change_events: bool = True
     # Polling: hold the committed offset behind transactions still in progress and re-read
     # what they commit late (docs/delivery.md "Rows that commit late"); "off" accepts missing them.
     late_commits: Literal["auto", "off"] = "auto"
@@ -335,6 +361,9 @@ class Config(BaseModel):
             problem = iggy_name_problem("topic", topic)
             if problem:
                 raise ValueError(f"iggy.topic: for table {table}, {problem}")
+            if self.source.cdc and self.source.transaction_markers == "messages" and topic == self.iggy.transaction_topic:
+                raise ValueError(f"iggy.transaction_topic: {topic!r} is table {table}'s topic too; the BEGIN and COMMIT"
+                                 " messages need a topic of their own: give iggy.transaction_topic another name")
         return self
 
     @model_validator(mode="after")

@@ -119,6 +119,8 @@ class IggyConfig(BaseModel):
     send_timeout: Duration = 30.0
     tls: IggyTlsConfig = IggyTlsConfig()
     topic_settings: TopicSettingsConfig = TopicSettingsConfig()  # for the topics create_missing creates
+    # CDC, source.transaction_markers: messages: the topic of the BEGIN and COMMIT messages
+    transaction_topic: str = "transactions"
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +169,12 @@ class IggyConfig(BaseModel):
             raise ValueError(f"topic template knows {{table}} and {{schema}}, not {', '.join(sorted(unknown))}")
         if "{" not in value:
             iggy_name_problem("topic", value, raise_it=True)
+        return value
+
+    @field_validator("transaction_topic")
+    @classmethod
+    def _transaction_topic(cls, value: str) -> str:
+        iggy_name_problem("transaction_topic", value, raise_it=True)
         return value
 
     @field_validator("stream")

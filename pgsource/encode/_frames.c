@@ -59,10 +59,65 @@ static int payload_view(PyObject *payload, const char **data, Py_ssize_t *size)
     return -1;
 }
 
+/* A header with the message's position in its transaction, ``txn_index``: the encoded
+ * headers before and after it (``encode_user_headers`` of a dict whose txn_index is "",
+ * split where the key sorts) around the entry, whose value is the id's low 48 bits in
+ * decimal. Written straight into the frame: no bytes object per message. */
+static int position_digits(PyObject *id, char digits[24])
+{
+    unsigned long long position = PyLong_AsUnsignedLongLongMask(id);
+    if (position == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    position &= 0xFFFFFFFFFFFFULL;
+    char reversed[24];
+    int len = 0;
+    do {
+        reversed[len++] = (char)('0' + position % 10);
+        position /= 10;
+    } while (position);
+    for (int i = 0; i < len; i++)
+        digits[i] = reversed[len - 1 - i];
+    return len;
+}
+
+static Py_ssize_t header_size(PyObject *hb, PyObject *id)
+{
+    if (PyBytes_CheckExact(hb))
+        return PyBytes_GET_SIZE(hb);
+    char digits[24];
+    int len = position_digits(id, digits);
+    if (len < 0)
+        return -1;
+    return PyBytes_GET_SIZE(PyTuple_GET_ITEM(hb, 0)) + 5 + 9 + 5 + len + PyBytes_GET_SIZE(PyTuple_GET_ITEM(hb, 1));
+}
+
+static void write_header(unsigned char *p, PyObject *hb, PyObject *id)
+{
+    if (PyBytes_CheckExact(hb)) {
+        memcpy(p, PyBytes_AS_STRING(hb), PyBytes_GET_SIZE(hb));
+        return;
+    }
+    char digits[24];
+    int len = position_digits(id, digits); /* succeeded in header_size */
+    PyObject *before = PyTuple_GET_ITEM(hb, 0), *after = PyTuple_GET_ITEM(hb, 1);
+    memcpy(p, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)), p += PyBytes_GET_SIZE(before);
+    *p++ = 2, put_u32(p, 9), p += 4, memcpy(p, "txn_index", 9), p += 9;
+    *p++ = 2, put_u32(p, (uint32_t)len), p += 4, memcpy(p, digits, len), p += len;
+    memcpy(p, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after));
+}
+
+static int is_split(PyObject *hb)
+{
+    return PyTuple_CheckExact(hb) && PyTuple_GET_SIZE(hb) == 2 && PyBytes_CheckExact(PyTuple_GET_ITEM(hb, 0))
+        && PyBytes_CheckExact(PyTuple_GET_ITEM(hb, 1));
+}
+
 PyDoc_STRVAR(encode_frames_doc,
 "encode_frames(ids, payloads, headers, encode_user_headers) -> (frames, checksums)\n\n"
 "Frames numbered 0..n-1. ``headers`` is None or a list of dicts (or None) per message;\n"
-"each distinct dict (by identity, consecutive) is encoded once by ``encode_user_headers``.");
+"each distinct dict (by identity, consecutive) is encoded once by ``encode_user_headers``.\n"
+"When that returns (before, after) (a dict whose txn_index is \"\"), each message's headers\n"
+"are before + txn_index = the id's low 48 bits in decimal + after.");
 
 static PyObject *encode_frames(PyObject *self, PyObject *args)
 {
@@ -83,7 +138,7 @@ static PyObject *encode_frames(PyObject *self, PyObject *args)
     if (encoded == NULL)
         return NULL;
     PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-    PyObject *last_dict = NULL, *last_bytes = NULL;
+    PyObject *last_dict = NULL, *last_bytes = NULL; /* last_bytes: bytes, or a (before, after) tuple */
     PyObject *frames = NULL, *sums = NULL, *result = NULL;
     Py_ssize_t total = 0;
     if (empty == NULL)
@@ -93,21 +148,25 @@ static PyObject *encode_frames(PyObject *self, PyObject *args)
         PyObject *hb;
         if (h == Py_None || (PyDict_Check(h) && PyDict_GET_SIZE(h) == 0)) {
             hb = Py_NewRef(empty);
-        } else if (h == last_dict) {
-            hb = Py_NewRef(last_bytes);
         } else {
-            hb = PyObject_CallOneArg(encode_headers, h);
-            if (hb == NULL)
-                goto done;
-            if (!PyBytes_CheckExact(hb)) {
-                Py_DECREF(hb);
-                PyErr_SetString(PyExc_TypeError, "encode_user_headers must return bytes");
-                goto done;
+            if (h != last_dict) {
+                PyObject *made = PyObject_CallOneArg(encode_headers, h);
+                if (made == NULL)
+                    goto done;
+                if (!PyBytes_CheckExact(made) && !is_split(made)) {
+                    Py_DECREF(made);
+                    PyErr_SetString(PyExc_TypeError, "encode_user_headers must return bytes or (bytes, bytes)");
+                    goto done;
+                }
+                last_dict = h; /* borrowed: `headers` keeps it alive */
+                Py_XSETREF(last_bytes, made);
             }
-            last_dict = h; /* borrowed: `headers` keeps it alive */
-            last_bytes = hb; /* borrowed: `encoded` keeps it alive */
+            hb = Py_NewRef(last_bytes);
         }
         PyList_SET_ITEM(encoded, i, hb);
+        Py_ssize_t hsize = header_size(hb, PyList_GET_ITEM(ids, i));
+        if (hsize < 0)
+            goto done;
         const char *data;
         Py_ssize_t size;
         if (payload_view(PyList_GET_ITEM(payloads, i), &data, &size) < 0)
@@ -116,7 +175,7 @@ static PyObject *encode_frames(PyObject *self, PyObject *args)
             PyErr_Format(PyExc_ValueError, "message %zd: payload of %zd bytes; Iggy accepts 1 to %d", i, size, MAX_PAYLOAD);
             goto done;
         }
-        total += FRAME_HEADER + size + PyBytes_GET_SIZE(hb);
+        total += FRAME_HEADER + size + hsize;
     }
     /* Pass 2: write the frames. */
     frames = PyBytes_FromStringAndSize(NULL, total);
@@ -129,7 +188,7 @@ static PyObject *encode_frames(PyObject *self, PyObject *args)
         const char *data = NULL;
         Py_ssize_t size = 0;
         PyObject *hb = PyList_GET_ITEM(encoded, i);
-        Py_ssize_t hsize = PyBytes_GET_SIZE(hb);
+        Py_ssize_t hsize = header_size(hb, PyList_GET_ITEM(ids, i)); /* checked in pass 1 */
         payload_view(PyList_GET_ITEM(payloads, i), &data, &size); /* checked in pass 1 */
         if (id_bytes(PyList_GET_ITEM(ids, i), out + 8) < 0)
             goto done;
@@ -139,7 +198,7 @@ static PyObject *encode_frames(PyObject *self, PyObject *args)
         put_u32(out + 36, (uint32_t)size);
         put_u64(out + 40, 0);
         memcpy(out + FRAME_HEADER, data, size);
-        memcpy(out + FRAME_HEADER + size, PyBytes_AS_STRING(hb), hsize);
+        write_header(out + FRAME_HEADER + size, hb, PyList_GET_ITEM(ids, i));
         Py_ssize_t frame = FRAME_HEADER + size + hsize;
         uint64_t checksum = XXH3_64bits(out + 8, frame - 8);
         put_u64(out, checksum);
@@ -151,6 +210,7 @@ done:
     Py_XDECREF(frames);
     Py_XDECREF(sums);
     Py_XDECREF(empty);
+    Py_XDECREF(last_bytes);
     Py_DECREF(encoded); /* unfilled slots are NULL, which list dealloc skips */
     return result;
 }

@@ -87,8 +87,24 @@ class PartitionFrames:
     checksums: bytes  # count × 8 bytes: each frame's checksum, which the batch checksum covers
 
 
-def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes:
-    """A headers dict as the SDK sends it: keys sorted, each key and value typed and sized."""
+TXN_INDEX = "txn_index"  # a CDC change's position in its transaction: filled in from its id (below)
+POSITION_MASK = (1 << 48) - 1  # a CDC id's position in its transaction
+
+
+def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes | tuple[bytes, bytes]:
+    """A headers dict as the SDK sends it: keys sorted, each key and value typed and sized.
+
+    A dict whose ``txn_index`` is ``""`` is shared by the changes of one transaction, table and
+    operation (CDC), each with its own position: it is encoded as the bytes before and after
+    that key, and each message's ``txn_index`` is its id's low 48 bits (the change's position
+    in its transaction, ``pgsource.encode.ids.cdc_message_id``), put between them per message
+    (``_txn_indexed``): the same bytes as a dict holding the number, without a dict per message.
+    """
+    if headers.get(TXN_INDEX) == "":
+        keys = sorted(key for key in headers if key != TXN_INDEX)
+        before = encode_user_headers({key: headers[key] for key in keys if key < TXN_INDEX})
+        after = encode_user_headers({key: headers[key] for key in keys if key > TXN_INDEX})
+        return before, after
     out = bytearray()
     for key in sorted(headers):
         value = headers[key]
@@ -101,6 +117,11 @@ def encode_user_headers(headers: Mapping[str, str | bytes]) -> bytes:
             raise ValueError(f"user header {key!r}: keys and values must have 1 to {MAX_HEADER_FIELD} bytes")
         out += struct.pack("<BI", 2, len(raw_key)) + raw_key + struct.pack("<BI", kind, len(raw_value)) + raw_value
     return bytes(out)
+
+
+def _txn_indexed(parts: tuple[bytes, bytes], message_id: int) -> bytes:
+    value = str(message_id & POSITION_MASK).encode()
+    return parts[0] + struct.pack("<BI", 2, len(TXN_INDEX)) + TXN_INDEX.encode() + struct.pack("<BI", 2, len(value)) + value + parts[1]
 
 
 def encode_frames(
@@ -145,6 +166,8 @@ def encode_frames_python(
                 header_bytes = encoded.get(id(header))
                 if header_bytes is None:
                     header_bytes = encoded[id(header)] = encode_user_headers(header)
+                if type(header_bytes) is tuple:
+                    header_bytes = _txn_indexed(header_bytes, message_id)
             else:
                 header_bytes = b""
         if not 0 <= message_id < 1 << 128:

@@ -50,3 +50,12 @@ def snapshot_message_id(table_name: str, generation: int, row_json: str) -> int:
     """
     text = table_name + _SEPARATOR + format(generation, "x") + _SEPARATOR + row_json
     return xxhash.xxh3_128_intdigest(text.encode("utf-8")) or 1
+
+
+def backfill_message_id(table_name: str, generation: int, key_values: tuple[str, ...]) -> int:
+    """The id of a backfill row: XXH3-128 of table, the backfill's generation (its request's LSN)
+    and the row's key. A chunk read again after a restart re-sends its rows under the same ids
+    (any newer version of such a row reached the consumer as a change, which the stream carries
+    between the two reads); another backfill of the table has another generation: new ids."""
+    text = "\x00".join([table_name, "backfill", format(generation, "x"), *key_values])
+    return xxhash.xxh3_128_intdigest(text.encode("utf-8")) or 1

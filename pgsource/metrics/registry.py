@@ -104,6 +104,16 @@ class Metrics:
             "pgsource_cdc_snapshot_estimated_rows", "CDC snapshot: the planner's estimate of the table's rows (pg_class.reltuples)",
             ["table", "worker"], multiprocess_mode="livemax",
         )
+        self.backfill_rows = Counter("pgsource_cdc_backfill_rows_total",
+                                     "CDC backfills (pgsource snapshot): rows sent and acknowledged", ["table", "worker"])
+        self.backfill_estimate = Gauge(
+            "pgsource_cdc_backfill_estimated_rows", "CDC backfill running: the planner's estimate of the rows to send",
+            ["table", "worker"], multiprocess_mode="livemax",
+        )
+        self.backfill_eta = Gauge(
+            "pgsource_cdc_backfill_eta_seconds", "CDC backfill running: seconds left at the rate so far (0: none runs)",
+            ["table", "worker"], multiprocess_mode="livemax",
+        )
 
     def _supervisor(self) -> None:
         from prometheus_client import Counter, Gauge

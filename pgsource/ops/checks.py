@@ -12,6 +12,7 @@ from pgsource.cdc.payload import cdc_payload_problem
 from pgsource.cdc.slot_history import identity_problem, missing_slot_problem, table_identity_problem
 from pgsource.config.model import Config
 from pgsource.errors import ConfigError, PgSourceError, PrerequisiteError, SourceUnavailable
+from pgsource.ops.shape_checks import check_row_filter, check_shapes
 from pgsource.pg import connect as pg
 from pgsource.pg import horizon as hz
 from pgsource.pg import publications as pubs
@@ -91,6 +92,7 @@ def check_prerequisites(config: Config) -> CheckReport:
                             check_late_commit_guard(conn, config, table.qualified, tracking, lag)
                             horizons.append((table.qualified, tracking))
                     _check_polling_privileges(conn, config, info, tracking)
+                    check_row_filter(conn, table)
             except PgSourceError as exc:
                 report.problems.append(str(exc))
                 missing[table.qualified] = str(exc)
@@ -222,7 +224,7 @@ def _check_custom_query(conn, config: Config, report: CheckReport) -> None:
 
 def cdc_table_problems(conn, config: Config) -> list[str]:
     """What a table's CDC settings need of it: a payload column's type and the replica identity
-    its UPDATEs need; column lists and filters that PostgreSQL would make the application's DML fail on."""
+    its UPDATEs need. (Column lists and row filters: ``review_shapes``, per publication.)"""
     source = config.source
     captured = {op.value for op in source.capture_operations}
     problems = []
@@ -233,7 +235,6 @@ def cdc_table_problems(conn, config: Config) -> list[str]:
             continue  # reported with the table already
         if source.payload_column:
             problems.append(cdc_payload_problem(info, source.payload_column, source.payload_format.value, "UPDATE" in captured))
-        problems.append(pubs.shape_problem(info, table, bool(captured & {"UPDATE", "DELETE"})))
     return [problem for problem in problems if problem]
 
 
@@ -271,6 +272,7 @@ def _check_cdc(conn, config: Config, report: CheckReport) -> None:
     identity = rep.system_identity(conn)
     for units in plan.assignment.values():
         publication = publications.get(units[0].publication)
+        check_shapes(conn, publication, units[0].publication, [unit.table for unit in units], relations, report)
         if publication is not None:
             _check_publication(publication, units[0].publication, [unit.table for unit in units], relations, report)
         _check_slot(conn, config, store, identity, units[0].slot, report)

@@ -26,6 +26,7 @@ from pgsource.config.model import TableConfig
 from pgsource.errors import PrerequisiteError
 from pgsource.lsn import parse_lsn
 from pgsource.pg import connect as pg
+from pgsource.pg.publication_shape import build_target
 
 LOCK_TIMEOUT = "2s"  # one attempt at the cut's lock; the caller tries again (writers queue behind it meanwhile)
 
@@ -118,32 +119,10 @@ def describe_relations(conn, tables: list[TableConfig]) -> dict[str, Relation | 
     return out
 
 
-def _target(conn, table: TableConfig) -> sql.Composable:
-    """A publication's entry for a table: its name, its column list and its row filter (PostgreSQL 15).
-
-    ``exclude_columns`` becomes the list of the other columns as they are now: a column
-    added later is not published (nor polled: both modes send the same messages).
-    """
-    target: sql.Composable = sql.Identifier(table.schema_, table.name)
-    columns = table.columns
-    if table.exclude_columns:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
-                " ORDER BY attnum", (target.as_string(conn),),
-            )
-            columns = [row[0] for row in cur.fetchall() if row[0] not in table.exclude_columns]
-    if columns is not None:
-        target = sql.SQL("{} ({})").format(target, sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-    if table.row_filter:
-        target = sql.SQL("{} WHERE ({})").format(target, sql.SQL(table.row_filter.replace("%", "%%")))
-    return target
-
-
 def create_publication(conn, name: str, tables: list[TableConfig]) -> None:
     """``CREATE PUBLICATION`` for ``tables``; a partitioned table publishes its changes as itself
     (``publish_via_partition_root``), whichever partition they land in, attached later included."""
-    targets = sql.SQL(", ").join(_target(conn, t) for t in tables)
+    targets = sql.SQL(", ").join(build_target(conn, t) for t in tables)
     what = sql.SQL(" FOR TABLE {}").format(targets) if tables else sql.SQL("")
     with conn.cursor() as cur:
         cur.execute(
@@ -155,31 +134,9 @@ def add_tables(conn, name: str, tables: list[TableConfig]) -> None:
     """``ALTER PUBLICATION ... ADD TABLE``, in the caller's transaction."""
     if not tables:
         return
-    targets = sql.SQL(", ").join(_target(conn, t) for t in tables)
+    targets = sql.SQL(", ").join(build_target(conn, t) for t in tables)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(name), targets))
-
-
-def shape_problem(info, table: TableConfig, captures_changes: bool) -> str | None:
-    """A column list or row filter that PostgreSQL 15 would make the application's own UPDATE or
-    DELETE fail on ("column list used by the publication does not cover the replica identity")."""
-    if not captures_changes or info.replica_identity == "f":
-        return None
-    if table.row_filter:
-        return (
-            f"table {table.qualified}: a row_filter in cdc mode needs REPLICA IDENTITY FULL while UPDATE or DELETE is"
-            " captured (PostgreSQL refuses the application's UPDATE/DELETE of a table whose publication filter reads"
-            f" columns outside the replica identity): ALTER TABLE {table.qualified} REPLICA IDENTITY FULL"
-        )
-    published = table.columns if table.columns is not None else [c.name for c in info.columns if c.name not in table.exclude_columns]
-    if table.columns is not None or table.exclude_columns:
-        missing = [c for c in info.identity if c not in published]
-        if missing:
-            return (
-                f"table {table.qualified}: columns/exclude_columns leave out the key column(s) {', '.join(missing)};"
-                " in cdc mode PostgreSQL would then refuse the application's UPDATE and DELETE of the table"
-            )
-    return None
 
 
 def drop_publication(conn, name: str) -> bool:

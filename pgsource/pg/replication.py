@@ -164,7 +164,7 @@ def build_peek(slot: str, publication: str, upto_lsn: int, upto_changes: int) ->
     """The SQL path: changes since the slot's confirmed LSN, without consuming them."""
     query = (
         "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s,"
-        " 'proto_version', '1', 'publication_names', %s)"
+        " 'proto_version', '1', 'publication_names', %s, 'messages', 'true')"
     )
     return query, (slot, format_lsn(upto_lsn), upto_changes, publication)
 

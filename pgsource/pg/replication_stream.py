@@ -92,7 +92,7 @@ class ReplicationStream:
         self.cursor = self.connection.cursor()
         self.cursor.start_replication(
             slot_name=slot, decode=False, status_interval=PSYCOPG_STATUS_INTERVAL,
-            options={"proto_version": "1", "publication_names": publication},
+            options={"proto_version": "1", "publication_names": publication, "messages": "true"},
         )
         # The hot path: psycopg2's own method, no wrapper. A message or None (nothing complete yet).
         self.read_message = self.cursor.read_message

@@ -15,6 +15,7 @@ from psycopg2 import sql
 
 from pgsource.pg.catalog import TableInfo
 from pgsource.pg.plan import PollPlan
+from pgsource.pg.row_filter import predicate_sql
 
 
 def _row_json(plan: PollPlan) -> sql.Composable:
@@ -115,7 +116,7 @@ def table_definition(info: TableInfo) -> str:
 def _row_filter(plan: PollPlan) -> sql.Composable:
     """The user's predicate (SQL from the configuration, like custom_query) on the row's columns,
     written unqualified as in a CDC publication's WHERE (the table is the query's only relation)."""
-    return sql.SQL("({})").format(sql.SQL(plan.row_filter.replace("%", "%%")))
+    return predicate_sql(plan.row_filter)
 
 
 def _column_text(column: str) -> sql.Composable:

@@ -192,3 +192,16 @@ def load_table_types(conn, tables: Iterable[tuple[str, str]]) -> dict[int, TypeI
         )
         oids = [row[0] for row in cur.fetchall()]
     return load_type_catalog(conn, oids)
+
+
+def load_type_names(conn, pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """``format_type(oid, typmod)`` of each (type oid, typmod) pair, as a table's definition prints
+    its columns (``character varying(20)``, ``numeric(10,2)``): the types of schema-change events."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT t.oid::int8, t.typmod, format_type(t.oid, t.typmod)"
+                    " FROM unnest(%s::oid[], %s::int4[]) AS t(oid, typmod)",
+                    ([oid for oid, _ in wanted], [typmod for _, typmod in wanted]))
+        return {(int(oid), int(typmod)): name for oid, typmod, name in cur.fetchall()}

@@ -47,12 +47,13 @@ class ReadSettings:
     snake_case: bool = False  # the JSON's keys in snake_case
     allow_non_unique: bool = False  # ties of a non-unique tracking column broken by ctid
     payload: tuple[str, str] | None = None  # (payload_column, payload_format): the column is the message
+    watch_shape: bool = False  # schema_change_events: every read checks the table's columns (a plan of whole rows too)
 
     @classmethod
     def of(cls, source: SourceConfig) -> ReadSettings:
         payload = (source.payload_column, source.payload_format.value) if source.payload_column else None
         return cls(source.max_retries, source.retry_delay, source.snake_case_columns, source.allow_non_unique_tracking,
-                   payload)
+                   payload, source.schema_change_events and payload is None)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def plan_table(conn, table: TableConfig, settings: ReadSettings, tracking_column
     plan = build_poll_plan(
         info, tracking_column, snake_case=settings.snake_case, allow_non_unique=settings.allow_non_unique,
         catalog=load_column_types(conn, [column.type_oid for column in info.columns]), columns=table.columns,
-        exclude_columns=table.exclude_columns, row_filter=table.row_filter, payload=settings.payload, **options,
+        exclude_columns=table.exclude_columns, row_filter=table.predicate, payload=settings.payload, **options,
     )
     return info, plan
 
@@ -142,7 +143,10 @@ class KeysetReader:
         # fails (a column renamed or dropped), so that a change is followed, not taken for bad input.
         self._definition = (info.oid, table_definition(info))
         self.column_types = {column.name: column.type_oid for column in info.columns}
-        self._named_columns = not plan.whole_row
+        self._named_columns = not plan.whole_row or settings.watch_shape
+        # The columns messages carry, (name in ``data``, format_type): what a schema change announces.
+        types = {column.name: column.type_sql for column in info.columns}
+        self.shape = tuple((key, types[name]) for name, key, _ in plan.json_columns)
         self._bounds = (False, False)
         self._chunk_params: dict[str, object] = {}
         self._sql: dict[Reading, str] = {}

@@ -223,8 +223,132 @@ class ShardRecord:
         return None
 
 
-RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress, ShardRecord)}
-Record = PollingOffset | ChunkCuts | SlotProgress | ShardRecord
+class BackfillPhase(str, Enum):
+    RUNNING = "running"
+    DONE = "done"  # every row was read and acknowledged
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # the table cannot be backfilled (no key, a --where PostgreSQL refuses): logged
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """One backfill of a table (``pgsource snapshot``) and how far it got.
+
+    ``last_key`` is the key (the key columns' text) of the last row of the last chunk whose
+    messages Iggy acknowledged: a restart reads on after it. ``generation`` (the request's
+    LSN) goes into the ids of its messages, with the table and the key.
+    """
+
+    id: str
+    table: str
+    generation: int
+    chunk_size: int
+    where: str | None = None
+    last_key: tuple[str, ...] | None = None  # None: nothing acknowledged yet, start at the first key
+    rows: int = 0  # rows sent and acknowledged
+    estimated_rows: int = 0  # the planner's estimate when it started (progress, ETA)
+    started_at: float = 0.0  # epoch seconds
+    phase: BackfillPhase = BackfillPhase.RUNNING
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "table": self.table, "generation": self.generation, "chunk_size": self.chunk_size,
+                "where": self.where, "last_key": list(self.last_key) if self.last_key is not None else None,
+                "rows": self.rows, "estimated_rows": self.estimated_rows, "started_at": self.started_at,
+                "phase": self.phase.value}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Backfill:
+        key = raw.get("last_key")
+        return cls(str(raw["id"]), str(raw["table"]), int(raw["generation"]), int(raw["chunk_size"]), raw.get("where"),
+                   tuple(str(v) for v in key) if key is not None else None, int(raw.get("rows", 0)),
+                   int(raw.get("estimated_rows", 0)), float(raw.get("started_at", 0.0)),
+                   BackfillPhase(raw.get("phase", BackfillPhase.RUNNING.value)))
+
+
+@dataclass(frozen=True)
+class BackfillRecord:
+    """The backfills of one slot (``cdc-backfills/<slot>``, beside the slot's record): the running
+    ones, and the last finished ones (so that a request the slot replays is not run twice)."""
+
+    kind: ClassVar[str] = "backfills"
+
+    slot: str
+    backfills: tuple[Backfill, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"slot": self.slot, "backfills": [backfill.to_json() for backfill in self.backfills]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> BackfillRecord:
+        return cls(str(raw["slot"]), tuple(Backfill.from_json(item) for item in raw.get("backfills", ())))
+
+    def position_key(self) -> None:
+        return None
+
+    @property
+    def running(self) -> list[Backfill]:
+        return [backfill for backfill in self.backfills if backfill.phase is BackfillPhase.RUNNING]
+
+
+def backfills_key(slot: str) -> str:
+    """Where a slot's backfills are kept: beside its record (``cdc/<slot>``), under a prefix of their
+    own (whatever reads every ``cdc/`` key reads slot records)."""
+    return f"cdc-backfills/{slot}"
+
+
+def shapes_key(slot: str | None = None, table: str | None = None) -> str:
+    """Where the announced shapes are kept: a slot's (``cdc-shapes/<slot>``), or a polled table's
+    (``polling-shapes/<reference>``)."""
+    return f"cdc-shapes/{slot}" if slot is not None else f"polling-shapes/{table}"
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table's columns as last announced to consumers: (name, type) in order; ``generation``
+    counts the changes announced (polling's schema-change ids), or the LSN of the last (CDC)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    generation: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "columns": [list(column) for column in self.columns], "generation": self.generation}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TableShape:
+        return cls(str(raw["table"]), tuple((str(n), str(t)) for n, t in raw["columns"]), int(raw.get("generation", 0)))
+
+
+@dataclass(frozen=True)
+class ShapeRecord:
+    """The shapes consumers were told of (``cdc-shapes/<slot>``, ``polling-shapes/<table>``): the
+    baseline a start compares the table's columns with, so a change made while pgsource was
+    stopped is announced too."""
+
+    kind: ClassVar[str] = "shapes"
+
+    tables: tuple[TableShape, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tables": [shape.to_json() for shape in self.tables]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ShapeRecord:
+        return cls(tuple(TableShape.from_json(item) for item in raw.get("tables", ())))
+
+    def position_key(self) -> None:
+        return None
+
+    def get(self, table: str) -> TableShape | None:
+        return next((shape for shape in self.tables if shape.table == table), None)
+
+    def with_shape(self, shape: TableShape) -> ShapeRecord:
+        return ShapeRecord(tuple(s for s in self.tables if s.table != shape.table) + (shape,))
+
+
+RECORDS: dict[str, type] = {record.kind: record for record in (PollingOffset, ChunkCuts, SlotProgress, ShardRecord,
+                                                              BackfillRecord, ShapeRecord)}
+Record = PollingOffset | ChunkCuts | SlotProgress | ShardRecord | BackfillRecord | ShapeRecord
 
 
 def upgrade_legacy(key: str, raw: dict[str, Any]) -> Record:

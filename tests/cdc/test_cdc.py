@@ -367,11 +367,13 @@ def test_column_of_a_type_created_after_start(pg_dsn, iggy, tmp_path, transport)
         execute(pg_dsn, "BEGIN; INSERT INTO t SELECT g, 'x' FROM generate_series(2, 3000) g;"
                         " CREATE TYPE mood AS ENUM ('ok', 'happy'); ALTER TABLE t ADD COLUMN m mood;"
                         " INSERT INTO t VALUES (3001, 'after', 'happy'); COMMIT")
-        wait_for(lambda: len(bodies(iggy, "t")) >= 3001, 30, message="3001 changes")
+        wait_for(lambda: len(bodies(iggy, "t")) >= 3002, 30, message="3001 changes and the schema change")
         wait_slot_caught_up(pg_dsn)
     finally:
         assert stop_service(service) == 0
     received = bodies(iggy, "t")
+    change = received.pop(-2)  # announced before the first change of the new shape (issue 20)
+    assert change["operation_type"] == "SCHEMA_CHANGE" and change["data"]["columns"][-1] == {"name": "m", "type": "mood"}
     assert [m["data"]["id"] for m in received] == list(range(1, 3002))  # each once, in order
     assert received[-1]["data"] == {"id": 3001, "v": "after", "m": "happy"}
     assert received[-2]["data"] == {"id": 3000, "v": "x"}

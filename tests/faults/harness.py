@@ -214,6 +214,7 @@ class Run:
         self.sampler = Sampler(self)
         self._cursor: dict[int, int] = {}  # how far received() decoded the stand-in's topic
         self._received: list = []
+        self.schema_changes: list[dict] = []  # SCHEMA_CHANGE announcements: not rows, kept apart
         self.execute(TABLE_DDL)
 
     # -- database -----------------------------------------------------------------------------
@@ -442,6 +443,9 @@ class Run:
             body = json.loads(message.payload)
             data = body["data"] or {}
             operation = body["operation_type"]
+            if operation == "SCHEMA_CHANGE":  # source.schema_change_events: tests/*/test_schema_changes.py
+                self.schema_changes.append(body)
+                continue
             if operation == "UPDATE":
                 key = ("update", data["id"], data["v"])
             elif operation == "SELECT" and self.cdc:  # a snapshot row: its id comes from its content

@@ -414,6 +414,10 @@ def ddl_while_running(run: Run) -> None:
 
     run.body_checks.append(check)
     settle(run)
+    if run.cdc:  # source.schema_change_events: each step announced before its first row (replays repeat one)
+        announced = {tuple((c["name"], c["type"]) for c in body["data"]["columns"]) for body in run.schema_changes}
+        if len(announced) != len(DDL_STEPS):
+            run.problem(f"{len(announced)} shape(s) announced for {len(DDL_STEPS)} DDL steps: {sorted(announced)}")
 
 
 # -- 12: a 200,000-row transaction ---------------------------------------------------------------

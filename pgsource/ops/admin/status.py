@@ -7,7 +7,7 @@ in time is reported as unknown instead of waiting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pgsource.config.model import Config
 from pgsource.lsn import format_lsn
@@ -15,7 +15,7 @@ from pgsource.ops.admin.common import cdc_slots, committed_at, connection, units
 from pgsource.pg import connect as pg
 from pgsource.pg.horizon import TrackingKind
 from pgsource.pg.positions import Bounds, rows_after, slot_stats
-from pgsource.state import FileStateStore, PollingOffset, SlotProgress
+from pgsource.state import BackfillRecord, FileStateStore, PollingOffset, SlotProgress, backfills_key
 from pgsource.state.lock import holder
 
 COUNT_TIMEOUT = 10.0
@@ -44,6 +44,14 @@ class SlotStatus:
     retained_wal_bytes: int | None = None  # pg_current_wal_lsn() - restart_lsn
     snapshot: str | None = None  # the stored phase of the initial snapshot
     acknowledged_lsn: str | None = None  # what pgsource recorded as acknowledged (when it records it)
+    backfills: list[dict] = field(default_factory=list)  # running backfills (pgsource snapshot): the record's
+
+
+def backfill_line(backfill: dict) -> str:
+    """One running backfill for ``status``'s text: table, id, rows of the estimate, where it stands."""
+    where = f", after key ({', '.join(backfill['last_key'])})" if backfill["last_key"] else ", no chunk acknowledged yet"
+    return (f"backfill {backfill['id']} of {backfill['table']}: {backfill['rows']} of ~{backfill['estimated_rows']}"
+            f" row(s) sent{where}" + (f", where {backfill['where']}" if backfill["where"] else ""))
 
 
 @dataclass
@@ -106,6 +114,8 @@ def _slots(config: Config, store: FileStateStore, conn) -> list[SlotStatus]:
         found = stats.get(slot)
         status = SlotStatus(worker, slot, found is not None, snapshot=stored.phase.value if stored else None,
                             acknowledged_lsn=format_lsn(stored.lsn) if stored and stored.lsn else None)
+        backfills = store.load(backfills_key(slot), BackfillRecord)
+        status.backfills = [backfill.to_json() for backfill in backfills.running] if backfills else []
         if found is not None:
             status.active_pid = found.active_pid
             status.wal_status = found.wal_status
