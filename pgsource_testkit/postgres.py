@@ -17,6 +17,7 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -110,8 +111,7 @@ class LocalPostgres:
     _running: bool = False
 
     def start(self) -> LocalPostgres:
-        self.base_dir = tempfile.mkdtemp(prefix="pgsource-pg-")
-        os.chmod(self.base_dir, 0o755)
+        self._make_base_dir()
         pg_ctl = find_pg_ctl()
         if os.geteuid() == 0:
             pg_ctl = self._drop_privileges(pg_ctl)
@@ -127,6 +127,20 @@ class LocalPostgres:
         if self.password is not None or self.tls:
             self._require_authentication()
         return self
+
+    def _make_base_dir(self) -> None:
+        """The cluster's directory, named in ``base_dir`` before it exists: ``tempfile.mkdtemp`` creates
+        it before returning its name, and a Ctrl-C between the two (the demo's, right after it printed
+        "starting a private PostgreSQL") left a directory that ``stop()`` did not know of."""
+        for _ in range(100):
+            self.base_dir = os.path.join(tempfile.gettempdir(), f"pgsource-pg-{secrets.token_hex(6)}")
+            try:
+                os.mkdir(self.base_dir, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(self.base_dir, 0o755)
+            return
+        raise FileExistsError(f"no free name for a cluster directory in {tempfile.gettempdir()}")
 
     @property
     def datadir(self) -> str:
