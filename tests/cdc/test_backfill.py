@@ -271,11 +271,15 @@ def test_a_backfill_requested_while_stopped_runs_at_the_start_and_a_second_one_h
     finally:
         assert stop_service(service) == 0
     by_request: dict[str, set[int]] = {}
+    generations: dict[str, set[str]] = {}  # per request, the generation header its rows carry
     for _, body, message in stored(iggy, "t"):
         assert body["operation_type"] == "SELECT"
         by_request.setdefault(message.headers["backfill"], set()).add(message.id)
+        generations.setdefault(message.headers["backfill"], set()).add(message.headers["generation"])
     first_ids, second_ids = by_request.values()
     assert len(first_ids) == len(second_ids) == 500 and not first_ids & second_ids
+    first_generation, second_generation = generations.values()
+    assert len(first_generation) == len(second_generation) == 1 and first_generation != second_generation
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
