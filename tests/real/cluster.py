@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import struct
@@ -205,6 +206,22 @@ class IggyCluster:
                 return log.read()[-chars:]
         except FileNotFoundError:
             return ""
+
+    def fallen_behind(self) -> str | None:
+        """The first line in which a node dropped a prepare for a gap (``dropping out-of-order prepare
+        (gap)``, iggy_partition.rs / the metadata plane), naming the node; None while every node kept up.
+
+        A node that logged it stays behind (tests/real/README.md, "What the cluster cannot do"): with it
+        behind, the loss of one more node leaves no quorum and no send is acknowledged."""
+        for index, node in enumerate(self.nodes):
+            try:
+                with open(node.log_path, errors="replace") as log:
+                    for line in log:
+                        if "dropping out-of-order prepare (gap)" in line:
+                            return f"node {index}: " + re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+            except FileNotFoundError:
+                continue
+        return None
 
     def kill(self, index: int) -> None:
         """kill -9 of one node (no flush, no goodbye to its peers)."""

@@ -150,6 +150,9 @@ def test_pgsource_rides_out_a_lost_node(loss, mode, iggy_cluster, real_pg_dsn, r
         writer.join()
         record_property("recovery_s", None if recovered_at is None else round(recovered_at - lost_at, 2))
         record_property("victim", f"node {victim} ({'primary' if victim == primary else 'follower'})")
+        if recovered_at is None and (behind := cluster.fallen_behind()):
+            pytest.xfail(f"server 0.9.0-edge.5: a node fell behind before the loss ({behind}); with it behind, "
+                         "losing another node leaves no quorum (tests/real/README.md, 'What the cluster cannot do')")
         assert recovered_at is not None, f"no batch acknowledged within {PAUSE + 30:.0f}s of the loss"
         wait_for(lambda: _all_arrived(iggy_cluster, real_stream, writer.written), 180, 1, message="every row written")
         positions.append(_position(mode, real_pg_dsn, tmp_path))
