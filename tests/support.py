@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -174,3 +175,30 @@ def batch_channel_fill(pid: int) -> tuple[int, int] | None:
         finally:
             os.close(probe)
     return None
+
+
+def polled_after(dsn: str, moment, table: str = "t", worker: str = "pgsource-worker-0") -> bool:
+    """A batch read of ``table`` (in schema public, read as ``AS t``) by ``worker`` started after
+    ``moment`` (database time) and ended.
+
+    The worker's last statement is the read itself, or (by COPY) the column-definition check that
+    follows a read that found no row; callers wait twice, so a check seen after the first moment
+    follows a whole read started after it."""
+    oid = query(dsn, "SELECT %s::regclass::oid", (table,))[0][0]
+    return query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                      " AND (query LIKE %s OR query LIKE %s) AND query_start > %s AND state <> 'active'",
+                 (worker, f'%"public"."{table}" AS t%', f"%pg_attribute a WHERE a.attrelid = {oid} %", moment))[0][0] > 0
+
+
+def drain_pty(master: int, quiet: float = 0.2) -> bytes:
+    """What a pseudo-terminal still holds, read until it is quiet for ``quiet`` seconds or closed."""
+    out = b""
+    while select.select([master], [], [], quiet)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, drain_pty
 
 SMALL = ["--seconds", "1", "--rows", "1000", "--rate", "50", "--workers", "1"]
 
@@ -137,7 +137,7 @@ def test_ctrl_c_cleans_up_and_exits_130(demo_runs, when):
         assert when.encode() in screen, screen.decode(errors="replace")
         os.killpg(process.pid, signal.SIGINT)
         code = process.wait(60)
-        screen += _drain(master)
+        screen += drain_pty(master)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -150,14 +150,3 @@ def test_ctrl_c_cleans_up_and_exits_130(demo_runs, when):
     assert demo.leftovers() == []
 
 
-def _drain(master: int) -> bytes:
-    out = b""
-    while select.select([master], [], [], 0.2)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out

@@ -21,6 +21,7 @@ from tests.support import (
     TEST_PASSWORD,
     bodies,
     execute,
+    polled_after,
     query,
     run_cli,
     start_service,
@@ -37,21 +38,6 @@ def _ids(iggy, topic: str = "t") -> list[int]:
 
 def _database(dsn: str) -> str:
     return dsn.rsplit("/", 1)[1].split("?", 1)[0]
-
-
-def _polled_after(dsn: str, moment) -> bool:
-    """A batch read of table t started after ``moment`` (database time) and ended.
-
-    The worker's last statement is the read itself, or (by COPY) the column-definition check that
-    follows a read that found no row; callers wait twice, so a check seen after the first moment
-    follows a whole read started after it."""
-    return query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsource-worker-0'"
-                      " AND (query LIKE %s OR query LIKE %s) AND query_start > %s AND state <> 'active'",
-                 ('%"public"."t" AS t%', f"%pg_attribute a WHERE a.attrelid = {_oid(dsn)} %", moment))[0][0] > 0
-
-
-def _oid(dsn: str) -> int:
-    return query(dsn, "SELECT 't'::regclass::oid")[0][0]
 
 
 @pytest.fixture
@@ -100,7 +86,7 @@ def test_a_writer_with_track_activities_off_holds_the_offset_and_its_late_row_ar
         # every range of B's rows had the time to be sealed (the time column's margin is 1 s)
         moment = query(pg_dsn, "SELECT clock_timestamp() + interval '1.5 s'")[0][0]
         for _ in range(2):
-            wait_for(lambda moment=moment: _polled_after(pg_dsn, moment), 30, message="a poll after B's rows arrived")
+            wait_for(lambda moment=moment: polled_after(pg_dsn, moment), 30, message="a poll after B's rows arrived")
             moment = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
         committed = stored_offset(tmp_path, "polling/t")
         kind = sql.SQL("bigint" if tracking == "id" else "timestamptz")

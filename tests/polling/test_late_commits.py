@@ -15,6 +15,7 @@ from tests.support import (
     bodies,
     execute,
     kill_service,
+    polled_after,
     query,
     start_service,
     stop_service,
@@ -27,21 +28,6 @@ from tests.support import (
 def _open(dsn: str):
     conn = psycopg2.connect(dsn)
     return conn, conn.cursor()
-
-
-def _polled_since(dsn: str, moment) -> bool:
-    """A batch read of table t by worker-0 started after ``moment`` (database time) and ended.
-
-    The worker's last statement is the read itself, or (by COPY) the column-definition check that
-    follows a read that found no row; callers wait twice, so a check seen after the first moment
-    follows a whole read started after it."""
-    return query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsource-worker-0'"
-                      " AND (query LIKE %s OR query LIKE %s) AND query_start > %s AND state <> 'active'",
-                 ('%"public"."t" AS t%', f"%pg_attribute a WHERE a.attrelid = {_oid(dsn)} %", moment))[0][0] > 0
-
-
-def _oid(dsn: str) -> int:
-    return query(dsn, "SELECT 't'::regclass::oid")[0][0]
 
 
 def _ids(iggy, topic: str) -> list[int]:
@@ -73,7 +59,7 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
         # every chance to move past A's value, which is behind the frontier
         for _ in range(2):
             seen = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
-            wait_for(lambda seen=seen: _polled_since(pg_dsn, seen), 30, message="a poll after B's rows arrived")
+            wait_for(lambda seen=seen: polled_after(pg_dsn, seen), 30, message="a poll after B's rows arrived")
         committed = stored_offset(tmp_path, "polling/t")
         assert committed is None or committed.position[0] < str(a_id) or tracking == "updated_at"
         a_conn.commit()

@@ -21,7 +21,7 @@ import sys
 import termios
 import time
 
-from tests.support import REPO, bodies, execute, wait_for, write_config
+from tests.support import REPO, bodies, drain_pty, execute, wait_for, write_config
 
 CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (supervisor|publisher|worker-\d+) (INFO|WARNING) \S+: .*$")
@@ -99,14 +99,7 @@ def test_logs_scroll_above_the_live_bars(pg_dsn, iggy, tmp_path):
                 output += os.read(master, 65536)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
-        while select.select([master], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
+        output += drain_pty(master, 0.5)
     finally:
         if process.poll() is None:
             process.kill()
