@@ -7,7 +7,8 @@ arrived in Iggy the way ``pgsource tail`` shows it, read back through the real S
 
 It leaves the machine as it found it, also when interrupted (Ctrl-C, SIGTERM): the
 service is stopped, the cluster stopped and its directory removed before the process
-leaves (through ``exit_after_sdk``, which skips the interpreter's own clean-up). Each
+leaves (through ``exit_after_sdk``, which skips the interpreter's own clean-up); an interrupt
+that lands while something is being started waits until its clean-up is registered. Each
 run writes to a topic of its own (``orders_<time>``), so a run against a real Iggy
 counts only its own messages.
 """
@@ -65,11 +66,41 @@ def _writer(dsn: str, stop: threading.Event, rate: int) -> None:
         pass
 
 
-def _interrupt(signum, frame) -> None:
-    """The first Ctrl-C (or SIGTERM) ends the demo; the clean-up that follows is not cut short."""
-    for other in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(other, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class _Interrupts:
+    """The first Ctrl-C (or SIGTERM, SIGHUP) ends the demo, as one KeyboardInterrupt; the clean-up that
+    follows is not cut short. While something is started and its clean-up registered (``held``), the
+    interrupt waits for the end of that step: one landing between a fork and the registration left a
+    ``pgsource run`` that nobody stopped, which re-created the removed directory (3 runs in 30 on two cores)."""
+
+    held = False
+    pending = False
+
+    @classmethod
+    def handle(cls, signum, frame) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # swallowed, not SIG_IGN: an ignored SIGTERM is inherited through exec, and a service started
+            # in a held step would then ignore the demo's SIGTERM (the demo waited 60 s for it)
+            signal.signal(other, cls.swallow)
+        if cls.held:
+            cls.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @staticmethod
+    def swallow(signum, frame) -> None:
+        """A second Ctrl-C while the demo cleans up: nothing to do, the clean-up is already under way."""
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls):
+        """Start one thing and register its clean-up as one step."""
+        cls.held = True
+        try:
+            yield
+        finally:
+            cls.held = False
+            if cls.pending:
+                raise KeyboardInterrupt
 
 
 @click.command("demo")
@@ -90,7 +121,7 @@ def demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str |
             click.echo(f"error: --iggy: {exc}", err=True)
             sys.exit(2)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, _Interrupts.handle)
     try:
         code = _demo(seconds, rows, rate, workers, iggy_address)
     except KeyboardInterrupt:
@@ -107,30 +138,38 @@ def _demo(seconds: float, rows: int, rate: int, workers: int, iggy_address: str 
     from pgsource_testkit.postgres import LocalPostgres
 
     with contextlib.ExitStack() as cleanup:
-        work = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pgsource-demo-"))
+        with _Interrupts.deferred():
+            work = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pgsource-demo-"))
         click.echo("starting a private PostgreSQL ...")
-        pg = LocalPostgres()
-        cleanup.callback(pg.stop)
+        with _Interrupts.deferred():
+            pg = LocalPostgres()
+            cleanup.callback(pg.stop)
         pg.start()
         dsn = pg.dsn(pg.create_database("demo"))
         _create_sample(dsn, rows)
         own_iggy = iggy_address is not None
         if iggy_address is None:
-            standin = IggyStandIn()
-            cleanup.callback(standin.stop)
+            with _Interrupts.deferred():
+                standin = IggyStandIn()
+                cleanup.callback(standin.stop)
             iggy_address = standin.start().address
             click.echo(f"Iggy stand-in (a test double, not an Iggy server) on {iggy_address}")
         topic = time.strftime("orders_%Y%m%d_%H%M%S") + f"_{os.getpid()}"
         path = _write_config(work, dsn, iggy_address, topic, workers)
         stop = threading.Event()
         writer = threading.Thread(target=_writer, args=(dsn, stop, rate), daemon=True)
-        cleanup.callback(writer.join, 10)
-        cleanup.callback(stop.set)
-        writer.start()
+        with _Interrupts.deferred():
+            cleanup.callback(writer.join, 10)
+            cleanup.callback(stop.set)
+            writer.start()
         click.echo(f"running `pgsource run --config {path}` for {seconds:.0f}s ({rows} rows + {rate} rows/s of live writes)")
         started = time.monotonic()
-        service = subprocess.Popen([sys.executable, "-m", "workers.cli", "run", "--config", path])
-        cleanup.callback(_stop_service, service)
+        with _Interrupts.deferred():
+            # a session of its own: the terminal's Ctrl-C reaches the demo alone, which stops the service
+            # with SIGTERM (a SIGINT in the service's own start-up, before it takes signals, printed a traceback)
+            service = subprocess.Popen([sys.executable, "-m", "workers.cli", "run", "--config", path],
+                                       start_new_session=True)
+            cleanup.callback(_stop_service, service)
         code = _wait_and_stop(service, path, topic, seconds, stop)
         elapsed = time.monotonic() - started
         return _report(path, topic, code, elapsed, iggy_address if own_iggy else None)
