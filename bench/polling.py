@@ -12,8 +12,8 @@ from bench.service import Service, wait_until
 from bench.table import TABLE
 
 
-def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir: str) -> dict:
-    stream = f"poll_w{workers}_r{run}"
+def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir: str, late_commits: str = "auto") -> dict:
+    stream = f"poll_w{workers}_r{run}" + ("" if late_commits == "auto" else f"_late_{late_commits}")
     table = {"name": TABLE, "chunks": workers} if workers > 1 and args.split == "chunks" else TABLE
     source = {
         "connection_string": dsn,
@@ -21,6 +21,7 @@ def run_polling(args, dsn: str, view: IggyView, workers: int, run: int, workdir:
         "tables": [table],
         "poll_interval": "100ms",
         "batch_size": args.batch_size,
+        "late_commits": late_commits,
     }
     service = Service(os.path.join(workdir, stream), source, view, stream, workers=workers)
     rows = args.rows
@@ -66,20 +67,29 @@ def steady_figures(service: Service, view: IggyView, mark: tuple, rows: int, don
 
 
 def run_polling_family(args, dsn: str, view: IggyView, workdir: str) -> dict:
-    """``workers_1`` and ``workers_<N>``: the median of ``--repeat`` runs each."""
+    """``workers_1`` and ``workers_<N>`` (the product default, ``late_commits: auto``), and with
+    ``--late-commits auto,off`` also ``workers_<N>_late_off``: the median of ``--repeat`` runs each,
+    the settings interleaved run by run, so that the guard's cost is read from one sitting."""
     out: dict = {}
+    settings = [s.strip() for s in getattr(args, "late_commits", "auto").split(",") if s.strip()]
     for workers in sorted({1, args.workers}):
-        runs = []
+        by_setting: dict[str, list] = {setting: [] for setting in settings}
         for run in range(args.repeat):
-            runs.append(run_polling(args, dsn, view, workers, run, workdir))
-            figures = runs[-1]
-            cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["cpu_s_per_m_rows_by_process"].items()))
-            steady = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["steady_cpu_us_per_row_by_process"].items()))
-            log(f"polling workers={workers}: {figures['rows_per_s']:,.0f} rows/s"
-                f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB;"
-                f" CPU s/M rows: {cpu}, {view.target.kind} {figures['iggy_cpu_s_per_m_rows']:.2f};"
-                f" after the first message {figures['steady_rows_per_s']:,.0f} rows/s, CPU µs/row: {steady}")
-            if figures["delivered"] != args.rows:
-                log(f"WARNING: {figures['delivered']} messages delivered for {args.rows} rows")
-        out[f"workers_{workers}"] = summarize(runs)
+            for setting in settings:
+                runs = by_setting[setting]
+                runs.append(run_polling(args, dsn, view, workers, run, workdir, setting))
+                _log_run(args, view, workers, setting, runs[-1])
+        for setting, runs in by_setting.items():
+            out[f"workers_{workers}" + ("" if setting == "auto" else f"_late_{setting}")] = summarize(runs)
     return out
+
+
+def _log_run(args, view: IggyView, workers: int, setting: str, figures: dict) -> None:
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["cpu_s_per_m_rows_by_process"].items()))
+    steady = ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures["steady_cpu_us_per_row_by_process"].items()))
+    log(f"polling workers={workers} late_commits={setting}: {figures['rows_per_s']:,.0f} rows/s"
+        f" (startup {figures['startup_seconds']:.1f}s), peak RSS {figures['peak_rss_mb']:.0f} MB;"
+        f" CPU s/M rows: {cpu}, {view.target.kind} {figures['iggy_cpu_s_per_m_rows']:.2f};"
+        f" after the first message {figures['steady_rows_per_s']:,.0f} rows/s, CPU µs/row: {steady}")
+    if figures["delivered"] != args.rows:
+        log(f"WARNING: {figures['delivered']} messages delivered for {args.rows} rows")

@@ -40,7 +40,12 @@ def add_totals(results: dict) -> None:
     if "copy_text" in results and "polling" in results:
         for key, figures in results["polling"].items():
             ratios[f"polling_{key}_over_copy_text"] = figures["rows_per_s"] / results["copy_text"]["rows_per_s"]
-        keys = sorted(results["polling"])
+        keys = sorted((k for k in results["polling"] if "_late_" not in k), key=lambda k: int(k.split("_")[1]))
+        for key in results["polling"]:
+            if "_late_" in key:  # the guard's cost: the same worker count with the guard on, against off
+                on = results["polling"][key.split("_late_")[0]]["rows_per_s"]
+                ratios[f"polling_{key.split('_late_')[0]}_late_auto_over_{key.split('_late_')[1]}"] = (
+                    on / results["polling"][key]["rows_per_s"])
         if len(keys) > 1:
             ratios["polling_many_over_one_worker"] = (
                 results["polling"][keys[-1]]["rows_per_s"] / results["polling"]["workers_1"]["rows_per_s"]
@@ -77,7 +82,7 @@ def report(results: dict) -> str:
     for key, figures in polling.items():
         rate = figures["rows_per_s"]
         note = f"{rate / copy_text:.3f} x COPY-text"
-        if key != "workers_1":
+        if not key.startswith("workers_1"):
             note += f", {rate / one:.2f} x 1-worker"
         row(f"pgsource polling {key.replace('_', '=')} ({polling_split(results, key)})", rate,
             note + f"; RSS {figures['peak_rss_mb_max']:.0f} MB, CPU {figures['cpu_s_per_m_rows']:.1f} s/M rows,"
@@ -108,6 +113,6 @@ def report(results: dict) -> str:
 
 
 def polling_split(results: dict, key: str) -> str:
-    if key == "workers_1":
+    if key.split("_")[1] == "1":
         return "1 table"
     return "1 table in key-range chunks" if results["split"] == "chunks" else "2 tables"

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="the many-workers case (default: cores)")
     parser.add_argument("--batch-size", type=int, default=1000, help="source.batch_size (default: the product default)")
+    parser.add_argument("--late-commits", default="auto",
+                        help="comma-separated source.late_commits settings for polling, interleaved run by run (auto,off: the guard's cost)")
     parser.add_argument("--split", choices=["chunks"], default="chunks",
                         help="how the many-workers case splits the work: key-range chunks of the one table")
     parser.add_argument("--cdc-transport", default="sql", help="comma-separated: sql, replication")

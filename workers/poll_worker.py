@@ -53,6 +53,10 @@ from workers.base import SourceWorker
 log = logging.getLogger("pgsource.poller")
 
 OBSERVE_EVERY = 0.05  # seconds: a horizon older than this is observed again before a read
+# ... while the reads stay below the horizon (a backlog: the last read was a full batch sealed at once),
+# a staler horizon only seals less (it never goes down), so it is observed less often: once a second
+# keeps the metrics and the catalog check going, and no read waits for an observation it does not need
+OBSERVE_BELOW_EVERY = 1.0
 HELD_LOG_AFTER = 10.0  # seconds a transaction may hold the horizon before it is logged
 
 
@@ -139,9 +143,10 @@ class PollWorker(SourceWorker):
                     unit.ahead_horizon = unit.horizon
                     unit.ahead = self._reader.submit(self._read_batches, unit, read.after, batch_size,
                                                      unit.rows + read.rows)
+                unit.below_horizon = False
                 if read.rows:
                     read_any = True
-                    self._queue_read(unit, read)
+                    unit.below_horizon = self._queue_read(unit, read) and read.rows >= batch_size
                 elif unit.reader.exact and read.after is not None and read.after != unit.read_after:  # xid8: a tick ended empty
                     unit.read_after = read.after
                     self.committer.mark(unit, read.after)
@@ -186,7 +191,8 @@ class PollWorker(SourceWorker):
     # -- late commits ------------------------------------------------------------------------
 
     def _observe_if_stale(self, unit: PollUnit) -> None:
-        if unit.horizon_tracker is not None and time.monotonic() - unit.observed_at >= OBSERVE_EVERY:
+        every = OBSERVE_BELOW_EVERY if unit.below_horizon else OBSERVE_EVERY
+        if unit.horizon_tracker is not None and time.monotonic() - unit.observed_at >= every:
             self._observe(unit)
 
     def _observe(self, unit: PollUnit) -> None:
@@ -300,12 +306,14 @@ class PollWorker(SourceWorker):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _queue_read(self, unit: PollUnit, read: Batch) -> None:
-        """A batch from the read frontier: sent, its range held if it may still get late rows."""
+    def _queue_read(self, unit: PollUnit, read: Batch) -> bool:
+        """A batch from the read frontier: sent, its range held if it may still get late rows.
+        True when the horizon observed before its read had already passed it (sealed at once)."""
         reader = unit.reader
         lo = unit.read_after.position if unit.read_after is not None and unit.read_after.position else None
         encoded_after = replace(read.after, rows=unit.rows + read.rows)
         unsealed = None
+        at_once = False
         if reader.late_commits:
             hi = encoded_after.position
             horizon = read.horizon
@@ -320,12 +328,13 @@ class PollWorker(SourceWorker):
         work = self.committer.open_work(unit, encoded_after)
         seq = self._send_batch(work, read, encoded_after.position)
         if seq is None:
-            return
+            return at_once
         if self.config.source.verbose_logging:
             log.info("%s: %s: %d row(s) after %s, up to %s (batch %d%s)", self.name, reader.table_name,
                      read.rows, lo or "the start", encoded_after.position, seq,
                      ", held until transactions in progress end" if unsealed is not None else "")
         unit.read_after = encoded_after
+        return at_once
 
     def _warn_beyond_sequence(self, unit: PollUnit, hi_key) -> None:
         """Rows above the sequence were given their ids by the client: their range seals only once

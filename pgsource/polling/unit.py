@@ -58,6 +58,7 @@ class PollUnit:
     horizon: Horizon | None = None
     time_zone: str | None = "UTC"  # the zone of a timestamp/date tracking column's values (None: unknown)
     observed_at: float = 0.0
+    below_horizon: bool = False  # the last read was a full batch sealed at once: a backlog below the horizon
     unsealed: deque = field(default_factory=deque)  # ReadRange, in read order
     committed: PollingOffset | None = None
     held_by: str = ""  # the horizon's holder last logged

@@ -72,6 +72,56 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
     assert len(received) == 121  # sent once: the re-read sends only what its first read could not see
 
 
+BACKLOG = 150_000  # rows a worker reads below the horizon (a bulk load): a few seconds here
+
+
+def _count(iggy) -> int:
+    return iggy.message_count("pg", "t") if "pg" in iggy.streams() and "t" in iggy.topics("pg") else 0
+
+
+@pytest.mark.parametrize(
+    ("tracking", "ddl"),
+    [
+        ("id", "CREATE TABLE t (id bigserial PRIMARY KEY, note text)"),
+        ("updated_at", "CREATE TABLE t (id bigserial PRIMARY KEY, note text, updated_at timestamptz NOT NULL DEFAULT now())"),
+    ],
+)
+def test_a_value_taken_while_a_backlog_is_read_is_not_passed(pg_dsn, iggy, tmp_path, tracking, ddl):
+    """A backlog read below the horizon observes it once a second, not every 50 ms (issue 22: a
+    staler horizon only seals less). A writes its row while the backlog is being read and stays open;
+    B commits 100 later rows: the frontier reads B's rows on the staler horizon, their range is held,
+    observations resume, A's row arrives when A commits, and the offset never passed it."""
+    execute(pg_dsn, ddl)
+    execute(pg_dsn, "INSERT INTO t (note) SELECT 'old' FROM generate_series(1, %s)", (BACKLOG,))
+    config = write_config(tmp_path, pg_dsn, iggy.address,
+                          source={"tables": ["t"], "tracking_column": tracking, "batch_size": 100},
+                          state={"dir": str(tmp_path / "state"), "commit_interval": 0})
+    service = start_service(config)
+    try:
+        wait_for(lambda: _count(iggy) > 0, 60, interval=0.01, message="the backlog's first rows")
+        a_conn, a = _open(pg_dsn)
+        a.execute(sql.SQL("INSERT INTO t (note) VALUES ('A') RETURNING {}::text").format(sql.Identifier(tracking)))
+        a_value = a.fetchone()[0]  # A's id / now(), taken while the backlog is read
+        execute(pg_dsn, "INSERT INTO t (note) SELECT 'B' FROM generate_series(1, 100)")
+        assert _count(iggy) < BACKLOG, "the backlog was read before A and B wrote: this test needs a longer backlog"
+        wait_for(lambda: _count(iggy) >= BACKLOG + 100, 120, message="the backlog and B's rows, read past A's value")
+        for _ in range(2):  # two polls ran to their end after B's rows arrived: the offset had every chance
+            seen = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
+            wait_for(lambda seen=seen: polled_after(pg_dsn, seen), 30, message="a poll after B's rows arrived")
+        committed = stored_offset(tmp_path, "polling/t")
+        kind = "bigint" if tracking == "id" else "timestamptz"
+        assert committed is not None and query(pg_dsn, f"SELECT %s::{kind} < %s::{kind}",
+                                               (committed.position[0], a_value))[0][0], (committed, a_value)
+        a_conn.commit()
+        a_conn.close()
+        wait_for(lambda: _count(iggy) >= BACKLOG + 101, 30, message="A's late row")
+    finally:
+        assert stop_service(service) == 0
+    received = _ids(iggy, "t")
+    assert sorted(set(received)) == list(range(1, BACKLOG + 102))
+    assert len(received) == BACKLOG + 101  # sent once
+
+
 @pytest.mark.parametrize(
     ("tracking", "column"),
     [
