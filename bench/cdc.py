@@ -83,18 +83,34 @@ def drain_peek(dsn: str, slot: str) -> float:
 
 
 def run_cdc_pgsource(args, dsn, view: IggyView, slot, expected, workdir, transport) -> dict:
+    """pgsource end to end, with CPU µs per change by process from the first message on: the
+    ``postgres_backends`` there are the walsender (and, small, the worker's SQL session), so
+    ``walsender_busy`` = rate × their CPU per change says how close the run came to the walsender's
+    own ceiling (issue 22: the walsender should be the bottleneck, busy ≥ 90 % of the drain)."""
+    from bench.polling import steady_figures, steady_mark
+    from bench.processes import pgsource_backends
+
     stream = f"cdc_{slot}"
     source = cdc_source(dsn, slot, transport, args.batch_size)
     service = Service(os.path.join(workdir, stream), source, view, stream)
     iggy_cpu = view.target.cpu_seconds()
     started = time.perf_counter()
     service.start()
+    service.sampler.backend_finder = lambda: pgsource_backends(dsn)
     try:
+        wait_until(lambda: view.count(stream, TABLE) > 0, service, 120, "the first change")
+        at_first = steady_mark(service, view, stream)
         done = wait_until(lambda: view.count(stream, TABLE) >= expected, service, 900, f"{expected} changes")
         service.sampler.sample()
+        service.sampler.classify()
     finally:
         service.stop()
-    return service.figures(view, stream, expected, started, done, iggy_cpu)
+    steady = steady_figures(service, view, at_first, expected, done)
+    figures = service.figures(view, stream, expected, started, done, iggy_cpu)
+    per_change = steady["steady_cpu_us_per_row_by_process"]
+    steady["walsender_busy"] = steady["steady_rows_per_s"] * per_change.get("postgres_backends", 0.0) / 1e6
+    steady["pgsource_us_per_change"] = per_change.get("worker", 0.0) + per_change.get("publisher", 0.0)
+    return {**figures, **steady}
 
 
 def _rates(rows: int, times: list[float]) -> dict:
@@ -140,8 +156,11 @@ def run_cdc_shape(args, dsn, view: IggyView, transactions: int, workdir: str) ->
             runs = []
             for slot in slots:
                 runs.append(run_cdc_pgsource(args, dsn, view, slot, rows, workdir, transport))
+                steady = ", ".join(f"{k} {v:.2f}" for k, v in sorted(runs[-1]["steady_cpu_us_per_row_by_process"].items()))
                 log(f"cdc {shape}: pgsource ({transport}) {runs[-1]['rows_per_s']:,.0f} changes/s,"
-                    f" peak RSS {runs[-1]['peak_rss_mb']:.0f} MB")
+                    f" peak RSS {runs[-1]['peak_rss_mb']:.0f} MB; after the first change"
+                    f" {runs[-1]['steady_rows_per_s']:,.0f} changes/s, CPU µs/change: {steady};"
+                    f" worker+publisher {runs[-1]['pgsource_us_per_change']:.2f}, walsender busy {runs[-1]['walsender_busy']:.2f}")
             out[f"pgsource_{transport}"] = summarize(runs)
     finally:
         drop_slots(dsn, every)

@@ -66,6 +66,7 @@ IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load
 # we have whenever the socket is empty" made batches of a few dozen changes, and every batch
 # costs the publisher and Iggy a fixed ~0.2 ms. A partial batch waits this long for more.
 LINGER = 0.005
+BURST = 256  # messages read from the stream between two turns of the loop (its liveness, stop and table checks)
 
 
 class CdcWorker(BackfillDriving, SourceWorker):
@@ -279,14 +280,25 @@ class CdcWorker(BackfillDriving, SourceWorker):
                 self._watch_tables(self._flush_batch)
                 message = read()
                 if message is not None:
-                    batch = self._batch
-                    if not batch.count:
-                        batch_started = time.monotonic()
-                    payload = message.payload
-                    feed(payload, payload.decode("latin-1") if encoder.needs_text else None, 0, len(payload), batch)
-                    if batch.count >= batch_size:  # a large transaction streams out in batches
-                        self._flush_batch()
-                        committer.commit_acknowledged()
+                    # a burst: the messages already buffered, without the loop's checks between them
+                    # (each is time-gated, but the calls alone were ~1 µs of ~5 per change)
+                    left = BURST
+                    while True:
+                        batch = self._batch
+                        if not batch.count:
+                            batch_started = time.monotonic()
+                        payload = message.payload
+                        feed(payload, payload.decode("latin-1") if encoder.needs_text else None, 0, len(payload), batch)
+                        if batch.count >= batch_size:  # a large transaction streams out in batches
+                            self._flush_batch()
+                            committer.commit_acknowledged()
+                            break
+                        left -= 1
+                        if not left:  # read no further: the message in hand is always fed first
+                            break
+                        message = read()
+                        if message is None:
+                            break
                     self._backfill_step()
                     continue
                 linger = batch_started + LINGER - time.monotonic() if self._batch.count else 0.0
