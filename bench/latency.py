@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import datetime
 
@@ -24,7 +25,8 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     slot = SLOT
     stream = STREAM
     create_slots(dsn, [slot])
-    source = cdc_source(dsn, slot, args.cdc_transport.split(",")[0], args.batch_size)
+    transport = getattr(args, "latency_transport", None) or args.cdc_transport.split(",")[0]
+    source = cdc_source(dsn, slot, transport, args.batch_size)
     service = Service(os.path.join(workdir, stream), source, view, stream)
     service.start()
     tail = None
@@ -36,27 +38,25 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     per_txn = args.latency_txn_rows
     interval = per_txn / args.latency_rate
     transactions = int(args.latency_seconds / interval)
+    writers = max(1, getattr(args, "latency_writers", 1))
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            # PostgreSQL's default: the test cluster runs with synchronous_commit=off, which leaves
-            # commits unflushed for up to wal_writer_delay (200 ms), and logical decoding reads
-            # flushed WAL only; that would measure the WAL writer, not pgsource.
             cur.execute("SET synchronous_commit = on")
             cur.execute(UPDATE_FIRST)
             conn.commit()
             wait_until(lambda: view.count(stream, TABLE) >= 1, service, 60, "the probe change")
-            log(f"latency: {args.latency_rate} changes/s for {args.latency_seconds}s ({per_txn} per transaction)")
-            begin = time.perf_counter()
-            for index in range(transactions):
-                target = begin + index * interval
-                pause = target - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                low = (index * per_txn) % (args.rows - per_txn)
-                cur.execute(UPDATE_RANGE, (low, low + per_txn))
-                conn.commit()
-            achieved = transactions * per_txn / (time.perf_counter() - begin)
+        log(f"latency: {args.latency_rate} changes/s for {args.latency_seconds}s ({per_txn} per transaction,"
+            f" {writers} writer connection(s), {transport} transport)")
+        begin = time.perf_counter()
+        threads = [threading.Thread(target=_write, args=(dsn, args.rows, per_txn, begin, interval,
+                                                         range(w, transactions, writers)))
+                   for w in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        achieved = transactions * per_txn / (time.perf_counter() - begin)
         expected = 1 + transactions * per_txn
         wait_until(lambda: view.count(stream, TABLE) >= expected, service, 120, f"{expected} changes")
         service.sampler.sample()
@@ -86,6 +86,29 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
         figures.update(_visible(arrivals, tail.error))
         log(f"latency until readable: p50 {figures['visible_p50_ms']:.1f} ms, p99 {figures['visible_p99_ms']:.1f} ms")
     return figures
+
+
+def _write(dsn: str, rows: int, per_txn: int, begin: float, interval: float, indexes: range) -> None:
+    """One writer connection: transaction ``index`` commits at ``begin + index * interval``.
+
+    ``synchronous_commit = on`` (PostgreSQL's default): the test cluster runs with it off, which
+    leaves commits unflushed for up to wal_writer_delay (200 ms), and logical decoding reads flushed
+    WAL only; that would measure the WAL writer, not pgsource. Several connections (``--latency-writers``)
+    keep one session's commit flushes from capping the rate or delaying the schedule (a harness
+    effect, not pgsource's)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET synchronous_commit = on")
+            for index in indexes:
+                pause = begin + index * interval - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                low = (index * per_txn) % (rows - per_txn)
+                cur.execute(UPDATE_RANGE, (low, low + per_txn))
+                conn.commit()
+    finally:
+        conn.close()
 
 
 def _visible(arrivals: list, error: str | None) -> dict:

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=int, default=2000)
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--latency-txn-rows", type=int, default=10)
+    parser.add_argument("--latency-writers", type=int, default=2, help="writer connections sharing the schedule")
+    parser.add_argument("--latency-transport", default="replication",
+                        help="the CDC transport of the latency figure (default: the product's default, replication)")
     parser.add_argument("--only", default="copy,polling,cdc,latency", help="comma-separated parts to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--profile", metavar="DIR", help="cProfile every pgsource process (one .prof per process under DIR); skews figures")
