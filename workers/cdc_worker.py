@@ -39,6 +39,7 @@ from functools import partial
 from pgsource.cdc.backfill_driver import BackfillDriving
 from pgsource.cdc.committer import SlotCommitter, SqlSlotConfirmer, StreamSlotConfirmer
 from pgsource.cdc.encoder import ChangeBatch, ChangeEncoder, tables_of
+from pgsource.cdc.flush_policy import FlushPolicy
 from pgsource.cdc.identity import TableWatch
 from pgsource.cdc.schema_watch import SchemaWatch
 from pgsource.cdc.slot_lifecycle import SlotLifecycle
@@ -49,7 +50,7 @@ from pgsource.errors import PgSourceError, PrerequisiteError
 from pgsource.pg import connect as pg
 from pgsource.pg import replication as rep
 from pgsource.pg.catalog import describe_table
-from pgsource.pg.peek import BinaryCopyRows, build_peek_copy, copy_out
+from pgsource.pg.peek import COPY_CHUNK, BinaryCopyRows, build_peek_copy, copy_out, peek_limit
 from pgsource.pg.replication_stream import ReplicationStream
 from pgsource.pg.statements import commit, rollback, set_autocommit
 from pgsource.pg.types import load_table_types, load_type_catalog, load_type_names
@@ -59,20 +60,7 @@ from workers.base import SourceWorker, WorkerSpec
 
 log = logging.getLogger("pgsource.cdc")
 
-COPY_CHUNK = 1 << 20  # bytes of the peek's COPY output handed over at a time
-PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 IDLE_PAUSE = 0.005  # seconds between peeks that found nothing (latency vs. load)
-# The streaming transport drains the socket faster than the walsender fills it, so "send what
-# we have whenever the socket is empty" made batches of a few dozen changes, and every batch
-# costs the publisher and Iggy a fixed ~0.2 ms. A partial batch waits this long for more while
-# an earlier batch is in flight; with none in flight it goes at once (the latency of a quiet stream).
-LINGER = 0.005
-# Below BULK_RATE messages/s a drained stream sends its partial batch at once when no batch is in
-# flight (20,000 changes/s in 10-change transactions: p99 12 -> 7 ms); above it, batches of a
-# few dozen changes would cost the publisher more than the walsender leaves it (2 cores: 1.6 ->
-# 2.8 us/change), so they linger.
-BULK_RATE = 60_000
-RATE_WINDOW = 0.05  # seconds over which the rate is taken
 BURST = 256  # messages read from the stream between two turns of the loop (its liveness, stop and table checks)
 
 
@@ -264,7 +252,7 @@ class CdcWorker(BackfillDriving, SourceWorker):
     # -- the streaming transport -----------------------------------------------------------
 
     def _stream_replication(self, batch_size: int) -> None:
-        """Read the stream, ``batch_size`` changes to a batch at most (a partial one waits LINGER)."""
+        """Read the stream, ``batch_size`` changes to a batch at most (a partial one goes as ``FlushPolicy`` says)."""
         source = self.config.source
         timeout = rep.wal_sender_timeout(self.conn)
         self.stream = stream = ReplicationStream(
@@ -278,49 +266,20 @@ class CdcWorker(BackfillDriving, SourceWorker):
         self._tick = committer.commit_acknowledged
         read = stream.read_message
         encoder = self.encoder
-        feed = encoder.feed_buffer
         self._batch = ChangeBatch()
-        batch_started = 0.0  # when the partial batch got its first change
-        window = [time.monotonic(), 0]  # (since, messages read): the stream's rate over RATE_WINDOW
-        bulk = False  # the last window's rate was a bulk one: partial batches always linger
+        flush = FlushPolicy(time.monotonic())
         try:
             while not self._should_stop():
                 self.notify()
                 self._watch_tables(self._flush_batch)
                 message = read()
                 if message is not None:
-                    # a burst: the messages already buffered, without the loop's checks between them
-                    # (each is time-gated, but the calls alone were ~1 µs of ~5 per change)
-                    left = BURST
-                    while True:
-                        batch = self._batch
-                        if not batch.count:
-                            batch_started = time.monotonic()
-                        payload = message.payload
-                        feed(payload, payload.decode("latin-1") if encoder.needs_text else None, 0, len(payload), batch)
-                        if batch.count >= batch_size:  # a large transaction streams out in batches
-                            self._flush_batch()
-                            committer.commit_acknowledged()
-                            break
-                        left -= 1
-                        window[1] += 1
-                        if not left:  # read no further: the message in hand is always fed first
-                            break
-                        message = read()
-                        if message is None:
-                            break
+                    self._read_burst(message, read, batch_size, flush)
                     self._backfill_step()
                     continue
-                now = time.monotonic()
-                if now - window[0] >= RATE_WINDOW:
-                    bulk = window[1] / (now - window[0]) >= BULK_RATE
-                    window = [now, 0]
                 self.outbox.take_acks()
-                linger = batch_started + LINGER - now if self._batch.count else 0.0
-                if linger <= 0 or not (bulk or self.outbox.in_flight):
-                    # the socket is drained, and the batch waited long enough, or nothing is in flight
-                    # and the stream is not a bulk one (Nagle's rule: a quiet stream sends at once, a
-                    # busy one gathers while a batch is in flight; a bulk stream always gathers)
+                due, linger = flush.due(time.monotonic(), self._batch.count, self.outbox.in_flight)
+                if due:  # the socket is drained (pgsource/cdc/flush_policy.py)
                     self._flush_batch()
                 batch = self._batch
                 if self._chunk_outs and not batch.count:  # chunks with no row left to send
@@ -336,6 +295,24 @@ class CdcWorker(BackfillDriving, SourceWorker):
         finally:
             self._tick = _nothing
             stream.close()
+
+    def _read_burst(self, message, read, batch_size: int, flush: FlushPolicy) -> None:
+        """``message`` and up to BURST - 1 more already buffered, with no loop checks between them
+        (each is time-gated, but the calls alone were ~1 µs of ~5 per change); a full batch is sent."""
+        feed, text = self.encoder.feed_buffer, self.encoder.needs_text
+        for left in range(BURST - 1, -1, -1):
+            batch = self._batch
+            if not batch.count:
+                flush.started = time.monotonic()
+            payload = message.payload
+            feed(payload, payload.decode("latin-1") if text else None, 0, len(payload), batch)
+            flush.messages += 1
+            if batch.count >= batch_size:  # a large transaction streams out in batches
+                self._flush_batch()
+                self.committer.commit_acknowledged()
+                return
+            if not left or (message := read()) is None:  # the message in hand is always fed first
+                return
 
     def _flush_batch(self) -> None:
         batch = self._batch
@@ -404,12 +381,6 @@ class CdcWorker(BackfillDriving, SourceWorker):
     def _watch_tables(self, before_snapshot=None) -> None:
         """Between reads: the tables still the relations captured (``TableWatch.look``)."""
         self.table_watch.look(self.committer.confirmed_lsn, before_snapshot)
-
-
-def peek_limit(batch_size: int, max_in_flight: int) -> int:
-    """Changes one peek reads at most: what may be in flight, and at least PEEK_CHANGES (each peek
-    decodes again from the slot's restart LSN)."""
-    return max(batch_size * max_in_flight, PEEK_CHANGES)
 
 
 def _nothing() -> None:

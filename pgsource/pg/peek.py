@@ -20,11 +20,19 @@ from collections.abc import Callable
 from pgsource.errors import PgSourceError
 
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+COPY_CHUNK = 1 << 20  # bytes of the peek's COPY output handed over at a time
+PEEK_CHANGES = 200_000  # changes per peek at least: each peek decodes again from the slot's restart LSN
 _COPY_ROW = struct.Struct("!hi").unpack_from  # field count, data length
 _I32 = struct.Struct("!i").unpack_from
 
 # on_chunk(buffer, its latin-1 text or None, [(start, end) of each message in it])
 ChunkHandler = Callable[[bytes, "str | None", list], None]
+
+
+def peek_limit(batch_size: int, max_in_flight: int) -> int:
+    """Changes one peek reads at most: what may be in flight, and at least PEEK_CHANGES (each peek
+    decodes again from the slot's restart LSN)."""
+    return max(batch_size * max_in_flight, PEEK_CHANGES)
 
 
 def build_peek_copy(conn, query, params) -> bytes:

@@ -73,6 +73,8 @@ def test_a_transaction_that_took_its_value_first_and_commits_last_is_sent(pg_dsn
 
 
 BACKLOG = 150_000  # rows a worker reads below the horizon (a bulk load): a few seconds here
+BELOW_ID = "SELECT %s::bigint < %s::bigint"  # the committed offset below A's value, compared by PostgreSQL
+BELOW_TIME = "SELECT %s::timestamptz < %s::timestamptz"
 
 
 def _count(iggy) -> int:
@@ -109,9 +111,8 @@ def test_a_value_taken_while_a_backlog_is_read_is_not_passed(pg_dsn, iggy, tmp_p
             seen = query(pg_dsn, "SELECT clock_timestamp()")[0][0]
             wait_for(lambda seen=seen: polled_after(pg_dsn, seen), 30, message="a poll after B's rows arrived")
         committed = stored_offset(tmp_path, "polling/t")
-        kind = "bigint" if tracking == "id" else "timestamptz"
-        assert committed is not None and query(pg_dsn, f"SELECT %s::{kind} < %s::{kind}",
-                                               (committed.position[0], a_value))[0][0], (committed, a_value)
+        below = BELOW_ID if tracking == "id" else BELOW_TIME
+        assert committed is not None and query(pg_dsn, below, (committed.position[0], a_value))[0][0], (committed, a_value)
         a_conn.commit()
         a_conn.close()
         wait_for(lambda: _count(iggy) >= BACKLOG + 101, 30, message="A's late row")
