@@ -79,13 +79,15 @@ def kill_publisher(run: Run) -> None:
 
 
 def kill_worker_mid_block(run: Run) -> None:
-    """kill -9 while the worker's block is half written into the batch channel: Iggy answers each send
-    after a second, so the shared ring and the pipe fill behind the publisher; 8,000 rows of 2 KB (blocks
+    """kill -9 while the worker's block is half written into the batch channel: Iggy answers each call
+    after half a second, so the shared ring and the pipe fill behind the publisher (a whole second, with
+    send_timeout 1.5 s, made one late answer on a loaded machine unrecoverable: a reconnect's login and
+    the send then took 2 s, every attempt timed out, and the pipe never filled); 8,000 rows of 2 KB (blocks
     of 2 MB, more than a ring slot: they cross the pipe) are being read when the pipe is full and the
     worker dies inside its write. The half block is never sent (the stand-in checks every frame of
     every batch), the pipeline restarts on fresh channels, and every committed row arrives."""
     begin(run, batch_size=1000)
-    run.iggy.set_latency(1.0)
+    run.iggy.set_latency(0.5)
     run.execute("INSERT INTO t (writer, note) SELECT 98, repeat('x', 2000) FROM generate_series(1, 8000)")
     publisher, victim = run.publisher_pid(), run.worker_pid()
 
