@@ -25,7 +25,7 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     slot = SLOT
     stream = STREAM
     create_slots(dsn, [slot])
-    transport = getattr(args, "latency_transport", None) or args.cdc_transport.split(",")[0]
+    transport = args.latency_transport
     source = cdc_source(dsn, slot, transport, args.batch_size)
     service = Service(os.path.join(workdir, stream), source, view, stream)
     service.start()
@@ -38,7 +38,7 @@ def run_latency(args, dsn, view: IggyView, workdir: str) -> dict:
     per_txn = args.latency_txn_rows
     interval = per_txn / args.latency_rate
     transactions = int(args.latency_seconds / interval)
-    writers = max(1, getattr(args, "latency_writers", 1))
+    writers = max(1, args.latency_writers)
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:

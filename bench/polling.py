@@ -71,7 +71,7 @@ def run_polling_family(args, dsn: str, view: IggyView, workdir: str) -> dict:
     ``--late-commits auto,off`` also ``workers_<N>_late_off``: the median of ``--repeat`` runs each,
     the settings interleaved run by run, so that the guard's cost is read from one sitting."""
     out: dict = {}
-    settings = [s.strip() for s in getattr(args, "late_commits", "auto").split(",") if s.strip()]
+    settings = [s.strip() for s in args.late_commits.split(",") if s.strip()]
     for workers in sorted({1, args.workers}):
         by_setting: dict[str, list] = {setting: [] for setting in settings}
         for run in range(args.repeat):

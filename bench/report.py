@@ -40,12 +40,12 @@ def add_totals(results: dict) -> None:
     if "copy_text" in results and "polling" in results:
         for key, figures in results["polling"].items():
             ratios[f"polling_{key}_over_copy_text"] = figures["rows_per_s"] / results["copy_text"]["rows_per_s"]
-        keys = sorted((k for k in results["polling"] if "_late_" not in k), key=lambda k: int(k.split("_")[1]))
-        for key in results["polling"]:
-            if "_late_" in key:  # the guard's cost: the same worker count with the guard on, against off
-                on = results["polling"][key.split("_late_")[0]]["rows_per_s"]
-                ratios[f"polling_{key.split('_late_')[0]}_late_auto_over_{key.split('_late_')[1]}"] = (
-                    on / results["polling"][key]["rows_per_s"])
+        keys = sorted((k for k in results["polling"] if polling_key(k)[1] is None), key=lambda k: polling_key(k)[0])
+        for key, figures in results["polling"].items():
+            workers, setting = polling_key(key)
+            if setting is not None:  # the guard's cost: the same worker count with the guard on, against off
+                on = results["polling"][f"workers_{workers}"]["rows_per_s"]
+                ratios[f"polling_workers_{workers}_late_auto_over_{setting}"] = on / figures["rows_per_s"]
         if len(keys) > 1:
             ratios["polling_many_over_one_worker"] = (
                 results["polling"][keys[-1]]["rows_per_s"] / results["polling"]["workers_1"]["rows_per_s"]
@@ -82,9 +82,11 @@ def report(results: dict) -> str:
     for key, figures in polling.items():
         rate = figures["rows_per_s"]
         note = f"{rate / copy_text:.3f} x COPY-text"
-        if not key.startswith("workers_1"):
+        if polling_key(key)[0] != 1:
             note += f", {rate / one:.2f} x 1-worker"
-        row(f"pgsource polling {key.replace('_', '=')} ({polling_split(results, key)})", rate,
+        workers, setting = polling_key(key)
+        label = f"workers={workers}" + (f" late_commits={setting}" if setting else "")
+        row(f"pgsource polling {label} ({polling_split(results, key)})", rate,
             note + f"; RSS {figures['peak_rss_mb_max']:.0f} MB, CPU {figures['cpu_s_per_m_rows']:.1f} s/M rows,"
             f" {kind} {figures.get('iggy_cpu_s_per_m_rows', float('nan')):.1f}")
     for shape, figures in results.get("cdc", {}).items():
@@ -112,7 +114,13 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def polling_key(key: str) -> tuple[int, str | None]:
+    """``workers_<N>[_late_<setting>]`` (bench/polling.py) as (N, the late_commits setting, None for auto)."""
+    workers, _, setting = key.removeprefix("workers_").partition("_late_")
+    return int(workers), setting or None
+
+
 def polling_split(results: dict, key: str) -> str:
-    if key.split("_")[1] == "1":
+    if polling_key(key)[0] == 1:
         return "1 table"
     return "1 table in key-range chunks" if results["split"] == "chunks" else "2 tables"
